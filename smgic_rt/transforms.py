@@ -1,0 +1,301 @@
+"""Between the model's voxel displacements and the files ANTs/ITK read.
+
+Three coordinate systems meet here:
+
+* a grid's voxel indices (voxel centres at integers, axis order of the NIfTI array);
+* nibabel world coordinates, RAS+ millimetres (``affine @ [i, j, k, 1]``);
+* ITK/ANTs physical coordinates, LPS millimetres (x and y negated).
+
+A user-facing transform is an ITK displacement-field NIfTI (float32, shape (X, Y, Z, 1, 3),
+intent "vector", LPS mm) on the grid of the image it maps *from*: a world point ``p`` of that
+grid maps to ``p + d(p)`` in the other image's world (DESIGN.md, checked against antspyx).
+``ants.apply_transforms(fixed, moving, [warp])`` then samples ``moving`` at ``p + d(p)``.
+
+Inside this module displacements in world space are arrays ``(3, X, Y, Z)`` in RAS mm
+(channel c = RAS axis c); the LPS flip happens only when a field becomes an ITK image.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .io import InvalidImageError, make_nifti
+
+__all__ = [
+    "RAS_TO_LPS",
+    "voxel_grid",
+    "world_points",
+    "displacement_to_itk_image",
+    "itk_image_to_displacement",
+    "model_to_native_displacement",
+    "sampling_coordinates",
+    "sample_image",
+    "apply_displacement_field",
+    "field_jacobian_determinant",
+    "write_itk_affine",
+    "read_itk_affine",
+    "INTERPOLATIONS",
+]
+
+# Diagonal flip between RAS and LPS; its own inverse.
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+INTERPOLATIONS = ("linear", "nearest", "label")
+_NIFTI_INTENT_VECTOR = 1007
+
+
+def voxel_grid(shape) -> np.ndarray:
+    """Voxel index coordinates of a grid, shape (3, X, Y, Z), float64."""
+    return np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
+
+
+def _apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """matrix (4x4) applied to points (3, ...) as homogeneous coordinates."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    flat = points.reshape(3, -1)
+    out = matrix[:3, :3] @ flat + matrix[:3, 3:4]
+    return out.reshape(points.shape)
+
+
+def world_points(shape, affine) -> np.ndarray:
+    """RAS mm coordinates of every voxel centre of a grid, (3, X, Y, Z), float64."""
+    return _apply_matrix(affine, voxel_grid(shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# ITK displacement-field images
+
+
+def displacement_to_itk_image(displacement_ras_mm: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """ITK/ANTs displacement-field NIfTI from a RAS-mm displacement (3, X, Y, Z) on a grid.
+
+    The result is float32 of shape (X, Y, Z, 1, 3), intent "vector", components in LPS mm,
+    carrying `affine` (the grid the field lives on): what `antsApplyTransforms` reads.
+    """
+    displacement = np.asarray(displacement_ras_mm)
+    if displacement.ndim != 4 or displacement.shape[0] != 3:
+        raise ValueError(f"displacement_ras_mm must have shape (3, X, Y, Z), got {displacement.shape}")
+    lps = displacement.astype(np.float64, copy=True)
+    lps[0] *= -1.0
+    lps[1] *= -1.0
+    data = np.ascontiguousarray(np.moveaxis(lps, 0, -1)[:, :, :, None, :], dtype=np.float32)
+    image = make_nifti(data, affine)
+    image.header.set_intent("vector", (), name="")
+    image.header.set_xyzt_units("mm")
+    return image
+
+
+def itk_image_to_displacement(field) -> tuple[np.ndarray, np.ndarray]:
+    """(RAS-mm displacement (3, X, Y, Z) float64, affine) from an ITK displacement-field image.
+
+    Accepts a path or a nibabel image of shape (X, Y, Z, 1, 3) (the ITK layout) or (X, Y, Z, 3).
+    """
+    if isinstance(field, (str, os.PathLike)):
+        path = Path(os.fspath(field))
+        if not path.exists():
+            raise FileNotFoundError(f"transform: no such file: '{path}'")
+        try:
+            field = nib.load(str(path))
+        except Exception as error:
+            raise InvalidImageError(f"transform: could not read '{path}' as a NIfTI displacement field: {error}") from None
+    if not isinstance(field, nib.spatialimages.SpatialImage):
+        raise InvalidImageError(f"transform: expected a displacement-field image or its path, got {type(field).__name__}")
+    shape = field.shape
+    if len(shape) == 5 and shape[3] == 1 and shape[4] == 3:
+        data = np.asarray(field.dataobj, dtype=np.float64)[:, :, :, 0, :]
+    elif len(shape) == 4 and shape[3] == 3:
+        data = np.asarray(field.dataobj, dtype=np.float64)
+    else:
+        raise InvalidImageError(
+            f"transform must be an ITK displacement field of shape (X, Y, Z, 1, 3), got shape {shape}"
+        )
+    if not np.all(np.isfinite(data)):
+        raise InvalidImageError("transform has non-finite displacement values")
+    ras = np.moveaxis(data, -1, 0).copy()
+    ras[0] *= -1.0
+    ras[1] *= -1.0
+    return ras, np.asarray(field.affine, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model grid <-> native grids
+
+
+def _ops():
+    # Imported here so that pure file conversions work before the compiled kernels are built.
+    from . import ops
+
+    return ops
+
+
+def _warp_with_coordinates(image: np.ndarray, coordinates: np.ndarray, *, interpolation: str, padding: str) -> np.ndarray:
+    """Sample `image` (C, Xi, Yi, Zi) at voxel `coordinates` (3, X, Y, Z) of its own grid."""
+    index = voxel_grid(coordinates.shape[1:])
+    displacement = np.ascontiguousarray(coordinates - index, dtype=np.float32)
+    return _ops().warp(
+        np.ascontiguousarray(image, dtype=np.float32), displacement, interpolation=interpolation, padding=padding
+    )
+
+
+def model_to_native_displacement(
+    model_displacement: np.ndarray,
+    model_affine: np.ndarray,
+    native_shape,
+    native_affine: np.ndarray,
+    *,
+    world_before: np.ndarray | None = None,
+    world_after: np.ndarray | None = None,
+) -> np.ndarray:
+    """Turn a model-grid voxel displacement into a RAS-mm displacement on a native grid.
+
+    For each native voxel centre ``p`` (world), the composed map is
+    ``p -> world_after(G (m + u(m)))`` with ``m = G^-1 world_before(p)``, where ``G`` is
+    `model_affine` and ``u`` is `model_displacement` (3, Xm, Ym, Zm) in model voxels, read by
+    trilinear interpolation with border padding. Returns ``map(p) - p`` as (3, X, Y, Z).
+
+    `world_before` / `world_after` are optional 4x4 world -> world matrices (RAS mm), e.g. the
+    affine stage's fixed-world -> moving-world matrix after the forward deformation, or its
+    inverse before the inverse deformation.
+    """
+    model_displacement = np.asarray(model_displacement)
+    if model_displacement.ndim != 4 or model_displacement.shape[0] != 3:
+        raise ValueError(f"model_displacement must have shape (3, X, Y, Z), got {model_displacement.shape}")
+    points = world_points(native_shape, native_affine)
+    query = points if world_before is None else _apply_matrix(world_before, points)
+    model_index = _apply_matrix(np.linalg.inv(model_affine), query)
+    u_at = _warp_with_coordinates(model_displacement, model_index, interpolation="linear", padding="border")
+    target = _apply_matrix(model_affine, model_index + u_at.astype(np.float64))
+    if world_after is not None:
+        target = _apply_matrix(world_after, target)
+    return target - points
+
+
+def sampling_coordinates(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, image_affine: np.ndarray) -> np.ndarray:
+    """Voxel coordinates in an image (with `image_affine`) of ``p + d(p)`` for every field voxel."""
+    points = world_points(displacement_ras_mm.shape[1:], field_affine)
+    return _apply_matrix(np.linalg.inv(image_affine), points + displacement_ras_mm)
+
+
+def sample_image(data: np.ndarray, coordinates: np.ndarray, interpolation: str = "linear") -> np.ndarray:
+    """Sample a 3-D array at voxel `coordinates` (3, X, Y, Z); zeros outside.
+
+    ``interpolation``: "linear" (trilinear), "nearest", or "label": each label's indicator is
+    resampled trilinearly and the label with the largest value wins (ANTs' "generic label"),
+    which keeps label boundaries smooth without inventing labels.
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
+    if interpolation in ("linear", "nearest"):
+        out = _warp_with_coordinates(data[None].astype(np.float32), coordinates, interpolation=interpolation, padding="zeros")[0]
+        return out
+    labels = np.unique(data)
+    shape = coordinates.shape[1:]
+    # Every label's indicator is 0 outside the image, so starting from label 0 with score 0
+    # and replacing only on a strictly larger score keeps background there.
+    best_label = np.zeros(shape, dtype=np.int32)
+    best_score = np.zeros(shape, dtype=np.float32)
+    for label in labels:
+        indicator = (data == label).astype(np.float32)[None]
+        score = _warp_with_coordinates(indicator, coordinates, interpolation="linear", padding="zeros")[0]
+        better = score > best_score
+        best_label[better] = label
+        best_score[better] = score[better]
+    return best_label
+
+
+def apply_displacement_field(field, image, *, interpolation: str = "linear"):
+    """Resample `image` (a Volume) through an ITK displacement field onto the field's grid.
+
+    `field` is an ITK displacement-field image (or path); returns the resampled array
+    (float32, or int32 for "nearest"/"label" on label maps) and the field's affine.
+    """
+    displacement, field_affine = itk_image_to_displacement(field)
+    coordinates = sampling_coordinates(displacement, field_affine, image.affine)
+    return sample_image(image.data, coordinates, interpolation), field_affine
+
+
+def field_jacobian_determinant(displacement_ras_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """det of the Jacobian of ``p -> p + d(p)`` on the field's grid (float32, (X, Y, Z)).
+
+    det(I + grad_p d) equals det(I + grad_i u) for the same map written in voxel units
+    ``u = R^-1 d`` (R the affine's 3x3 part), which is what the kernel computes.
+    """
+    rotation_inverse = np.linalg.inv(np.asarray(affine, dtype=np.float64)[:3, :3])
+    voxel_displacement = np.einsum("ij,j...->i...", rotation_inverse, displacement_ras_mm)
+    return _ops().jacobian_determinant(np.ascontiguousarray(voxel_displacement, dtype=np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# ITK affine transform files (.mat, MATLAB v4 as ITK writes them)
+
+_ITK_AFFINE_NAME = "AffineTransform_double_3_3"
+
+
+def _matlab_v4_variable(name: str, values: np.ndarray) -> bytes:
+    values = np.asarray(values, dtype="<f8").reshape(-1)
+    # type 0 = little-endian IEEE, double, full numeric matrix; rows x 1 column vector.
+    header = struct.pack("<5i", 0, values.size, 1, 0, len(name) + 1)
+    return header + name.encode("ascii") + b"\x00" + values.tobytes()
+
+
+def write_itk_affine(matrix_ras: np.ndarray, path) -> Path:
+    """Write a 4x4 fixed-world -> moving-world RAS matrix as an ITK AffineTransform .mat.
+
+    ITK transforms map fixed LPS points to moving LPS points, ``T(x) = A x + t`` (centre 0),
+    which is what `antsApplyTransforms` expects from a fixed->moving affine.
+    """
+    matrix_ras = np.asarray(matrix_ras, dtype=np.float64)
+    if matrix_ras.shape != (4, 4) or not np.all(np.isfinite(matrix_ras)):
+        raise ValueError(f"matrix_ras must be a finite 4x4 matrix, got shape {matrix_ras.shape}")
+    lps = RAS_TO_LPS @ matrix_ras @ RAS_TO_LPS
+    parameters = np.concatenate([lps[:3, :3].reshape(-1), lps[:3, 3]])
+    payload = _matlab_v4_variable(_ITK_AFFINE_NAME, parameters) + _matlab_v4_variable("fixed", np.zeros(3))
+    path = Path(os.fspath(path))
+    from .io import _temp_path_beside
+
+    temp = _temp_path_beside(path, ".mat")
+    try:
+        temp.write_bytes(payload)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_itk_affine(path) -> np.ndarray:
+    """Read an ITK affine .mat (MATLAB v4, as written by ITK/ANTs) as a 4x4 RAS matrix."""
+    path = Path(os.fspath(path))
+    if not path.exists():
+        raise FileNotFoundError(f"affine transform: no such file: '{path}'")
+    raw = path.read_bytes()
+    variables = {}
+    offset = 0
+    while offset + 20 <= len(raw):
+        type_code, rows, cols, imaginary, name_length = struct.unpack_from("<5i", raw, offset)
+        offset += 20
+        precision = (type_code // 10) % 10
+        if type_code // 1000 != 0 or precision not in (0, 1) or imaginary or rows < 0 or cols < 0:
+            raise InvalidImageError(f"affine transform '{path}': not a little-endian MATLAB v4 ITK transform file")
+        name = raw[offset : offset + name_length].rstrip(b"\x00").decode("ascii", "replace")
+        offset += name_length
+        dtype, size = ("<f8", 8) if precision == 0 else ("<f4", 4)
+        count = rows * cols
+        values = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).astype(np.float64)
+        offset += count * size
+        variables[name] = values
+    parameters = next((v for k, v in variables.items() if k.startswith("AffineTransform") or k.startswith("MatrixOffsetTransformBase")), None)
+    if parameters is None or parameters.size != 12:
+        raise InvalidImageError(f"affine transform '{path}': no 3-D AffineTransform with 12 parameters, found {sorted(variables)}")
+    center = variables.get("fixed", np.zeros(3))
+    linear = parameters[:9].reshape(3, 3)
+    translation = parameters[9:]
+    # ITK: T(x) = A (x - c) + t + c
+    lps = np.eye(4)
+    lps[:3, :3] = linear
+    lps[:3, 3] = translation + center - linear @ center
+    return RAS_TO_LPS @ lps @ RAS_TO_LPS

@@ -1,0 +1,148 @@
+"""smgic_rt.transforms: ITK/ANTs field and affine files, checked against antspyx and analytic maps."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from smgic_rt import transforms
+from smgic_rt.io import make_nifti
+
+ants = pytest.importorskip("ants")
+
+
+def _smooth_function(points):
+    """An analytic smooth intensity on RAS mm points (3, ...): what every grid samples."""
+    x, y, z = points
+    return 1.0 + np.sin(x / 9.0) * np.cos(y / 11.0) + 0.5 * np.sin(z / 7.0 + 0.3)
+
+
+def _smooth_displacement(points):
+    """A known smooth RAS-mm displacement with a translation and a nonlinear part."""
+    x, y, z = points
+    return np.stack(
+        [
+            2.5 + 1.5 * np.sin(y / 10.0),
+            -1.8 + 1.2 * np.cos(z / 9.0),
+            1.1 + 1.0 * np.sin(x / 12.0),
+        ]
+    )
+
+
+# A fixed grid in LIA orientation with 2 mm voxels and a moving grid in RAS with 1.5 mm voxels
+# and another field of view: the two share only the world.
+FIXED_AFFINE = np.array([[-2.0, 0, 0, 30.0], [0, 0, 2.0, -26.0], [0, -2.0, 0, 24.0], [0, 0, 0, 1]])
+FIXED_SHAPE = (28, 22, 26)
+MOVING_AFFINE = np.array([[1.5, 0, 0, -33.0], [0, 1.5, 0, -40.0], [0, 0, 1.5, -31.0], [0, 0, 0, 1]])
+MOVING_SHAPE = (46, 52, 44)
+
+
+def test_itk_layout_and_round_trip():
+    rng = np.random.default_rng(0)
+    displacement = rng.normal(size=(3,) + FIXED_SHAPE)
+    image = transforms.displacement_to_itk_image(displacement, FIXED_AFFINE)
+    assert image.shape == FIXED_SHAPE + (1, 3)
+    assert image.get_data_dtype() == np.float32
+    assert image.header.get_intent()[0] == "vector"
+    np.testing.assert_allclose(image.affine, FIXED_AFFINE)
+    stored = np.asarray(image.dataobj)[:, :, :, 0, :]
+    # LPS: x and y flip sign, z keeps it.
+    np.testing.assert_allclose(stored[..., 0], -displacement[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(stored[..., 1], -displacement[1], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(stored[..., 2], displacement[2], rtol=1e-6, atol=1e-6)
+    back, affine = transforms.itk_image_to_displacement(image)
+    np.testing.assert_allclose(back, displacement, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(affine, FIXED_AFFINE)
+
+
+def test_itk_image_to_displacement_rejects_non_fields(tmp_path):
+    scalar = make_nifti(np.zeros((4, 5, 6), np.float32), np.eye(4))
+    with pytest.raises(ValueError, match=r"\(X, Y, Z, 1, 3\)"):
+        transforms.itk_image_to_displacement(scalar)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        transforms.itk_image_to_displacement(tmp_path / "missing.nii.gz")
+
+
+def test_ants_apply_transforms_follows_our_field(tmp_path):
+    """ANTs, given our warp file, samples the moving image at p + d(p): the analytic answer."""
+    fixed_points = transforms.world_points(FIXED_SHAPE, FIXED_AFFINE)
+    displacement = _smooth_displacement(fixed_points)
+    nib.save(transforms.displacement_to_itk_image(displacement, FIXED_AFFINE), str(tmp_path / "warp.nii.gz"))
+    moving = _smooth_function(transforms.world_points(MOVING_SHAPE, MOVING_AFFINE)).astype(np.float32)
+    nib.save(make_nifti(moving, MOVING_AFFINE), str(tmp_path / "moving.nii.gz"))
+    nib.save(make_nifti(np.zeros(FIXED_SHAPE, np.float32), FIXED_AFFINE), str(tmp_path / "fixed.nii.gz"))
+
+    warped = ants.apply_transforms(
+        ants.image_read(str(tmp_path / "fixed.nii.gz")),
+        ants.image_read(str(tmp_path / "moving.nii.gz")),
+        [str(tmp_path / "warp.nii.gz")],
+        interpolator="linear",
+    ).numpy()
+    expected = _smooth_function(fixed_points + displacement)
+    # Only where p + d(p) falls inside the moving grid's field of view.
+    coordinates = transforms.sampling_coordinates(displacement, FIXED_AFFINE, MOVING_AFFINE)
+    inside = np.all((coordinates >= 1) & (coordinates <= np.array(MOVING_SHAPE)[:, None, None, None] - 2), axis=0)
+    assert inside.mean() > 0.5
+    # Linear interpolation of this smooth function at 1.5 mm errs by < 0.02; a wrong sign or
+    # axis would err by ~1.
+    assert np.abs(warped[inside] - expected[inside]).max() < 0.02
+
+
+def _random_affine(rng):
+    angle = 0.3
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation @ np.diag([1.1, 0.95, 1.02]) + 0.03 * rng.normal(size=(3, 3))
+    matrix[:3, 3] = [4.0, -7.0, 2.5]
+    return matrix
+
+
+def test_itk_affine_matches_ants_reader_and_round_trips(tmp_path):
+    matrix = _random_affine(np.random.default_rng(1))
+    path = transforms.write_itk_affine(matrix, tmp_path / "affine.mat")
+    np.testing.assert_allclose(transforms.read_itk_affine(path), matrix, atol=1e-12)
+    ants_transform = ants.read_transform(str(path))
+    point_ras = np.array([12.0, -30.0, 18.0])
+    # ANTs works in LPS: transform (-x, -y, z) and flip back.
+    mapped_lps = np.array(ants_transform.apply_to_point([-point_ras[0], -point_ras[1], point_ras[2]]))
+    mapped_ras = mapped_lps * np.array([-1, -1, 1])
+    np.testing.assert_allclose(mapped_ras, matrix[:3, :3] @ point_ras + matrix[:3, 3], atol=1e-9)
+
+
+def test_read_itk_affine_of_an_ants_written_file_with_centre(tmp_path):
+    rng = np.random.default_rng(2)
+    linear = np.eye(3) + 0.05 * rng.normal(size=(3, 3))
+    translation = np.array([3.0, -2.0, 5.0])
+    centre = np.array([10.0, -20.0, 30.0])
+    ants_transform = ants.create_ants_transform(
+        transform_type="AffineTransform", dimension=3, matrix=linear, translation=translation, center=centre
+    )
+    path = str(tmp_path / "ants_affine.mat")
+    ants.write_transform(ants_transform, path)
+    matrix = transforms.read_itk_affine(path)
+    for point_lps in ([0.0, 0.0, 0.0], [15.0, -8.0, 22.0]):
+        expected_lps = np.array(ants_transform.apply_to_point(point_lps))
+        point_ras = np.array(point_lps) * np.array([-1, -1, 1])
+        mapped_ras = matrix[:3, :3] @ point_ras + matrix[:3, 3]
+        # antspyx stores float transforms (AffineTransform_float_3_3): 1e-6 relative.
+        np.testing.assert_allclose(mapped_ras * np.array([-1, -1, 1]), expected_lps, atol=1e-4)
+
+
+def test_ants_applies_our_affine_file_like_the_matrix(tmp_path):
+    """antsApplyTransforms with our .mat samples moving at M p (fixed world -> moving world)."""
+    matrix = _random_affine(np.random.default_rng(3))
+    matrix[:3, :3] = np.eye(3) + 0.05 * (matrix[:3, :3] - np.eye(3))
+    path = transforms.write_itk_affine(matrix, tmp_path / "affine.mat")
+    moving = _smooth_function(transforms.world_points(MOVING_SHAPE, MOVING_AFFINE)).astype(np.float32)
+    nib.save(make_nifti(moving, MOVING_AFFINE), str(tmp_path / "moving.nii.gz"))
+    nib.save(make_nifti(np.zeros(FIXED_SHAPE, np.float32), FIXED_AFFINE), str(tmp_path / "fixed.nii.gz"))
+    warped = ants.apply_transforms(
+        ants.image_read(str(tmp_path / "fixed.nii.gz")),
+        ants.image_read(str(tmp_path / "moving.nii.gz")),
+        [str(path)],
+    ).numpy()
+    points = transforms.world_points(FIXED_SHAPE, FIXED_AFFINE)
+    mapped = transforms._apply_matrix(matrix, points)
+    coordinates = transforms._apply_matrix(np.linalg.inv(MOVING_AFFINE), mapped)
+    inside = np.all((coordinates >= 1) & (coordinates <= np.array(MOVING_SHAPE)[:, None, None, None] - 2), axis=0)
+    assert inside.mean() > 0.3
+    assert np.abs(warped[inside] - _smooth_function(mapped)[inside]).max() < 0.02
