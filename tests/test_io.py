@@ -1,0 +1,177 @@
+"""smgic_rt.io: every kind of bad input gets a typed error naming what was expected and what came."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from smgic_rt import io
+from smgic_rt.io import InvalidImageError, OutputExistsError
+
+NIBABEL_ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
+
+
+def _volume(shape=(8, 9, 10), seed=0):
+    return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+def test_loads_path_image_and_pair_identically(tmp_path):
+    real = nib.load(str(NIBABEL_ANATOMICAL))
+    from_path = io.load_volume(NIBABEL_ANATOMICAL, name="fixed image")
+    from_image = io.load_volume(real)
+    from_pair = io.load_volume((real.get_fdata(), real.affine))
+    assert from_path.shape == real.shape[:3] and from_path.data.dtype == np.float32
+    np.testing.assert_array_equal(from_path.data, from_image.data)
+    np.testing.assert_array_equal(from_path.data, from_pair.data)
+    np.testing.assert_allclose(from_path.affine, real.affine)
+    # MGZ too
+    mgz = tmp_path / "a.mgz"
+    nib.save(nib.MGHImage(real.get_fdata().astype(np.float32), real.affine), str(mgz))
+    np.testing.assert_allclose(io.load_volume(mgz).data, from_path.data, rtol=1e-6)
+    np.testing.assert_allclose(io.load_volume(mgz).affine, real.affine, atol=1e-5)
+
+
+def test_missing_path():
+    with pytest.raises(FileNotFoundError, match="moving image: no such file"):
+        io.load_volume("/nonexistent/brain.nii.gz", name="moving image")
+
+
+def test_file_that_is_not_an_image(tmp_path):
+    path = tmp_path / "notes.nii.gz"
+    path.write_text("this is not a NIfTI file")
+    with pytest.raises(InvalidImageError, match="could not read"):
+        io.load_volume(path, name="fixed image")
+
+
+@pytest.mark.parametrize("shape, kind", [((20, 30), "2-D"), ((10, 11, 12, 2), "4-D")])
+def test_wrong_dimensionality(shape, kind):
+    with pytest.raises(InvalidImageError, match=f"must be a 3-D volume, got a {kind} image of shape"):
+        io.load_volume((_volume(shape), np.eye(4)), name="moving image")
+
+
+def test_thin_slab_and_trailing_singleton():
+    with pytest.raises(InvalidImageError, match="at least 4 voxels"):
+        io.load_volume((_volume((20, 30, 1)), np.eye(4)))
+    assert io.load_volume((_volume((8, 9, 10, 1)), np.eye(4))).shape == (8, 9, 10)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_voxels(bad):
+    data = _volume()
+    data[2, 3, 4] = bad
+    with pytest.raises(InvalidImageError, match="finite values"):
+        io.load_volume((data, np.eye(4)), name="fixed image")
+
+
+def test_constant_image():
+    with pytest.raises(InvalidImageError, match="is constant"):
+        io.load_volume((np.full((8, 8, 8), 3.0), np.eye(4)), name="fixed image")
+
+
+@pytest.mark.parametrize("size", [0.0, 1e-4, 500.0])
+def test_absurd_voxel_sizes(size):
+    affine = np.diag([size, 1.0, 1.0, 1.0])
+    with pytest.raises(InvalidImageError, match="voxel sizes must lie in"):
+        io.load_volume((_volume(), affine), name="moving image")
+
+
+def test_broken_affine():
+    with pytest.raises(InvalidImageError, match="non-finite"):
+        io.load_volume((_volume(), np.full((4, 4), np.nan)))
+    singular = np.array([[1.0, 1.0, 0, 0], [0, 0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
+    singular[1, :3] = [1.0, 1.0, 0]
+    with pytest.raises(InvalidImageError, match="singular"):
+        io.load_volume((_volume(), singular))
+
+
+def test_label_maps():
+    labels = np.random.default_rng(0).integers(0, 5, size=(8, 9, 10))
+    loaded = io.load_label_map((labels.astype(np.float32), np.eye(4)))
+    assert loaded.data.dtype == np.int32
+    np.testing.assert_array_equal(loaded.data, labels)
+    with pytest.raises(InvalidImageError, match="integer labels, got .* non-integer voxels"):
+        io.load_label_map((labels + 0.37, np.eye(4)), name="moving labels")
+
+
+def test_mask_must_share_the_grid():
+    image = io.load_volume((_volume(), np.eye(4)), name="fixed image")
+    with pytest.raises(InvalidImageError, match="shape of the fixed image"):
+        io.load_mask((np.ones((5, 5, 5)), np.eye(4)), like=image)
+    with pytest.raises(InvalidImageError, match="empty"):
+        io.load_mask((np.zeros((8, 9, 10)), np.eye(4)), like=image)
+    mask = io.load_mask((np.ones((8, 9, 10)) * 2, np.eye(4)), like=image)
+    assert set(np.unique(mask.data)) == {1.0}
+
+
+def test_wrong_type():
+    with pytest.raises(InvalidImageError, match="expected a path"):
+        io.load_volume(42, name="fixed image")
+
+
+def test_atomic_output_dir_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        with io.atomic_output_dir(target) as staging:
+            (staging / "warped.nii.gz").write_bytes(b"partial")
+            raise RuntimeError("registration failed half-way")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_output_dir_refuses_existing_without_overwrite(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("old")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        io.check_output_dir(target)
+    with io.atomic_output_dir(target, overwrite=True) as staging:
+        (staging / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _unwritable_folder(tmp_path):
+    """A folder this process cannot create entries in: chmod 500 for users, /sys for root."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "readonly"
+        folder.mkdir()
+        folder.chmod(0o500)
+        return folder
+    try:
+        probe = tempfile.mkdtemp(dir="/sys")
+    except OSError:
+        return Path("/sys")
+    os.rmdir(probe)
+    pytest.skip("no unwritable folder available to this (root) process")
+
+
+def test_unwritable_parent(tmp_path):
+    parent = _unwritable_folder(tmp_path)
+    try:
+        with pytest.raises(PermissionError, match="not writable"):
+            io.check_output_dir(parent / "smgic_out")
+    finally:
+        if parent != Path("/sys"):
+            parent.chmod(0o700)
+
+
+def test_missing_parent(tmp_path):
+    with pytest.raises(FileNotFoundError, match="parent folder"):
+        io.check_output_dir(tmp_path / "no" / "out")
+
+
+def test_output_is_a_file(tmp_path):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        io.check_output_dir(tmp_path / "out", overwrite=True)
+
+
+def test_save_image_atomic_writes_and_cleans(tmp_path):
+    image = io.make_nifti(_volume(), np.eye(4))
+    path = io.save_image_atomic(image, tmp_path / "x.nii.gz")
+    np.testing.assert_array_equal(nib.load(str(path)).get_fdata(), image.get_fdata())
+    assert [p.name for p in tmp_path.iterdir()] == ["x.nii.gz"]
+    with pytest.raises(ValueError, match="must end in"):
+        io.save_image_atomic(image, tmp_path / "x.png")
