@@ -110,6 +110,8 @@ def _read_image_file(path_like, name: str):
 
 def _as_array_and_affine(image, name: str):
     """(data, affine, source) from a path, a nibabel image or an (array, affine) pair."""
+    if isinstance(image, Volume):
+        return image.data, image.affine, image.source
     if isinstance(image, (str, os.PathLike)):
         loaded, source = _read_image_file(image, name)
         return _read_spatial_image(loaded, name, source)
@@ -190,7 +192,7 @@ def _check_finite(data: np.ndarray, name: str) -> None:
             )
 
 
-def load_volume(image, *, name: str = "image") -> Volume:
+def load_volume(image, *, name: str = "image", allow_constant: bool = False) -> Volume:
     """Load and validate an intensity image.
 
     Parameters
@@ -200,6 +202,8 @@ def load_volume(image, *, name: str = "image") -> Volume:
         voxel -> RAS+ mm affine.
     name : str
         How error messages call it ("fixed image", "moving image").
+    allow_constant : bool
+        Accept a constant image (fine to resample, useless to register).
 
     Returns
     -------
@@ -220,7 +224,7 @@ def load_volume(image, *, name: str = "image") -> Volume:
     if data.dtype.kind == "b":
         data = data.astype(np.float32)
     low, high = float(data.min()), float(data.max())
-    if not high > low:
+    if not high > low and not allow_constant:
         raise InvalidImageError(f"{name} is constant (every voxel is {low}); there is nothing to register")
     return Volume(np.ascontiguousarray(data, dtype=np.float32), affine, name, source)
 

@@ -36,6 +36,7 @@ __all__ = [
     "sampling_coordinates",
     "sample_image",
     "apply_displacement_field",
+    "displacement_on_grid",
     "field_jacobian_determinant",
     "write_itk_affine",
     "read_itk_affine",
@@ -207,15 +208,35 @@ def sample_image(data: np.ndarray, coordinates: np.ndarray, interpolation: str =
     return best_label
 
 
-def apply_displacement_field(field, image, *, interpolation: str = "linear"):
-    """Resample `image` (a Volume) through an ITK displacement field onto the field's grid.
+def displacement_on_grid(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, shape, affine: np.ndarray) -> np.ndarray:
+    """The field re-read at the voxel centres of another grid (trilinear; zero outside).
 
-    `field` is an ITK displacement-field image (or path); returns the resampled array
-    (float32, or int32 for "nearest"/"label" on label maps) and the field's affine.
+    Zero outside the field's domain is what ITK's DisplacementFieldTransform does there
+    (the point maps to itself).
+    """
+    if tuple(shape) == displacement_ras_mm.shape[1:] and np.allclose(affine, field_affine, atol=1e-6):
+        return displacement_ras_mm
+    coordinates = _apply_matrix(np.linalg.inv(field_affine) @ np.asarray(affine, dtype=np.float64), voxel_grid(shape))
+    return _warp_with_coordinates(displacement_ras_mm, coordinates, interpolation="linear", padding="zeros").astype(np.float64)
+
+
+def apply_displacement_field(field, image, *, interpolation: str = "linear", reference=None):
+    """Resample `image` (an io.Volume) through an ITK displacement field.
+
+    `field` is an ITK displacement-field image (or path); the output lies on `reference`
+    (a ``(shape, affine)`` pair) or, by default, on the field's own grid, and each output
+    voxel ``p`` reads the image at ``p + d(p)``, as ``antsApplyTransforms`` does.
+    Returns (array, affine): float32 for "linear", the image's values for "nearest", int32
+    labels for "label".
     """
     displacement, field_affine = itk_image_to_displacement(field)
-    coordinates = sampling_coordinates(displacement, field_affine, image.affine)
-    return sample_image(image.data, coordinates, interpolation), field_affine
+    if reference is None:
+        shape, affine = displacement.shape[1:], field_affine
+    else:
+        shape, affine = tuple(int(n) for n in reference[0]), np.asarray(reference[1], dtype=np.float64)
+        displacement = displacement_on_grid(displacement, field_affine, shape, affine)
+    coordinates = sampling_coordinates(displacement, affine, image.affine)
+    return sample_image(image.data, coordinates, interpolation), affine
 
 
 def field_jacobian_determinant(displacement_ras_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
