@@ -219,14 +219,14 @@ class Registrar:
 
     @staticmethod
     def _load_bundle(bundle):
+        if bundle is None and not DEFAULT_BUNDLE_PATH.exists():
+            raise NoDefaultBundleError(
+                f"no default model bundle is installed (looked in '{DEFAULT_BUNDLE_PATH}'); "
+                "pass bundle=PATH (CLI: --bundle PATH) with a bundle made by `python -m export bundle`"
+            )
         from . import bundle as bundle_module
 
         if bundle is None:
-            if not DEFAULT_BUNDLE_PATH.exists():
-                raise NoDefaultBundleError(
-                    f"no default model bundle is installed (looked in '{DEFAULT_BUNDLE_PATH}'); "
-                    "pass bundle=PATH (CLI: --bundle PATH) with a bundle made by `python -m export bundle`"
-                )
             return bundle_module.load_bundle(DEFAULT_BUNDLE_PATH)
         if isinstance(bundle, (str, os.PathLike)):
             return bundle_module.load_bundle(bundle)
