@@ -1,0 +1,79 @@
+"""Shared helpers for the registrar / CLI / ANTs tests (no tests of its own).
+
+Real brains come from the data packages listed in DATA.md, found without importing them;
+bundles are made by the project's exporter with random weights (a real ONNX graph per level).
+"""
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from smgic_rt.io import make_nifti
+
+
+def package_file(package: str, relative: str) -> Path:
+    """A data file inside an installed package, or skip when the package is absent."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"data package {package} is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.exists():
+        pytest.skip(f"{package} has no {relative}")
+    return path
+
+
+def block_downsample(image, factor: int):
+    """Mean of factor^3 blocks, keeping the file's orientation; the affine follows exactly."""
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    shape = [n // factor * factor for n in data.shape[:3]]
+    data = data[: shape[0], : shape[1], : shape[2]]
+    blocks = data.reshape(shape[0] // factor, factor, shape[1] // factor, factor, shape[2] // factor, factor)
+    # The coarse voxel i covers fine voxels factor*i .. factor*i + factor-1: centre at factor*i + (factor-1)/2.
+    scale = np.diag([factor, factor, factor, 1.0])
+    scale[:3, 3] = (factor - 1) / 2.0
+    return make_nifti(blocks.mean(axis=(1, 3, 5)), image.affine @ scale)
+
+
+def make_tiny_bundle(folder: Path) -> Path:
+    """A small random-weight bundle written by the project's exporter."""
+    export = pytest.importorskip("export")
+    writer = getattr(export, "write_random_bundle", None)
+    if writer is None:
+        pytest.skip("export has no random-bundle writer yet")
+    return Path(writer(folder))
+
+
+def zero_network_bundle(source: Path, folder: Path) -> Path:
+    """A copy of `source` whose convolution weights are all 0: each level's residual vanishes
+    and it returns its input velocity, so the network predicts v = 0 (identity transform).
+    Used to test geometry exactly; the checksums in config.json are recomputed. Callers check
+    that the network really returns zero (tests/test_registrar_geometry.py)."""
+    import onnx
+    from onnx import numpy_helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = json.loads((source / "config.json").read_text())
+    for name in config["files"]:
+        if name.endswith(".onnx"):
+            model = onnx.load(str(source / name))
+            weights = {
+                weight for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")
+                for weight in node.input[1:]
+            }
+            for initializer in model.graph.initializer:
+                if initializer.name not in weights:
+                    continue
+                array = numpy_helper.to_array(initializer)
+                if array.dtype.kind == "f":
+                    initializer.CopyFrom(numpy_helper.from_array(np.zeros_like(array), initializer.name))
+            onnx.save(model, str(folder / name))
+        else:
+            (folder / name).write_bytes((source / name).read_bytes())
+        config["files"][name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
