@@ -146,3 +146,75 @@ def test_ants_applies_our_affine_file_like_the_matrix(tmp_path):
     inside = np.all((coordinates >= 1) & (coordinates <= np.array(MOVING_SHAPE)[:, None, None, None] - 2), axis=0)
     assert inside.mean() > 0.3
     assert np.abs(warped[inside] - _smooth_function(mapped)[inside]).max() < 0.02
+
+
+# ---------------------------------------------------------------------------------------------
+# Model grid -> native grids (these need the compiled kernels, smgic_rt.ops)
+
+MODEL_AFFINE = np.array([[2.0, 0, 0, -20.0], [0, 2.0, 0, -24.0], [0, 0, 2.0, -18.0], [0, 0, 0, 1]])
+MODEL_SHAPE = (20, 24, 18)
+
+
+def test_constant_model_displacement_is_a_translation():
+    pytest.importorskip("smgic_rt.ops")
+    shift_voxels = np.array([1.5, -0.75, 2.0])
+    u = np.broadcast_to(shift_voxels[:, None, None, None], (3,) + MODEL_SHAPE).astype(np.float32).copy()
+    displacement = transforms.model_to_native_displacement(u, MODEL_AFFINE, FIXED_SHAPE, FIXED_AFFINE)
+    expected = MODEL_AFFINE[:3, :3] @ shift_voxels  # mm in RAS, the same everywhere (border padding)
+    np.testing.assert_allclose(displacement.reshape(3, -1).T, np.broadcast_to(expected, (np.prod(FIXED_SHAPE), 3)), atol=1e-4)
+
+
+def test_world_matrices_compose_around_the_deformation():
+    pytest.importorskip("smgic_rt.ops")
+    matrix = _random_affine(np.random.default_rng(4))
+    shift_voxels = np.array([0.5, 1.0, -1.5])
+    u = np.broadcast_to(shift_voxels[:, None, None, None], (3,) + MODEL_SHAPE).astype(np.float32).copy()
+    points = transforms.world_points(FIXED_SHAPE, FIXED_AFFINE)
+    shift_mm = (MODEL_AFFINE[:3, :3] @ shift_voxels)[:, None, None, None]
+    after = transforms.model_to_native_displacement(u, MODEL_AFFINE, FIXED_SHAPE, FIXED_AFFINE, world_after=matrix)
+    np.testing.assert_allclose(points + after, transforms._apply_matrix(matrix, points + shift_mm), atol=1e-3)
+    before = transforms.model_to_native_displacement(u, MODEL_AFFINE, FIXED_SHAPE, FIXED_AFFINE, world_before=matrix)
+    np.testing.assert_allclose(points + before, transforms._apply_matrix(matrix, points) + shift_mm, atol=1e-3)
+
+
+def test_smooth_model_displacement_matches_analytic_field():
+    """u(m) smooth on the model grid, read at native points: equals u evaluated there."""
+    pytest.importorskip("smgic_rt.ops")
+    index = transforms.voxel_grid(MODEL_SHAPE)
+    u = np.stack([np.sin(index[1] / 5.0), 0.5 * np.cos(index[2] / 4.0), 0.3 * index[0] / 10.0]).astype(np.float32)
+    displacement = transforms.model_to_native_displacement(u, MODEL_AFFINE, FIXED_SHAPE, FIXED_AFFINE)
+    points = transforms.world_points(FIXED_SHAPE, FIXED_AFFINE)
+    model_index = transforms._apply_matrix(np.linalg.inv(MODEL_AFFINE), points)
+    inside = np.all((model_index >= 0) & (model_index <= np.array(MODEL_SHAPE)[:, None, None, None] - 1), axis=0)
+    m = model_index
+    analytic = np.stack([np.sin(m[1] / 5.0), 0.5 * np.cos(m[2] / 4.0), 0.3 * m[0] / 10.0])
+    expected = np.einsum("ij,j...->i...", MODEL_AFFINE[:3, :3], analytic)
+    # trilinear reading of a smooth field: error ~ h^2 |u''| / 8 voxels = 0.02 mm here
+    assert np.abs(displacement[:, inside] - expected[:, inside]).max() < 0.03
+
+
+def test_label_interpolation_keeps_labels_and_agrees_with_nearest_on_grid_points():
+    pytest.importorskip("smgic_rt.ops")
+    labels = np.zeros((12, 12, 12), np.int32)
+    labels[2:7, 2:9, 3:10] = 5
+    labels[6:11, 4:10, 2:8] = 17
+    # On voxel centres (integer coordinates) generic label == nearest == the labels themselves.
+    coordinates = transforms.voxel_grid(labels.shape)
+    np.testing.assert_array_equal(transforms.sample_image(labels, coordinates, "label"), labels)
+    # Half a voxel along x: a voxel between two labels goes to the label that holds more weight.
+    shifted = coordinates + np.array([0.3, 0, 0])[:, None, None, None]
+    result = transforms.sample_image(labels, shifted, "label")
+    assert set(np.unique(result)) <= {0, 5, 17}
+    np.testing.assert_array_equal(result, transforms.sample_image(labels.astype(np.float32), shifted, "nearest"))
+    # Beyond the image: background.
+    outside = coordinates + 20.0
+    assert np.all(transforms.sample_image(labels, outside, "label") == 0)
+
+
+def test_field_jacobian_of_an_affine_map():
+    pytest.importorskip("smgic_rt.ops")
+    matrix = _random_affine(np.random.default_rng(5))
+    points = transforms.world_points(FIXED_SHAPE, FIXED_AFFINE)
+    displacement = transforms._apply_matrix(matrix, points) - points
+    jacobian = transforms.field_jacobian_determinant(displacement, FIXED_AFFINE)
+    np.testing.assert_allclose(jacobian, np.linalg.det(matrix[:3, :3]), rtol=1e-4)
