@@ -94,7 +94,7 @@ class Bundle:
 
     path: Path
     source: Path
-    config: dict
+    config: dict = field(repr=False)
     id: str
     _level_files: tuple = field(repr=False, default=())
 
