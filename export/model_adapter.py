@@ -13,7 +13,7 @@ import numpy as np
 
 __all__ = ["import_training_model", "model_config_dict", "grid_shape", "spacing", "integration_steps",
            "level_modules", "record_levels", "build_model", "load_checkpoint_model",
-           "random_model_from_config_file"]
+           "random_model_from_config_file", "torch_final_displacement"]
 
 
 def import_training_model():
@@ -152,3 +152,22 @@ def random_model_from_config_file(path, *, seed: int = 0):
     torch.manual_seed(seed)
     model = build_model(config)
     return model.eval(), {"source": "random initialisation", "seed": seed, "config_file": Path(path).name}
+
+
+def torch_final_displacement(model, fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
+    """The torch model's forward displacement ``exp(v_L)`` ``(3, X, Y, Z)`` for one pair: its
+    final-level velocity integrated with the training package's own torch scaling and squaring."""
+    import torch
+
+    training_model = import_training_model()
+    integrate = None
+    for name in ("integrate_velocity", "scaling_and_squaring", "integrate"):
+        integrate = getattr(training_model, name, None)
+        if integrate is not None:
+            break
+    if integrate is None:
+        raise ImportError("training.model has no torch integrate_velocity function")
+    records = record_levels(model, fixed, moving)
+    velocity = torch.from_numpy(records[-1]["output"][:1])
+    displacement = integrate(velocity, integration_steps(model))
+    return displacement[0].detach().cpu().numpy().astype(np.float32)
