@@ -1,0 +1,255 @@
+// Per-voxel arithmetic shared by the CPU (OpenMP) and CUDA kernels: the one place where
+// interpolation, padding, field composition and the Jacobian are defined.
+//
+// Conventions (DESIGN.md): arrays are (X, Y, Z) with Z contiguous; voxel centres sit at integer
+// coordinates (align-corners); a displacement has 3 channels, channel c along voxel axis c.
+#pragma once
+
+#include "common/hostdev.h"
+
+namespace smgic {
+
+enum Interpolation : int { kLinear = 0, kNearest = 1 };
+enum Padding : int { kZeros = 0, kBorder = 1 };
+
+struct Grid3 {
+  int64_t nx, ny, nz;
+  SMGIC_HOST_DEVICE int64_t voxels() const { return nx * ny * nz; }
+};
+
+// Clamping with fmin/fmax also maps NaN to a finite bound, so a bad coordinate can never turn
+// into an out-of-range integer cast (undefined behaviour) inside a kernel.
+SMGIC_HOST_DEVICE float clamp_coordinate(float p, float lo, float hi) { return fminf(fmaxf(p, lo), hi); }
+
+// Up to 8 (offset, weight) pairs that read one interpolated value from a channel.
+// Computed once per output voxel and reused for every channel.
+struct Stencil {
+  int64_t offset[8];
+  float weight[8];
+};
+
+// One axis of a trilinear stencil: the two neighbouring indices and their weights.
+SMGIC_HOST_DEVICE void linear_axis(float p, int64_t n, int padding, int64_t& i0, int64_t& i1, float& w0,
+                                   float& w1) {
+  if (padding == kBorder) {
+    p = clamp_coordinate(p, 0.0f, static_cast<float>(n - 1));
+  } else {
+    // Beyond one voxel outside every corner is zero anyway; the clamp only keeps the cast defined.
+    p = clamp_coordinate(p, -2.0f, static_cast<float>(n) + 1.0f);
+  }
+  const float base = floorf(p);
+  const float t = p - base;
+  i0 = static_cast<int64_t>(base);
+  i1 = i0 + 1;
+  w0 = 1.0f - t;
+  w1 = t;
+  if (padding == kBorder) {
+    if (i1 > n - 1) i1 = n - 1;  // p == n-1 exactly: t == 0, the second corner carries no weight
+  } else {
+    if (i0 < 0 || i0 >= n) { w0 = 0.0f; i0 = 0; }
+    if (i1 < 0 || i1 >= n) { w1 = 0.0f; i1 = 0; }
+  }
+}
+
+SMGIC_HOST_DEVICE Stencil linear_stencil(const Grid3& g, float px, float py, float pz, int padding) {
+  int64_t x0, x1, y0, y1, z0, z1;
+  float wx0, wx1, wy0, wy1, wz0, wz1;
+  linear_axis(px, g.nx, padding, x0, x1, wx0, wx1);
+  linear_axis(py, g.ny, padding, y0, y1, wy0, wy1);
+  linear_axis(pz, g.nz, padding, z0, z1, wz0, wz1);
+  const int64_t sx = g.ny * g.nz, sy = g.nz;
+  Stencil s;
+  const int64_t ox[2] = {x0 * sx, x1 * sx}, oy[2] = {y0 * sy, y1 * sy}, oz[2] = {z0, z1};
+  const float wx[2] = {wx0, wx1}, wy[2] = {wy0, wy1}, wz[2] = {wz0, wz1};
+SMGIC_UNROLL
+  for (int k = 0; k < 8; ++k) {
+    const int a = (k >> 2) & 1, b = (k >> 1) & 1, c = k & 1;
+    s.offset[k] = ox[a] + oy[b] + oz[c];
+    s.weight[k] = wx[a] * wy[b] * wz[c];
+  }
+  return s;
+}
+
+// Nearest neighbour with round-half-to-even (rintf), as torch's grid_sample does.
+SMGIC_HOST_DEVICE bool nearest_axis(float p, int64_t n, int padding, int64_t& i) {
+  if (padding == kBorder) {
+    p = clamp_coordinate(p, 0.0f, static_cast<float>(n - 1));
+  } else {
+    p = clamp_coordinate(p, -2.0f, static_cast<float>(n) + 1.0f);
+  }
+  i = static_cast<int64_t>(rintf(p));
+  if (i < 0 || i >= n) {
+    i = 0;
+    return false;
+  }
+  return true;
+}
+
+SMGIC_HOST_DEVICE float apply_linear(const Stencil& s, const float* channel) {
+  float sum = 0.0f;
+SMGIC_UNROLL
+  for (int k = 0; k < 8; ++k) sum += s.weight[k] * channel[s.offset[k]];
+  return sum;
+}
+
+// Reads every channel of `image` (channel stride = g.voxels()) at point p and writes
+// scale * value to out[c * out_stride]; `add` (may be null) is added per channel with the same stride.
+SMGIC_HOST_DEVICE void sample_channels(const float* image, int64_t channels, const Grid3& g, float px, float py,
+                                       float pz, int interpolation, int padding, float scale, const float* add,
+                                       float* out, int64_t out_stride) {
+  const int64_t cs = g.voxels();
+  if (interpolation == kNearest) {
+    int64_t ix, iy, iz;
+    const bool inside = nearest_axis(px, g.nx, padding, ix) & nearest_axis(py, g.ny, padding, iy) &
+                        nearest_axis(pz, g.nz, padding, iz);
+    const int64_t offset = (ix * g.ny + iy) * g.nz + iz;
+    for (int64_t c = 0; c < channels; ++c) {
+      const float value = inside ? scale * image[c * cs + offset] : 0.0f;
+      out[c * out_stride] = add ? add[c * out_stride] + value : value;
+    }
+    return;
+  }
+  const Stencil s = linear_stencil(g, px, py, pz, padding);
+  for (int64_t c = 0; c < channels; ++c) {
+    const float value = scale * apply_linear(s, image + c * cs);
+    out[c * out_stride] = add ? add[c * out_stride] + value : value;
+  }
+}
+
+// ---- parameter structs: plain pointers and sizes, no framework types ----
+
+// out[n, :, x] = image[n, :, x + u(x)] (displacement given) or image[n, :, M @ [x, 1]] (matrix given).
+struct WarpParams {
+  const float* image;         // (N, C, in)
+  const float* displacement;  // (N, 3, out); null means: use matrix
+  float* out;                 // (N, C, out)
+  int64_t batch, channels;
+  Grid3 in, out_grid;
+  int interpolation, padding;
+  float matrix[12];  // row-major 3x4, output voxel -> input voxel; by value so it reaches the device
+};
+
+// out = scale*inner(x) + scale*outer(x + scale*inner(x)), fields on the same kind of grid:
+// inner and out on `grid`, outer on `outer_grid`, border padding (fields).
+// scale != 1 lets the first squaring step of integrate_velocity read v directly (u0 = v / 2^T).
+struct ComposeParams {
+  const float* outer;  // (N, 3, outer_grid)
+  const float* inner;  // (N, 3, grid)
+  float* out;          // (N, 3, grid)
+  int64_t batch;
+  Grid3 grid, outer_grid;
+  float scale;
+};
+
+// out[x] = 2 * u((x - 0.5) / 2): the pyramid convention (coarse voxel i centred at fine 2i + 0.5).
+struct UpsampleParams {
+  const float* field;  // (N, 3, in)
+  float* out;          // (N, 3, out)
+  int64_t batch;
+  Grid3 in, out_grid;
+};
+
+// out = mean of each 2x2x2 block.
+struct HaarParams {
+  const float* image;  // (N, C, 2*out)
+  float* out;          // (N, C, out)
+  int64_t batch, channels;
+  Grid3 out_grid;
+};
+
+// out = det(I + grad u), central differences, one-sided at the border.
+struct JacobianParams {
+  const float* field;  // (N, 3, grid)
+  float* out;          // (N, grid)
+  int64_t batch;
+  Grid3 grid;
+};
+
+// ---- per-voxel kernels; (n, x, y, z) indexes the output ----
+
+SMGIC_HOST_DEVICE void warp_voxel(const WarpParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+  const int64_t out_cs = p.out_grid.voxels();
+  const int64_t v = (x * p.out_grid.ny + y) * p.out_grid.nz + z;
+  float px, py, pz;
+  if (!p.displacement) {
+    const float* m = p.matrix;
+    const float fx = static_cast<float>(x), fy = static_cast<float>(y), fz = static_cast<float>(z);
+    px = m[0] * fx + m[1] * fy + m[2] * fz + m[3];
+    py = m[4] * fx + m[5] * fy + m[6] * fz + m[7];
+    pz = m[8] * fx + m[9] * fy + m[10] * fz + m[11];
+  } else {
+    const float* u = p.displacement + n * 3 * out_cs + v;
+    px = static_cast<float>(x) + u[0];
+    py = static_cast<float>(y) + u[out_cs];
+    pz = static_cast<float>(z) + u[2 * out_cs];
+  }
+  const float* image = p.image + n * p.channels * p.in.voxels();
+  float* out = p.out + n * p.channels * out_cs + v;
+  sample_channels(image, p.channels, p.in, px, py, pz, p.interpolation, p.padding, 1.0f, nullptr, out, out_cs);
+}
+
+SMGIC_HOST_DEVICE void compose_voxel(const ComposeParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+  const int64_t cs = p.grid.voxels();
+  const int64_t v = (x * p.grid.ny + y) * p.grid.nz + z;
+  const float* inner = p.inner + n * 3 * cs + v;
+  const float ux = p.scale * inner[0], uy = p.scale * inner[cs], uz = p.scale * inner[2 * cs];
+  const float* outer = p.outer + n * 3 * p.outer_grid.voxels();
+  const Stencil s = linear_stencil(p.outer_grid, static_cast<float>(x) + ux, static_cast<float>(y) + uy,
+                                   static_cast<float>(z) + uz, kBorder);
+  const int64_t ocs = p.outer_grid.voxels();
+  float* out = p.out + n * 3 * cs + v;
+  out[0] = ux + p.scale * apply_linear(s, outer);
+  out[cs] = uy + p.scale * apply_linear(s, outer + ocs);
+  out[2 * cs] = uz + p.scale * apply_linear(s, outer + 2 * ocs);
+}
+
+SMGIC_HOST_DEVICE void upsample_voxel(const UpsampleParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+  const int64_t out_cs = p.out_grid.voxels();
+  const int64_t v = (x * p.out_grid.ny + y) * p.out_grid.nz + z;
+  const float* field = p.field + n * 3 * p.in.voxels();
+  float* out = p.out + n * 3 * out_cs + v;
+  sample_channels(field, 3, p.in, (static_cast<float>(x) - 0.5f) * 0.5f, (static_cast<float>(y) - 0.5f) * 0.5f,
+                  (static_cast<float>(z) - 0.5f) * 0.5f, kLinear, kBorder, 2.0f, nullptr, out, out_cs);
+}
+
+SMGIC_HOST_DEVICE void haar_voxel(const HaarParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+  const Grid3 in{2 * p.out_grid.nx, 2 * p.out_grid.ny, 2 * p.out_grid.nz};
+  const int64_t in_cs = in.voxels(), out_cs = p.out_grid.voxels();
+  const int64_t v = (x * p.out_grid.ny + y) * p.out_grid.nz + z;
+  const int64_t base = ((2 * x) * in.ny + 2 * y) * in.nz + 2 * z;
+  const int64_t sx = in.ny * in.nz, sy = in.nz;
+  for (int64_t c = 0; c < p.channels; ++c) {
+    const float* image = p.image + (n * p.channels + c) * in_cs + base;
+    const float sum = image[0] + image[1] + image[sy] + image[sy + 1] + image[sx] + image[sx + 1] +
+                      image[sx + sy] + image[sx + sy + 1];
+    p.out[(n * p.channels + c) * out_cs + v] = 0.125f * sum;
+  }
+}
+
+// d/d(axis) of one channel at index i along an axis of length len with stride `stride`.
+SMGIC_HOST_DEVICE float axis_derivative(const float* at, int64_t i, int64_t len, int64_t stride) {
+  if (len < 2) return 0.0f;
+  if (i == 0) return at[stride] - at[0];
+  if (i == len - 1) return at[0] - at[-stride];
+  return 0.5f * (at[stride] - at[-stride]);
+}
+
+SMGIC_HOST_DEVICE void jacobian_voxel(const JacobianParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+  const int64_t cs = p.grid.voxels();
+  const int64_t v = (x * p.grid.ny + y) * p.grid.nz + z;
+  const int64_t sx = p.grid.ny * p.grid.nz, sy = p.grid.nz;
+  float j[3][3];
+SMGIC_UNROLL
+  for (int c = 0; c < 3; ++c) {
+    const float* at = p.field + (n * 3 + c) * cs + v;
+    j[c][0] = axis_derivative(at, x, p.grid.nx, sx);
+    j[c][1] = axis_derivative(at, y, p.grid.ny, sy);
+    j[c][2] = axis_derivative(at, z, p.grid.nz, 1);
+    j[c][c] += 1.0f;
+  }
+  p.out[n * cs + v] = j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1]) -
+                      j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0]) +
+                      j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]);
+}
+
+}  // namespace smgic

@@ -1,0 +1,318 @@
+// Thin binding layer: turns numpy arrays (CPU) or raw device pointers (CUDA) into the plain
+// parameter structs of common/voxel_math.h and calls the launchers. smgic_rt/ops.py validates
+// user input and normalises every array to (N, C, X, Y, Z); the checks here only guard the
+// pointers against a caller that bypasses ops.py.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kernels/kernels.h"
+
+namespace py = pybind11;
+
+namespace smgic {
+namespace {
+
+using Shape5 = std::array<int64_t, 5>;
+
+std::string shape_text(const py::array& a) {
+  std::ostringstream s;
+  s << "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s << (i ? ", " : "") << a.shape(i);
+  s << (a.ndim() == 1 ? ",)" : ")");
+  return s.str();
+}
+
+// A C-contiguous float32 array of rank `ndim`; raises ValueError/TypeError naming `name`.
+py::array checked(const py::array& a, const char* name, int ndim) {
+  if (!py::isinstance<py::array_t<float>>(a) || a.dtype().kind() != 'f' || a.itemsize() != 4) {
+    throw py::type_error(std::string(name) + " must be float32, got dtype " + std::string(py::str(a.dtype())));
+  }
+  if (a.ndim() != ndim) {
+    throw py::value_error(std::string(name) + " must have " + std::to_string(ndim) + " dimensions, got shape " +
+                          shape_text(a));
+  }
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+  return a;
+}
+
+const float* in_ptr(const py::array& a) { return static_cast<const float*>(a.data()); }
+float* out_ptr(py::array& a) {
+  if (!a.writeable()) throw py::value_error("output array must be writeable");
+  return static_cast<float*>(a.mutable_data());
+}
+Grid3 grid_of(const py::array& a) { return Grid3{a.shape(2), a.shape(3), a.shape(4)}; }
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw py::value_error(message);
+}
+
+void check_mode(int interpolation, int padding) {
+  require(interpolation == kLinear || interpolation == kNearest,
+          "interpolation code must be 0 (linear) or 1 (nearest), got " + std::to_string(interpolation));
+  require(padding == kZeros || padding == kBorder,
+          "padding code must be 0 (zeros) or 1 (border), got " + std::to_string(padding));
+}
+
+void check_steps(int steps) { require(steps >= 0 && steps <= 30, "steps must be in [0, 30], got " + std::to_string(steps)); }
+
+WarpParams affine_params(const std::vector<double>& matrix) {
+  require(matrix.size() == 12, "matrix must hold 12 values (3x4, row-major), got " + std::to_string(matrix.size()));
+  WarpParams p{};
+  for (int i = 0; i < 12; ++i) p.matrix[i] = static_cast<float>(matrix[i]);
+  return p;
+}
+
+// ---------------- CPU (numpy) ----------------
+
+void warp_cpu(py::array image, py::array displacement, py::array out, int interpolation, int padding) {
+  checked(image, "image", 5);
+  checked(displacement, "displacement", 5);
+  checked(out, "out", 5);
+  check_mode(interpolation, padding);
+  require(displacement.shape(1) == 3, "displacement must have 3 channels, got shape " + shape_text(displacement));
+  require(displacement.shape(0) == image.shape(0), "displacement and image batch sizes differ");
+  require(out.shape(0) == image.shape(0) && out.shape(1) == image.shape(1) && out.shape(2) == displacement.shape(2) &&
+              out.shape(3) == displacement.shape(3) && out.shape(4) == displacement.shape(4),
+          "out must have shape (N, C) of image and (X, Y, Z) of displacement, got " + shape_text(out));
+  WarpParams p{};
+  p.image = in_ptr(image);
+  p.displacement = in_ptr(displacement);
+  p.out = out_ptr(out);
+  p.batch = image.shape(0);
+  p.channels = image.shape(1);
+  p.in = grid_of(image);
+  p.out_grid = grid_of(out);
+  p.interpolation = interpolation;
+  p.padding = padding;
+  py::gil_scoped_release release;
+  cpu::warp(p);
+}
+
+void affine_cpu(py::array image, const std::vector<double>& matrix, py::array out, int interpolation, int padding) {
+  checked(image, "image", 5);
+  checked(out, "out", 5);
+  check_mode(interpolation, padding);
+  require(out.shape(0) == image.shape(0) && out.shape(1) == image.shape(1),
+          "out must have the (N, C) of image, got " + shape_text(out));
+  WarpParams p = affine_params(matrix);
+  p.image = in_ptr(image);
+  p.displacement = nullptr;
+  p.out = out_ptr(out);
+  p.batch = image.shape(0);
+  p.channels = image.shape(1);
+  p.in = grid_of(image);
+  p.out_grid = grid_of(out);
+  p.interpolation = interpolation;
+  p.padding = padding;
+  py::gil_scoped_release release;
+  cpu::warp(p);
+}
+
+void compose_cpu(py::array outer, py::array inner, py::array out) {
+  checked(outer, "u_outer", 5);
+  checked(inner, "u_inner", 5);
+  checked(out, "out", 5);
+  require(outer.shape(1) == 3 && inner.shape(1) == 3 && out.shape(1) == 3, "fields must have 3 channels");
+  require(outer.shape(0) == inner.shape(0) && out.shape(0) == inner.shape(0), "batch sizes differ");
+  for (int d = 2; d < 5; ++d) require(out.shape(d) == inner.shape(d), "out must have the shape of u_inner");
+  ComposeParams p{in_ptr(outer), in_ptr(inner), out_ptr(out), inner.shape(0), grid_of(inner), grid_of(outer), 1.0f};
+  py::gil_scoped_release release;
+  cpu::compose(p);
+}
+
+void integrate_cpu(py::array velocity, py::array out, int steps) {
+  checked(velocity, "velocity", 5);
+  checked(out, "out", 5);
+  check_steps(steps);
+  require(velocity.shape(1) == 3, "velocity must have 3 channels, got shape " + shape_text(velocity));
+  for (int d = 0; d < 5; ++d) require(out.shape(d) == velocity.shape(d), "out must have the shape of velocity");
+  const float* v = in_ptr(velocity);
+  float* o = out_ptr(out);
+  const int64_t batch = velocity.shape(0);
+  const Grid3 g = grid_of(velocity);
+  py::gil_scoped_release release;
+  std::unique_ptr<float[]> scratch(new float[static_cast<size_t>(batch * 3 * g.voxels())]);
+  cpu::integrate_velocity(v, o, scratch.get(), batch, g, steps);
+}
+
+void upsample_cpu(py::array field, py::array out) {
+  checked(field, "u", 5);
+  checked(out, "out", 5);
+  require(field.shape(1) == 3 && out.shape(1) == 3 && out.shape(0) == field.shape(0),
+          "u and out must be (N, 3, ...) fields with equal N");
+  UpsampleParams p{in_ptr(field), out_ptr(out), field.shape(0), grid_of(field), grid_of(out)};
+  py::gil_scoped_release release;
+  cpu::upsample(p);
+}
+
+void haar_cpu(py::array image, py::array out) {
+  checked(image, "image", 5);
+  checked(out, "out", 5);
+  require(out.shape(0) == image.shape(0) && out.shape(1) == image.shape(1), "out must have the (N, C) of image");
+  for (int d = 2; d < 5; ++d) require(image.shape(d) == 2 * out.shape(d), "image sizes must be twice out's");
+  HaarParams p{in_ptr(image), out_ptr(out), image.shape(0), image.shape(1), grid_of(out)};
+  py::gil_scoped_release release;
+  cpu::downsample_haar(p);
+}
+
+void jacobian_cpu(py::array field, py::array out) {
+  checked(field, "u", 5);
+  checked(out, "out", 4);
+  require(field.shape(1) == 3, "u must have 3 channels, got shape " + shape_text(field));
+  require(out.shape(0) == field.shape(0) && out.shape(1) == field.shape(2) && out.shape(2) == field.shape(3) &&
+              out.shape(3) == field.shape(4),
+          "out must be (N, X, Y, Z) of u");
+  JacobianParams p{in_ptr(field), out_ptr(out), field.shape(0), grid_of(field)};
+  py::gil_scoped_release release;
+  cpu::jacobian_determinant(p);
+}
+
+bool all_finite_cpu(py::array a) {
+  if (!py::isinstance<py::array_t<float>>(a) || a.itemsize() != 4 || a.dtype().kind() != 'f') {
+    throw py::type_error("all_finite expects a float32 array");
+  }
+  if (!(a.flags() & py::array::c_style)) throw py::value_error("all_finite expects a C-contiguous array");
+  const float* data = in_ptr(a);
+  const int64_t count = a.size();
+  py::gil_scoped_release release;
+  return cpu::all_finite(data, count);
+}
+
+// ---------------- CUDA (raw device pointers from __cuda_array_interface__) ----------------
+#ifdef SMGIC_WITH_CUDA
+Grid3 grid_of(const Shape5& s) { return Grid3{s[2], s[3], s[4]}; }
+const float* dptr(uintptr_t p) { return reinterpret_cast<const float*>(p); }
+float* dmut(uintptr_t p) { return reinterpret_cast<float*>(p); }
+
+void warp_cuda(uintptr_t image, const Shape5& image_shape, uintptr_t displacement, uintptr_t out,
+               const Shape5& out_shape, int interpolation, int padding) {
+  check_mode(interpolation, padding);
+  WarpParams p{};
+  p.image = dptr(image);
+  p.displacement = dptr(displacement);
+  p.out = dmut(out);
+  p.batch = out_shape[0];
+  p.channels = out_shape[1];
+  p.in = grid_of(image_shape);
+  p.out_grid = grid_of(out_shape);
+  p.interpolation = interpolation;
+  p.padding = padding;
+  cuda::warp(p);
+}
+
+void affine_cuda(uintptr_t image, const Shape5& image_shape, const std::vector<double>& matrix, uintptr_t out,
+                 const Shape5& out_shape, int interpolation, int padding) {
+  check_mode(interpolation, padding);
+  WarpParams p = affine_params(matrix);
+  p.image = dptr(image);
+  p.displacement = nullptr;
+  p.out = dmut(out);
+  p.batch = out_shape[0];
+  p.channels = out_shape[1];
+  p.in = grid_of(image_shape);
+  p.out_grid = grid_of(out_shape);
+  p.interpolation = interpolation;
+  p.padding = padding;
+  cuda::warp(p);
+}
+
+void compose_cuda(uintptr_t outer, const Shape5& outer_shape, uintptr_t inner, uintptr_t out, const Shape5& shape) {
+  cuda::compose(ComposeParams{dptr(outer), dptr(inner), dmut(out), shape[0], grid_of(shape), grid_of(outer_shape), 1.0f});
+}
+
+void integrate_cuda(uintptr_t velocity, uintptr_t out, uintptr_t scratch, const Shape5& shape, int steps) {
+  check_steps(steps);
+  cuda::integrate_velocity(dptr(velocity), dmut(out), dmut(scratch), shape[0], grid_of(shape), steps);
+}
+
+void upsample_cuda(uintptr_t field, const Shape5& field_shape, uintptr_t out, const Shape5& out_shape) {
+  cuda::upsample(UpsampleParams{dptr(field), dmut(out), out_shape[0], grid_of(field_shape), grid_of(out_shape)});
+}
+
+void haar_cuda(uintptr_t image, uintptr_t out, const Shape5& out_shape) {
+  cuda::downsample_haar(HaarParams{dptr(image), dmut(out), out_shape[0], out_shape[1], grid_of(out_shape)});
+}
+
+void jacobian_cuda(uintptr_t field, uintptr_t out, const Shape5& field_shape) {
+  cuda::jacobian_determinant(JacobianParams{dptr(field), dmut(out), field_shape[0], grid_of(field_shape)});
+}
+#endif
+
+py::dict build_info() {
+  py::dict info;
+#ifdef SMGIC_WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_runtime"] = cuda::runtime_version();
+  info["cuda_archs"] = std::string(SMGIC_CUDA_ARCHS);
+#else
+  info["cuda"] = false;
+  info["cuda_runtime"] = py::none();
+  info["cuda_archs"] = py::none();
+#endif
+#ifdef _OPENMP
+  info["openmp"] = true;
+  info["openmp_version"] = static_cast<int>(_OPENMP);
+  info["max_threads"] = omp_get_max_threads();
+#else
+  info["openmp"] = false;
+  info["openmp_version"] = py::none();
+  info["max_threads"] = 1;
+#endif
+#if defined(__clang__)
+  info["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  info["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  info["compiler"] = std::string("unknown");
+#endif
+  info["cxx_standard"] = static_cast<long>(__cplusplus);
+  return info;
+}
+
+bool cuda_available() {
+#ifdef SMGIC_WITH_CUDA
+  return cuda::available();
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+}  // namespace smgic
+
+void bind_kernels(py::module_& m) {
+  using namespace smgic;
+  m.def("build_info", &build_info, "What this build contains: cuda, openmp, compiler, ...");
+  m.def("cuda_available", &cuda_available, "True when built with CUDA and a driver and GPU are present");
+  m.def("all_finite", &all_finite_cpu, "True when every value of a float32 array is finite");
+  // CPU kernels: 5-D (N, C, X, Y, Z) float32 C-contiguous arrays, output preallocated by ops.py.
+  m.def("warp", &warp_cpu, "out[n,:,x] = image[n,:,x+u(x)]");
+  m.def("affine_resample", &affine_cpu, "out[n,:,x] = image[n,:,M@[x,1]], M 3x4 row-major (12 values)");
+  m.def("compose", &compose_cpu, "out = u_inner + u_outer o (id + u_inner), border padding");
+  m.def("integrate_velocity", &integrate_cpu, "scaling and squaring: out = exp(velocity)");
+  m.def("upsample_field", &upsample_cpu, "out[x] = 2 u((x - 0.5) / 2), border padding");
+  m.def("downsample_haar", &haar_cpu, "mean of each 2x2x2 block");
+  m.def("jacobian_determinant", &jacobian_cpu, "det(I + grad u), central differences");
+#ifdef SMGIC_WITH_CUDA
+  // CUDA kernels: raw device pointers (from __cuda_array_interface__) and 5-D shapes.
+  m.def("warp_cuda", &warp_cuda);
+  m.def("affine_resample_cuda", &affine_cuda);
+  m.def("compose_cuda", &compose_cuda);
+  m.def("integrate_velocity_cuda", &integrate_cuda);
+  m.def("upsample_field_cuda", &upsample_cuda);
+  m.def("downsample_haar_cuda", &haar_cuda);
+  m.def("jacobian_determinant_cuda", &jacobian_cuda);
+  m.def("cuda_synchronize", &cuda::synchronize, "wait for all queued kernels");
+#endif
+}

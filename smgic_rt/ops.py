@@ -1,0 +1,396 @@
+"""Voxel kernels: warping, scaling and squaring, composition, resizing, Jacobian (``smgic_rt._C``).
+
+Arrays are float32, C-contiguous, shaped ``(C, X, Y, Z)`` or batched ``(N, C, X, Y, Z)``; numpy
+arrays run on the CPU (OpenMP, ``OMP_NUM_THREADS`` respected), CUDA device arrays exposing
+``__cuda_array_interface__`` (cupy, torch CUDA tensors) run on the GPU when ``_C`` was built with
+CUDA, and the result is an array of the same kind. Conventions (``docs/architecture.md``):
+displacement channel ``c`` is along voxel axis ``c`` in voxels, ``phi(x) = x + u(x)``, warping
+pulls, voxel centres sit at integer coordinates.
+
+Example
+-------
+>>> import numpy as np
+>>> from smgic_rt import ops
+>>> image = np.random.rand(1, 8, 8, 8).astype(np.float32)
+>>> shift = np.zeros((3, 8, 8, 8), np.float32); shift[0] = 1.0
+>>> np.allclose(ops.warp(image, shift)[0, :7], image[0, 1:])
+True
+"""
+
+import numbers
+
+import numpy as np
+
+from . import _C
+
+__all__ = [
+    "warp",
+    "affine_resample",
+    "integrate_velocity",
+    "compose",
+    "upsample_field",
+    "downsample_haar",
+    "jacobian_determinant",
+    "build_info",
+    "cuda_available",
+]
+
+_INTERPOLATION = {"linear": 0, "nearest": 1}
+_PADDING = {"zeros": 0, "border": 1}
+_MAX_STEPS = 30
+
+
+def build_info():
+    """What the compiled module contains: ``{"cuda": bool, "openmp": bool, "compiler": str, ...}``."""
+    return _C.build_info()
+
+
+def cuda_available():
+    """True when ``_C`` was built with CUDA and a driver and a GPU are present."""
+    return bool(_C.cuda_available())
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+def _is_device(array):
+    return not isinstance(array, np.ndarray) and hasattr(array, "__cuda_array_interface__")
+
+
+def _shape_of(array):
+    return tuple(int(s) for s in array.shape)
+
+
+def _check_array(array, name, ranks):
+    """Validate one input; return ``(shape, on_device)``. Raises TypeError/ValueError naming ``name``."""
+    expected_rank = " or ".join(str(r) for r in ranks)
+    if _is_device(array):
+        interface = array.__cuda_array_interface__
+        shape = tuple(int(s) for s in interface["shape"])
+        if interface["typestr"] != "<f4":
+            raise TypeError(f"{name} must be float32 (typestr '<f4'), got typestr {interface['typestr']!r}")
+        strides = interface.get("strides")
+        if strides is not None:
+            contiguous = tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) * 4 for i in range(len(shape)))
+            if tuple(strides) != contiguous and int(np.prod(shape)) > 1:
+                raise ValueError(f"{name} must be C-contiguous, got strides {tuple(strides)} for shape {shape}")
+        if not _C.build_info()["cuda"]:
+            raise ValueError(f"{name} is a CUDA array but smgic_rt._C was built without CUDA")
+        on_device = True
+    elif isinstance(array, np.ndarray):
+        shape = array.shape
+        if array.dtype != np.float32:
+            raise TypeError(f"{name} must be float32, got {array.dtype}; pass {name}.astype(np.float32)")
+        if not array.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous; pass np.ascontiguousarray({name})")
+        on_device = False
+    else:
+        raise TypeError(f"{name} must be a float32 numpy array or a CUDA array, got {type(array).__name__}")
+    if len(shape) not in ranks:
+        raise ValueError(f"{name} must have {expected_rank} dimensions, got shape {shape}")
+    if any(s == 0 for s in shape):
+        raise ValueError(f"{name} must not be empty, got shape {shape}")
+    return shape, on_device
+
+
+def _check_finite(array, name, on_device):
+    if on_device:
+        module = type(array).__module__.split(".")[0]
+        if module == "cupy":
+            import cupy
+
+            finite = bool(cupy.isfinite(array).all())
+        elif module == "torch":
+            import torch
+
+            finite = bool(torch.isfinite(array).all())
+        else:
+            return  # no generic device reduction available; the kernels clamp non-finite coordinates
+    else:
+        finite = _C.all_finite(array)
+    if not finite:
+        raise ValueError(f"{name} must contain only finite values, got NaN or infinity")
+
+
+def _check_field(array, name):
+    shape, on_device = _check_array(array, name, (4, 5))
+    channels = shape[-4]
+    if channels != 3:
+        raise ValueError(f"{name} must have 3 channels (axis -4), got shape {shape}")
+    _check_finite(array, name, on_device)
+    return shape, on_device
+
+
+def _check_same_kind(names_devices):
+    kinds = {on_device for _, on_device in names_devices}
+    if len(kinds) > 1:
+        described = ", ".join(f"{n} on {'CUDA' if d else 'CPU'}" for n, d in names_devices)
+        raise TypeError(f"arrays must all be numpy or all be CUDA arrays, got {described}")
+    return kinds.pop()
+
+
+def _check_same_rank(name_a, shape_a, name_b, shape_b):
+    if len(shape_a) != len(shape_b):
+        raise ValueError(f"{name_a} and {name_b} must both be batched or both unbatched, "
+                         f"got shapes {shape_a} and {shape_b}")
+    if len(shape_a) == 5 and shape_a[0] != shape_b[0]:
+        raise ValueError(f"{name_a} and {name_b} must have the same batch size, got shapes {shape_a} and {shape_b}")
+
+
+def _choice(value, name, table):
+    if value not in table:
+        raise ValueError(f"{name} must be one of {sorted(table)}, got {value!r}")
+    return table[value]
+
+
+def _spatial_shape(shape, name):
+    try:
+        values = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of 3 positive ints, got {shape!r}") from None
+    if len(values) != 3 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in values):
+        raise TypeError(f"{name} must be a sequence of 3 positive ints, got {shape!r}")
+    if any(int(s) <= 0 for s in values):
+        raise ValueError(f"{name} must hold 3 positive sizes, got {tuple(int(s) for s in values)}")
+    return tuple(int(s) for s in values)
+
+
+def _batched(shape):
+    """(C, X, Y, Z) -> (1, C, X, Y, Z); batched shapes pass through."""
+    return tuple(shape) if len(shape) == 5 else (1,) + tuple(shape)
+
+
+# ---------------------------------------------------------------- array plumbing
+
+
+def _empty(like, shape, on_device):
+    if not on_device:
+        return np.empty(shape, np.float32)
+    module = type(like).__module__.split(".")[0]
+    if module == "cupy":
+        import cupy
+
+        return cupy.empty(shape, cupy.float32)
+    if module == "torch":
+        import torch
+
+        return torch.empty(shape, dtype=torch.float32, device=like.device)
+    raise TypeError(f"CUDA arrays of type {type(like).__name__} are not supported for outputs; use cupy or torch")
+
+
+def _ptr(array):
+    return int(array.__cuda_array_interface__["data"][0])
+
+
+def _view5(array, on_device):
+    """A 5-D view (no copy) of a 4-D or 5-D contiguous array."""
+    if array.ndim == 5:
+        return array
+    return array.reshape((1,) + _shape_of(array))
+
+
+def _unbatch(out, batched_input):
+    return out if batched_input else out[0]
+
+
+# ---------------------------------------------------------------- public functions
+
+
+def warp(image, displacement, *, interpolation="linear", padding="zeros"):
+    """Pull-warp ``image`` through ``displacement``: ``out[:, x] = image[:, x + u(x)]``.
+
+    Parameters
+    ----------
+    image : float32 array, (C, Xi, Yi, Zi) or (N, C, Xi, Yi, Zi)
+    displacement : float32 array, (3, X, Y, Z) or (N, 3, X, Y, Z), in voxels of ``image``'s grid
+        (``x + u(x)`` is read as an index of the image, so the two grids may differ in size).
+    interpolation : "linear" (trilinear) or "nearest" (round half to even, for label maps)
+    padding : "zeros" or "border" (clamp to the edge)
+
+    Returns
+    -------
+    float32 array (C, X, Y, Z) or (N, C, X, Y, Z), same kind (numpy/CUDA) as the inputs.
+    """
+    interp_code = _choice(interpolation, "interpolation", _INTERPOLATION)
+    pad_code = _choice(padding, "padding", _PADDING)
+    image_shape, image_dev = _check_array(image, "image", (4, 5))
+    field_shape, field_dev = _check_field(displacement, "displacement")
+    on_device = _check_same_kind([("image", image_dev), ("displacement", field_dev)])
+    _check_same_rank("image", image_shape, "displacement", field_shape)
+    image5, field5 = _batched(image_shape), _batched(field_shape)
+    out_shape = (image5[0], image5[1]) + field5[2:]
+    out = _empty(image, out_shape, on_device)
+    if on_device:
+        _C.warp_cuda(_ptr(image), image5, _ptr(displacement), _ptr(out), out_shape, interp_code, pad_code)
+        return out if len(image_shape) == 5 else out[0]
+    _C.warp(_view5(image, False), _view5(displacement, False), out, interp_code, pad_code)
+    return _unbatch(out, len(image_shape) == 5)
+
+
+def affine_resample(image, matrix, shape, *, interpolation="linear", padding="zeros"):
+    """Resample through a voxel-to-voxel affine map: ``out[:, x] = image[:, M @ [x, 1]]``.
+
+    Parameters
+    ----------
+    image : float32 array, (C, Xi, Yi, Zi) or (N, C, Xi, Yi, Zi)
+    matrix : array-like 3x4 or 4x4 (last row [0, 0, 0, 1]), output voxel index -> input voxel index
+    shape : 3 ints, the output grid (X, Y, Z)
+    interpolation, padding : as in :func:`warp`
+
+    Returns
+    -------
+    float32 array (C, X, Y, Z) or (N, C, X, Y, Z).
+    """
+    interp_code = _choice(interpolation, "interpolation", _INTERPOLATION)
+    pad_code = _choice(padding, "padding", _PADDING)
+    image_shape, on_device = _check_array(image, "image", (4, 5))
+    out_spatial = _spatial_shape(shape, "shape")
+    try:
+        m = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"matrix must be a 3x4 or 4x4 array of numbers, got {type(matrix).__name__}") from None
+    if m.shape not in ((3, 4), (4, 4)):
+        raise ValueError(f"matrix must be 3x4 or 4x4, got shape {m.shape}")
+    if not np.all(np.isfinite(m)):
+        raise ValueError("matrix must contain only finite values, got NaN or infinity")
+    if m.shape == (4, 4) and not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0]):
+        raise ValueError(f"matrix must be affine (last row [0, 0, 0, 1]), got last row {m[3].tolist()}")
+    values = [float(v) for v in m[:3].reshape(-1)]
+    image5 = _batched(image_shape)
+    out_shape = (image5[0], image5[1]) + out_spatial
+    out = _empty(image, out_shape, on_device)
+    if on_device:
+        _C.affine_resample_cuda(_ptr(image), image5, values, _ptr(out), out_shape, interp_code, pad_code)
+    else:
+        _C.affine_resample(_view5(image, False), values, out, interp_code, pad_code)
+    return _unbatch(out, len(image_shape) == 5)
+
+
+def integrate_velocity(velocity, steps=7):
+    """Scaling and squaring: ``u = v / 2**steps``, then ``steps`` times ``u <- u + u o (id + u)``.
+
+    Sampling uses trilinear interpolation with border padding. ``exp(-v)`` is the inverse.
+
+    Parameters
+    ----------
+    velocity : float32 array (3, X, Y, Z) or (N, 3, X, Y, Z), in voxels
+    steps : int in [0, 30]; 0 returns a copy of ``velocity``
+
+    Returns
+    -------
+    float32 displacement, same shape and kind as ``velocity``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+    if not 0 <= int(steps) <= _MAX_STEPS:
+        raise ValueError(f"steps must be in [0, {_MAX_STEPS}], got {steps}")
+    shape, on_device = _check_field(velocity, "velocity")
+    shape5 = _batched(shape)
+    out = _empty(velocity, shape5, on_device)
+    if on_device:
+        scratch = _empty(velocity, shape5, on_device)
+        _C.integrate_velocity_cuda(_ptr(velocity), _ptr(out), _ptr(scratch), shape5, int(steps))
+    else:
+        _C.integrate_velocity(_view5(velocity, False), out, int(steps))
+    return _unbatch(out, len(shape) == 5)
+
+
+def compose(u_outer, u_inner):
+    """Displacement of ``phi_outer o phi_inner``: ``u_inner(x) + u_outer(x + u_inner(x))``.
+
+    Trilinear, border padding. The result lives on ``u_inner``'s grid; ``u_outer`` may have a
+    different spatial size (``x + u_inner(x)`` is read as an index of its grid).
+
+    Parameters
+    ----------
+    u_outer, u_inner : float32 arrays (3, X, Y, Z) or (N, 3, X, Y, Z), both batched or both not
+
+    Returns
+    -------
+    float32 array with the shape of ``u_inner``.
+    """
+    outer_shape, outer_dev = _check_field(u_outer, "u_outer")
+    inner_shape, inner_dev = _check_field(u_inner, "u_inner")
+    on_device = _check_same_kind([("u_outer", outer_dev), ("u_inner", inner_dev)])
+    _check_same_rank("u_outer", outer_shape, "u_inner", inner_shape)
+    inner5, outer5 = _batched(inner_shape), _batched(outer_shape)
+    out = _empty(u_inner, inner5, on_device)
+    if on_device:
+        _C.compose_cuda(_ptr(u_outer), outer5, _ptr(u_inner), _ptr(out), inner5)
+    else:
+        _C.compose(_view5(u_outer, False), _view5(u_inner, False), out)
+    return _unbatch(out, len(inner_shape) == 5)
+
+
+def upsample_field(u, shape=None):
+    """Upsample a displacement to the next finer pyramid level.
+
+    Fine voxel ``x`` reads coarse coordinate ``(x - 0.5) / 2`` (coarse voxel ``i`` is centred at
+    fine ``2i + 0.5``), trilinear with border padding, and the values are doubled (voxels of the
+    finer grid).
+
+    Parameters
+    ----------
+    u : float32 array (3, X, Y, Z) or (N, 3, X, Y, Z)
+    shape : 3 ints, the fine grid; default twice each size of ``u``
+
+    Returns
+    -------
+    float32 array (3, *shape) or (N, 3, *shape).
+    """
+    in_shape, on_device = _check_field(u, "u")
+    spatial = tuple(2 * s for s in in_shape[-3:]) if shape is None else _spatial_shape(shape, "shape")
+    in5 = _batched(in_shape)
+    out_shape = in5[:2] + spatial
+    out = _empty(u, out_shape, on_device)
+    if on_device:
+        _C.upsample_field_cuda(_ptr(u), in5, _ptr(out), out_shape)
+    else:
+        _C.upsample_field(_view5(u, False), out)
+    return _unbatch(out, len(in_shape) == 5)
+
+
+def downsample_haar(image):
+    """Haar approximation band: the mean of each 2x2x2 block (every spatial size must be even).
+
+    Parameters
+    ----------
+    image : float32 array (C, X, Y, Z) or (N, C, X, Y, Z), X, Y, Z even
+
+    Returns
+    -------
+    float32 array (C, X/2, Y/2, Z/2) or (N, C, X/2, Y/2, Z/2).
+    """
+    shape, on_device = _check_array(image, "image", (4, 5))
+    if any(s % 2 for s in shape[-3:]):
+        raise ValueError(f"image spatial sizes must be even, got shape {shape}")
+    in5 = _batched(shape)
+    out_shape = in5[:2] + tuple(s // 2 for s in in5[2:])
+    out = _empty(image, out_shape, on_device)
+    if on_device:
+        _C.downsample_haar_cuda(_ptr(image), _ptr(out), out_shape)
+    else:
+        _C.downsample_haar(_view5(image, False), out)
+    return _unbatch(out, len(shape) == 5)
+
+
+def jacobian_determinant(u):
+    """``det(I + grad u)`` by central differences (one-sided at the border; 0 derivative on an axis of size 1).
+
+    Parameters
+    ----------
+    u : float32 displacement (3, X, Y, Z) or (N, 3, X, Y, Z), in voxels
+
+    Returns
+    -------
+    float32 array (X, Y, Z) or (N, X, Y, Z).
+    """
+    shape, on_device = _check_field(u, "u")
+    in5 = _batched(shape)
+    out_shape = (in5[0],) + in5[2:]
+    out = _empty(u, out_shape, on_device)
+    if on_device:
+        _C.jacobian_determinant_cuda(_ptr(u), _ptr(out), in5)
+    else:
+        _C.jacobian_determinant(_view5(u, False), out)
+    return out if len(shape) == 5 else out[0]
