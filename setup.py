@@ -85,9 +85,20 @@ class BuildExtWithNvcc(build_ext):
     """build_ext that first compiles csrc/**/*.cu with nvcc and links the objects in."""
 
     def build_extensions(self):
-        if WITH_CUDA:
-            for ext in self.extensions:
+        # setuptools relinks only when a dependency is newer than the built module, so the build
+        # configuration and the headers count as dependencies: switching SMGIC_WITH_CUDA or
+        # editing a header rebuilds instead of keeping a stale module.
+        stamp = os.path.join(self.build_temp, "smgic_build_config.txt")
+        config = f"cuda={int(WITH_CUDA)} archs={ARCH_TEXT if WITH_CUDA else ''}\n"
+        os.makedirs(self.build_temp, exist_ok=True)
+        if not os.path.exists(stamp) or open(stamp).read() != config:
+            with open(stamp, "w") as handle:
+                handle.write(config)
+        for ext in self.extensions:
+            ext.depends = list(ext.depends) + [stamp] + _sources("h") + _sources("cuh")
+            if WITH_CUDA:
                 self._compile_cuda(ext)
+                ext.depends += ext.extra_objects
         super().build_extensions()
 
     def _compile_cuda(self, ext):

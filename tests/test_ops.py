@@ -1,0 +1,390 @@
+"""smgic_rt.ops against a torch reference (grid_sample, align_corners=True), analytic cases,
+bad inputs, and CUDA/CPU parity (marked cuda, skipped without a GPU)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+from smgic_rt import ops  # noqa: E402
+
+torch.set_num_threads(2)
+TOL = 1e-4
+SHAPES = [(8, 8, 8), (9, 12, 7), (16, 11, 13)]  # cubic, odd and non-cubic
+
+
+# ------------------------------------------------------------------ torch reference
+
+
+def sample_ref(image, positions, interpolation="linear", padding="zeros"):
+    """image (N,C,Xi,Yi,Zi), positions (N,3,X,Y,Z) as voxel indices of image -> (N,C,X,Y,Z).
+
+    grid_sample wants normalised coordinates in [-1, 1] (align_corners=True: -1 and 1 are the
+    first and last voxel centres) with the last grid axis ordered (z, y, x) relative to our
+    (X, Y, Z) arrays, i.e. reversed."""
+    image_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).double()
+    sizes = np.array(image.shape[2:], dtype=np.float64).reshape(1, 3, 1, 1, 1)
+    normalised = 2.0 * np.asarray(positions, np.float64) / (sizes - 1.0) - 1.0
+    grid = torch.from_numpy(np.ascontiguousarray(normalised[:, ::-1].transpose(0, 2, 3, 4, 1)))
+    mode = "bilinear" if interpolation == "linear" else "nearest"
+    return F.grid_sample(image_t, grid, mode=mode, padding_mode=padding, align_corners=True).numpy()
+
+
+def identity_grid(shape, batch=1):
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij"))
+    return np.broadcast_to(grid, (batch, 3) + tuple(shape))
+
+
+def warp_ref(image, u, interpolation="linear", padding="zeros"):
+    return sample_ref(image, identity_grid(u.shape[2:], u.shape[0]) + u, interpolation, padding)
+
+
+def compose_ref(u_outer, u_inner):
+    return u_inner + warp_ref(u_outer, u_inner, padding="border")
+
+
+def integrate_ref(v, steps=7):
+    """Plain scaling and squaring, border padding (the convention of DESIGN.md)."""
+    u = v.astype(np.float64) / 2.0**steps
+    for _ in range(steps):
+        u = compose_ref(u, u)
+    return u
+
+
+def smooth_field(rng, shape, amplitude, batch=1, channels=3, coarse_size=4):
+    """Random smooth field: coarse noise upsampled trilinearly, scaled to max |value| = amplitude."""
+    coarse = rng.standard_normal((batch, channels, coarse_size, coarse_size, coarse_size))
+    field = F.interpolate(torch.from_numpy(coarse), size=tuple(shape), mode="trilinear", align_corners=True).numpy()
+    return (amplitude * field / np.abs(field).max()).astype(np.float32)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+# ------------------------------------------------------------------ build
+
+
+def test_build_info_reports_build():
+    info = ops.build_info()
+    assert isinstance(info["cuda"], bool)
+    assert info["openmp"] is True
+    assert isinstance(info["compiler"], str) and info["compiler"]
+    assert info["max_threads"] >= 1
+    if not info["cuda"]:
+        assert ops.cuda_available() is False
+
+
+# ------------------------------------------------------------------ parity with torch
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_warp_linear_matches_grid_sample(rng, shape, padding):
+    image = rng.random((2, 2) + shape, dtype=np.float32)
+    u = smooth_field(rng, shape, 4.0, batch=2)
+    got = ops.warp(image, u, padding=padding)
+    np.testing.assert_allclose(got, warp_ref(image, u, padding=padding), atol=TOL, rtol=0)
+    # Unbatched input gives the first item of the batched result.
+    np.testing.assert_array_equal(ops.warp(image[0], u[0], padding=padding), got[0])
+
+
+def test_warp_between_grids_of_different_size(rng):
+    image = rng.random((1, 3, 10, 14, 9), dtype=np.float32)
+    u = smooth_field(rng, (7, 8, 12), 3.0)
+    np.testing.assert_allclose(ops.warp(image, u), warp_ref(image, u), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_warp_nearest_matches_grid_sample_and_keeps_labels(rng, padding):
+    shape = (9, 12, 7)
+    labels = rng.choice(np.array([0, 3, 7, 42], np.float32), size=(1, 1) + shape)
+    # Offsets of k + 0.3 keep positions away from the .5 ties where rounding conventions may differ.
+    u = np.round(smooth_field(rng, shape, 3.0)) + np.float32(0.3)
+    got = ops.warp(labels, u, interpolation="nearest", padding=padding)
+    np.testing.assert_array_equal(got, warp_ref(labels, u, "nearest", padding).astype(np.float32))
+    assert set(np.unique(got)) <= {0.0, 3.0, 7.0, 42.0}
+    smooth_u = smooth_field(rng, shape, 3.0)
+    assert set(np.unique(ops.warp(labels, smooth_u, interpolation="nearest", padding=padding))) <= {0.0, 3.0, 7.0, 42.0}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_integrate_velocity_matches_torch_scaling_and_squaring(rng, shape):
+    v = smooth_field(rng, shape, 5.0)
+    np.testing.assert_allclose(ops.integrate_velocity(v), integrate_ref(v), atol=TOL, rtol=0)
+    np.testing.assert_allclose(ops.integrate_velocity(v[0], steps=4), integrate_ref(v, 4)[0], atol=TOL, rtol=0)
+
+
+def test_integrate_velocity_zero_steps_is_copy(rng):
+    v = smooth_field(rng, (6, 7, 8), 2.0)
+    np.testing.assert_array_equal(ops.integrate_velocity(v, steps=0), v)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_compose_matches_torch(rng, shape):
+    outer, inner = smooth_field(rng, shape, 4.0, batch=2), smooth_field(rng, shape, 4.0, batch=2)
+    np.testing.assert_allclose(ops.compose(outer, inner), compose_ref(outer, inner), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(4, 4, 4), (5, 6, 3)])
+def test_upsample_field_matches_torch(rng, shape):
+    u = smooth_field(rng, shape, 2.0, batch=2)
+    got = ops.upsample_field(u)
+    fine = tuple(2 * s for s in shape)
+    positions = (identity_grid(fine, 2) - 0.5) / 2.0
+    np.testing.assert_allclose(got, 2.0 * sample_ref(u, positions, padding="border"), atol=TOL, rtol=0)
+    odd = (2 * shape[0] + 1, 2 * shape[1], 2 * shape[2] - 1)
+    positions = (identity_grid(odd, 2) - 0.5) / 2.0
+    np.testing.assert_allclose(ops.upsample_field(u, odd), 2.0 * sample_ref(u, positions, padding="border"),
+                               atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "nearest"])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_affine_resample_matches_torch(rng, interpolation, padding):
+    image = rng.random((2, 2, 11, 9, 13), dtype=np.float32)
+    angle = 0.3
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = 1.1 * rotation
+    matrix[:3, 3] = [1.3, -0.7, 2.2]
+    out_shape = (10, 12, 7)
+    positions = np.einsum("ij,njxyz->nixyz", matrix[:3, :3], identity_grid(out_shape, 2)) + matrix[:3, 3].reshape(
+        1, 3, 1, 1, 1)
+    got = ops.affine_resample(image, matrix, out_shape, interpolation=interpolation, padding=padding)
+    expected = sample_ref(image, positions, interpolation, padding)
+    if interpolation == "linear":
+        np.testing.assert_allclose(got, expected, atol=TOL, rtol=0)
+    else:
+        # Positions computed in float32 vs float64 may round differently exactly at .5 ties.
+        assert np.mean(got != expected) < 1e-3
+    np.testing.assert_array_equal(
+        ops.affine_resample(image[0], matrix[:3], out_shape, interpolation=interpolation, padding=padding), got[0])
+
+
+def test_downsample_haar_matches_avg_pool(rng):
+    image = rng.random((2, 3, 10, 6, 14), dtype=np.float32)
+    expected = F.avg_pool3d(torch.from_numpy(image).double(), 2).numpy()
+    np.testing.assert_allclose(ops.downsample_haar(image), expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(ops.downsample_haar(image[1]), expected[1], atol=1e-6, rtol=0)
+
+
+def test_jacobian_determinant_matches_numpy_gradient(rng):
+    u = smooth_field(rng, (9, 12, 7), 3.0, batch=2)
+    expected = []
+    for n in range(2):
+        grads = [np.gradient(u[n, c].astype(np.float64)) for c in range(3)]  # central, one-sided at edges
+        jac = np.stack([np.stack(g) for g in grads])  # (c, d, X, Y, Z) = d u_c / d x_d
+        jac = jac + np.eye(3).reshape(3, 3, 1, 1, 1)
+        expected.append(np.linalg.det(jac.transpose(2, 3, 4, 0, 1)))
+    np.testing.assert_allclose(ops.jacobian_determinant(u), np.stack(expected), atol=TOL, rtol=0)
+    np.testing.assert_allclose(ops.jacobian_determinant(u[0]), expected[0], atol=TOL, rtol=0)
+
+
+# ------------------------------------------------------------------ analytic cases
+
+
+def test_zero_field_is_identity(rng):
+    image = rng.random((2, 7, 9, 8), dtype=np.float32)
+    zero = np.zeros((3, 7, 9, 8), np.float32)
+    np.testing.assert_array_equal(ops.warp(image, zero), image)
+    np.testing.assert_array_equal(ops.warp(image, zero, interpolation="nearest"), image)
+    np.testing.assert_array_equal(ops.integrate_velocity(zero), zero)
+    u = smooth_field(rng, (7, 9, 8), 2.0)[0]
+    np.testing.assert_array_equal(ops.compose(zero, u), u)
+    np.testing.assert_allclose(ops.compose(u, zero), u, atol=1e-6)
+    np.testing.assert_array_equal(ops.affine_resample(image, np.eye(4), (7, 9, 8)), image)
+
+
+def test_integer_translation_shifts_exactly(rng):
+    image = rng.random((2, 10, 11, 12), dtype=np.float32)
+    shift = (2, -1, 3)
+    u = np.zeros((3, 10, 11, 12), np.float32)
+    for axis, s in enumerate(shift):
+        u[axis] = s
+    for interpolation in ("linear", "nearest"):
+        got = ops.warp(image, u, interpolation=interpolation)
+        np.testing.assert_array_equal(got[:, :8, 1:, :9], image[:, 2:, :10, 3:])
+        assert np.all(got[:, 8:] == 0) and np.all(got[:, :, :1] == 0) and np.all(got[:, :, :, 9:] == 0)
+
+
+def _affine_field(matrix, offset, shape):
+    grid = identity_grid(shape)[0]
+    return (np.einsum("ij,jxyz->ixyz", matrix, grid) + np.asarray(offset).reshape(3, 1, 1, 1)).astype(np.float32)
+
+
+def test_upsample_preserves_affine_field_in_interior():
+    a = np.array([[0.05, -0.02, 0.01], [0.03, 0.02, -0.04], [-0.01, 0.06, 0.02]])
+    b = np.array([0.5, -1.0, 0.25])
+    coarse = _affine_field(a, b, (6, 7, 5))
+    fine = ops.upsample_field(coarse)
+    # Fine x reads coarse (x - 0.5) / 2: 2 * (a (x - 0.5) / 2 + b) = a (x - 0.5) + 2 b.
+    expected = _affine_field(a, 2 * b - a @ np.full(3, 0.5), (12, 14, 10))
+    # Interior: (x - 0.5) / 2 inside [0, n - 1] <=> 1 <= x <= 2n - 2 (outside, border padding clamps).
+    np.testing.assert_allclose(fine[:, 1:11, 1:13, 1:9], expected[:, 1:11, 1:13, 1:9], atol=1e-5)
+
+
+def test_compose_preserves_affine_fields_in_interior():
+    shape = (12, 13, 11)
+    a = np.array([[0.04, -0.02, 0.01], [0.03, 0.02, -0.03], [-0.01, 0.05, 0.02]])
+    b = np.array([[0.02, 0.01, -0.03], [-0.02, 0.03, 0.01], [0.01, -0.01, 0.04]])
+    outer = _affine_field(a, [0.5, -0.3, 0.2], shape)
+    inner = _affine_field(b, [0.7, 0.4, -0.6], shape)
+    # (id + a)(x + b x + t_b) + t_a - x: an affine map again.
+    expected = (_affine_field(b + a + a @ b, a @ np.array([0.7, 0.4, -0.6]) + [0.7 + 0.5, 0.4 - 0.3, -0.6 + 0.2],
+                              shape))
+    got = ops.compose(outer, inner)
+    positions = identity_grid(shape)[0] + inner
+    inside = np.all([(positions[i] >= 0) & (positions[i] <= shape[i] - 1) for i in range(3)], axis=0)
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(got[:, inside], expected[:, inside], atol=1e-5)
+
+
+def test_exp_v_composed_with_exp_minus_v_is_identity(rng):
+    # Gaussian-smoothed noise (sigma 8 voxels) scaled to 5 voxels: smooth everywhere (trilinearly
+    # upsampled noise has kinks where interpolation error concentrates), no folding.
+    from scipy.ndimage import gaussian_filter
+
+    shape = (48, 48, 48)
+    v = np.stack([gaussian_filter(rng.standard_normal(shape), 8.0, mode="wrap") for _ in range(3)])
+    v = (5.0 * v / np.abs(v).max()).astype(np.float32)
+    forward, inverse = ops.integrate_velocity(v), ops.integrate_velocity(-v)
+    assert np.abs(forward).max() > 3.0  # a real deformation, not a near-identity
+    residual = ops.compose(inverse, forward)
+    # Away from the border, where border padding changes the flow, both orders return to identity.
+    interior = (slice(None), slice(8, -8), slice(8, -8), slice(8, -8))
+    assert np.abs(residual[interior]).max() < 0.05
+    assert np.abs(ops.compose(forward, inverse)[interior]).max() < 0.05
+
+
+def test_jacobian_of_affine_map_is_its_determinant():
+    a = np.array([[0.2, -0.1, 0.05], [0.1, -0.3, 0.02], [-0.05, 0.1, 0.4]])
+    u = _affine_field(a, [1.0, -2.0, 0.5], (6, 8, 7))
+    np.testing.assert_allclose(ops.jacobian_determinant(u), np.linalg.det(np.eye(3) + a), atol=1e-5)
+
+
+# ------------------------------------------------------------------ bad inputs
+
+FIELD = np.zeros((3, 4, 4, 4), np.float32)
+IMAGE = np.zeros((1, 4, 4, 4), np.float32)
+
+
+def _nan_field():
+    field = FIELD.copy()
+    field[1, 2, 2, 2] = np.nan
+    return field
+
+
+def _noncontiguous_field():
+    return np.zeros((3, 4, 4, 8), np.float32)[..., ::2]
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: ops.warp(IMAGE.astype(np.float64), FIELD), TypeError, "image must be float32"),
+        (lambda: ops.warp(IMAGE[0], FIELD), ValueError, "image must have 4 or 5 dimensions"),
+        (lambda: ops.warp(IMAGE, FIELD[:2]), ValueError, "displacement must have 3 channels"),
+        (lambda: ops.warp(IMAGE, _nan_field()), ValueError, "displacement must contain only finite"),
+        (lambda: ops.warp(IMAGE, _noncontiguous_field()), ValueError, "displacement must be C-contiguous"),
+        (lambda: ops.warp(IMAGE[None], FIELD), ValueError, "must both be batched or both unbatched"),
+        (lambda: ops.warp(IMAGE[None], np.zeros((2, 3, 4, 4, 4), np.float32)), ValueError, "same batch size"),
+        (lambda: ops.warp(IMAGE, FIELD, interpolation="cubic"), ValueError, "interpolation must be one of"),
+        (lambda: ops.warp(IMAGE, FIELD, padding="reflect"), ValueError, "padding must be one of"),
+        (lambda: ops.warp(IMAGE.tolist(), FIELD), TypeError, "image must be a float32 numpy array"),
+        (lambda: ops.warp(np.zeros((1, 0, 4, 4), np.float32), FIELD), ValueError, "image must not be empty"),
+        (lambda: ops.affine_resample(IMAGE, np.eye(3), (4, 4, 4)), ValueError, "matrix must be 3x4 or 4x4"),
+        (lambda: ops.affine_resample(IMAGE, np.full((3, 4), np.inf), (4, 4, 4)), ValueError, "matrix must contain"),
+        (lambda: ops.affine_resample(IMAGE, 2 * np.eye(4), (4, 4, 4)), ValueError, "last row"),
+        (lambda: ops.affine_resample(IMAGE, np.eye(4), (4, 4)), TypeError, "shape must be a sequence of 3"),
+        (lambda: ops.affine_resample(IMAGE, np.eye(4), (4, 0, 4)), ValueError, "shape must hold 3 positive"),
+        (lambda: ops.affine_resample(IMAGE, "eye", (4, 4, 4)), TypeError, "matrix must be"),
+        (lambda: ops.affine_resample(IMAGE.astype(np.int16), np.eye(4), (4, 4, 4)), TypeError, "image must be float32"),
+        (lambda: ops.integrate_velocity(FIELD, steps=-1), ValueError, r"steps must be in \[0, 30\]"),
+        (lambda: ops.integrate_velocity(FIELD, steps=2.5), TypeError, "steps must be an int"),
+        (lambda: ops.integrate_velocity(FIELD, steps=True), TypeError, "steps must be an int"),
+        (lambda: ops.integrate_velocity(FIELD[:1]), ValueError, "velocity must have 3 channels"),
+        (lambda: ops.integrate_velocity(_nan_field()), ValueError, "velocity must contain only finite"),
+        (lambda: ops.integrate_velocity(FIELD[0]), ValueError, "velocity must have 4 or 5 dimensions"),
+        (lambda: ops.compose(FIELD, _nan_field()), ValueError, "u_inner must contain only finite"),
+        (lambda: ops.compose(FIELD.astype(np.float16), FIELD), TypeError, "u_outer must be float32"),
+        (lambda: ops.compose(FIELD[None], FIELD), ValueError, "must both be batched or both unbatched"),
+        (lambda: ops.compose(FIELD, IMAGE), ValueError, "u_inner must have 3 channels"),
+        (lambda: ops.upsample_field(FIELD, shape=(8, 8)), TypeError, "shape must be a sequence of 3"),
+        (lambda: ops.upsample_field(FIELD, shape=(8, -8, 8)), ValueError, "shape must hold 3 positive"),
+        (lambda: ops.upsample_field(IMAGE), ValueError, "u must have 3 channels"),
+        (lambda: ops.upsample_field(_noncontiguous_field()), ValueError, "u must be C-contiguous"),
+        (lambda: ops.downsample_haar(np.zeros((1, 4, 5, 4), np.float32)), ValueError, "sizes must be even"),
+        (lambda: ops.downsample_haar(np.zeros((4, 4, 4), np.float32)), ValueError, "image must have 4 or 5"),
+        (lambda: ops.downsample_haar(IMAGE.astype(np.float64)), TypeError, "image must be float32"),
+        (lambda: ops.jacobian_determinant(FIELD[:2]), ValueError, "u must have 3 channels"),
+        (lambda: ops.jacobian_determinant(_nan_field()), ValueError, "u must contain only finite"),
+        (lambda: ops.jacobian_determinant(FIELD.astype(np.float64)), TypeError, "u must be float32"),
+    ],
+)
+def test_bad_inputs_raise_typed_errors_naming_the_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_binding_guards_pointers_when_ops_is_bypassed():
+    from smgic_rt import _C
+
+    out = np.zeros((1, 1, 4, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="out must have shape"):
+        _C.warp(IMAGE[None], FIELD[None], np.zeros((1, 1, 4, 4, 5), np.float32), 0, 0)
+    with pytest.raises(TypeError, match="image must be float32"):
+        _C.warp(IMAGE[None].astype(np.float64), FIELD[None], out, 0, 0)
+    with pytest.raises(ValueError, match="image sizes must be twice"):
+        _C.downsample_haar(IMAGE[None], out)
+
+
+# ------------------------------------------------------------------ CUDA parity
+
+
+def _cupy():
+    return pytest.importorskip("cupy")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("interpolation", ["linear", "nearest"])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_cuda_warp_and_affine_match_cpu(rng, interpolation, padding):
+    cp = _cupy()
+    image = rng.random((2, 2, 9, 12, 7), dtype=np.float32)
+    u = smooth_field(rng, (10, 8, 11), 3.0, batch=2)
+    got = ops.warp(cp.asarray(image), cp.asarray(u), interpolation=interpolation, padding=padding)
+    assert isinstance(got, cp.ndarray)
+    expected = ops.warp(image, u, interpolation=interpolation, padding=padding)
+    tolerance = TOL if interpolation == "linear" else 0.0
+    assert np.mean(np.abs(cp.asnumpy(got) - expected) > tolerance) < 1e-3  # nearest: rare .5 ties (FMA)
+    matrix = np.array([[0.9, 0.1, 0.0, 1.5], [-0.1, 1.1, 0.05, -0.5], [0.0, 0.02, 1.0, 0.3]])
+    got = ops.affine_resample(cp.asarray(image[0]), matrix, (6, 7, 8), interpolation=interpolation, padding=padding)
+    expected = ops.affine_resample(image[0], matrix, (6, 7, 8), interpolation=interpolation, padding=padding)
+    assert np.mean(np.abs(cp.asnumpy(got) - expected) > tolerance) < 1e-3
+
+
+@pytest.mark.cuda
+def test_cuda_field_kernels_match_cpu(rng):
+    cp = _cupy()
+    v = smooth_field(rng, (12, 10, 14), 5.0, batch=2)
+    w = smooth_field(rng, (12, 10, 14), 3.0, batch=2)
+    pairs = [
+        (ops.integrate_velocity(cp.asarray(v)), ops.integrate_velocity(v)),
+        (ops.integrate_velocity(cp.asarray(v[0]), steps=4), ops.integrate_velocity(v[0], steps=4)),
+        (ops.compose(cp.asarray(v), cp.asarray(w)), ops.compose(v, w)),
+        (ops.upsample_field(cp.asarray(v), (25, 20, 27)), ops.upsample_field(v, (25, 20, 27))),
+        (ops.downsample_haar(cp.asarray(v)), ops.downsample_haar(v)),
+        (ops.jacobian_determinant(cp.asarray(v)), ops.jacobian_determinant(v)),
+    ]
+    for got, expected in pairs:
+        np.testing.assert_allclose(cp.asnumpy(got), expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_rejects_mixed_cpu_and_device_arrays(rng):
+    cp = _cupy()
+    with pytest.raises(TypeError, match="all be numpy or all be CUDA"):
+        ops.warp(cp.zeros((1, 4, 4, 4), cp.float32), FIELD)
