@@ -77,15 +77,17 @@ def _rotation(angles_deg) -> np.ndarray:
 
 def make_pairs(count: int, resolution: float = 2.0, seed: int = 0, max_rotation_deg: float = 20.0,
                max_translation_mm: float = 20.0, nonlinear_sigma_mm: float = 3.0,
-               control_spacing_mm: float = 24.0, brain: str = "colin27_aal") -> list[Pair]:
+               control_spacing_mm: float = 24.0, max_scale_change: float = 0.1, intensity_change: bool = True,
+               brain: str = "colin27_aal") -> list[Pair]:
     """`count` seeded pairs (fixed = the template, moving = a deformed copy).
 
     The moving image at world point ``p`` shows the template at ``R (p - c) + c + t + d(p)``:
     rotation ``R`` (each axis uniform in +-max_rotation_deg about the brain centre ``c``),
-    scaling uniform in [0.9, 1.1] per axis, translation ``t`` uniform in +-max_translation_mm,
+    scaling uniform in 1 +- max_scale_change per axis, translation ``t`` uniform in +-max_translation_mm,
     and a smooth nonlinear displacement ``d`` (normal control points every control_spacing_mm
     with standard deviation nonlinear_sigma_mm, cubic-spline interpolated), plus a gamma change
-    and 2 % noise so that intensities do not match exactly.
+    and 2 % noise so that intensities do not match exactly (``intensity_change``). The random
+    draws do not depend on the switches, so pair k is the same geometry whatever is turned off.
     """
     if not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be a positive int, got {count!r}")
@@ -102,7 +104,7 @@ def make_pairs(count: int, resolution: float = 2.0, seed: int = 0, max_rotation_
     pairs = []
     for number in range(count):
         angles = rng.uniform(-max_rotation_deg, max_rotation_deg, 3)
-        scales = rng.uniform(0.9, 1.1, 3)
+        scales = rng.uniform(1.0 - max_scale_change, 1.0 + max_scale_change, 3)
         translation = rng.uniform(-max_translation_mm, max_translation_mm, 3)
         linear = _rotation(angles) @ np.diag(scales)
         control_shape = tuple(max(2, int(np.ceil(n * resolution / control_spacing_mm)) + 1) for n in shape)
@@ -115,8 +117,10 @@ def make_pairs(count: int, resolution: float = 2.0, seed: int = 0, max_rotation_
         moved_labels = ndimage.map_coordinates(label_data, source_index, order=0, mode="constant").reshape(shape)
         top = float(np.percentile(moved[moved > 0], 99.5)) if np.any(moved > 0) else 1.0
         gamma = rng.uniform(0.8, 1.25)
-        moved = top * np.clip(moved / top, 0, None) ** gamma
-        moved = moved + rng.normal(0.0, 0.02 * top, shape) * (moved > 0)
+        noise = rng.normal(0.0, 0.02 * top, shape)
+        if intensity_change:
+            moved = top * np.clip(moved / top, 0, None) ** gamma
+            moved = moved + noise * (moved > 0)
         pairs.append(Pair(
             name=f"{brain}_{resolution:g}mm_seed{seed}_{number}",
             fixed=image, fixed_labels=labels,

