@@ -219,7 +219,7 @@ class Registrar:
 
     @staticmethod
     def _load_bundle(bundle):
-        if bundle is None and not DEFAULT_BUNDLE_PATH.exists():
+        if bundle is None and not (DEFAULT_BUNDLE_PATH / "config.json").is_file():
             raise NoDefaultBundleError(
                 f"no default model bundle is installed (looked in '{DEFAULT_BUNDLE_PATH}'); "
                 "pass bundle=PATH (CLI: --bundle PATH) with a bundle made by `python -m export bundle`"

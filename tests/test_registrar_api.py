@@ -27,7 +27,7 @@ def test_bad_stage_modes(kwargs, message):
         Registrar(**kwargs)
 
 
-@pytest.mark.skipif(registrar.DEFAULT_BUNDLE_PATH.exists(), reason="a default bundle is installed")
+@pytest.mark.skipif((registrar.DEFAULT_BUNDLE_PATH / "config.json").is_file(), reason="a default bundle is installed")
 def test_no_default_bundle_says_so():
     with pytest.raises(registrar.NoDefaultBundleError, match="no default model bundle is installed"):
         Registrar()
