@@ -201,22 +201,29 @@ struct JacobianParams {
 
 // ---- per-voxel kernels; (n, x, y, z) indexes the output ----
 
-SMGIC_HOST_DEVICE void warp_voxel(const WarpParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
-  const int64_t out_cs = p.out_grid.voxels();
-  const int64_t v = (x * p.out_grid.ny + y) * p.out_grid.nz + z;
-  float px, py, pz;
+// The input-grid position that output voxel (n, x, y, z) of a warp or affine resample reads.
+SMGIC_HOST_DEVICE void warp_position(const WarpParams& p, int64_t n, int64_t x, int64_t y, int64_t z, float& px,
+                                     float& py, float& pz) {
+  const float fx = static_cast<float>(x), fy = static_cast<float>(y), fz = static_cast<float>(z);
   if (!p.displacement) {
     const float* m = p.matrix;
-    const float fx = static_cast<float>(x), fy = static_cast<float>(y), fz = static_cast<float>(z);
     px = m[0] * fx + m[1] * fy + m[2] * fz + m[3];
     py = m[4] * fx + m[5] * fy + m[6] * fz + m[7];
     pz = m[8] * fx + m[9] * fy + m[10] * fz + m[11];
   } else {
-    const float* u = p.displacement + n * 3 * out_cs + v;
-    px = static_cast<float>(x) + u[0];
-    py = static_cast<float>(y) + u[out_cs];
-    pz = static_cast<float>(z) + u[2 * out_cs];
+    const int64_t out_cs = p.out_grid.voxels();
+    const float* u = p.displacement + n * 3 * out_cs + (x * p.out_grid.ny + y) * p.out_grid.nz + z;
+    px = fx + u[0];
+    py = fy + u[out_cs];
+    pz = fz + u[2 * out_cs];
   }
+}
+
+SMGIC_HOST_DEVICE void warp_voxel(const WarpParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+  const int64_t out_cs = p.out_grid.voxels();
+  const int64_t v = (x * p.out_grid.ny + y) * p.out_grid.nz + z;
+  float px, py, pz;
+  warp_position(p, n, x, y, z, px, py, pz);
   const float* image = p.image + n * p.channels * p.in.voxels();
   float* out = p.out + n * p.channels * out_cs + v;
   sample_channels(image, p.channels, p.in, px, py, pz, p.interpolation, p.padding, 1.0f, out, out_cs);
