@@ -1,0 +1,138 @@
+"""The one preprocessing, shared by training (`training.data`) and the runtime (`Registrar`).
+
+Works on ``(array, affine)`` pairs (nibabel affine: voxel index -> RAS+ mm); no file I/O.
+The model grid is a canonical RAS+ grid (diagonal affine, positive spacing) of the bundle's
+shape, centred on the image's foreground, so any orientation, voxel size or field of view in
+the file lands on the same kind of grid the network was trained on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import ops
+
+__all__ = ["model_grid", "foreground_centre", "resample", "normalize_intensity", "prepare"]
+
+# Foreground: voxels above this fraction of the robust maximum (99th percentile). Low enough to
+# keep grey matter in T1 images, high enough to drop scanner background noise.
+FOREGROUND_FRACTION = 0.1
+# Robust intensity range: these percentiles of the foreground map to 0 and 1.
+LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
+
+
+def _check_volume(data, affine):
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise ValueError(f"image must be 3-D, got shape {data.shape}")
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise ValueError(f"affine must be a finite 4x4 matrix, got shape {affine.shape}")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ValueError("affine is singular (zero voxel size)")
+    return data, affine
+
+
+def _three(value, name, cast):
+    values = list(value) if isinstance(value, (tuple, list, np.ndarray)) else [value] * 3
+    if len(values) != 3:
+        raise ValueError(f"{name} must have 3 entries, got {value!r}")
+    return tuple(cast(v) for v in values)
+
+
+def foreground_centre(data, affine) -> np.ndarray:
+    """World (RAS+ mm) centre of mass of the foreground mask."""
+    data, affine = _check_volume(data, affine)
+    # A strided view keeps this cheap on 1 mm heads; the centre moves by well under a voxel.
+    step = max(1, int(round((data.size / 2e6) ** (1 / 3))))
+    sample = np.asarray(data[::step, ::step, ::step], dtype=np.float32)
+    finite = sample[np.isfinite(sample)]
+    if finite.size == 0:
+        raise ValueError("image has no finite voxels")
+    mask = sample > FOREGROUND_FRACTION * np.percentile(finite, 99)
+    if not mask.any():
+        mask = sample > finite.min()
+    if not mask.any():
+        raise ValueError("image is constant: no foreground to centre the model grid on")
+    index = np.argwhere(mask).mean(axis=0) * step
+    return affine[:3, :3] @ index + affine[:3, 3]
+
+
+def model_grid(data, affine, shape, spacing) -> np.ndarray:
+    """Affine of a RAS+ grid of `shape` voxels of `spacing` mm centred on the image's foreground."""
+    shape = _three(shape, "shape", int)
+    spacing = _three(spacing, "spacing", float)
+    if min(shape) < 1 or min(spacing) <= 0:
+        raise ValueError(f"shape and spacing must be positive, got {shape} and {spacing}")
+    centre = foreground_centre(data, affine)
+    grid = np.diag([*spacing, 1.0])
+    grid[:3, 3] = centre - np.asarray(spacing) * (np.asarray(shape) - 1) / 2.0
+    return grid
+
+
+def _gaussian_smooth(volume: np.ndarray, sigmas) -> np.ndarray:
+    """Separable Gaussian (edge-replicating), sigma in voxels per axis; 0 leaves an axis alone."""
+    out = volume
+    for axis, sigma in enumerate(sigmas):
+        if sigma < 0.3:
+            continue
+        radius = int(np.ceil(3 * sigma))
+        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+        taps = (taps / taps.sum()).astype(np.float32)
+        pad = [(0, 0)] * 3
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="edge")
+        length = out.shape[axis]
+        acc = np.zeros_like(out)
+        for offset, weight in enumerate(taps):
+            acc += weight * np.take(padded, np.arange(offset, offset + length), axis=axis)
+        out = acc
+    return out
+
+
+def resample(data, affine, grid_affine, shape, interpolation="linear") -> np.ndarray:
+    """`data` (on `affine`) resampled onto the grid `grid_affine` of `shape`; zeros outside.
+
+    For linear interpolation onto coarser voxels the image is first low-pass filtered (Gaussian
+    whose FWHM makes up the difference in voxel size) so that downsampling does not alias.
+    """
+    data, affine = _check_volume(data, affine)
+    shape = _three(shape, "shape", int)
+    grid_affine = np.asarray(grid_affine, dtype=np.float64)
+    volume = np.ascontiguousarray(data, dtype=np.float32)
+    matrix = np.linalg.solve(affine, grid_affine)  # grid voxel -> data voxel
+    if interpolation == "linear":
+        # Length of one grid step along each data axis, in data voxels.
+        ratio = np.linalg.norm(matrix[:3, :3], axis=1)
+        sigmas = np.sqrt(np.maximum(ratio ** 2 - 1.0, 0.0)) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+        volume = _gaussian_smooth(volume, sigmas)
+    return ops.affine_resample(volume[None], matrix, shape, interpolation=interpolation, padding="zeros")[0]
+
+
+def normalize_intensity(data) -> np.ndarray:
+    """Robust scaling to [0, 1]: foreground percentiles 0.5 and 99.5 map to 0 and 1, clipped."""
+    data = np.asarray(data, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        raise ValueError("image holds NaN or infinite values")
+    high_all = np.percentile(data, 99) if data.size else 0.0
+    foreground = data[data > FOREGROUND_FRACTION * high_all] if high_all > 0 else data[data > data.min()]
+    if foreground.size == 0:
+        raise ValueError("image is constant: intensities cannot be normalised")
+    low, high = np.percentile(foreground, [LOW_PERCENTILE, HIGH_PERCENTILE])
+    low = min(float(low), 0.0) if data.min() >= 0 else float(low)
+    if not high > low:
+        raise ValueError("image is constant: intensities cannot be normalised")
+    return np.clip((data - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def prepare(data, affine, shape, spacing, grid_affine=None):
+    """``(model-grid array float32 in [0, 1], grid_affine)``: resample then normalise.
+
+    `grid_affine` defaults to `model_grid` of this image; pass the fixed image's grid to put a
+    moving image on the same grid.
+    """
+    shape = _three(shape, "shape", int)
+    if grid_affine is None:
+        grid_affine = model_grid(data, affine, shape, spacing)
+    volume = resample(data, affine, grid_affine, shape)
+    return normalize_intensity(volume), np.asarray(grid_affine, dtype=np.float64)
