@@ -8,10 +8,6 @@ from smgic_rt import backends
 
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("training.model")
-pytest.importorskip("smgic_rt.preprocess")
-pytest.importorskip("smgic_rt.ops")
-pytest.importorskip("smgic_rt.features")
 
 import export  # noqa: E402
 from export.bundle_export import relative_error  # noqa: E402

@@ -10,8 +10,6 @@ import zipfile
 import pytest
 
 pytest.importorskip("torch")
-pytest.importorskip("training.model")
-pytest.importorskip("smgic_rt.preprocess")
 
 from smgic_rt.bundle import SCHEMA_VERSION, Bundle, BundleError, load_bundle, sha256_file  # noqa: E402
 

@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("training.model")
-pytest.importorskip("smgic_rt.preprocess")
 onnxruntime = pytest.importorskip("onnxruntime")
 
 import export  # noqa: E402

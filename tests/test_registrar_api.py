@@ -34,7 +34,6 @@ def test_no_default_bundle_says_so():
 
 
 def test_bundle_of_wrong_type():
-    pytest.importorskip("smgic_rt.bundle")
     with pytest.raises(TypeError, match="bundle must be a path, a Bundle or None, got int"):
         Registrar(42)
 

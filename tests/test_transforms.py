@@ -156,7 +156,6 @@ MODEL_SHAPE = (20, 24, 18)
 
 
 def test_constant_model_displacement_is_a_translation():
-    pytest.importorskip("smgic_rt.ops")
     shift_voxels = np.array([1.5, -0.75, 2.0])
     u = np.broadcast_to(shift_voxels[:, None, None, None], (3,) + MODEL_SHAPE).astype(np.float32).copy()
     displacement = transforms.model_to_native_displacement(u, MODEL_AFFINE, FIXED_SHAPE, FIXED_AFFINE)
@@ -165,7 +164,6 @@ def test_constant_model_displacement_is_a_translation():
 
 
 def test_world_matrices_compose_around_the_deformation():
-    pytest.importorskip("smgic_rt.ops")
     matrix = _random_affine(np.random.default_rng(4))
     shift_voxels = np.array([0.5, 1.0, -1.5])
     u = np.broadcast_to(shift_voxels[:, None, None, None], (3,) + MODEL_SHAPE).astype(np.float32).copy()
@@ -179,7 +177,6 @@ def test_world_matrices_compose_around_the_deformation():
 
 def test_smooth_model_displacement_matches_analytic_field():
     """u(m) smooth on the model grid, read at native points: equals u evaluated there."""
-    pytest.importorskip("smgic_rt.ops")
     index = transforms.voxel_grid(MODEL_SHAPE)
     u = np.stack([np.sin(index[1] / 5.0), 0.5 * np.cos(index[2] / 4.0), 0.3 * index[0] / 10.0]).astype(np.float32)
     displacement = transforms.model_to_native_displacement(u, MODEL_AFFINE, FIXED_SHAPE, FIXED_AFFINE)
@@ -194,7 +191,6 @@ def test_smooth_model_displacement_matches_analytic_field():
 
 
 def test_label_interpolation_keeps_labels_and_agrees_with_nearest_on_grid_points():
-    pytest.importorskip("smgic_rt.ops")
     labels = np.zeros((12, 12, 12), np.int32)
     labels[2:7, 2:9, 3:10] = 5
     labels[6:11, 4:10, 2:8] = 17
@@ -212,7 +208,6 @@ def test_label_interpolation_keeps_labels_and_agrees_with_nearest_on_grid_points
 
 
 def test_field_jacobian_of_an_affine_map():
-    pytest.importorskip("smgic_rt.ops")
     matrix = _random_affine(np.random.default_rng(5))
     points = transforms.world_points(FIXED_SHAPE, FIXED_AFFINE)
     displacement = transforms._apply_matrix(matrix, points) - points
