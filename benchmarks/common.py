@@ -22,6 +22,7 @@ if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
 from smgic_rt.demo import package_file  # noqa: E402  (finds data files without importing packages)
+from smgic_rt.metrics import folding_fraction, mean_dice  # noqa: E402,F401  (re-exported for the benchmarks)
 
 # Colin27 (one real individual) and the AAL atlas drawn on exactly its grid (DATA.md).
 LABELLED_BRAINS = {
@@ -130,31 +131,6 @@ def make_pairs(count: int, resolution: float = 2.0, seed: int = 0, max_rotation_
             nonlinear_max_mm=float(np.sqrt((nonlinear ** 2).sum(axis=0)).max()),
         ))
     return pairs
-
-
-def mean_dice(labels_a, labels_b, label_ids=None) -> float:
-    """Mean Dice over `label_ids` (default: the nonzero labels of `labels_a`); a label absent
-    from both counts as 1, absent from one as 0."""
-    a = np.asarray(labels_a)
-    b = np.asarray(labels_b)
-    if a.shape != b.shape:
-        raise ValueError(f"label maps must have the same shape, got {a.shape} and {b.shape}")
-    if label_ids is None:
-        label_ids = [int(v) for v in np.unique(a) if v != 0]
-    if not label_ids:
-        raise ValueError("no nonzero labels to score")
-    scores = []
-    for label in label_ids:
-        in_a = a == label
-        in_b = b == label
-        total = in_a.sum() + in_b.sum()
-        scores.append(1.0 if total == 0 else 2.0 * np.logical_and(in_a, in_b).sum() / total)
-    return float(np.mean(scores))
-
-
-def folding_fraction(jacobian) -> float:
-    """Fraction of voxels with det(Jacobian) <= 0."""
-    return float(np.mean(np.asarray(jacobian) <= 0))
 
 
 def write_json_atomic(data, path) -> None:

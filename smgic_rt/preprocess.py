@@ -12,7 +12,7 @@ import numpy as np
 
 from . import ops
 
-__all__ = ["model_grid", "foreground_centre", "resample", "normalize_intensity", "prepare"]
+__all__ = ["model_grid", "foreground_centre", "antialias", "resample", "normalize_intensity", "prepare"]
 
 # Foreground: voxels above this fraction of the robust maximum (99th percentile). Low enough to
 # keep grey matter in T1 images, high enough to drop scanner background noise.
@@ -90,22 +90,32 @@ def _gaussian_smooth(volume: np.ndarray, sigmas) -> np.ndarray:
     return out
 
 
-def resample(data, affine, grid_affine, shape, interpolation="linear") -> np.ndarray:
+def antialias(data, affine, spacing) -> np.ndarray:
+    """`data` low-pass filtered for resampling to voxels of `spacing` mm: a Gaussian whose FWHM
+    makes up the difference in voxel size, so that downsampling does not alias."""
+    data, affine = _check_volume(data, affine)
+    spacing = np.asarray(_three(spacing, "spacing", float))
+    voxel = np.linalg.norm(affine[:3, :3], axis=0)
+    # Target voxel size along each data axis, in data voxels (axes may be permuted or oblique).
+    directions = affine[:3, :3] / voxel
+    ratio = np.sqrt((np.square(directions) * spacing[:, None] ** 2).sum(axis=0)) / voxel
+    sigmas = np.sqrt(np.maximum(ratio ** 2 - 1.0, 0.0)) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    return _gaussian_smooth(np.ascontiguousarray(data, dtype=np.float32), sigmas)
+
+
+def resample(data, affine, grid_affine, shape, interpolation="linear", smooth=True) -> np.ndarray:
     """`data` (on `affine`) resampled onto the grid `grid_affine` of `shape`; zeros outside.
 
-    For linear interpolation onto coarser voxels the image is first low-pass filtered (Gaussian
-    whose FWHM makes up the difference in voxel size) so that downsampling does not alias.
+    Linear resampling onto coarser voxels first applies `antialias` (unless `smooth` is False
+    because the caller already did, as training does once per template).
     """
     data, affine = _check_volume(data, affine)
     shape = _three(shape, "shape", int)
     grid_affine = np.asarray(grid_affine, dtype=np.float64)
     volume = np.ascontiguousarray(data, dtype=np.float32)
+    if interpolation == "linear" and smooth:
+        volume = antialias(volume, affine, np.linalg.norm(grid_affine[:3, :3], axis=0))
     matrix = np.linalg.solve(affine, grid_affine)  # grid voxel -> data voxel
-    if interpolation == "linear":
-        # Length of one grid step along each data axis, in data voxels.
-        ratio = np.linalg.norm(matrix[:3, :3], axis=1)
-        sigmas = np.sqrt(np.maximum(ratio ** 2 - 1.0, 0.0)) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-        volume = _gaussian_smooth(volume, sigmas)
     return ops.affine_resample(volume[None], matrix, shape, interpolation=interpolation, padding="zeros")[0]
 
 

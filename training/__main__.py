@@ -1,0 +1,68 @@
+"""python -m training: train SM-GICNet progressively and write resumable checkpoints.
+
+Paper-size model on a GPU machine (160x192x160 at 1 mm, the paper's iteration counts):
+    python -m training -o runs/paper
+CPU-budget model (what ships as smgic_rt's default; see README):
+    python -m training -o runs/cpu --grid 80 96 80 --spacing 2 --channels 16 \\
+        --iterations 400 400 400 150 --minutes 3 5 20 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .data import Augment
+from .model import ModelConfig, SMGICNet, parameter_count
+from .train import TrainConfig, train
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-o", "--output", type=Path, required=True, help="run folder (checkpoints: last.pt, stageK.pt)")
+    parser.add_argument("--grid", type=int, nargs=3, default=(160, 192, 160), metavar=("X", "Y", "Z"),
+                        help="model grid, divisible by 8 (default: the paper's 160 192 160)")
+    parser.add_argument("--spacing", type=float, default=1.0, help="mm per model-grid voxel (default 1)")
+    parser.add_argument("--channels", type=int, default=32, help="U-Net width (default 32, as the paper)")
+    parser.add_argument("--iterations", type=int, nargs=4, default=(120_000, 120_000, 180_000, 180_000),
+                        metavar="N", help="iterations of stages 1-4 (stage k trains levels 1..k)")
+    parser.add_argument("--minutes", type=float, nargs=4, metavar="M",
+                        help="optional time budget of each stage; a stage ends at its iterations or its minutes")
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr-decay-start", type=int, default=60_000)
+    parser.add_argument("--lr-decay-every", type=int, default=50_000)
+    parser.add_argument("--validate-every", type=int, default=200)
+    parser.add_argument("--checkpoint-every", type=int, default=200)
+    parser.add_argument("--validation-pairs", type=int, default=4)
+    parser.add_argument("--data", type=Path, help="folder of your own T1 NIfTI/MGZ files (default: DATA.md templates)")
+    parser.add_argument("--max-rotation", type=float, default=Augment.rotation_deg, help="degrees")
+    parser.add_argument("--max-translation", type=float, default=Augment.translation_mm, help="mm")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--resume", type=Path, help="checkpoint to continue from (e.g. RUN/last.pt)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        model_config = ModelConfig(grid_shape=tuple(args.grid), spacing=(args.spacing,) * 3, channels=args.channels)
+    except ValueError as error:
+        parser.error(str(error))
+    config = TrainConfig(model=model_config, output=args.output, iterations=tuple(args.iterations),
+                         minutes=tuple(args.minutes) if args.minutes else None, lr=args.lr,
+                         lr_decay_start=args.lr_decay_start, lr_decay_every=args.lr_decay_every,
+                         validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
+                         validation_pairs=args.validation_pairs, seed=args.seed, data_folder=args.data,
+                         augment=Augment(rotation_deg=args.max_rotation, translation_mm=args.max_translation),
+                         threads=args.threads)
+    logging.getLogger("training").info("model: %s, %d parameters", model_config.to_dict(),
+                                       parameter_count(SMGICNet(model_config)))
+    last = train(config, resume=args.resume, progress=not args.quiet)
+    print(last)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Progressive training (the paper's schedule): stage k trains levels 1..k together, stage 1 with
+level 1 alone; Adam; learning rate 1e-4 halved every 50k iterations after the first 60k of each
+stage by default. Checkpoints are plain dicts of tensors and builtins (``torch.load(...,
+weights_only=True)``), written atomically, and resume exactly: the data of iteration ``i`` is drawn
+from ``(seed, i)`` and the model has no other randomness.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from smgic_rt.metrics import mean_dice
+
+from .data import (TRAINING_TEMPLATES, VALIDATION_TEMPLATE, Augment, PairSource, folder_brains, load_brain,
+                   package_file)
+from .losses import LossWeights, registration_loss
+from .model import ModelConfig, SMGICNet, pyramid_features, upsample_field, warp
+
+__all__ = ["TrainConfig", "train", "save_checkpoint", "load_checkpoint", "validate", "CHECKPOINT_SCHEMA"]
+
+CHECKPOINT_SCHEMA = 1
+log = logging.getLogger("training")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig
+    output: Path
+    iterations: tuple = (120_000, 120_000, 180_000, 180_000)   # per stage (level 1, +2, +3, +4)
+    minutes: tuple | None = None                               # optional time budget per stage
+    lr: float = 1e-4
+    lr_decay_start: int = 60_000                               # per stage, as the paper
+    lr_decay_every: int = 50_000
+    validate_every: int = 200
+    validation_pairs: int = 4
+    checkpoint_every: int = 200
+    seed: int = 0
+    data_folder: Path | None = None
+    augment: Augment = field(default_factory=Augment)
+    weights: LossWeights = field(default_factory=LossWeights)
+    threads: int | None = None
+
+
+def learning_rate(config: TrainConfig, stage_step: int) -> float:
+    if stage_step < config.lr_decay_start:
+        return config.lr
+    return config.lr * 0.5 ** (1 + (stage_step - config.lr_decay_start) // config.lr_decay_every)
+
+
+def save_checkpoint(path: Path, model, optimizer, state: dict, config: TrainConfig, provenance: dict) -> None:
+    """Atomic: a temporary file in the same folder, renamed into place."""
+    checkpoint = {
+        "schema_version": CHECKPOINT_SCHEMA,
+        "config": model.config.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": state["step"],
+        "stage": state["stage"],
+        "stage_step": state["stage_step"],
+        "history": state["history"],
+        "seed": config.seed,
+        "data_provenance": provenance,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(checkpoint, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path) -> dict:
+    checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("schema_version") != CHECKPOINT_SCHEMA:
+        raise ValueError(f"{path}: not a schema-{CHECKPOINT_SCHEMA} smgic_rt training checkpoint")
+    return checkpoint
+
+
+def _sources(config: TrainConfig):
+    spacing = config.model.spacing
+    if config.data_folder is not None:
+        files = folder_brains(config.data_folder)
+        brains = [load_brain(p, spacing) for p in files]
+        provenance = {"training": [str(p) for p in files]}
+    else:
+        brains = [load_brain(package_file(*entry), spacing, name=f"{entry[0]}:{entry[1]}") for entry in TRAINING_TEMPLATES]
+        provenance = {"training": [f"{p}:{f}" for p, f in TRAINING_TEMPLATES]}
+    image, labels = VALIDATION_TEMPLATE
+    validation = load_brain(package_file(*image), spacing, package_file(*labels), name=f"{image[0]}:{image[1]}")
+    provenance["validation"] = f"{image[0]}:{image[1]} with {labels[0]}:{labels[1]}"
+    provenance["augment"] = config.augment.to_dict()
+    train_source = PairSource(brains, config.model.grid_shape, spacing, config.augment, seed=config.seed)
+    # A different seed stream for validation, fixed for the whole run.
+    val_source = PairSource([validation], config.model.grid_shape, spacing, config.augment, seed=10_000 + config.seed)
+    return train_source, val_source, provenance
+
+
+def _tensor(array):
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+
+
+@torch.no_grad()
+def validate(model: SMGICNet, pairs: list[dict], upto: int) -> dict:
+    """Mean Dice of the moving labels warped (nearest) onto the fixed grid, before and after."""
+    model.eval()
+    before, after = [], []
+    for pair in pairs:
+        output = model(_tensor(pair["fixed"]), _tensor(pair["moving"]), upto=upto, symmetric=False)
+        u = output.displacements[-1]
+        while tuple(u.shape[2:]) != model.config.grid_shape:
+            u = upsample_field(u)
+        warped = warp(_tensor(pair["moving_labels"]), u, mode="nearest")[0, 0].numpy()
+        before.append(mean_dice(pair["fixed_labels"], pair["moving_labels"]))
+        after.append(mean_dice(pair["fixed_labels"], warped))
+    model.train()
+    return {"dice_before": float(np.mean(before)), "dice_after": float(np.mean(after))}
+
+
+def train(config: TrainConfig, resume: Path | None = None, progress: bool = True) -> Path:
+    """Run (or resume) the progressive schedule; returns the path of the last checkpoint."""
+    from tqdm import tqdm
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    model = SMGICNet(config.model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    state = {"step": 0, "stage": 1, "stage_step": 0, "history": []}
+    if resume is not None:
+        checkpoint = load_checkpoint(resume)
+        if checkpoint["config"] != config.model.to_dict():
+            raise ValueError(f"{resume}: its model config {checkpoint['config']} differs from this run's "
+                             f"{config.model.to_dict()}")
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        state = {k: checkpoint[k] for k in ("step", "stage", "stage_step", "history")}
+        log.info("resumed from %s at step %d (stage %d)", resume, state["step"], state["stage"])
+    train_source, val_source, provenance = _sources(config)
+    val_pairs = [val_source.pair(i) for i in range(config.validation_pairs)]
+    last = config.output / "last.pt"
+    model.train()
+    steps = config.model.integration_steps
+    while state["stage"] <= 4:
+        stage = state["stage"]
+        total = config.iterations[stage - 1]
+        budget = None if config.minutes is None else 60.0 * config.minutes[stage - 1]
+        started = time.monotonic()
+        bar = tqdm(total=total, initial=state["stage_step"], desc=f"stage {stage} (levels 1-{stage})",
+                   disable=not progress, dynamic_ncols=True)
+        while state["stage_step"] < total and (budget is None or time.monotonic() - started < budget):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, state["stage_step"])
+            pair = train_source.pair(state["step"])
+            fixed, moving = _tensor(pair["fixed"]), _tensor(pair["moving"])
+            output = model(fixed, moving, upto=stage)
+            loss, terms = registration_loss(output, pyramid_features(fixed), pyramid_features(moving), steps,
+                                            config.weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state["step"] += 1
+            state["stage_step"] += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()})
+            record = {"step": state["step"], "stage": stage, **terms}
+            done = state["stage_step"] >= total or (budget is not None and time.monotonic() - started >= budget)
+            if state["stage_step"] % config.validate_every == 0 or done:
+                record.update(validate(model, val_pairs, stage))
+                log.info("step %d stage %d: %s", state["step"], stage, record)
+            state["history"].append(record)
+            if state["stage_step"] % config.checkpoint_every == 0 or done:
+                save_checkpoint(last, model, optimizer, state, config, provenance)
+        bar.close()
+        save_checkpoint(config.output / f"stage{stage}.pt", model, optimizer, state, config, provenance)
+        state["stage"] += 1
+        state["stage_step"] = 0
+        save_checkpoint(last, model, optimizer, state, config, provenance)
+    return last
