@@ -70,17 +70,20 @@ class ModelConfig:
 
 # ---- spatial operations: torch twins of smgic_rt.ops / smgic_rt.features ----
 
+def _sampling_grid_on(position: torch.Tensor, size) -> torch.Tensor:
+    """grid_sample grid (align_corners=True) reading voxel-index `position` (N, 3, ...) of a grid of `size`."""
+    scale = torch.tensor([2.0 / max(s - 1, 1) for s in size], dtype=position.dtype,
+                         device=position.device).view(1, 3, 1, 1, 1)
+    # grid_sample wants (N, X, Y, Z, 3) with the last axis ordered (Z, Y, X).
+    return (position * scale - 1.0).permute(0, 2, 3, 4, 1).flip(-1)
+
+
 def _sampling_grid(displacement: torch.Tensor) -> torch.Tensor:
-    """grid_sample grid (align_corners=True) for the positions ``x + u(x)`` in voxel indices."""
-    n, _, *size = displacement.shape
+    """grid_sample grid for the positions ``x + u(x)`` in voxel indices of the field's own grid."""
+    size = displacement.shape[2:]
     axes = [torch.arange(s, dtype=displacement.dtype, device=displacement.device) for s in size]
     identity = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (3, X, Y, Z)
-    position = identity[None] + displacement
-    scale = torch.tensor([2.0 / max(s - 1, 1) for s in size], dtype=displacement.dtype,
-                         device=displacement.device).view(1, 3, 1, 1, 1)
-    normalised = position * scale - 1.0
-    # grid_sample wants (N, X, Y, Z, 3) with the last axis ordered (Z, Y, X).
-    return normalised.permute(0, 2, 3, 4, 1).flip(-1)
+    return _sampling_grid_on(identity[None] + displacement, size)
 
 
 def warp(image: torch.Tensor, displacement: torch.Tensor, padding: str = "zeros", mode: str = "bilinear"):
@@ -94,9 +97,21 @@ def compose(u_outer: torch.Tensor, u_inner: torch.Tensor) -> torch.Tensor:
 
 
 def upsample_field(field_: torch.Tensor, shape=None) -> torch.Tensor:
-    """Next finer pyramid level: fine x reads coarse (x - 0.5) / 2 (align_corners=False), values x2."""
-    shape = tuple(shape) if shape is not None else tuple(2 * n for n in field_.shape[2:])
-    return 2.0 * F.interpolate(field_, size=shape, mode="trilinear", align_corners=False)
+    """Next finer pyramid level: fine x reads coarse (x - 0.5) / 2 (border clamped), values x2.
+
+    For exactly doubled sizes this is trilinear interpolation with align_corners=False; any other
+    `shape` (as `smgic_rt.ops.upsample_field` allows) keeps the same coordinate map.
+    """
+    coarse = tuple(field_.shape[2:])
+    shape = tuple(shape) if shape is not None else tuple(2 * n for n in coarse)
+    if shape == tuple(2 * n for n in coarse):
+        return 2.0 * F.interpolate(field_, scale_factor=2, mode="trilinear", align_corners=False)
+    axes = [((torch.arange(n, dtype=field_.dtype, device=field_.device) - 0.5) / 2).clamp(0, c - 1)
+            for n, c in zip(shape, coarse)]
+    position = torch.stack(torch.meshgrid(*axes, indexing="ij"))[None]
+    grid = _sampling_grid_on(position, coarse)
+    return 2.0 * F.grid_sample(field_, grid.expand(field_.shape[0], *grid.shape[1:]), mode="bilinear",
+                               padding_mode="border", align_corners=True)
 
 
 def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:

