@@ -12,8 +12,10 @@
 #include <pybind11/pybind11.h>
 
 void bind_kernels(pybind11::module_& m);
+void bind_registration(pybind11::module_& m);  // csrc/registration: affine stage and refinement
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "smgic_rt compiled kernels (CPU/OpenMP, optional CUDA)";
   bind_kernels(m);
+  bind_registration(m);
 }

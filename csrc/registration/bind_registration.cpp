@@ -1,0 +1,150 @@
+// Bindings of the registration kernels. CPU functions take numpy float32 arrays; the `_cuda`
+// variants take device pointers (smgic_rt/affine.py and refine.py validate inputs first).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "registration/registration.h"
+
+namespace py = pybind11;
+
+namespace smgic {
+namespace {
+
+using Shape3 = std::array<int64_t, 3>;
+
+py::array_t<float> checked(const py::array& a, const char* name, int ndim) {
+  if (a.dtype().kind() != 'f' || a.itemsize() != 4 || a.ndim() != ndim || !(a.flags() & py::array::c_style)) {
+    throw py::value_error(std::string(name) + " must be a C-contiguous float32 array with " + std::to_string(ndim) +
+                          " dimensions");
+  }
+  return py::array_t<float>(a);
+}
+
+Grid3 grid_last3(const py::array& a) {
+  const auto n = a.ndim();
+  return Grid3{a.shape(n - 3), a.shape(n - 2), a.shape(n - 1)};
+}
+
+std::vector<float> checked_taps(const std::vector<float>& taps) {
+  if (taps.empty() || taps.size() % 2 == 0) throw py::value_error("filter taps must be an odd, non-empty list");
+  return taps;
+}
+
+// filter_axis(volumes (C, X, Y, Z), axis, taps, normalise_inside) -> filtered copy
+py::array_t<float> filter_axis_cpu(const py::array& volumes, int axis, const std::vector<float>& taps,
+                                   bool normalise_inside) {
+  auto in = checked(volumes, "volumes", 4);
+  if (axis < 0 || axis > 2) throw py::value_error("axis must be 0, 1 or 2");
+  const auto t = checked_taps(taps);
+  py::array_t<float> out({in.shape(0), in.shape(1), in.shape(2), in.shape(3)});
+  const Grid3 g = grid_last3(in);
+  {
+    py::gil_scoped_release release;
+    cpu::filter_axis(in.data(), out.mutable_data(), in.shape(0), g, axis, t.data(), static_cast<int>(t.size() / 2),
+                     normalise_inside);
+  }
+  return out;
+}
+
+// lncc(i, j, means (5, X, Y, Z), eps) -> (cc, d_i, d_j), each (X, Y, Z)
+py::tuple lncc_cpu(const py::array& i, const py::array& j, const py::array& means, float eps) {
+  auto a = checked(i, "i", 3), b = checked(j, "j", 3), m = checked(means, "means", 4);
+  const Grid3 g = grid_last3(a);
+  if (grid_last3(b).voxels() != g.voxels() || b.shape(0) != a.shape(0) || m.shape(0) != 5 ||
+      grid_last3(m).voxels() != g.voxels()) {
+    throw py::value_error("lncc: i, j and means must share one grid (means has 5 channels)");
+  }
+  py::array_t<float> cc({g.nx, g.ny, g.nz}), di({g.nx, g.ny, g.nz}), dj({g.nx, g.ny, g.nz});
+  {
+    py::gil_scoped_release release;
+    cpu::lncc(a.data(), b.data(), m.data(), cc.mutable_data(), di.mutable_data(), dj.mutable_data(), g, eps);
+  }
+  return py::make_tuple(cc, di, dj);
+}
+
+py::array_t<float> gradient_cpu(const py::array& volume) {
+  auto in = checked(volume, "volume", 3);
+  const Grid3 g = grid_last3(in);
+  py::array_t<float> out({int64_t{3}, g.nx, g.ny, g.nz});
+  {
+    py::gil_scoped_release release;
+    cpu::image_gradient(in.data(), out.mutable_data(), g);
+  }
+  return out;
+}
+
+std::vector<double> affine_sums_cpu(const py::array& fixed, py::object mask, const py::array& moving,
+                                    const std::vector<float>& matrix) {
+  auto f = checked(fixed, "fixed", 3), mv = checked(moving, "moving", 3);
+  if (matrix.size() != 12) throw py::value_error("matrix must have 12 values (3x4 row-major)");
+  const Grid3 fg = grid_last3(f), mg = grid_last3(mv);
+  if (mg.nx < 2 || mg.ny < 2 || mg.nz < 2) throw py::value_error("moving must have at least 2 voxels per axis");
+  const float* mask_ptr = nullptr;
+  py::array_t<float> mask_array;
+  if (!mask.is_none()) {
+    mask_array = checked(mask.cast<py::array>(), "mask", 3);
+    if (grid_last3(mask_array).voxels() != fg.voxels()) throw py::value_error("mask must have the fixed grid's shape");
+    mask_ptr = mask_array.data();
+  }
+  std::vector<double> sums(kAffineSums);
+  {
+    py::gil_scoped_release release;
+    cpu::affine_ncc_sums(f.data(), mask_ptr, fg, mv.data(), mg, matrix.data(), sums.data());
+  }
+  return sums;
+}
+
+#ifdef SMGIC_WITH_CUDA
+const float* dptr(uintptr_t p) { return reinterpret_cast<const float*>(p); }
+float* dmut(uintptr_t p) { return reinterpret_cast<float*>(p); }
+Grid3 grid3(const Shape3& s) { return Grid3{s[0], s[1], s[2]}; }
+
+void filter_axis_cuda(uintptr_t in, uintptr_t out, int64_t channels, const Shape3& shape, int axis,
+                      const std::vector<float>& taps, bool normalise_inside) {
+  if (axis < 0 || axis > 2) throw py::value_error("axis must be 0, 1 or 2");
+  const auto t = checked_taps(taps);
+  cuda::filter_axis(dptr(in), dmut(out), channels, grid3(shape), axis, t.data(), static_cast<int>(t.size() / 2),
+                    normalise_inside);
+}
+
+void lncc_cuda(uintptr_t i, uintptr_t j, uintptr_t means, uintptr_t cc, uintptr_t di, uintptr_t dj,
+               const Shape3& shape, float eps) {
+  cuda::lncc(dptr(i), dptr(j), dptr(means), dmut(cc), dmut(di), dmut(dj), grid3(shape), eps);
+}
+
+void gradient_cuda(uintptr_t in, uintptr_t out, const Shape3& shape) {
+  cuda::image_gradient(dptr(in), dmut(out), grid3(shape));
+}
+
+std::vector<double> affine_sums_cuda(uintptr_t fixed, uintptr_t mask, const Shape3& fixed_shape, uintptr_t moving,
+                                     const Shape3& moving_shape, const std::vector<float>& matrix) {
+  if (matrix.size() != 12) throw py::value_error("matrix must have 12 values (3x4 row-major)");
+  std::vector<double> sums(kAffineSums);
+  cuda::affine_ncc_sums(dptr(fixed), mask ? dptr(mask) : nullptr, grid3(fixed_shape), dptr(moving),
+                        grid3(moving_shape), matrix.data(), sums.data());
+  return sums;
+}
+#endif
+
+}  // namespace
+}  // namespace smgic
+
+void bind_registration(pybind11::module_& m) {
+  using namespace smgic;
+  m.attr("AFFINE_SUMS") = kAffineSums;
+  m.def("filter_axis", &filter_axis_cpu, "one separable filter pass along an axis of (C, X, Y, Z) volumes");
+  m.def("lncc", &lncc_cpu, "per-voxel local NCC and its derivatives from five box means");
+  m.def("image_gradient", &gradient_cpu, "central-difference gradient (3, X, Y, Z) of a volume");
+  m.def("affine_ncc_sums", &affine_sums_cpu, "sums for the masked NCC of fixed and moving through a 3x4 voxel map");
+#ifdef SMGIC_WITH_CUDA
+  m.def("filter_axis_cuda", &filter_axis_cuda);
+  m.def("lncc_cuda", &lncc_cuda);
+  m.def("image_gradient_cuda", &gradient_cuda);
+  m.def("affine_ncc_sums_cuda", &affine_sums_cuda);
+#endif
+}

@@ -1,0 +1,121 @@
+// Per-voxel arithmetic of the test-time registration stages (smgic_rt.affine, smgic_rt.refine),
+// compiled for host and device like common/voxel_math.h: the CPU file loops over voxels with
+// OpenMP, the CUDA file launches one thread per voxel, both call these functions.
+#pragma once
+
+#include "common/hostdev.h"
+#include "common/voxel_math.h"
+
+namespace smgic {
+
+// Number of sums accumulated by the affine similarity: S, Sf, Sm, Sff, Smm, Sfm, then for each of
+// the 12 entries k of the 3x4 voxel matrix (row-major): sum dm_k, sum f dm_k, sum m dm_k.
+constexpr int kAffineSums = 6 + 3 * 12;
+
+// One axis of a separable filter at voxel (x, y, z): out = sum_k taps[k] * in[i + k - radius],
+// indices clamped to the volume (edge replication). A box mean is taps = 1 / (2 radius + 1) with
+// `normalise_inside` true, which divides by the in-bounds taps instead (no edge bias).
+SMGIC_HOST_DEVICE float filter_axis_voxel(const float* in, const Grid3& g, int axis, const float* taps, int radius,
+                                          bool normalise_inside, int64_t x, int64_t y, int64_t z) {
+  const int64_t idx[3] = {x, y, z};
+  const int64_t len = axis == 0 ? g.nx : (axis == 1 ? g.ny : g.nz);
+  const int64_t stride = axis == 0 ? g.ny * g.nz : (axis == 1 ? g.nz : 1);
+  const int64_t centre = (x * g.ny + y) * g.nz + z;
+  const int64_t i = idx[axis];
+  float sum = 0.0f, weight = 0.0f;
+  for (int k = -radius; k <= radius; ++k) {
+    int64_t j = i + k;
+    const bool inside = j >= 0 && j < len;
+    if (normalise_inside && !inside) continue;
+    j = j < 0 ? 0 : (j >= len ? len - 1 : j);
+    const float t = taps[k + radius];
+    sum += t * in[centre + (j - i) * stride];
+    weight += t;
+  }
+  return normalise_inside ? sum / weight : sum;
+}
+
+// Local NCC at one voxel from its box means, and the derivatives of the voxel's score with
+// respect to the two intensities there (the window-overlap terms are dropped, as ANTs' CC metric
+// does). The score is (cov + eps) / sqrt((var_i + eps)(var_j + eps)): 1 for identical patches,
+// finite for flat ones.
+struct LnccVoxel {
+  float cc, d_i, d_j;
+};
+
+SMGIC_HOST_DEVICE LnccVoxel lncc_voxel(float i, float j, float mi, float mj, float mii, float mjj, float mij,
+                                       float eps) {
+  const float vi = fmaxf(mii - mi * mi, 0.0f) + eps;
+  const float vj = fmaxf(mjj - mj * mj, 0.0f) + eps;
+  const float cov = mij - mi * mj + eps;
+  const float inv = 1.0f / sqrtf(vi * vj);
+  LnccVoxel r;
+  r.cc = cov * inv;
+  // d cc / d i (through the patch statistics, one window): ((j - mj) - cov / vi * (i - mi)) / sqrt(vi vj)
+  r.d_i = ((j - mj) - cov / vi * (i - mi)) * inv;
+  r.d_j = ((i - mi) - cov / vj * (j - mj)) * inv;
+  return r;
+}
+
+// Trilinear value and gradient (per voxel index) of `image` at p; false when p is outside
+// [0, n-1] on some axis (the caller skips such points).
+SMGIC_HOST_DEVICE bool linear_value_gradient(const float* image, const Grid3& g, float px, float py, float pz,
+                                             float& value, float& gx, float& gy, float& gz) {
+  if (!(px >= 0.0f && py >= 0.0f && pz >= 0.0f && px <= static_cast<float>(g.nx - 1) &&
+        py <= static_cast<float>(g.ny - 1) && pz <= static_cast<float>(g.nz - 1))) {
+    return false;
+  }
+  int64_t x0 = static_cast<int64_t>(px), y0 = static_cast<int64_t>(py), z0 = static_cast<int64_t>(pz);
+  if (x0 > g.nx - 2) x0 = g.nx - 2;
+  if (y0 > g.ny - 2) y0 = g.ny - 2;
+  if (z0 > g.nz - 2) z0 = g.nz - 2;
+  const float tx = px - static_cast<float>(x0), ty = py - static_cast<float>(y0), tz = pz - static_cast<float>(z0);
+  const int64_t sx = g.ny * g.nz, sy = g.nz;
+  const float* b = image + (x0 * g.ny + y0) * g.nz + z0;
+  const float c000 = b[0], c001 = b[1], c010 = b[sy], c011 = b[sy + 1];
+  const float c100 = b[sx], c101 = b[sx + 1], c110 = b[sx + sy], c111 = b[sx + sy + 1];
+  const float c00 = c000 + tz * (c001 - c000), c01 = c010 + tz * (c011 - c010);
+  const float c10 = c100 + tz * (c101 - c100), c11 = c110 + tz * (c111 - c110);
+  const float c0 = c00 + ty * (c01 - c00), c1 = c10 + ty * (c11 - c10);
+  value = c0 + tx * (c1 - c0);
+  gx = c1 - c0;
+  gy = (1.0f - tx) * (c01 - c00) + tx * (c11 - c10);
+  const float d00 = c001 - c000, d01 = c011 - c010, d10 = c101 - c100, d11 = c111 - c110;
+  gz = (1.0f - tx) * ((1.0f - ty) * d00 + ty * d01) + tx * ((1.0f - ty) * d10 + ty * d11);
+  return true;
+}
+
+// Contributions of fixed voxel (x, y, z) to the affine NCC sums (see kAffineSums): the moving
+// image is read at M [x, 1] (M: 3x4 row-major, fixed voxel -> moving voxel), weighted by the
+// fixed mask. Writes nothing and returns false when the point falls outside the moving image.
+SMGIC_HOST_DEVICE bool affine_ncc_terms(const float* fixed, const float* mask, const Grid3& fg, const float* moving,
+                                        const Grid3& mg, const float* m, int64_t x, int64_t y, int64_t z,
+                                        double* terms) {
+  const int64_t v = (x * fg.ny + y) * fg.nz + z;
+  const float w = mask ? mask[v] : 1.0f;
+  if (!(w > 0.0f)) return false;
+  const float fx = static_cast<float>(x), fy = static_cast<float>(y), fz = static_cast<float>(z);
+  const float px = m[0] * fx + m[1] * fy + m[2] * fz + m[3];
+  const float py = m[4] * fx + m[5] * fy + m[6] * fz + m[7];
+  const float pz = m[8] * fx + m[9] * fy + m[10] * fz + m[11];
+  float value, g[3];
+  if (!linear_value_gradient(moving, mg, px, py, pz, value, g[0], g[1], g[2])) return false;
+  const double f = fixed[v], mv = value, wd = w;
+  terms[0] = wd;
+  terms[1] = wd * f;
+  terms[2] = wd * mv;
+  terms[3] = wd * f * f;
+  terms[4] = wd * mv * mv;
+  terms[5] = wd * f * mv;
+  const float coords[4] = {fx, fy, fz, 1.0f};
+SMGIC_UNROLL
+  for (int k = 0; k < 12; ++k) {
+    const double dm = wd * g[k / 4] * coords[k % 4];
+    terms[6 + k] = dm;
+    terms[18 + k] = dm * f;
+    terms[30 + k] = dm * mv;
+  }
+  return true;
+}
+
+}  // namespace smgic

@@ -1,0 +1,36 @@
+"""Separable filters on the CPU kernels of `smgic_rt._C` (Gaussian smoothing, box means),
+shared by the affine stage and the refinement."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _C
+
+__all__ = ["gaussian_taps", "smooth", "box_mean"]
+
+
+def gaussian_taps(sigma: float) -> list[float]:
+    radius = max(1, int(np.ceil(3.0 * sigma)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    return (taps / taps.sum()).astype(np.float32).tolist()
+
+
+def smooth(volumes: np.ndarray, sigma) -> np.ndarray:
+    """Gaussian smoothing (edge replication) of ``(C, X, Y, Z)`` volumes; `sigma` in voxels, one
+    value or one per axis; 0 leaves an axis alone."""
+    sigmas = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (3,))
+    out = np.ascontiguousarray(volumes, dtype=np.float32)
+    for axis, s in enumerate(sigmas):
+        if s > 0:
+            out = _C.filter_axis(out, axis, gaussian_taps(float(s)), False)
+    return out
+
+
+def box_mean(volumes: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over the (2 radius + 1)^3 box around each voxel, counting only voxels inside."""
+    taps = [1.0] * (2 * radius + 1)
+    out = np.ascontiguousarray(volumes, dtype=np.float32)
+    for axis in range(3):
+        out = _C.filter_axis(out, axis, taps, True)
+    return out
