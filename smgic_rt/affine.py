@@ -1,0 +1,234 @@
+"""Global affine stage: moments initialisation, then multi-resolution rigid and affine
+optimisation of the normalised cross-correlation inside the (dilated) fixed foreground.
+
+The result maps fixed world (RAS mm) to moving world: a fixed-space point ``p`` samples the moving
+image at ``matrix @ p``. Parameters are the linear part ``A`` about the fixed brain centre ``c``
+and a translation: ``T(p) = A (p - c) + c + t``. Steps are gradient ascent steps normalised to a
+length in mm (``A`` measured by how far it moves points at the brain radius), with backtracking:
+a step that does not raise the NCC is halved, never taken; the rigid stage projects ``A`` to the
+nearest rotation after each step. Each resolution runs on images resampled once to an isotropic
+RAS grid covering the whole image. The per-voxel work (resampling through the matrix, the NCC
+sums and their derivatives by the 12 matrix entries) is `smgic_rt._C.affine_ncc_sums`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _C, preprocess
+from ._filters import box_mean
+
+__all__ = ["AffineOptions", "AffineResult", "register_affine", "ncc_and_gradient"]
+
+
+@dataclass(frozen=True)
+class AffineOptions:
+    resolutions: tuple = (8.0, 4.0, 2.0)        # mm, coarse to fine
+    rigid_iterations: tuple = (60, 40, 0)       # per resolution
+    affine_iterations: tuple = (0, 60, 30)      # per resolution
+    step_mm: tuple = (4.0, 2.0, 1.0)            # initial step per resolution
+    min_step_mm: float = 0.02
+    radius_mm: float = 60.0                     # lever arm that converts A into mm
+    moments: bool = True                        # principal-axes candidates at the start
+
+
+@dataclass
+class AffineResult:
+    matrix: np.ndarray                          # 4x4, fixed world RAS mm -> moving world RAS mm
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Level:
+    image: np.ndarray
+    grid: np.ndarray                            # voxel -> world
+    mask: np.ndarray | None = None
+
+
+def _check(data, affine, name):
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise ValueError(f"{name} image must be 3-D, got shape {data.shape}")
+    if min(data.shape) < 2:
+        raise ValueError(f"{name} image must have at least 2 voxels per axis, got shape {data.shape}")
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise ValueError(f"{name} affine must be a finite, invertible 4x4 matrix")
+    data = np.asarray(data, dtype=np.float32)
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"{name} image holds NaN or infinite values")
+    if float(data.max()) == float(data.min()):
+        raise ValueError(f"{name} image is constant: nothing to align")
+    return data, affine
+
+
+def _covering_grid(shape, affine, spacing):
+    """RAS grid of `spacing` mm covering the image's bounding box."""
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)]) @ affine.T
+    low, high = corners[:, :3].min(axis=0), corners[:, :3].max(axis=0)
+    size = np.maximum(np.ceil((high - low) / spacing).astype(int) + 1, 2)
+    grid = np.diag([spacing, spacing, spacing, 1.0])
+    grid[:3, 3] = low
+    return tuple(int(n) for n in size), grid
+
+
+def _pyramid(data, affine, resolutions, with_mask):
+    """Images resampled to each resolution (fine first, each from the previous), normalised."""
+    levels = {}
+    source, source_affine = data, affine
+    for spacing in sorted(resolutions):
+        shape, grid = _covering_grid(data.shape, affine, spacing)
+        image = preprocess.resample(source, source_affine, grid, shape)
+        levels[spacing] = image
+        source, source_affine = image, grid
+    out = {}
+    for spacing, image in levels.items():
+        image = preprocess.normalize_intensity(image)
+        mask = None
+        if with_mask:
+            # The foreground and a rim of ~8 mm around it: the edge of the brain carries signal.
+            radius = max(1, int(round(8.0 / spacing)))
+            mask = (box_mean((image > 0.05).astype(np.float32)[None], radius)[0] > 0).astype(np.float32)
+        out[spacing] = _Level(np.ascontiguousarray(image), _covering_grid(data.shape, affine, spacing)[1], mask)
+    return out
+
+
+def ncc_and_gradient(fixed: _Level, moving: _Level, world: np.ndarray):
+    """NCC of fixed and moving through `world` (4x4) and its gradient by the 4x4 world matrix."""
+    voxel = np.linalg.solve(moving.grid, world @ fixed.grid)  # fixed voxel -> moving voxel
+    sums = np.asarray(_C.affine_ncc_sums(fixed.image, fixed.mask, moving.image,
+                                         voxel[:3].astype(np.float32).ravel().tolist()))
+    s, sf, sm, sff, smm, sfm = sums[:6]
+    if s < 10:
+        return -1.0, np.zeros((4, 4))
+    g, gf, gm = sums[6:18], sums[18:30], sums[30:42]
+    mf, mm = sf / s, sm / s
+    cov, vf, vm = sfm / s - mf * mm, sff / s - mf * mf, smm / s - mm * mm
+    if vf <= 1e-12 or vm <= 1e-12:
+        return -1.0, np.zeros((4, 4))
+    root = np.sqrt(vf * vm)
+    ncc = cov / root
+    d_cov = gf / s - mf * g / s
+    d_vm = 2.0 * (gm / s - mm * g / s)
+    d_voxel = np.zeros((4, 4))
+    d_voxel[:3] = (d_cov / root - 0.5 * ncc * d_vm / vm).reshape(3, 4)
+    # voxel = inv(Gm) world Gf  =>  dE/dworld = inv(Gm)^T dE/dvoxel Gf^T
+    d_world = np.linalg.inv(moving.grid).T @ d_voxel @ fixed.grid.T
+    return float(ncc), d_world
+
+
+def _compose(linear, translation, centre):
+    out = np.eye(4)
+    out[:3, :3] = linear
+    out[:3, 3] = centre + translation - linear @ centre
+    return out
+
+
+def _nearest_rotation(linear):
+    u, _, vt = np.linalg.svd(linear)
+    d = np.sign(np.linalg.det(u @ vt))
+    return u @ np.diag([1.0, 1.0, d]) @ vt
+
+
+def _optimise(fixed, moving, linear, translation, centre, iterations, step, options, rigid):
+    ncc, d_world = ncc_and_gradient(fixed, moving, _compose(linear, translation, centre))
+    record = {"kind": "rigid" if rigid else "affine", "ncc_before": ncc, "iterations": 0, "stop": "iterations"}
+    radius = options.radius_mm
+    for _ in range(iterations):
+        # T = [A | c + t - A c]: dE/dA = dE/dT_lin - dE/dT_trans c^T, dE/dt = dE/dT_trans.
+        g_linear = d_world[:3, :3] - np.outer(d_world[:3, 3], centre)
+        g_translation = d_world[:3, 3]
+        direction = np.concatenate([(g_linear * radius).ravel(), g_translation])  # per mm of motion
+        norm = np.linalg.norm(direction)
+        if not norm > 0:
+            record["stop"] = "zero gradient"
+            break
+        record["iterations"] += 1
+        while step >= options.min_step_mm:
+            delta = step * direction / norm
+            cand_linear = linear + delta[:9].reshape(3, 3) / radius
+            if rigid:
+                cand_linear = _nearest_rotation(cand_linear)
+            cand_translation = translation + delta[9:]
+            cand_ncc, cand_grad = ncc_and_gradient(fixed, moving, _compose(cand_linear, cand_translation, centre))
+            if cand_ncc > ncc:
+                linear, translation, ncc, d_world = cand_linear, cand_translation, cand_ncc, cand_grad
+                step *= 1.2
+                break
+            step *= 0.5
+        else:
+            record["stop"] = "step below minimum"
+            break
+    record["ncc_after"] = ncc
+    return linear, translation, record
+
+
+def _moments(level: _Level):
+    """Intensity-weighted centroid (world) and covariance of the foreground."""
+    image = level.image
+    index = np.argwhere(image > 0.05)
+    weights = image[tuple(index.T)].astype(np.float64)
+    points = index @ level.grid[:3, :3].T + level.grid[:3, 3]
+    centre = np.average(points, axis=0, weights=weights)
+    spread = points - centre
+    return centre, (spread * weights[:, None]).T @ spread / weights.sum()
+
+
+def register_affine(fixed, fixed_affine, moving, moving_affine, *, options: AffineOptions = AffineOptions()) -> AffineResult:
+    """Affine map fixed world -> moving world for this pair; see the module docstring."""
+    fixed, fixed_affine = _check(fixed, fixed_affine, "fixed")
+    moving, moving_affine = _check(moving, moving_affine, "moving")
+    started = time.perf_counter()
+    fixed_levels = _pyramid(fixed, fixed_affine, options.resolutions, with_mask=True)
+    moving_levels = _pyramid(moving, moving_affine, options.resolutions, with_mask=False)
+    coarse = options.resolutions[0]
+    centre_f, cov_f = _moments(fixed_levels[coarse])
+    centre_m, cov_m = _moments(moving_levels[coarse])
+
+    # Start: the identity, the centroid shift, and (optionally) principal-axes rotations.
+    candidates = {"identity": (np.eye(3), np.zeros(3)), "centroids": (np.eye(3), centre_m - centre_f)}
+    if options.moments:
+        _, axes_f = np.linalg.eigh(cov_f)
+        _, axes_m = np.linalg.eigh(cov_m)
+        for signs in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1)):
+            rotation = _nearest_rotation(axes_m @ np.diag(signs) @ axes_f.T)
+            candidates[f"principal_axes{signs}"] = (rotation, centre_m - centre_f)
+    scores = {name: ncc_and_gradient(fixed_levels[coarse], moving_levels[coarse],
+                                     _compose(lin, t, centre_f))[0] for name, (lin, t) in candidates.items()}
+    best = max(scores, key=scores.get)
+    linear, translation = candidates[best]
+
+    stages = []
+    for spacing, rigid_its, affine_its, step in zip(options.resolutions, options.rigid_iterations,
+                                                    options.affine_iterations, options.step_mm):
+        tick = time.perf_counter()
+        for rigid, its in ((True, rigid_its), (False, affine_its)):
+            if its:
+                linear, translation, record = _optimise(fixed_levels[spacing], moving_levels[spacing], linear,
+                                                        translation, centre_f, its, step, options, rigid)
+                record.update(resolution_mm=spacing, seconds=time.perf_counter() - tick)
+                stages.append(record)
+    matrix = _compose(linear, translation, centre_f)
+
+    # Never worse than the start: compare with the initial candidates at the finest resolution.
+    finest = options.resolutions[-1]
+    final_ncc = ncc_and_gradient(fixed_levels[finest], moving_levels[finest], matrix)[0]
+    start_ncc = {name: ncc_and_gradient(fixed_levels[finest], moving_levels[finest],
+                                        _compose(lin, t, centre_f))[0] for name, (lin, t) in candidates.items()}
+    fallback = max(start_ncc, key=start_ncc.get)
+    kept = final_ncc >= start_ncc[fallback]
+    if not kept:
+        matrix = _compose(*candidates[fallback], centre_f)
+    stats = {
+        "initialisation": best, "initial_ncc": scores,
+        "stages": stages,
+        "ncc_before": start_ncc["identity"], "ncc_after": max(final_ncc, start_ncc[fallback]),
+        "kept_optimisation": bool(kept),
+        "iterations": int(sum(s["iterations"] for s in stages)),
+        "seconds": time.perf_counter() - started,
+    }
+    return AffineResult(matrix, stats)
