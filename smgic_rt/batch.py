@@ -238,6 +238,20 @@ def pair_is_complete(out_root, pair: Pair, options: dict) -> dict | None:
     return manifest
 
 
+def _remove_leftovers(out_root: Path, pairs) -> None:
+    """Remove what killed workers left half-written: staging folders beside ``OUTROOT/<id>``
+    (``.<id>.tmp-*``, see `io.atomic_output_dir`) and temporary manifests. Called only while no
+    pair is in flight, so every such file is an orphan."""
+    import shutil
+
+    prefixes = tuple(f".{pair.id}." for pair in pairs)
+    for folder in (out_root, out_root / MANIFEST_DIR):
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                if entry.name.startswith(prefixes):
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 def _write_manifest(out_root: Path, pair: Pair, options: dict, inputs: dict, record: dict) -> None:
     from . import io
 
@@ -468,11 +482,15 @@ def _run_dask(todo, out_root, options, qc, bundle, scheduler, threads, stage_arg
         futures = {client.submit(_dask_task, name, pair, str(out_root), options, qc, key=f"smgic-{pair.id}-{run}", pure=False): pair
                    for pair in todo}
         for future in as_completed(futures):
-            pair = futures[future]
-            if future.status == "finished":
-                on_record(pair, future.result())
+            pair = futures.pop(future)
+            outcome = future.result() if future.status == "finished" else future.exception()
+            # Forget the result at once: the scheduler recomputes results that a dead worker
+            # held while a client still wants them, which would write the pair again.
+            future.release()
+            if isinstance(outcome, dict):
+                on_record(pair, outcome)
                 continue
-            error = future.exception()
+            error = outcome
             if isinstance(error, WorkerStartupError):
                 raise error
             # e.g. KilledWorker: the pair's task took down workers more often than the
@@ -548,6 +566,7 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
     out_root = Path(os.fspath(out_root)).expanduser().absolute()
     out_root.mkdir(parents=True, exist_ok=True)
 
+    _remove_leftovers(out_root, pair_list)
     options = {"bundle_id": str(loaded.id), "backend": backend, "affine": affine, "refine": refine, "qc": bool(qc)}
     records, todo = {}, []
     for pair in pair_list:
@@ -585,6 +604,7 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
             _run_dask(todo, out_root, options, qc, loaded, scheduler, threads, stage_args, on_record)
     finally:
         bar.close()
+        _remove_leftovers(out_root, pair_list)
         wall = time.perf_counter() - started
         summary = {
             "out_root": str(out_root),
