@@ -4,7 +4,7 @@ squaring, both directions of a pair in one batched forward pass.
 
 The spatial operations here (`warp`, `upsample_field`, `integrate_velocity`, `pyramid_features`)
 are the torch twins of `smgic_rt.ops` and `smgic_rt.features` with the conventions of
-docs/architecture.md; tests/test_training_model.py pins them to the runtime's to < 1e-4, so the
+docs/architecture.md; tests/test_training.py pins them to the runtime's to < 1e-4, so the
 network is trained on exactly the transform the runtime computes.
 """
 
