@@ -4,7 +4,8 @@ Symmetric and diffeomorphic: the stationary velocity ``v`` is optimised so that 
 pulled half-way back, ``F o exp(-v/2)``, and the moving image pulled half-way forward,
 ``M o exp(v/2)``, agree in local NCC at the midpoint; ``exp(v)`` then registers moving onto fixed
 and ``exp(-v)`` is its inverse, as for the network. Updates are the local-NCC forces of both
-images, Gaussian-smoothed (SyN-style "fluid" regularisation), taken as normalised steps with a
+images, Gaussian-smoothed (SyN-style "fluid" regularisation) plus the regulariser's gradient,
+taken as normalised steps with a
 backtracking line search on the objective ``-mean LNCC + reg * |grad v|^2``, coarse to fine
 (1/4, 1/2, then the model grid). A step that does not lower the objective is never taken, and the
 result is checked against the start at full resolution: the refinement never returns a velocity
@@ -31,9 +32,10 @@ __all__ = ["RefineOptions", "RefineResult", "refine_velocity", "objective"]
 class RefineOptions:
     factors: tuple = (4, 2, 1)            # coarse-to-fine, relative to the model grid
     iterations: tuple = (60, 40, 20)      # at most, per factor
-    radius: int = 2                       # local NCC window (2 radius + 1)^3
+    radius: int = 1                       # local NCC window (2 radius + 1)^3
     fluid_sigma: float = 1.5              # Gaussian on each update, voxels of the level
-    elastic_sigma: float = 0.5            # Gaussian on the whole velocity after each step
+    elastic_sigma: float = 0.0            # Gaussian on the whole velocity after each step (0: none;
+                                          # the |grad v|^2 term regularises instead)
     step: float = 0.5                     # initial largest update, voxels of the level
     min_step: float = 0.02                # below this the level stops (no step helps)
     reg: float = 0.05                     # weight of |grad v|^2 in the objective
@@ -50,6 +52,18 @@ class RefineResult:
 
 def _gradient_energy(v: np.ndarray) -> float:
     return float(sum(np.mean(np.square(np.diff(v, axis=a))) for a in (1, 2, 3)))
+
+
+def _laplacian(v: np.ndarray) -> np.ndarray:
+    padded = np.pad(v, ((0, 0), (1, 1), (1, 1), (1, 1)), mode="edge")
+    centre = padded[:, 1:-1, 1:-1, 1:-1]
+    out = -6.0 * centre
+    for axis in (1, 2, 3):
+        out += np.take(padded, range(2, padded.shape[axis]), axis=axis)[tuple(
+            slice(1, -1) if a not in (0, axis) else slice(None) for a in range(4))]
+        out += np.take(padded, range(0, padded.shape[axis] - 2), axis=axis)[tuple(
+            slice(1, -1) if a not in (0, axis) else slice(None) for a in range(4))]
+    return out.astype(np.float32)
 
 
 def _evaluate(fixed, moving, v, options: RefineOptions):
@@ -83,7 +97,9 @@ def _optimise_level(fixed, moving, v, iterations, options: RefineOptions, deadli
         fixed_w, moving_w, d_fixed, d_moving = cache
         # d(ncc)/dv: moving_w = M(x + v/2 ...) moves with +grad M, fixed_w with -grad F.
         force = d_moving[None] * _C.image_gradient(moving_w) - d_fixed[None] * _C.image_gradient(fixed_w)
-        force = smooth(force, options.fluid_sigma)
+        # Descent direction of the whole objective: smoothed NCC force plus the regulariser's
+        # own gradient (-d/dv of reg |grad v|^2 is 2 reg times the Laplacian of v).
+        force = smooth(force, options.fluid_sigma) + np.float32(2 * options.reg) * _laplacian(v)
         peak = float(np.sqrt(np.square(force).sum(axis=0)).max())
         if not peak > 0:
             record["stop"] = "no force"

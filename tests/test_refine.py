@@ -1,0 +1,139 @@
+"""smgic_rt.refine on a real brain: a known smooth deformation is recovered, an aligned pair
+stays put, the objective never ends above its start, reruns are identical, bad input is refused;
+the CUDA kernels match the CPU ones where a GPU exists."""
+
+import numpy as np
+import pytest
+
+from smgic_rt import _C, ops, preprocess
+from smgic_rt._filters import box_mean, gaussian_taps
+from smgic_rt.demo import package_file
+from smgic_rt.refine import objective, refine_velocity
+
+SHAPE = (48, 56, 48)
+
+
+@pytest.fixture(scope="module")
+def brain():
+    import nibabel as nib
+
+    image = nib.load(package_file("nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
+    data, _ = preprocess.prepare(np.asarray(image.dataobj, np.float32), image.affine, SHAPE, 3.5)
+    return data
+
+
+def _smooth_velocity(seed, peak):
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((3, 6, 7, 6)).astype(np.float32)
+    for _ in range(3):
+        v = ops.upsample_field(v)
+    return np.ascontiguousarray(v * np.float32(peak / np.abs(v).max()))
+
+
+def _inside(brain):
+    return brain > 0.1
+
+
+def test_known_smooth_deformation_is_recovered(brain):
+    v_true = _smooth_velocity(0, 8.0)
+    moving = ops.warp(brain[None], ops.integrate_velocity(v_true))[0]  # moving(x) = fixed(x + u_true(x))
+    # The answer pulls moving back onto fixed: exp(-v_true).
+    expected = ops.integrate_velocity(-v_true)
+    before = np.sqrt(np.sum(expected ** 2, axis=0))[_inside(brain)]
+    result = refine_velocity(brain, moving, None)
+    error = np.sqrt(np.sum((ops.integrate_velocity(result.velocity) - expected) ** 2, axis=0))[_inside(brain)]
+    assert np.median(before) > 2.0          # several voxels to recover
+    assert np.median(error) < 0.5, (np.median(before), np.median(error))
+    assert float(np.mean(ops.jacobian_determinant(ops.integrate_velocity(result.velocity)) <= 0)) < 1e-3
+
+
+def test_aligned_pair_stays_within_a_tenth_of_a_voxel(brain):
+    result = refine_velocity(brain, brain, None)
+    assert float(np.abs(ops.integrate_velocity(result.velocity)).max()) < 0.1
+
+
+def test_objective_never_ends_above_its_start_and_reruns_are_identical(brain):
+    bad_start = _smooth_velocity(1, 3.0)
+    first = refine_velocity(brain, brain, bad_start)
+    assert first.stats["objective_after"] <= first.stats["objective_before"]
+    assert objective(brain, brain, first.velocity) <= objective(brain, brain, bad_start)
+    for level in first.stats["levels"]:
+        assert level["objective_after"] <= level["objective_before"]
+    second = refine_velocity(brain, brain, bad_start)
+    assert np.array_equal(first.velocity, second.velocity)
+
+
+def test_budget_stops_early(brain):
+    moving = ops.warp(brain[None], ops.integrate_velocity(_smooth_velocity(2, 3.0)))[0]
+    result = refine_velocity(brain, moving, None, budget=0.01)
+    assert any(level["stop"] == "budget" for level in result.stats["levels"])
+
+
+def test_lncc_of_an_image_with_itself_is_one_and_forces_vanish(brain):
+    means = box_mean(np.stack([brain, brain, brain * brain, brain * brain, brain * brain]), 2)
+    cc, d_fixed, d_moving = _C.lncc(brain, brain, means, 1e-3)
+    assert np.allclose(cc, 1.0, atol=1e-4)
+    assert np.abs(d_fixed).max() < 1e-3 and np.abs(d_moving).max() < 1e-3
+
+
+def test_box_mean_and_gaussian_against_numpy():
+    rng = np.random.default_rng(3)
+    volume = rng.random((1, 9, 7, 8), dtype=np.float32)
+    got = box_mean(volume, 1)[0]
+    padded = np.pad(volume[0], 1, constant_values=np.nan)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3, 3))
+    np.testing.assert_allclose(got, np.nanmean(windows, axis=(3, 4, 5)), atol=1e-5)
+    taps = gaussian_taps(1.0)
+    assert abs(sum(taps) - 1) < 1e-6 and len(taps) == 7
+    edge = np.pad(volume[0], ((3, 3), (0, 0), (0, 0)), mode="edge")
+    expected = sum(t * edge[k:k + 9] for k, t in enumerate(taps))
+    np.testing.assert_allclose(_C.filter_axis(volume, 0, taps, False)[0], expected, atol=1e-5)
+
+
+def test_image_gradient_of_a_linear_ramp_is_exact():
+    x, y, z = np.meshgrid(np.arange(6), np.arange(7), np.arange(5), indexing="ij")
+    ramp = (2.0 * x - 0.5 * y + 3.0 * z).astype(np.float32)
+    gradient = _C.image_gradient(ramp)
+    for axis, slope in enumerate((2.0, -0.5, 3.0)):
+        np.testing.assert_allclose(gradient[axis], slope, atol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((np.zeros((8, 8)), np.zeros((8, 8)), None), "3-D images of one shape"),
+    ((np.zeros((8, 8, 8)), np.zeros((8, 8, 9)), None), "3-D images of one shape"),
+    ((np.zeros((8, 8, 8)), np.zeros((8, 8, 8)), np.zeros((3, 8, 8, 7))), "velocity must have shape"),
+    ((np.full((8, 8, 8), np.nan), np.zeros((8, 8, 8)), None), "NaN"),
+])
+def test_bad_input_is_refused(args, message):
+    with pytest.raises(ValueError, match=message):
+        refine_velocity(*args)
+
+
+def test_bad_budget_is_refused(brain):
+    with pytest.raises(ValueError, match="budget"):
+        refine_velocity(brain, brain, None, budget=-1)
+
+
+@pytest.mark.cuda
+def test_cuda_filters_lncc_and_gradient_match_cpu(brain):
+    cupy = pytest.importorskip("cupy")
+    if not ops.cuda_available():
+        pytest.skip("no CUDA")
+    volume = np.ascontiguousarray(brain[None])
+    taps = gaussian_taps(1.5)
+    for axis in range(3):
+        expected = _C.filter_axis(volume, axis, taps, True)
+        src, out = cupy.asarray(volume), cupy.empty_like(cupy.asarray(volume))
+        _C.filter_axis_cuda(src.data.ptr, out.data.ptr, 1, brain.shape, axis, taps, True)
+        np.testing.assert_allclose(cupy.asnumpy(out), expected, atol=1e-5)
+    moving = ops.warp(brain[None], ops.integrate_velocity(_smooth_velocity(4, 2.0)))[0]
+    means = box_mean(np.stack([brain, moving, brain * brain, moving * moving, brain * moving]), 2)
+    expected = _C.lncc(brain, moving, means, 1e-3)
+    i, j, m = cupy.asarray(brain), cupy.asarray(moving), cupy.asarray(means)
+    outs = [cupy.empty_like(i) for _ in range(3)]
+    _C.lncc_cuda(i.data.ptr, j.data.ptr, m.data.ptr, *[o.data.ptr for o in outs], brain.shape, 1e-3)
+    for got, want in zip(outs, expected):
+        np.testing.assert_allclose(cupy.asnumpy(got), want, atol=1e-5)
+    gradient = cupy.empty((3, *brain.shape), dtype=cupy.float32)
+    _C.image_gradient_cuda(i.data.ptr, gradient.data.ptr, brain.shape)
+    np.testing.assert_allclose(cupy.asnumpy(gradient), _C.image_gradient(brain), atol=1e-6)
