@@ -69,8 +69,11 @@ def test_symmetric_consistency_vanishes_for_opposite_velocities():
     rng = np.random.default_rng(1)
     a, b = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
     v = _t(_smooth_field(rng, (16, 16, 16), 2.0))
-    assert losses.symmetric_consistency(a, b, v, -v, 7).item() == pytest.approx(0.0, abs=1e-10)
-    assert losses.symmetric_consistency(a, b, v, v, 7).item() > 1e-3
+    forward, backward = integrate_velocity(v), integrate_velocity(-v)
+    # v_BA = -v_AB: exp(-v_BA) is exactly phi_AB, and the other way round.
+    assert losses.symmetric_consistency(a, b, forward, backward, backward, forward).item() == pytest.approx(0.0, abs=1e-10)
+    # v_BA = v_AB: the backward map is not the forward map's inverse.
+    assert losses.symmetric_consistency(a, b, forward, forward, backward, backward).item() > 1e-3
 
 
 def test_multilevel_consistency_vanishes_when_the_fine_field_is_the_upsampled_coarse_one():

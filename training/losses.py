@@ -68,13 +68,14 @@ def gradient_inverse_consistency(u_ab: torch.Tensor, u_ba: torch.Tensor) -> torc
     return 0.5 * (_gradient_energy(compose(u_ab, u_ba)) + _gradient_energy(compose(u_ba, u_ab)))
 
 
-def symmetric_consistency(image_a, image_b, v_ab, v_ba, steps: int) -> torch.Tensor:
+def symmetric_consistency(image_a, image_b, u_ab, u_ba, inv_ab, inv_ba) -> torch.Tensor:
     """Eq. 2 read as its text says: the forward field and the inverse of the backward field must
-    warp the same image alike: ``MSE(B o phi_AB, B o exp(-v_BA)) + MSE(A o phi_BA, A o exp(-v_AB))``."""
-    u_ab, u_ba = integrate_velocity(v_ab, steps), integrate_velocity(v_ba, steps)
-    inv_ab, inv_ba = integrate_velocity(-v_ab, steps), integrate_velocity(-v_ba, steps)
-    return (F.mse_loss(warp(image_b, u_ab), warp(image_b, inv_ba))
-            + F.mse_loss(warp(image_a, u_ba), warp(image_a, inv_ab)))
+    warp the same image alike: ``MSE(B o phi_AB, B o exp(-v_BA)) + MSE(A o phi_BA, A o exp(-v_AB))``.
+
+    Takes the integrated fields (``u = exp(v)``, ``inv = exp(-v)``) so that the caller integrates
+    each velocity once for every term that needs it.
+    """
+    return F.mse_loss(warp(image_b, u_ab), warp(image_b, inv_ba)) + F.mse_loss(warp(image_a, u_ba), warp(image_a, inv_ab))
 
 
 def multilevel_consistency(u_fine: torch.Tensor, u_coarse: torch.Tensor) -> torch.Tensor:
@@ -94,11 +95,13 @@ def registration_loss(output, fixed_levels, moving_levels, steps: int, weights: 
     total = 0.0
     for k, (v, u) in enumerate(zip(output.velocities, output.displacements)):
         a, b = fixed_levels[k][:, :1], moving_levels[k][:, :1]
-        u_ab, u_ba, v_ab, v_ba = u[:n], u[n:], v[:n], v[n:]
+        u_ab, u_ba = u[:n], u[n:]
+        # exp(-v) of both directions in one batched integration (u = exp(v) comes from the model).
+        inverse_fields = integrate_velocity(-v, steps)
         alpha, window = weights.level_weights[k], weights.ncc_windows[k]
         ncc = 0.5 * (local_ncc(a, warp(b, u_ab), window) + local_ncc(b, warp(a, u_ba), window))
         smooth = smoothness(u)
-        symmetric = symmetric_consistency(a, b, v_ab, v_ba, steps)
+        symmetric = symmetric_consistency(a, b, u_ab, u_ba, inverse_fields[:n], inverse_fields[n:])
         inverse = gradient_inverse_consistency(u_ab, u_ba)
         multilevel = multilevel_consistency(u, output.displacements[k - 1]) if k > 0 else u.new_zeros(())
         total = total + alpha * (ncc + weights.smooth * smooth) + weights.symmetric * symmetric \
