@@ -7,6 +7,7 @@ from ``(seed, i)`` and the model has no other randomness.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -81,17 +82,24 @@ def load_checkpoint(path) -> dict:
     return checkpoint
 
 
+@functools.lru_cache(maxsize=8)
+def _brain(path: Path, spacing: tuple, labels_path: Path | None = None, name: str | None = None):
+    """`load_brain`, kept for the process: a resumed or repeated run in the same process (tests,
+    notebooks) does not reload and re-filter the templates, which costs tens of seconds."""
+    return load_brain(path, spacing, labels_path, name=name)
+
+
 def _sources(config: TrainConfig):
-    spacing = config.model.spacing
+    spacing = tuple(config.model.spacing)
     if config.data_folder is not None:
         files = folder_brains(config.data_folder)
-        brains = [load_brain(p, spacing) for p in files]
+        brains = [_brain(p, spacing) for p in files]
         provenance = {"training": [str(p) for p in files]}
     else:
-        brains = [load_brain(package_file(*entry), spacing, name=f"{entry[0]}:{entry[1]}") for entry in TRAINING_TEMPLATES]
+        brains = [_brain(package_file(*entry), spacing, name=f"{entry[0]}:{entry[1]}") for entry in TRAINING_TEMPLATES]
         provenance = {"training": [f"{p}:{f}" for p, f in TRAINING_TEMPLATES]}
     image, labels = VALIDATION_TEMPLATE
-    validation = load_brain(package_file(*image), spacing, package_file(*labels), name=f"{image[0]}:{image[1]}")
+    validation = _brain(package_file(*image), spacing, package_file(*labels), name=f"{image[0]}:{image[1]}")
     provenance["validation"] = f"{image[0]}:{image[1]} with {labels[0]}:{labels[1]}"
     provenance["augment"] = config.augment.to_dict()
     train_source = PairSource(brains, config.model.grid_shape, spacing, config.augment, seed=config.seed)
