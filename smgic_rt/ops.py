@@ -35,7 +35,7 @@ __all__ = [
     "cuda_available",
 ]
 
-_INTERPOLATION = {"linear": 0, "nearest": 1}
+_INTERPOLATION = {"linear": 0, "nearest": 1, "label": 2}
 _PADDING = {"zeros": 0, "border": 1}
 _MAX_STEPS = 30
 
@@ -204,7 +204,9 @@ def warp(image, displacement, *, interpolation="linear", padding="zeros"):
     image : float32 array, (C, Xi, Yi, Zi) or (N, C, Xi, Yi, Zi)
     displacement : float32 array, (3, X, Y, Z) or (N, 3, X, Y, Z), in voxels of ``image``'s grid
         (``x + u(x)`` is read as an index of the image, so the two grids may differ in size).
-    interpolation : "linear" (trilinear) or "nearest" (round half to even, for label maps)
+    interpolation : "linear" (trilinear), "nearest" (round half to even) or "label" (label maps:
+        the label whose indicator interpolates highest, ANTs' "generic label"; ties go to the
+        smaller label)
     padding : "zeros" or "border" (clamp to the edge)
 
     Returns

@@ -193,19 +193,8 @@ def sample_image(data: np.ndarray, coordinates: np.ndarray, interpolation: str =
     if interpolation in ("linear", "nearest"):
         out = _warp_with_coordinates(data[None].astype(np.float32), coordinates, interpolation=interpolation, padding="zeros")[0]
         return out
-    labels = np.unique(data)
-    shape = coordinates.shape[1:]
-    # Every label's indicator is 0 outside the image, so starting from label 0 with score 0
-    # and replacing only on a strictly larger score keeps background there.
-    best_label = np.zeros(shape, dtype=np.int32)
-    best_score = np.zeros(shape, dtype=np.float32)
-    for label in labels:
-        indicator = (data == label).astype(np.float32)[None]
-        score = _warp_with_coordinates(indicator, coordinates, interpolation="linear", padding="zeros")[0]
-        better = score > best_score
-        best_label[better] = label
-        best_score[better] = score[better]
-    return best_label
+    labels = _warp_with_coordinates(data[None].astype(np.float32), coordinates, interpolation="label", padding="zeros")[0]
+    return labels.astype(np.int32)
 
 
 def displacement_on_grid(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, shape, affine: np.ndarray) -> np.ndarray:

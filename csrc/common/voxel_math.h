@@ -9,7 +9,9 @@
 
 namespace smgic {
 
-enum Interpolation : int { kLinear = 0, kNearest = 1 };
+// kLabel: ANTs' "generic label" for label maps: of the labels at the 8 trilinear corners, the one
+// whose indicator interpolates highest (ties: the smallest label; 0 when no corner is inside).
+enum Interpolation : int { kLinear = 0, kNearest = 1, kLabel = 2 };
 enum Padding : int { kZeros = 0, kBorder = 1 };
 
 struct Grid3 {
@@ -138,6 +140,34 @@ SMGIC_HOST_DEVICE void sample_channels(const float* image, int64_t channels, con
                         nearest_axis(pz, g.nz, padding, iz);
     const int64_t offset = (ix * g.ny + iy) * g.nz + iz;
     for (int64_t c = 0; c < channels; ++c) out[c * out_stride] = inside ? scale * image[c * cs + offset] : 0.0f;
+    return;
+  }
+  if (interpolation == kLabel) {
+    const Stencil s = linear_stencil(g, px, py, pz, padding);
+    for (int64_t c = 0; c < channels; ++c) {
+      const float* channel = image + c * cs;
+      float labels[8], scores[8];
+      int count = 0;
+      for (int k = 0; k < 8; ++k) {
+        if (!(s.weight[k] > 0.0f)) continue;
+        const float label = channel[s.offset[k]];
+        int slot = 0;
+        while (slot < count && labels[slot] != label) ++slot;
+        if (slot == count) {
+          labels[count] = label;
+          scores[count++] = 0.0f;
+        }
+        scores[slot] += s.weight[k];
+      }
+      float best = 0.0f, best_score = 0.0f;
+      for (int k = 0; k < count; ++k) {
+        if (scores[k] > best_score || (scores[k] == best_score && labels[k] < best)) {
+          best = labels[k];
+          best_score = scores[k];
+        }
+      }
+      out[c * out_stride] = scale * best;
+    }
     return;
   }
   InteriorPoint q;

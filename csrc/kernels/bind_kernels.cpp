@@ -58,8 +58,8 @@ void require(bool ok, const std::string& message) {
 }
 
 void check_mode(int interpolation, int padding) {
-  require(interpolation == kLinear || interpolation == kNearest,
-          "interpolation code must be 0 (linear) or 1 (nearest), got " + std::to_string(interpolation));
+  require(interpolation == kLinear || interpolation == kNearest || interpolation == kLabel,
+          "interpolation code must be 0 (linear), 1 (nearest) or 2 (label), got " + std::to_string(interpolation));
   require(padding == kZeros || padding == kBorder,
           "padding code must be 0 (zeros) or 1 (border), got " + std::to_string(padding));
 }
