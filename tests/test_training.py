@@ -157,6 +157,7 @@ def test_pairs_are_deterministic_and_misaligned(labelled_pair):
     assert mean_dice(pair["fixed_labels"], pair["moving_labels"]) < 0.5
 
 
+@pytest.mark.slow
 def test_short_training_registers_a_real_pair_and_checkpoints_round_trip(labelled_pair, tmp_path):
     from export.model_adapter import load_checkpoint_model
 
@@ -254,3 +255,21 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path):
         other = TrainConfig(model=ModelConfig(grid_shape=(32, 32, 32), spacing=6.0, channels=4), output=tmp_path / "x",
                             data_folder=folder)
         train(other, resume=tmp_path / "full" / "last.pt", progress=False)
+
+
+@pytest.mark.cuda
+def test_model_and_losses_on_cuda_match_cpu():
+    if not torch.cuda.is_available():
+        pytest.skip("this torch build has no CUDA")
+    torch.manual_seed(0)
+    model = SMGICNet(TINY)
+    fixed, moving = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        expected = model(fixed, moving).displacements[-1]
+        model.cuda()
+        fixed, moving = fixed.cuda(), moving.cuda()
+        output = model(fixed, moving)
+    assert (output.displacements[-1].cpu() - expected).abs().max() < 1e-3
+    loss, _ = losses.registration_loss(model(fixed, moving), pyramid_features(fixed), pyramid_features(moving), 7)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.is_cuda for p in model.parameters())

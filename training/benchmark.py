@@ -31,21 +31,28 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux reports KiB
 
 
-def measure(config: ModelConfig, stages, repeats: int, warmup: int, seed: int = 0) -> dict:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously; time their completion
+
+
+def measure(config: ModelConfig, stages, repeats: int, warmup: int, seed: int = 0, device: str = "cpu") -> dict:
+    device = torch.device(device)
     torch.manual_seed(seed)
-    model = SMGICNet(config).train()
+    model = SMGICNet(config).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     brain = load_brain(package_file(*BENCHMARK_BRAIN), config.spacing, name="colin27")
     source = PairSource([brain], config.grid_shape, config.spacing, seed=seed)
     started = time.perf_counter()
     pair = source.pair(0)
     data_s = time.perf_counter() - started
-    fixed, moving = (torch.from_numpy(pair[k])[None, None] for k in ("fixed", "moving"))
-    result = {"config": config.to_dict(), "parameters": parameter_count(model), "threads": torch.get_num_threads(),
+    fixed, moving = (torch.from_numpy(pair[k])[None, None].to(device) for k in ("fixed", "moving"))
+    result = {"device": str(device), "config": config.to_dict(), "parameters": parameter_count(model), "threads": torch.get_num_threads(),
               "pair_seconds": data_s, "stages": []}
     for stage in stages:
         times = []
         for i in range(warmup + repeats):
+            _sync(device)
             started = time.perf_counter()
             output = model(fixed, moving, upto=stage)
             loss, _ = registration_loss(output, pyramid_features(fixed), pyramid_features(moving),
@@ -53,10 +60,13 @@ def measure(config: ModelConfig, stages, repeats: int, warmup: int, seed: int = 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - started)
         row = {"stage": stage, "levels": f"1-{stage}", "seconds_per_iteration": float(np.median(times)),
                "runs": times, "peak_rss_gib_so_far": _peak_rss_gib()}
+        if device.type == "cuda":
+            row["peak_gpu_gib_so_far"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
         result["stages"].append(row)
         print(f"stage {stage} (levels 1-{stage}): {row['seconds_per_iteration']:.3f} s/iteration "
               f"(median of {len(times)}), peak RSS so far {row['peak_rss_gib_so_far']:.2f} GiB", flush=True)
@@ -73,6 +83,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed iterations per stage (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per stage first")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
@@ -85,7 +96,7 @@ def main(argv=None) -> int:
         parser.error(str(error))
     print(f"grid {config.grid_shape} at {config.spacing[0]} mm, {config.channels} channels: "
           f"{parameter_count(SMGICNet(config))} parameters, {torch.get_num_threads()} threads", flush=True)
-    result = measure(config, args.stages, args.repeats, args.warmup)
+    result = measure(config, args.stages, args.repeats, args.warmup, device=args.device)
     print(f"making one pair: {result['pair_seconds']:.3f} s", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

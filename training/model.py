@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from smgic_rt.features import LEVEL_CHANNELS, NUM_LEVELS
 
 __all__ = ["ModelConfig", "SMGICNet", "LevelNet", "AttentionGate", "ModelOutput", "warp", "upsample_field",
-           "integrate_velocity", "compose", "pyramid_features", "haar_step"]
+           "integrate_velocity", "compose", "pyramid_features", "haar_step", "parameter_count"]
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class TrainConfig:
     augment: Augment = field(default_factory=Augment)
     weights: LossWeights = field(default_factory=LossWeights)
     threads: int | None = None
+    device: str = "cpu"                                        # e.g. "cuda": the paper grid needs a GPU
 
 
 def learning_rate(config: TrainConfig, stage_step: int) -> float:
@@ -108,21 +109,22 @@ def _sources(config: TrainConfig):
     return train_source, val_source, provenance
 
 
-def _tensor(array):
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+def _tensor(array, device="cpu"):
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None].to(device)
 
 
 @torch.no_grad()
 def validate(model: SMGICNet, pairs: list[dict], upto: int) -> dict:
     """Mean Dice of the moving labels warped (nearest) onto the fixed grid, before and after."""
     model.eval()
+    device = next(model.parameters()).device
     before, after = [], []
     for pair in pairs:
-        output = model(_tensor(pair["fixed"]), _tensor(pair["moving"]), upto=upto, symmetric=False)
+        output = model(_tensor(pair["fixed"], device), _tensor(pair["moving"], device), upto=upto, symmetric=False)
         u = output.displacements[-1]
         while tuple(u.shape[2:]) != model.config.grid_shape:
             u = upsample_field(u)
-        warped = warp(_tensor(pair["moving_labels"]), u, mode="nearest")[0, 0].numpy()
+        warped = warp(_tensor(pair["moving_labels"], device), u, mode="nearest")[0, 0].cpu().numpy()
         before.append(mean_dice(pair["fixed_labels"], pair["moving_labels"]))
         after.append(mean_dice(pair["fixed_labels"], warped))
     model.train()
@@ -136,7 +138,7 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    model = SMGICNet(config.model)
+    model = SMGICNet(config.model).to(config.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     state = {"step": 0, "stage": 1, "stage_step": 0, "history": []}
     if resume is not None:
@@ -164,7 +166,7 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, state["stage_step"])
             pair = train_source.pair(state["step"])
-            fixed, moving = _tensor(pair["fixed"]), _tensor(pair["moving"])
+            fixed, moving = _tensor(pair["fixed"], config.device), _tensor(pair["moving"], config.device)
             output = model(fixed, moving, upto=stage)
             loss, terms = registration_loss(output, pyramid_features(fixed), pyramid_features(moving), steps,
                                             config.weights)
