@@ -7,9 +7,10 @@ and ``exp(-v)`` is its inverse, as for the network. Updates are the local-NCC fo
 images, Gaussian-smoothed (SyN-style "fluid" regularisation) plus the regulariser's gradient,
 taken as normalised steps with a
 backtracking line search on the objective ``-mean LNCC + reg * |grad v|^2``, coarse to fine
-(1/4, 1/2, then the model grid). A step that does not lower the objective is never taken, and the
-result is checked against the start at full resolution: the refinement never returns a velocity
-worse by its objective than the one it was given.
+(1/4 and 1/2 of the model grid by default; the grid itself on request). A step that does not
+lower the objective is never taken, and the result is checked against the start at full
+resolution: the refinement never returns a velocity worse by its objective than the one it was
+given.
 
 The per-voxel work (box means, local NCC and its derivatives, gradients, Gaussian filters,
 warps, scaling and squaring) runs in `smgic_rt._C`.
@@ -30,8 +31,10 @@ __all__ = ["RefineOptions", "RefineResult", "refine_velocity", "objective"]
 
 @dataclass(frozen=True)
 class RefineOptions:
-    factors: tuple = (4, 2, 1)            # coarse-to-fine, relative to the model grid
-    iterations: tuple = (60, 40, 20)      # at most, per factor
+    # Coarse-to-fine, relative to the model grid. The model grid itself (factor 1) costs about 8x a
+    # factor-2 pass for about +0.015 Dice on a 2 mm Colin27 pair, so by default it only checks.
+    factors: tuple = (4, 2)
+    iterations: tuple = (60, 40)          # at most, per factor
     radius: int = 1                       # local NCC window (2 radius + 1)^3
     fluid_sigma: float = 1.5              # Gaussian on each update, voxels of the level
     elastic_sigma: float = 0.0            # Gaussian on the whole velocity after each step (0: none;
