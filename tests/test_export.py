@@ -122,6 +122,36 @@ def test_cli_random_init_and_failure_exit_code(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.json"]
 
 
+def test_checkpoint_of_a_short_training_run_exports_with_parity(tmp_path):
+    """A few real optimisation steps on the parity pair, a training checkpoint, then the CLI."""
+    from training.losses import registration_loss
+    from training.model import ModelConfig, pyramid_features
+    from training.train import TrainConfig, save_checkpoint
+
+    torch.manual_seed(1)
+    config = ModelConfig.from_dict(export.tiny_model_config())
+    model = build_model(config.to_dict())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    fixed, moving, _ = load_parity_pair(config.grid_shape, config.spacing)
+    fixed_t, moving_t = torch.from_numpy(fixed)[None, None], torch.from_numpy(moving)[None, None]
+    for _ in range(3):
+        loss, _ = registration_loss(model(fixed_t, moving_t), pyramid_features(fixed_t), pyramid_features(moving_t), 7)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    checkpoint = tmp_path / "last.pt"
+    save_checkpoint(checkpoint, model, optimizer, {"step": 3, "stage": 4, "stage_step": 3, "history": []},
+                    TrainConfig(model=config, output=tmp_path), {"training": ["parity pair"]})
+    out = tmp_path / "bundle"
+    done = subprocess.run([sys.executable, "-m", "export", "bundle", str(checkpoint), "-o", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    bundle = load_bundle(out)
+    errors, _ = _onnx_vs_torch(bundle, model.eval(), fixed, moving)
+    assert max(errors) < 1e-4
+    assert bundle.config["provenance"]["step"] == 3
+
+
 def _have_tensorrt_gpu():
     try:
         from smgic_rt.backends.tensorrt import runtime_platform
