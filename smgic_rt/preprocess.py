@@ -12,7 +12,7 @@ import numpy as np
 
 from . import ops
 
-__all__ = ["model_grid", "foreground_centre", "antialias", "resample", "normalize_intensity", "prepare"]
+__all__ = ["grid_around", "model_grid", "foreground_centre", "antialias", "resample", "normalize_intensity", "prepare"]
 
 # Foreground: voxels above this fraction of the robust maximum (99th percentile). Low enough to
 # keep grey matter in T1 images, high enough to drop scanner background noise.
@@ -58,16 +58,20 @@ def foreground_centre(data, affine) -> np.ndarray:
     return affine[:3, :3] @ index + affine[:3, 3]
 
 
-def model_grid(data, affine, shape, spacing) -> np.ndarray:
-    """Affine of a RAS+ grid of `shape` voxels of `spacing` mm centred on the image's foreground."""
+def grid_around(centre, shape, spacing) -> np.ndarray:
+    """Affine of a RAS+ grid of `shape` voxels of `spacing` mm whose middle sits at world `centre`."""
     shape = _three(shape, "shape", int)
     spacing = _three(spacing, "spacing", float)
     if min(shape) < 1 or min(spacing) <= 0:
         raise ValueError(f"shape and spacing must be positive, got {shape} and {spacing}")
-    centre = foreground_centre(data, affine)
     grid = np.diag([*spacing, 1.0])
-    grid[:3, 3] = centre - np.asarray(spacing) * (np.asarray(shape) - 1) / 2.0
+    grid[:3, 3] = np.asarray(centre, dtype=np.float64) - np.asarray(spacing) * (np.asarray(shape) - 1) / 2.0
     return grid
+
+
+def model_grid(data, affine, shape, spacing) -> np.ndarray:
+    """Affine of a RAS+ grid of `shape` voxels of `spacing` mm centred on the image's foreground."""
+    return grid_around(foreground_centre(data, affine), shape, spacing)
 
 
 def _gaussian_smooth(volume: np.ndarray, sigmas) -> np.ndarray:

@@ -160,11 +160,6 @@ class PairSource:
         self.brains, self.grid_shape, self.augment, self.seed = brains, tuple(grid_shape), augment, seed
         self.spacing = tuple(spacing) if isinstance(spacing, (tuple, list)) else (float(spacing),) * 3
 
-    def _grid(self, brain: Brain) -> np.ndarray:
-        grid = np.diag([*self.spacing, 1.0])
-        grid[:3, 3] = brain.centre - np.asarray(self.spacing) * (np.asarray(self.grid_shape) - 1) / 2
-        return grid
-
     def _side(self, rng, brain: Brain, grid) -> tuple[np.ndarray, np.ndarray | None]:
         moved = random_world_affine(rng, self.augment, brain.centre)
         image = preprocess.resample(brain.data, moved @ brain.affine, grid, self.grid_shape, smooth=False)
@@ -183,7 +178,9 @@ class PairSource:
         rng = np.random.default_rng((self.seed, index))
         first = self.brains[rng.integers(len(self.brains))]
         second = self.brains[rng.integers(len(self.brains))]
-        grid = self._grid(first)  # both sides on the first brain's grid, as the runtime does
+        # Both sides on the first brain's model grid (`preprocess.model_grid`), as the runtime puts
+        # the moving image on the fixed image's grid.
+        grid = preprocess.grid_around(first.centre, self.grid_shape, self.spacing)
         fixed, fixed_labels = self._side(rng, first, grid)
         moving, moving_labels = self._side(rng, second, grid)
         return {"fixed": fixed, "moving": moving, "fixed_labels": fixed_labels, "moving_labels": moving_labels,
