@@ -271,6 +271,17 @@ def _worker_name() -> str:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB.
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this process image alone;
+    getrusage's ru_maxrss survives exec, so a spawned worker would report its parent's size."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as stream:
+            for line in stream:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     import resource
 
     # ru_maxrss is KiB on Linux, bytes on macOS.

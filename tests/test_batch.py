@@ -291,3 +291,14 @@ def test_bad_options_fail_before_any_work(cohort, bundle, tmp_path):
     with pytest.raises(ValueError, match="backend must be one of"):
         batch.register_many(pairs, tmp_path / "o", bundle=bundle, backend="cuda")
     assert not (tmp_path / "o").exists()
+
+
+def test_worker_peak_memory_is_its_own():
+    # A spawned worker must not report its parent's size (getrusage's ru_maxrss survives exec).
+    import multiprocessing
+
+    ballast = np.ones(400 << 20, dtype=np.uint8)  # 400 MiB, touched, in this process
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        child = pool.apply(batch._peak_rss_mb)
+    assert batch._peak_rss_mb() > 400 and 1 < child < 200, (batch._peak_rss_mb(), child)
+    del ballast
