@@ -165,14 +165,25 @@ def model_to_native_displacement(
     model_displacement = np.asarray(model_displacement)
     if model_displacement.ndim != 4 or model_displacement.shape[0] != 3:
         raise ValueError(f"model_displacement must have shape (3, X, Y, Z), got {model_displacement.shape}")
-    points = world_points(native_shape, native_affine)
-    query = points if world_before is None else _apply_matrix(world_before, points)
-    model_index = _apply_matrix(np.linalg.inv(model_affine), query)
-    u_at = _warp_with_coordinates(model_displacement, model_index, interpolation="linear", padding="border")
-    target = _apply_matrix(model_affine, model_index + u_at.astype(np.float64))
-    if world_after is not None:
-        target = _apply_matrix(world_after, target)
-    return target - points
+    native_affine = np.asarray(native_affine, dtype=np.float64)
+    before = np.eye(4) if world_before is None else np.asarray(world_before, dtype=np.float64)
+    after = np.eye(4) if world_after is None else np.asarray(world_after, dtype=np.float64)
+    # Every step but u is affine, so with x a native voxel index:
+    #   m(x) = Q x, Q = G^-1 before N;  map(p) - p = (after G Q - N) x + after_lin G_lin u(m(x)).
+    # u(m(x)) is one affine resampling in _C; the rest is broadcast per axis, so no per-voxel
+    # coordinate arrays are formed (they cost gigabytes of float64 at 1 mm).
+    to_model = np.linalg.solve(model_affine, before @ native_affine)
+    u_at = _ops().affine_resample(np.ascontiguousarray(model_displacement, dtype=np.float32), to_model,
+                                  tuple(int(n) for n in native_shape), interpolation="linear", padding="border")
+    offset = after @ model_affine @ to_model - native_affine
+    linear = after[:3, :3] @ np.asarray(model_affine, dtype=np.float64)[:3, :3]
+    axes = [np.arange(n, dtype=np.float64) for n in native_shape]
+    out = np.empty((3, *u_at.shape[1:]), dtype=np.float32)
+    for c in range(3):
+        plane = (offset[c, 0] * axes[0][:, None, None] + offset[c, 1] * axes[1][None, :, None]
+                 + offset[c, 2] * axes[2][None, None, :] + offset[c, 3])
+        out[c] = plane + linear[c, 0] * u_at[0] + linear[c, 1] * u_at[1] + linear[c, 2] * u_at[2]
+    return out
 
 
 def sampling_coordinates(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, image_affine: np.ndarray) -> np.ndarray:
