@@ -58,14 +58,15 @@ def _gradient_energy(v: np.ndarray) -> float:
 
 
 def _laplacian(v: np.ndarray) -> np.ndarray:
+    """Discrete Laplacian of each channel (edge-replicated borders)."""
     padded = np.pad(v, ((0, 0), (1, 1), (1, 1), (1, 1)), mode="edge")
-    centre = padded[:, 1:-1, 1:-1, 1:-1]
-    out = -6.0 * centre
+    core = (slice(None), slice(1, -1), slice(1, -1), slice(1, -1))
+    out = -6.0 * padded[core]
     for axis in (1, 2, 3):
-        out += np.take(padded, range(2, padded.shape[axis]), axis=axis)[tuple(
-            slice(1, -1) if a not in (0, axis) else slice(None) for a in range(4))]
-        out += np.take(padded, range(0, padded.shape[axis] - 2), axis=axis)[tuple(
-            slice(1, -1) if a not in (0, axis) else slice(None) for a in range(4))]
+        for shift in (-1, 1):
+            index = list(core)
+            index[axis] = slice(1 + shift, padded.shape[axis] - 1 + shift)
+            out += padded[tuple(index)]
     return out.astype(np.float32)
 
 
