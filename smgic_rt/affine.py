@@ -80,22 +80,19 @@ def _covering_grid(shape, affine, spacing):
 
 def _pyramid(data, affine, resolutions, with_mask):
     """Images resampled to each resolution (fine first, each from the previous), normalised."""
-    levels = {}
+    out = {}
     source, source_affine = data, affine
     for spacing in sorted(resolutions):
         shape, grid = _covering_grid(data.shape, affine, spacing)
-        image = preprocess.resample(source, source_affine, grid, shape)
-        levels[spacing] = image
-        source, source_affine = image, grid
-    out = {}
-    for spacing, image in levels.items():
-        image = preprocess.normalize_intensity(image)
+        resampled = preprocess.resample(source, source_affine, grid, shape)
+        source, source_affine = resampled, grid
+        image = preprocess.normalize_intensity(resampled)
         mask = None
         if with_mask:
             # The foreground and a rim of ~8 mm around it: the edge of the brain carries signal.
             radius = max(1, int(round(8.0 / spacing)))
             mask = (box_mean((image > 0.05).astype(np.float32)[None], radius)[0] > 0).astype(np.float32)
-        out[spacing] = _Level(np.ascontiguousarray(image), _covering_grid(data.shape, affine, spacing)[1], mask)
+        out[spacing] = _Level(np.ascontiguousarray(image), grid, mask)
     return out
 
 
