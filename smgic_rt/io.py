@@ -13,7 +13,9 @@ the target and rename it into place.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import gzip
 import json
 import os
 import shutil
@@ -293,13 +295,34 @@ def _image_suffix(path: Path) -> str:
     raise ValueError(f"output path must end in one of {_IMAGE_SUFFIXES}, got '{path}'")
 
 
+_GZIP_CHUNK = 8 << 20
+
+
+def _write_gzip_parallel(data: bytes, path: Path) -> None:
+    """Write `data` as gzip (level 1, as nibabel uses) compressed in 8 MiB pieces on all cores.
+
+    Each piece is a complete gzip member and a gzip file may hold several in a row (RFC 1952);
+    zlib, nibabel, ITK and ANTs read such files as one stream. One thread compressing two 1 mm
+    displacement fields was the largest single cost of saving a registration.
+    """
+    pieces = [data[i:i + _GZIP_CHUNK] for i in range(0, len(data), _GZIP_CHUNK)] or [b""]
+    workers = max(1, min(len(pieces), len(os.sched_getaffinity(0))))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool, open(path, "wb") as handle:
+        # zlib releases the GIL while compressing, so the threads run in parallel.
+        for member in pool.map(lambda piece: gzip.compress(piece, compresslevel=1, mtime=0), pieces):
+            handle.write(member)
+
+
 def save_image_atomic(image, path) -> Path:
     """Write a nibabel image to `path` through a temporary file in the same folder + rename."""
     path = Path(os.fspath(path))
     suffix = _image_suffix(path)
     temp = _temp_path_beside(path, suffix)
     try:
-        nib.save(image, str(temp))
+        if suffix == ".nii.gz" and isinstance(image, nib.Nifti1Image):
+            _write_gzip_parallel(image.to_bytes(), temp)
+        else:
+            nib.save(image, str(temp))
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
