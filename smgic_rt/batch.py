@@ -666,8 +666,7 @@ def _write_summary_csv(records, path: Path) -> None:
 
 def main(argv=None) -> int:
     """Console script ``smgic-batch``: exit 0 when every pair is complete, 1 otherwise."""
-    from .cli import _configure_logging, _stage_mode
-    from .registrar import BACKENDS
+    from .cli import _configure_logging, add_model_arguments
 
     parser = argparse.ArgumentParser(prog="smgic-batch", description="Register every pair of a CSV (fixed,moving[,moving_labels,id]).")
     parser.add_argument("pairs", help="CSV with columns fixed,moving and optionally moving_labels,fixed_mask,moving_mask,id")
@@ -675,10 +674,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
     parser.add_argument("--threads-per-worker", type=int, help="threads per worker (default: cores / workers)")
     parser.add_argument("--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (default: run locally)")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS)
-    parser.add_argument("--bundle", help="model bundle folder or zip (default: the installed default bundle)")
-    parser.add_argument("--affine", type=_stage_mode, default="auto", help="affine stage: auto, on or off")
-    parser.add_argument("--refine", type=_stage_mode, default="auto", help="refinement: auto, on, off or a budget")
+    add_model_arguments(parser)
     parser.add_argument("--qc", action="store_true", help="also write qc.png per pair")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="count", default=0)

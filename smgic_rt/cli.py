@@ -48,22 +48,28 @@ def _stage_mode(text: str):
 
 
 def _add_register_arguments(parser: argparse.ArgumentParser) -> None:
-    from .registrar import BACKENDS
-
     parser.add_argument("fixed", help="fixed image (.nii, .nii.gz, .mgz): defines the output grid")
     parser.add_argument("moving", help="moving image, any orientation / voxel size / field of view")
     parser.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, help="output folder (must not exist unless --overwrite)")
     parser.add_argument("--moving-labels", help="label map in the moving space to warp with generic-label interpolation")
     parser.add_argument("--fixed-mask", help="brain mask on the fixed grid")
     parser.add_argument("--moving-mask", help="brain mask on the moving grid")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (default: auto)")
-    parser.add_argument("--bundle", help="model bundle folder or zip (default: the installed default bundle)")
-    parser.add_argument("--affine", type=_stage_mode, default="auto", help="affine stage: auto, on or off")
-    parser.add_argument("--refine", type=_stage_mode, default="auto", help="refinement: auto, on, off or a budget")
+    add_model_arguments(parser)
     parser.add_argument("--qc", action="store_true", help="also write qc.png")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument("-q", "--quiet", action="store_true")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Registrar's options (backend, bundle, stages), shared by smgic-register and smgic-batch."""
+    from .registrar import BACKENDS
+
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (default: auto)")
+    parser.add_argument("--bundle", help="model bundle folder or zip (default: the installed default bundle)")
+    parser.add_argument("--affine", type=_stage_mode, default="auto", help="affine stage: auto, on or off")
+    parser.add_argument("--refine", type=_stage_mode, default="auto",
+                        help="refinement: auto, on, off or a budget in seconds")
 
 
 def _add_apply_arguments(parser: argparse.ArgumentParser) -> None:
