@@ -492,7 +492,10 @@ def _run_dask(todo, out_root, options, qc, bundle, scheduler, threads, stage_arg
         run = uuid.uuid4().hex[:8]
         futures = {client.submit(_dask_task, name, pair, str(out_root), options, qc, key=f"smgic-{pair.id}-{run}", pure=False): pair
                    for pair in todo}
-        for future in as_completed(futures):
+        # as_completed waits on the futures' events on the loop it is given, else on the default
+        # client's; with another Client in the process (a notebook's, a test's) those loops differ
+        # and future.result() then fails with "bound to a different event loop".
+        for future in as_completed(futures, loop=client.loop):
             pair = futures.pop(future)
             outcome = future.result() if future.status == "finished" else future.exception()
             # Forget the result at once: the scheduler recomputes results that a dead worker
