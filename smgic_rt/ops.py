@@ -30,6 +30,7 @@ __all__ = [
     "compose",
     "upsample_field",
     "downsample_haar",
+    "affine_field",
     "jacobian_determinant",
     "build_info",
     "cuda_available",
@@ -229,6 +230,21 @@ def warp(image, displacement, *, interpolation="linear", padding="zeros"):
     return _unbatch(out, len(image_shape) == 5)
 
 
+def _affine_values(matrix, name):
+    """The 12 row-major values of a 3x4 (or affine 4x4) matrix, checked."""
+    try:
+        m = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a 3x4 or 4x4 array of numbers, got {type(matrix).__name__}") from None
+    if m.shape not in ((3, 4), (4, 4)):
+        raise ValueError(f"{name} must be 3x4 or 4x4, got shape {m.shape}")
+    if not np.all(np.isfinite(m)):
+        raise ValueError(f"{name} must contain only finite values, got NaN or infinity")
+    if m.shape == (4, 4) and not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0]):
+        raise ValueError(f"{name} must be affine (last row [0, 0, 0, 1]), got last row {m[3].tolist()}")
+    return [float(v) for v in m[:3].reshape(-1)]
+
+
 def affine_resample(image, matrix, shape, *, interpolation="linear", padding="zeros"):
     """Resample through a voxel-to-voxel affine map: ``out[:, x] = image[:, M @ [x, 1]]``.
 
@@ -247,17 +263,7 @@ def affine_resample(image, matrix, shape, *, interpolation="linear", padding="ze
     pad_code = _choice(padding, "padding", _PADDING)
     image_shape, on_device = _check_array(image, "image", (4, 5))
     out_spatial = _spatial_shape(shape, "shape")
-    try:
-        m = np.asarray(matrix, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"matrix must be a 3x4 or 4x4 array of numbers, got {type(matrix).__name__}") from None
-    if m.shape not in ((3, 4), (4, 4)):
-        raise ValueError(f"matrix must be 3x4 or 4x4, got shape {m.shape}")
-    if not np.all(np.isfinite(m)):
-        raise ValueError("matrix must contain only finite values, got NaN or infinity")
-    if m.shape == (4, 4) and not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0]):
-        raise ValueError(f"matrix must be affine (last row [0, 0, 0, 1]), got last row {m[3].tolist()}")
-    values = [float(v) for v in m[:3].reshape(-1)]
+    values = _affine_values(matrix, "matrix")
     image5 = _batched(image_shape)
     out_shape = (image5[0], image5[1]) + out_spatial
     out = _empty(image, out_shape, on_device)
@@ -374,6 +380,41 @@ def downsample_haar(image):
     else:
         _C.downsample_haar(_view5(image, False), out)
     return _unbatch(out, len(shape) == 5)
+
+
+def affine_field(field, matrix, linear):
+    """Per voxel ``out[:, x] = matrix @ [x, 1] + linear @ field[:, x]``.
+
+    Moves a vector field between unit systems and adds an affine function of the voxel index in
+    one pass, e.g. a displacement in model voxels read on a native grid -> RAS mm
+    (``linear`` = the model grid's 3x3), or RAS mm -> voxel coordinates of another image.
+
+    Parameters
+    ----------
+    field : float32 array (3, X, Y, Z) or (N, 3, X, Y, Z)
+    matrix : array-like 3x4 or 4x4 (last row [0, 0, 0, 1]), voxel index -> vector
+    linear : array-like 3x3
+
+    Returns
+    -------
+    float32 array of ``field``'s shape, same kind (numpy/CUDA) as ``field``.
+    """
+    shape, on_device = _check_field(field, "field")
+    values = _affine_values(matrix, "matrix")
+    try:
+        lin = np.asarray(linear, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"linear must be a 3x3 array of numbers, got {type(linear).__name__}") from None
+    if lin.shape != (3, 3) or not np.all(np.isfinite(lin)):
+        raise ValueError(f"linear must be a finite 3x3 matrix, got shape {lin.shape}")
+    lin_values = [float(v) for v in lin.reshape(-1)]
+    in5 = _batched(shape)
+    out = _empty(field, shape, on_device)
+    if on_device:
+        _C.affine_field_cuda(_ptr(field), values, lin_values, _ptr(out), in5)
+        return out
+    _C.affine_field(_view5(field, False), values, lin_values, _view5(out, False))
+    return out
 
 
 def jacobian_determinant(u):

@@ -316,13 +316,12 @@ class Registrar:
 
         with timer.stage("resample"):
             # The one interpolation of the moving image: native moving grid -> native fixed grid.
-            # It reads the float32 field as written to warp.nii.gz so that files and result agree.
-            stored_forward, _ = transforms.itk_image_to_displacement(forward_image)
-            coordinates = transforms.sampling_coordinates(stored_forward, fixed_volume.affine, moving_volume.affine)
-            warped = transforms.sample_image(moving_volume.data, coordinates, "linear")
+            # forward_ras holds the float32 values of warp.nii.gz (up to the exact LPS sign
+            # flip), so files and result agree.
+            warped = transforms.warp_image(moving_volume.data, moving_volume.affine, forward_ras, fixed_volume.affine)
 
         with timer.stage("jacobian"):
-            jacobian = transforms.field_jacobian_determinant(stored_forward, fixed_volume.affine)
+            jacobian = transforms.field_jacobian_determinant(forward_ras, fixed_volume.affine)
             composed = ops.compose(inverse_model, forward_model)  # exp(-v) o exp(v): identity ideally
             inverse_error = np.sqrt((np.asarray(composed, dtype=np.float64) ** 2).sum(axis=0))
             brain = fixed_model > 0

@@ -35,6 +35,7 @@ __all__ = [
     "model_to_native_displacement",
     "sampling_coordinates",
     "sample_image",
+    "warp_image",
     "apply_displacement_field",
     "displacement_on_grid",
     "field_jacobian_determinant",
@@ -75,15 +76,15 @@ def displacement_to_itk_image(displacement_ras_mm: np.ndarray, affine: np.ndarra
     """ITK/ANTs displacement-field NIfTI from a RAS-mm displacement (3, X, Y, Z) on a grid.
 
     The result is float32 of shape (X, Y, Z, 1, 3), intent "vector", components in LPS mm,
-    carrying `affine` (the grid the field lives on): what `antsApplyTransforms` reads.
+    carrying `affine` (the grid the field lives on): what `antsApplyTransforms` reads. The LPS
+    flip is a sign change, so a float32 input is stored exactly (up to sign).
     """
     displacement = np.asarray(displacement_ras_mm)
     if displacement.ndim != 4 or displacement.shape[0] != 3:
         raise ValueError(f"displacement_ras_mm must have shape (3, X, Y, Z), got {displacement.shape}")
-    lps = displacement.astype(np.float64, copy=True)
-    lps[0] *= -1.0
-    lps[1] *= -1.0
-    data = np.ascontiguousarray(np.moveaxis(lps, 0, -1)[:, :, :, None, :], dtype=np.float32)
+    data = np.empty((*displacement.shape[1:], 1, 3), dtype=np.float32)
+    for c, sign in enumerate((-1.0, -1.0, 1.0)):
+        np.multiply(displacement[c], np.float32(sign), out=data[:, :, :, 0, c], casting="unsafe")
     image = make_nifti(data, affine)
     image.header.set_intent("vector", (), name="")
     image.header.set_xyzt_units("mm")
@@ -91,9 +92,10 @@ def displacement_to_itk_image(displacement_ras_mm: np.ndarray, affine: np.ndarra
 
 
 def itk_image_to_displacement(field) -> tuple[np.ndarray, np.ndarray]:
-    """(RAS-mm displacement (3, X, Y, Z) float64, affine) from an ITK displacement-field image.
+    """(RAS-mm displacement (3, X, Y, Z) float32, affine float64) from an ITK displacement field.
 
     Accepts a path or a nibabel image of shape (X, Y, Z, 1, 3) (the ITK layout) or (X, Y, Z, 3).
+    Values keep the file's float32 precision (fields of other types are converted).
     """
     if isinstance(field, (str, os.PathLike)):
         path = Path(os.fspath(field))
@@ -107,18 +109,18 @@ def itk_image_to_displacement(field) -> tuple[np.ndarray, np.ndarray]:
         raise InvalidImageError(f"transform: expected a displacement-field image or its path, got {type(field).__name__}")
     shape = field.shape
     if len(shape) == 5 and shape[3] == 1 and shape[4] == 3:
-        data = np.asarray(field.dataobj, dtype=np.float64)[:, :, :, 0, :]
+        data = np.asarray(field.dataobj)[:, :, :, 0, :]
     elif len(shape) == 4 and shape[3] == 3:
-        data = np.asarray(field.dataobj, dtype=np.float64)
+        data = np.asarray(field.dataobj)
     else:
         raise InvalidImageError(
             f"transform must be an ITK displacement field of shape (X, Y, Z, 1, 3), got shape {shape}"
         )
-    if not np.all(np.isfinite(data)):
+    ras = np.empty((3, *shape[:3]), dtype=np.float32)
+    for c, sign in enumerate((-1.0, -1.0, 1.0)):
+        np.multiply(data[..., c], sign, out=ras[c], casting="unsafe")
+    if not np.isfinite(ras).all():
         raise InvalidImageError("transform has non-finite displacement values")
-    ras = np.moveaxis(data, -1, 0).copy()
-    ras[0] *= -1.0
-    ras[1] *= -1.0
     return ras, np.asarray(field.affine, dtype=np.float64)
 
 
@@ -133,13 +135,11 @@ def _ops():
     return ops
 
 
-def _warp_with_coordinates(image: np.ndarray, coordinates: np.ndarray, *, interpolation: str, padding: str) -> np.ndarray:
-    """Sample `image` (C, Xi, Yi, Zi) at voxel `coordinates` (3, X, Y, Z) of its own grid."""
-    index = voxel_grid(coordinates.shape[1:])
-    displacement = np.ascontiguousarray(coordinates - index, dtype=np.float32)
-    return _ops().warp(
-        np.ascontiguousarray(image, dtype=np.float32), displacement, interpolation=interpolation, padding=padding
-    )
+_IDENTITY_3X4 = np.hstack([np.eye(3), np.zeros((3, 1))])
+
+
+def _float32(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def model_to_native_displacement(
@@ -156,7 +156,7 @@ def model_to_native_displacement(
     For each native voxel centre ``p`` (world), the composed map is
     ``p -> world_after(G (m + u(m)))`` with ``m = G^-1 world_before(p)``, where ``G`` is
     `model_affine` and ``u`` is `model_displacement` (3, Xm, Ym, Zm) in model voxels, read by
-    trilinear interpolation with border padding. Returns ``map(p) - p`` as (3, X, Y, Z).
+    trilinear interpolation with border padding. Returns ``map(p) - p`` as (3, X, Y, Z) float32.
 
     `world_before` / `world_after` are optional 4x4 world -> world matrices (RAS mm), e.g. the
     affine stage's fixed-world -> moving-world matrix after the forward deformation, or its
@@ -166,30 +166,45 @@ def model_to_native_displacement(
     if model_displacement.ndim != 4 or model_displacement.shape[0] != 3:
         raise ValueError(f"model_displacement must have shape (3, X, Y, Z), got {model_displacement.shape}")
     native_affine = np.asarray(native_affine, dtype=np.float64)
+    model_affine = np.asarray(model_affine, dtype=np.float64)
     before = np.eye(4) if world_before is None else np.asarray(world_before, dtype=np.float64)
     after = np.eye(4) if world_after is None else np.asarray(world_after, dtype=np.float64)
     # Every step but u is affine, so with x a native voxel index:
     #   m(x) = Q x, Q = G^-1 before N;  map(p) - p = (after G Q - N) x + after_lin G_lin u(m(x)).
-    # u(m(x)) is one affine resampling in _C; the rest is broadcast per axis, so no per-voxel
-    # coordinate arrays are formed (they cost gigabytes of float64 at 1 mm).
+    # Two passes in _C: one affine resampling of u, then the per-voxel affine and linear terms.
     to_model = np.linalg.solve(model_affine, before @ native_affine)
-    u_at = _ops().affine_resample(np.ascontiguousarray(model_displacement, dtype=np.float32), to_model,
-                                  tuple(int(n) for n in native_shape), interpolation="linear", padding="border")
+    u_at = _ops().affine_resample(_float32(model_displacement), to_model, tuple(int(n) for n in native_shape),
+                                  interpolation="linear", padding="border")
     offset = after @ model_affine @ to_model - native_affine
-    linear = after[:3, :3] @ np.asarray(model_affine, dtype=np.float64)[:3, :3]
-    axes = [np.arange(n, dtype=np.float64) for n in native_shape]
-    out = np.empty((3, *u_at.shape[1:]), dtype=np.float32)
-    for c in range(3):
-        plane = (offset[c, 0] * axes[0][:, None, None] + offset[c, 1] * axes[1][None, :, None]
-                 + offset[c, 2] * axes[2][None, None, :] + offset[c, 3])
-        out[c] = plane + linear[c, 0] * u_at[0] + linear[c, 1] * u_at[1] + linear[c, 2] * u_at[2]
-    return out
+    return _ops().affine_field(u_at, offset[:3], after[:3, :3] @ model_affine[:3, :3])
+
+
+def _to_image_voxels(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, image_affine: np.ndarray,
+                     *, relative: bool) -> np.ndarray:
+    """Voxel coordinates in an image (with `image_affine`) of ``p + d(p)`` for every field voxel
+    ``x`` (``p = field_affine x``), or with `relative` those coordinates minus ``x``."""
+    to_image = np.linalg.inv(np.asarray(image_affine, dtype=np.float64))
+    matrix = (to_image @ np.asarray(field_affine, dtype=np.float64))[:3]
+    if relative:
+        matrix = matrix - _IDENTITY_3X4
+    return _ops().affine_field(_float32(displacement_ras_mm), matrix, to_image[:3, :3])
 
 
 def sampling_coordinates(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, image_affine: np.ndarray) -> np.ndarray:
-    """Voxel coordinates in an image (with `image_affine`) of ``p + d(p)`` for every field voxel."""
-    points = world_points(displacement_ras_mm.shape[1:], field_affine)
-    return _apply_matrix(np.linalg.inv(image_affine), points + displacement_ras_mm)
+    """Voxel coordinates in an image (with `image_affine`) of ``p + d(p)`` for every field voxel
+    (float32, (3, X, Y, Z))."""
+    return _to_image_voxels(displacement_ras_mm, field_affine, image_affine, relative=False)
+
+
+def _check_interpolation(interpolation: str) -> None:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
+
+
+def _sample_relative(data: np.ndarray, displacement: np.ndarray, interpolation: str) -> np.ndarray:
+    """`data` read at ``x + displacement(x)`` (voxels of `data`), zeros outside."""
+    out = _ops().warp(_float32(data)[None], displacement, interpolation=interpolation, padding="zeros")[0]
+    return out.astype(np.int32) if interpolation == "label" else out
 
 
 def sample_image(data: np.ndarray, coordinates: np.ndarray, interpolation: str = "linear") -> np.ndarray:
@@ -199,13 +214,18 @@ def sample_image(data: np.ndarray, coordinates: np.ndarray, interpolation: str =
     resampled trilinearly and the label with the largest value wins (ANTs' "generic label"),
     which keeps label boundaries smooth without inventing labels.
     """
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
-    if interpolation in ("linear", "nearest"):
-        out = _warp_with_coordinates(data[None].astype(np.float32), coordinates, interpolation=interpolation, padding="zeros")[0]
-        return out
-    labels = _warp_with_coordinates(data[None].astype(np.float32), coordinates, interpolation="label", padding="zeros")[0]
-    return labels.astype(np.int32)
+    _check_interpolation(interpolation)
+    displacement = _ops().affine_field(_float32(coordinates), -_IDENTITY_3X4, np.eye(3))  # coordinates - x
+    return _sample_relative(data, displacement, interpolation)
+
+
+def warp_image(data: np.ndarray, image_affine: np.ndarray, displacement_ras_mm: np.ndarray, field_affine: np.ndarray,
+               interpolation: str = "linear") -> np.ndarray:
+    """The image (`data` on `image_affine`) read at ``p + d(p)`` for every voxel ``p`` of the
+    field's grid, as ``antsApplyTransforms`` does with that field; zeros outside the image."""
+    _check_interpolation(interpolation)
+    displacement = _to_image_voxels(displacement_ras_mm, field_affine, image_affine, relative=True)
+    return _sample_relative(data, displacement, interpolation)
 
 
 def displacement_on_grid(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, shape, affine: np.ndarray) -> np.ndarray:
@@ -216,8 +236,9 @@ def displacement_on_grid(displacement_ras_mm: np.ndarray, field_affine: np.ndarr
     """
     if tuple(shape) == displacement_ras_mm.shape[1:] and np.allclose(affine, field_affine, atol=1e-6):
         return displacement_ras_mm
-    coordinates = _apply_matrix(np.linalg.inv(field_affine) @ np.asarray(affine, dtype=np.float64), voxel_grid(shape))
-    return _warp_with_coordinates(displacement_ras_mm, coordinates, interpolation="linear", padding="zeros").astype(np.float64)
+    to_field = np.linalg.inv(np.asarray(field_affine, dtype=np.float64)) @ np.asarray(affine, dtype=np.float64)
+    return _ops().affine_resample(_float32(displacement_ras_mm), to_field, tuple(int(n) for n in shape),
+                                  interpolation="linear", padding="zeros")
 
 
 def apply_displacement_field(field, image, *, interpolation: str = "linear", reference=None):
@@ -229,14 +250,14 @@ def apply_displacement_field(field, image, *, interpolation: str = "linear", ref
     Returns (array, affine): float32 for "linear", the image's values for "nearest", int32
     labels for "label".
     """
+    _check_interpolation(interpolation)
     displacement, field_affine = itk_image_to_displacement(field)
     if reference is None:
         shape, affine = displacement.shape[1:], field_affine
     else:
         shape, affine = tuple(int(n) for n in reference[0]), np.asarray(reference[1], dtype=np.float64)
         displacement = displacement_on_grid(displacement, field_affine, shape, affine)
-    coordinates = sampling_coordinates(displacement, affine, image.affine)
-    return sample_image(image.data, coordinates, interpolation), affine
+    return warp_image(image.data, image.affine, displacement, affine, interpolation), affine
 
 
 def field_jacobian_determinant(displacement_ras_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -246,8 +267,8 @@ def field_jacobian_determinant(displacement_ras_mm: np.ndarray, affine: np.ndarr
     ``u = R^-1 d`` (R the affine's 3x3 part), which is what the kernel computes.
     """
     rotation_inverse = np.linalg.inv(np.asarray(affine, dtype=np.float64)[:3, :3])
-    voxel_displacement = np.einsum("ij,j...->i...", rotation_inverse, displacement_ras_mm)
-    return _ops().jacobian_determinant(np.ascontiguousarray(voxel_displacement, dtype=np.float32))
+    voxel_displacement = _ops().affine_field(_float32(displacement_ras_mm), np.zeros((3, 4)), rotation_inverse)
+    return _ops().jacobian_determinant(voxel_displacement)
 
 
 # ---------------------------------------------------------------------------------------------

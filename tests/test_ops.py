@@ -265,6 +265,22 @@ def test_jacobian_of_affine_map_is_its_determinant():
     np.testing.assert_allclose(ops.jacobian_determinant(u), np.linalg.det(np.eye(3) + a), atol=1e-5)
 
 
+def test_affine_field_matches_float64_numpy(rng):
+    field = smooth_field(rng, (9, 12, 7), 4.0, batch=2)
+    matrix = np.array([[0.9, 0.1, 0.0, 1.5], [-0.1, 1.1, 0.05, -120.0], [0.0, 0.02, 1.0, 0.3]])
+    linear = np.array([[-2.0, 0.1, 0.0], [0.0, -2.0, 0.3], [0.2, 0.0, 1.5]])
+    index = np.indices(field.shape[2:], dtype=np.float64)
+    expected = (np.einsum("ij,j...->i...", matrix[:, :3], index) + matrix[:, 3, None, None, None])[None] + np.einsum(
+        "ij,nj...->ni...", linear, field.astype(np.float64))
+    got = ops.affine_field(field, matrix, linear)
+    assert got.shape == field.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-6)
+    np.testing.assert_array_equal(ops.affine_field(field[1], matrix, linear), got[1])
+    # Identity maps return the field; a 4x4 affine matrix is accepted like its 3x4 rows.
+    np.testing.assert_array_equal(ops.affine_field(field, np.zeros((3, 4)), np.eye(3)), field)
+    np.testing.assert_array_equal(ops.affine_field(field, np.vstack([matrix, [0, 0, 0, 1]]), linear), got)
+
+
 # ------------------------------------------------------------------ bad inputs
 
 FIELD = np.zeros((3, 4, 4, 4), np.float32)
@@ -319,6 +335,11 @@ def _noncontiguous_field():
         (lambda: ops.downsample_haar(np.zeros((1, 4, 5, 4), np.float32)), ValueError, "sizes must be even"),
         (lambda: ops.downsample_haar(np.zeros((4, 4, 4), np.float32)), ValueError, "image must have 4 or 5"),
         (lambda: ops.downsample_haar(IMAGE.astype(np.float64)), TypeError, "image must be float32"),
+        (lambda: ops.affine_field(IMAGE, np.zeros((3, 4)), np.eye(3)), ValueError, "field must have 3 channels"),
+        (lambda: ops.affine_field(_nan_field(), np.zeros((3, 4)), np.eye(3)), ValueError, "field must contain only"),
+        (lambda: ops.affine_field(FIELD, np.eye(3), np.eye(3)), ValueError, "matrix must be 3x4 or 4x4"),
+        (lambda: ops.affine_field(FIELD, np.zeros((3, 4)), np.eye(4)), ValueError, "linear must be a finite 3x3"),
+        (lambda: ops.affine_field(FIELD, np.zeros((3, 4)), "eye"), TypeError, "linear must be a 3x3"),
         (lambda: ops.jacobian_determinant(FIELD[:2]), ValueError, "u must have 3 channels"),
         (lambda: ops.jacobian_determinant(_nan_field()), ValueError, "u must contain only finite"),
         (lambda: ops.jacobian_determinant(FIELD.astype(np.float64)), TypeError, "u must be float32"),
@@ -378,6 +399,8 @@ def test_cuda_field_kernels_match_cpu(rng):
         (ops.upsample_field(cp.asarray(v), (25, 20, 27)), ops.upsample_field(v, (25, 20, 27))),
         (ops.downsample_haar(cp.asarray(v)), ops.downsample_haar(v)),
         (ops.jacobian_determinant(cp.asarray(v)), ops.jacobian_determinant(v)),
+        (ops.affine_field(cp.asarray(v), np.arange(12.0).reshape(3, 4) / 7, np.eye(3)[::-1] - 0.5),
+         ops.affine_field(v, np.arange(12.0).reshape(3, 4) / 7, np.eye(3)[::-1] - 0.5)),
     ]
     for got, expected in pairs:
         np.testing.assert_allclose(cp.asnumpy(got), expected, atol=TOL, rtol=0)

@@ -221,6 +221,18 @@ struct HaarParams {
   Grid3 out_grid;
 };
 
+// out[c](x) = matrix[c] . [x, 1] + sum_j linear[c][j] * field[j](x), per voxel: a vector field
+// moved between unit systems (voxels of one grid -> mm, mm -> voxels of another grid) plus an
+// affine function of the voxel index. `out` may be `field` (each voxel reads its 3 values first).
+struct AffineFieldParams {
+  const float* field;  // (N, 3, grid)
+  float* out;          // (N, 3, grid)
+  int64_t batch;
+  Grid3 grid;
+  float matrix[12];  // row-major 3x4
+  float linear[9];   // row-major 3x3
+};
+
 // out = det(I + grad u), central differences, one-sided at the border.
 struct JacobianParams {
   const float* field;  // (N, 3, grid)
@@ -294,6 +306,21 @@ SMGIC_HOST_DEVICE void haar_voxel(const HaarParams& p, int64_t n, int64_t x, int
     const float sum = image[0] + image[1] + image[sy] + image[sy + 1] + image[sx] + image[sx + 1] +
                       image[sx + sy] + image[sx + sy + 1];
     p.out[(n * p.channels + c) * out_cs + v] = 0.125f * sum;
+  }
+}
+
+SMGIC_HOST_DEVICE void affine_field_voxel(const AffineFieldParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+  const int64_t cs = p.grid.voxels();
+  const int64_t v = (x * p.grid.ny + y) * p.grid.nz + z;
+  const float* in = p.field + n * 3 * cs + v;
+  const float f0 = in[0], f1 = in[cs], f2 = in[2 * cs];
+  const float fx = static_cast<float>(x), fy = static_cast<float>(y), fz = static_cast<float>(z);
+  float* out = p.out + n * 3 * cs + v;
+SMGIC_UNROLL
+  for (int c = 0; c < 3; ++c) {
+    const float* m = p.matrix + 4 * c;
+    const float* l = p.linear + 3 * c;
+    out[c * cs] = m[0] * fx + m[1] * fy + m[2] * fz + m[3] + l[0] * f0 + l[1] * f1 + l[2] * f2;
   }
 }
 

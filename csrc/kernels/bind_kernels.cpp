@@ -166,6 +166,30 @@ void haar_cpu(py::array image, py::array out) {
   cpu::downsample_haar(p);
 }
 
+AffineFieldParams affine_field_params(const std::vector<double>& matrix, const std::vector<double>& linear) {
+  require(matrix.size() == 12, "matrix must hold 12 values (3x4, row-major), got " + std::to_string(matrix.size()));
+  require(linear.size() == 9, "linear must hold 9 values (3x3, row-major), got " + std::to_string(linear.size()));
+  AffineFieldParams p{};
+  for (int i = 0; i < 12; ++i) p.matrix[i] = static_cast<float>(matrix[i]);
+  for (int i = 0; i < 9; ++i) p.linear[i] = static_cast<float>(linear[i]);
+  return p;
+}
+
+void affine_field_cpu(py::array field, const std::vector<double>& matrix, const std::vector<double>& linear,
+                      py::array out) {
+  checked(field, "field", 5);
+  checked(out, "out", 5);
+  require(field.shape(1) == 3, "field must have 3 channels, got shape " + shape_text(field));
+  for (int d = 0; d < 5; ++d) require(out.shape(d) == field.shape(d), "out must have the shape of field");
+  AffineFieldParams p = affine_field_params(matrix, linear);
+  p.field = in_ptr(field);
+  p.out = out_ptr(out);
+  p.batch = field.shape(0);
+  p.grid = grid_of(field);
+  py::gil_scoped_release release;
+  cpu::affine_field(p);
+}
+
 void jacobian_cpu(py::array field, py::array out) {
   checked(field, "u", 5);
   checked(out, "out", 4);
@@ -244,6 +268,16 @@ void haar_cuda(uintptr_t image, uintptr_t out, const Shape5& out_shape) {
   cuda::downsample_haar(HaarParams{dptr(image), dmut(out), out_shape[0], out_shape[1], grid_of(out_shape)});
 }
 
+void affine_field_cuda(uintptr_t field, const std::vector<double>& matrix, const std::vector<double>& linear,
+                       uintptr_t out, const Shape5& shape) {
+  AffineFieldParams p = affine_field_params(matrix, linear);
+  p.field = dptr(field);
+  p.out = dmut(out);
+  p.batch = shape[0];
+  p.grid = grid_of(shape);
+  cuda::affine_field(p);
+}
+
 void jacobian_cuda(uintptr_t field, uintptr_t out, const Shape5& field_shape) {
   cuda::jacobian_determinant(JacobianParams{dptr(field), dmut(out), field_shape[0], grid_of(field_shape)});
 }
@@ -303,6 +337,7 @@ void bind_kernels(py::module_& m) {
   m.def("integrate_velocity", &integrate_cpu, "scaling and squaring: out = exp(velocity)");
   m.def("upsample_field", &upsample_cpu, "out[x] = 2 u((x - 0.5) / 2), border padding");
   m.def("downsample_haar", &haar_cpu, "mean of each 2x2x2 block");
+  m.def("affine_field", &affine_field_cpu, "out[n,:,x] = M@[x,1] + L@field[n,:,x], M 3x4 and L 3x3 row-major");
   m.def("jacobian_determinant", &jacobian_cpu, "det(I + grad u), central differences");
 #ifdef SMGIC_WITH_CUDA
   // CUDA kernels: raw device pointers (from __cuda_array_interface__) and 5-D shapes.
@@ -312,6 +347,7 @@ void bind_kernels(py::module_& m) {
   m.def("integrate_velocity_cuda", &integrate_cuda);
   m.def("upsample_field_cuda", &upsample_cuda);
   m.def("downsample_haar_cuda", &haar_cuda);
+  m.def("affine_field_cuda", &affine_field_cuda);
   m.def("jacobian_determinant_cuda", &jacobian_cuda);
   m.def("cuda_synchronize", &cuda::synchronize, "wait for all queued kernels");
 #endif

@@ -15,6 +15,7 @@ void integrate_velocity(const float* velocity, float* out, float* scratch, int64
                         int steps);
 void upsample(const UpsampleParams& p);
 void downsample_haar(const HaarParams& p);
+void affine_field(const AffineFieldParams& p);
 void jacobian_determinant(const JacobianParams& p);
 bool all_finite(const float* data, int64_t count);
 }  // namespace cpu
@@ -29,6 +30,7 @@ void integrate_velocity(const float* velocity, float* out, float* scratch, int64
                         int steps);
 void upsample(const UpsampleParams& p);
 void downsample_haar(const HaarParams& p);
+void affine_field(const AffineFieldParams& p);
 void jacobian_determinant(const JacobianParams& p);
 bool available();            // a driver and at least one device are present
 std::string runtime_version();

@@ -129,6 +129,10 @@ void downsample_haar(const HaarParams& p) {
   for_each_voxel(p.batch, p.out_grid, [&](int64_t n, int64_t x, int64_t y, int64_t z) { haar_voxel(p, n, x, y, z); });
 }
 
+void affine_field(const AffineFieldParams& p) {
+  for_each_voxel(p.batch, p.grid, [&](int64_t n, int64_t x, int64_t y, int64_t z) { affine_field_voxel(p, n, x, y, z); });
+}
+
 void jacobian_determinant(const JacobianParams& p) {
   for_each_voxel(p.batch, p.grid,
                  [&](int64_t n, int64_t x, int64_t y, int64_t z) { jacobian_voxel(p, n, x, y, z); });

@@ -49,6 +49,9 @@ __device__ void upsample_fn(const UpsampleParams& p, int64_t n, int64_t x, int64
   upsample_voxel(p, n, x, y, z);
 }
 __device__ void haar_fn(const HaarParams& p, int64_t n, int64_t x, int64_t y, int64_t z) { haar_voxel(p, n, x, y, z); }
+__device__ void affine_field_fn(const AffineFieldParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+  affine_field_voxel(p, n, x, y, z);
+}
 __device__ void jacobian_fn(const JacobianParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
   jacobian_voxel(p, n, x, y, z);
 }
@@ -81,6 +84,10 @@ void upsample(const UpsampleParams& p) { launch<UpsampleParams, upsample_fn>(p, 
 
 void downsample_haar(const HaarParams& p) {
   launch<HaarParams, haar_fn>(p, p.batch, p.out_grid, "downsample_haar");
+}
+
+void affine_field(const AffineFieldParams& p) {
+  launch<AffineFieldParams, affine_field_fn>(p, p.batch, p.grid, "affine_field");
 }
 
 void jacobian_determinant(const JacobianParams& p) {
