@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import gzip
 import json
 import os
 import shutil
@@ -299,17 +298,20 @@ _GZIP_CHUNK = 8 << 20
 
 
 def _write_gzip_parallel(data: bytes, path: Path) -> None:
-    """Write `data` as gzip (level 1, as nibabel uses) compressed in 8 MiB pieces on all cores.
+    """Write `data` as gzip compressed in 8 MiB pieces on all cores, with ISA-L (python-isal).
 
     Each piece is a complete gzip member and a gzip file may hold several in a row (RFC 1952);
-    zlib, nibabel, ITK and ANTs read such files as one stream. One thread compressing two 1 mm
-    displacement fields was the largest single cost of saving a registration.
+    zlib, nibabel, ITK and ANTs read such files as one stream. Compressing two 1 mm displacement
+    fields was the largest single cost of saving a registration: ISA-L's level 1 compresses
+    about 10x faster than zlib's level 1 (nibabel's) to a similar size.
     """
+    from isal import igzip
+
     pieces = [data[i:i + _GZIP_CHUNK] for i in range(0, len(data), _GZIP_CHUNK)] or [b""]
     workers = max(1, min(len(pieces), len(os.sched_getaffinity(0))))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool, open(path, "wb") as handle:
-        # zlib releases the GIL while compressing, so the threads run in parallel.
-        for member in pool.map(lambda piece: gzip.compress(piece, compresslevel=1, mtime=0), pieces):
+        # ISA-L releases the GIL while compressing, so the threads run in parallel.
+        for member in pool.map(lambda piece: igzip.compress(piece, compresslevel=1, mtime=0), pieces):
             handle.write(member)
 
 
