@@ -382,7 +382,7 @@ def downsample_haar(image):
     return _unbatch(out, len(shape) == 5)
 
 
-def affine_field(field, matrix, linear):
+def affine_field(field, matrix, linear, *, out=None):
     """Per voxel ``out[:, x] = matrix @ [x, 1] + linear @ field[:, x]``.
 
     Moves a vector field between unit systems and adds an affine function of the voxel index in
@@ -394,10 +394,13 @@ def affine_field(field, matrix, linear):
     field : float32 array (3, X, Y, Z) or (N, 3, X, Y, Z)
     matrix : array-like 3x4 or 4x4 (last row [0, 0, 0, 1]), voxel index -> vector
     linear : array-like 3x3
+    out : optional array of ``field``'s shape and kind to write into; may be ``field`` itself
+        (each voxel reads its three values before writing), which saves allocating a large
+        array.
 
     Returns
     -------
-    float32 array of ``field``'s shape, same kind (numpy/CUDA) as ``field``.
+    float32 array of ``field``'s shape, same kind (numpy/CUDA) as ``field`` (``out`` if given).
     """
     shape, on_device = _check_field(field, "field")
     values = _affine_values(matrix, "matrix")
@@ -409,7 +412,13 @@ def affine_field(field, matrix, linear):
         raise ValueError(f"linear must be a finite 3x3 matrix, got shape {lin.shape}")
     lin_values = [float(v) for v in lin.reshape(-1)]
     in5 = _batched(shape)
-    out = _empty(field, shape, on_device)
+    if out is None:
+        out = _empty(field, shape, on_device)
+    else:
+        out_shape, out_on_device = _check_array(out, "out", (4, 5))
+        _check_same_kind([("field", on_device), ("out", out_on_device)])
+        if tuple(out_shape) != tuple(shape):
+            raise ValueError(f"out must have the shape of field {tuple(shape)}, got {tuple(out_shape)}")
     if on_device:
         _C.affine_field_cuda(_ptr(field), values, lin_values, _ptr(out), in5)
         return out

@@ -176,7 +176,7 @@ def model_to_native_displacement(
     u_at = _ops().affine_resample(_float32(model_displacement), to_model, tuple(int(n) for n in native_shape),
                                   interpolation="linear", padding="border")
     offset = after @ model_affine @ to_model - native_affine
-    return _ops().affine_field(u_at, offset[:3], after[:3, :3] @ model_affine[:3, :3])
+    return _ops().affine_field(u_at, offset[:3], after[:3, :3] @ model_affine[:3, :3], out=u_at)
 
 
 def _to_image_voxels(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, image_affine: np.ndarray,

@@ -279,6 +279,10 @@ def test_affine_field_matches_float64_numpy(rng):
     # Identity maps return the field; a 4x4 affine matrix is accepted like its 3x4 rows.
     np.testing.assert_array_equal(ops.affine_field(field, np.zeros((3, 4)), np.eye(3)), field)
     np.testing.assert_array_equal(ops.affine_field(field, np.vstack([matrix, [0, 0, 0, 1]]), linear), got)
+    # In place: each voxel reads its three values before writing them.
+    in_place = field.copy()
+    assert ops.affine_field(in_place, matrix, linear, out=in_place) is in_place
+    np.testing.assert_array_equal(in_place, got)
 
 
 # ------------------------------------------------------------------ bad inputs
@@ -340,6 +344,10 @@ def _noncontiguous_field():
         (lambda: ops.affine_field(FIELD, np.eye(3), np.eye(3)), ValueError, "matrix must be 3x4 or 4x4"),
         (lambda: ops.affine_field(FIELD, np.zeros((3, 4)), np.eye(4)), ValueError, "linear must be a finite 3x3"),
         (lambda: ops.affine_field(FIELD, np.zeros((3, 4)), "eye"), TypeError, "linear must be a 3x3"),
+        (lambda: ops.affine_field(FIELD, np.zeros((3, 4)), np.eye(3), out=FIELD[None].copy()), ValueError,
+         "out must have the shape of field"),
+        (lambda: ops.affine_field(FIELD, np.zeros((3, 4)), np.eye(3), out=FIELD.astype(np.float64)), TypeError,
+         "out must be float32"),
         (lambda: ops.jacobian_determinant(FIELD[:2]), ValueError, "u must have 3 channels"),
         (lambda: ops.jacobian_determinant(_nan_field()), ValueError, "u must contain only finite"),
         (lambda: ops.jacobian_determinant(FIELD.astype(np.float64)), TypeError, "u must be float32"),
