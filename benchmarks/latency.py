@@ -8,8 +8,9 @@ For each backend (onnxruntime, tensorrt, torch = the PyTorch training model on t
 which needs a source checkout) the pair is registered ``--warmup`` times untimed, then ``--runs``
 times; each stage's median is reported: the Registrar's own timers (load, preprocessing, affine,
 network, refinement, integration, native fields, resampling, Jacobian), the network's per-level
-split (features, level1..levelL, the `_C` work between levels) and writing the outputs (save).
-Ratios are against the torch backend measured in the same process on the same pair.
+split (features, level1..levelL, the `_C` work between levels) and writing the outputs (save),
+with each one's share of that backend's end-to-end median. Ratios are against the torch backend
+measured in the same process on the same pair.
 """
 
 from __future__ import annotations
@@ -72,14 +73,21 @@ def table(report: dict) -> str:
     keys = list(dict.fromkeys(k for b in available for k in report["backends"][b]["median_seconds"]))
     torch_times = report["backends"].get("torch", {}).get("median_seconds") if "torch" in available else None
     header = ["stage"] + [f"{b} (s)" for b in available]
+    # Each stage's share of its backend's end-to-end time (torch is only the reference).
+    shared = [b for b in available if b != "torch"]
+    header += [f"{b} share" for b in shared]
     if torch_times:
-        header += [f"{b} / torch" for b in available if b != "torch"]
+        header += [f"{b} / torch" for b in shared]
     rows = []
     for key in keys:
         row = [key]
         for backend in available:
             value = report["backends"][backend]["median_seconds"].get(key)
             row.append("" if value is None else f"{value:.3f}")
+        for backend in shared:
+            times = report["backends"][backend]["median_seconds"]
+            value, total = times.get(key), times.get("end_to_end")
+            row.append(f"{100 * value / total:.0f} %" if value is not None and total else "")
         if torch_times:
             for backend in available:
                 if backend == "torch":

@@ -83,6 +83,24 @@ def test_accuracy_benchmark_no_registration_row_writes_json(tmp_path, capsys):
         accuracy.main(["--methods", "none,magic"])
 
 
+@pytest.mark.skipif(not models.has_default_bundle(), reason="no trained default bundle in smgic_rt/models/default")
+def test_latency_benchmark_times_every_stage_of_the_demo_pair(tmp_path, capsys):
+    import latency
+
+    out = tmp_path / "latency.json"
+    assert latency.main(["--runs", "1", "--warmup", "0", "--backends", "onnxruntime", "--refine", "off",
+                         "--json", str(out)]) == 0
+    times = json.loads(out.read_text())["backends"]["onnxruntime"]["median_seconds"]
+    for key in ("stage:load", "stage:affine", "stage:network", "network:level4", "save", "end_to_end"):
+        assert 0 < times[key] < times["end_to_end"] or key == "end_to_end", key
+    stages = sum(v for k, v in times.items() if k.startswith("stage:")) + times["save"]
+    assert stages == pytest.approx(times["end_to_end"], rel=0.1)  # the timers account for the run
+    printed = capsys.readouterr().out
+    assert "| onnxruntime share |" in printed and "| end_to_end |" in printed and "| 100 % |" in printed
+    with pytest.raises(SystemExit):
+        latency.main(["--backends", "onnxruntime,magic"])
+
+
 def test_zero_velocity_backend_returns_the_velocity_it_gets():
     import accuracy
 
