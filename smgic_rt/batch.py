@@ -46,7 +46,6 @@ import os
 import re
 import socket
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
@@ -650,9 +649,11 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
 def _write_summary_csv(records, path: Path) -> None:
     columns = ["id", "status", "error", "seconds", "worker", "worker_peak_rss_mb", "fixed", "moving", "outdir", *SUMMARY_STATS]
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".csv", dir=str(path.parent))
+    from . import io
+
+    temp = io._temp_path_beside(path, ".csv")
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as stream:
+        with open(temp, "w", newline="", encoding="utf-8") as stream:
             writer = csv.DictWriter(stream, columns, extrasaction="ignore")
             writer.writeheader()
             for record in records:

@@ -281,8 +281,13 @@ def load_mask(image, *, like: Volume, name: str = "mask") -> Volume:
 
 
 def _temp_path_beside(path: Path, suffix: str) -> Path:
+    """A new empty file beside `path`, to be renamed onto it, with the permissions that a plain
+    ``open(path, "w")`` would give (mkstemp's 0600 would leave outputs unreadable to the group)."""
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=str(path.parent))
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
+    finally:
+        os.close(fd)
     return Path(temp)
 
 

@@ -175,3 +175,21 @@ def test_save_image_atomic_writes_and_cleans(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.nii.gz"]
     with pytest.raises(ValueError, match="must end in"):
         io.save_image_atomic(image, tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_the_permissions_of_a_plain_file(tmp_path, umask):
+    """Atomic writes go through mkstemp (mode 0600); the renamed outputs must end up as readable
+    to the group and others as the user's umask lets a plain open() make them."""
+    previous = os.umask(umask)
+    try:
+        image = io.save_image_atomic(io.make_nifti(_volume(), np.eye(4)), tmp_path / "x.nii.gz")
+        report = io.save_json_atomic({"a": 1}, tmp_path / "report.json")
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(previous)
+    expected = plain.stat().st_mode & 0o777
+    assert expected == 0o666 & ~umask
+    for path in (image, report):
+        assert path.stat().st_mode & 0o777 == expected, path.name
