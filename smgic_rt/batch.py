@@ -319,15 +319,9 @@ def register_pair(registrar, pair: Pair, out_root, options: dict, *, qc: bool = 
 def _make_registrar(bundle, backend: str, affine, refine, threads: int | None):
     from .registrar import Registrar
 
-    registrar = Registrar(bundle, backend=backend, affine=affine, refine=refine)
-    if threads is not None and registrar.backend in ("onnxruntime", "torch"):
-        # Registrar has no thread option yet; without one onnxruntime starts a thread per core
-        # in every worker, and N workers on N cores then fight over them.
-        from . import backends
-
-        kwargs = {"providers": registrar._backend.providers} if registrar.backend == "onnxruntime" else {}
-        registrar._backend = backends.create(registrar.backend, registrar.bundle, threads=threads, **kwargs)
-    return registrar
+    # Without a thread count onnxruntime starts a thread per core in every worker, and N workers
+    # on N cores then fight over them.
+    return Registrar(bundle, backend=backend, affine=affine, refine=refine, threads=threads)
 
 
 # Local pool worker state: one Registrar per process, built by the initializer.

@@ -1,7 +1,7 @@
 """Command-line tools: ``smgic-register`` and ``smgic-apply``.
 
     smgic-register FIXED MOVING -o OUTDIR [--moving-labels FILE] [--backend NAME] [--qc]
-                   [--overwrite] [--bundle PATH] [--affine MODE] [--refine MODE]
+                   [--overwrite] [--bundle PATH] [--affine MODE] [--refine MODE] [--threads N]
     smgic-apply TRANSFORM REFERENCE INPUT OUTPUT [--interpolation linear|nearest|label]
 
 From a checkout: ``python -m smgic_rt.cli register ...`` / ``python -m smgic_rt.cli apply ...``.
@@ -55,6 +55,7 @@ def _add_register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixed-mask", help="brain mask on the fixed grid")
     parser.add_argument("--moving-mask", help="brain mask on the moving grid")
     add_model_arguments(parser)
+    parser.add_argument("--threads", type=int, help="CPU threads (default: all cores, or OMP_NUM_THREADS)")
     parser.add_argument("--qc", action="store_true", help="also write qc.png")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists")
     parser.add_argument("-v", "--verbose", action="count", default=0)
@@ -94,7 +95,8 @@ def _run_register(args) -> int:
     fixed = io.load_volume(args.fixed, name="fixed image")
     moving = io.load_volume(args.moving, name="moving image")
     labels = io.load_label_map(args.moving_labels, name="moving labels") if args.moving_labels else None
-    registrar = Registrar(args.bundle, backend=args.backend, affine=args.affine, refine=args.refine)
+    registrar = Registrar(args.bundle, backend=args.backend, affine=args.affine, refine=args.refine,
+                          threads=args.threads)
     logger.info("backend %s, bundle %s", registrar.backend, getattr(registrar.bundle, "id", "?"))
     result = registrar.register(fixed, moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask)
     result.save(outdir, overwrite=args.overwrite, moving_labels=labels, qc=args.qc)

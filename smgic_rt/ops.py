@@ -17,6 +17,7 @@ Example
 True
 """
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -33,6 +34,7 @@ __all__ = [
     "affine_field",
     "jacobian_determinant",
     "build_info",
+    "cpu_threads",
     "cuda_available",
 ]
 
@@ -44,6 +46,23 @@ _MAX_STEPS = 30
 def build_info():
     """What the compiled module contains: ``{"cuda": bool, "openmp": bool, "compiler": str, ...}``."""
     return _C.build_info()
+
+
+@contextlib.contextmanager
+def cpu_threads(threads):
+    """Inside the block, the CPU kernels that *this* Python thread calls use `threads` OpenMP
+    threads (None: leave the count alone). OpenMP keeps the count per calling thread, so other
+    threads, e.g. other pairs in a Dask worker, are unaffected; the old count is restored."""
+    if threads is None:
+        yield
+        return
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    previous = _C.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        _C.set_num_threads(previous)
 
 
 def cuda_available():

@@ -201,11 +201,19 @@ class Registrar:
     refine : {"auto", "on", "off"} or positive number
         Per-pair refinement (smgic_rt.refine) warm-started from the network; a number is its
         budget; "auto" runs it when installed.
+    threads : positive int or None
+        CPU threads for one registration: the network on onnxruntime or torch, and the `_C`
+        kernels that `register` calls (for the calling thread only, so several Registrars may
+        run side by side in threads). None: onnxruntime's and OpenMP's defaults (all cores,
+        or ``OMP_NUM_THREADS``).
     """
 
-    def __init__(self, bundle=None, backend: str = "auto", *, affine="auto", refine="auto"):
+    def __init__(self, bundle=None, backend: str = "auto", *, affine="auto", refine="auto", threads=None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        self.threads = threads
         self._affine_mode, _ = _check_stage_mode(affine, "affine", allow_budget=False)
         self._refine_mode, self._refine_budget = _check_stage_mode(refine, "refine", allow_budget=True)
         for mode, module in ((self._affine_mode, "affine"), (self._refine_mode, "refine")):
@@ -214,7 +222,9 @@ class Registrar:
         self.bundle = self._load_bundle(bundle)
         from . import backends
 
-        self._backend = backends.create(backend, self.bundle)
+        # TensorRT runs on the GPU; every other backend may fall back to (or run on) the CPU.
+        cpu_options = {} if threads is None or backend == "tensorrt" else {"threads": threads}
+        self._backend = backends.create(backend, self.bundle, **cpu_options)
         self.backend = str(getattr(self._backend, "name", backend))
 
     @staticmethod
@@ -249,6 +259,12 @@ class Registrar:
         pair, in any orientation, voxel size and field of view; the two may differ. Masks
         (same grid as their image, nonzero = brain) restrict what the model sees.
         """
+        from . import ops
+
+        with ops.cpu_threads(self.threads):
+            return self._register(fixed, moving, fixed_mask, moving_mask)
+
+    def _register(self, fixed, moving, fixed_mask, moving_mask) -> RegistrationResult:
         from . import ops, preprocess
 
         timer = _Timer()

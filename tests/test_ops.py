@@ -77,6 +77,34 @@ def test_build_info_reports_build():
         assert ops.cuda_available() is False
 
 
+def test_cpu_threads_sizes_this_threads_kernels_only_and_restores(rng):
+    import threading
+
+    before = ops.build_info()["max_threads"]
+    image = rng.random((1, 2, 9, 8, 7), dtype=np.float32)
+    u = rng.normal(0, 2, (1, 3, 9, 8, 7)).astype(np.float32)
+    seen = {}
+
+    def other_thread():
+        seen["other"] = ops.build_info()["max_threads"]
+
+    with ops.cpu_threads(1):
+        assert ops.build_info()["max_threads"] == 1
+        single = ops.warp(image, u)
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+    assert seen["other"] == before  # OpenMP keeps the count per calling thread
+    assert ops.build_info()["max_threads"] == before
+    np.testing.assert_array_equal(single, ops.warp(image, u))  # a pull per voxel: no sum to reorder
+    with ops.cpu_threads(None):
+        assert ops.build_info()["max_threads"] == before
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be a positive int"):
+            with ops.cpu_threads(bad):
+                pass
+
+
 # ------------------------------------------------------------------ parity with torch
 
 

@@ -9,6 +9,7 @@
 #include <array>
 #include <memory>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -314,6 +315,19 @@ py::dict build_info() {
   return info;
 }
 
+// OpenMP keeps the thread count per calling thread (nthreads-var lives in the calling task's
+// data environment), so a Python thread can size its own kernels without touching others.
+int set_num_threads(int threads) {
+  if (threads < 1) throw std::invalid_argument("threads must be >= 1, got " + std::to_string(threads));
+#ifdef _OPENMP
+  const int previous = omp_get_max_threads();
+  omp_set_num_threads(threads);
+  return previous;
+#else
+  return 1;
+#endif
+}
+
 bool cuda_available() {
 #ifdef SMGIC_WITH_CUDA
   return cuda::available();
@@ -328,6 +342,8 @@ bool cuda_available() {
 void bind_kernels(py::module_& m) {
   using namespace smgic;
   m.def("build_info", &build_info, "What this build contains: cuda, openmp, compiler, ...");
+  m.def("set_num_threads", &set_num_threads,
+        "OpenMP threads for CPU kernels called from this thread; returns the previous count");
   m.def("cuda_available", &cuda_available, "True when built with CUDA and a driver and GPU are present");
   m.def("all_finite", &all_finite_cpu, "True when every value of a float32 array is finite");
   // CPU kernels: 5-D (N, C, X, Y, Z) float32 C-contiguous arrays, output preallocated by ops.py.

@@ -43,19 +43,19 @@ def _create_torch(bundle, **options):
     return TorchBackend(bundle, **options)
 
 
-def _create_auto(bundle, **options):
+def _create_auto(bundle, threads=None, **options):
     if options:
-        raise ValueError(f"backend 'auto' takes no options, got {sorted(options)}")
+        raise ValueError(f"backend 'auto' takes no options but threads, got {sorted(options)}")
     reasons = []
     try:
-        return _create_tensorrt(bundle)
+        return _create_tensorrt(bundle)  # on the GPU: CPU threads do not apply
     except Exception as error:  # any failure (no package, no GPU, no driver) means "not here"
         reasons.append(f"tensorrt: {error}")
     # onnxruntime is a hard dependency, so this cannot fail for lack of a package; without a
     # working CUDA provider onnxruntime itself falls back to CPU.
     from .onnxruntime import default_providers
 
-    backend = _create_onnxruntime(bundle, providers=default_providers())
+    backend = _create_onnxruntime(bundle, providers=default_providers(), threads=threads)
     log.info("backend auto -> onnxruntime %s (skipped: %s)", backend.active_providers, "; ".join(reasons))
     return backend
 
