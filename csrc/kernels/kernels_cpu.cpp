@@ -53,16 +53,15 @@ void warp(const WarpParams& p) {
 #pragma omp parallel
   {
     std::vector<int64_t> base(g.nz), border;
-    std::vector<float> tx(g.nz), ty(g.nz), tz(g.nz), px_b, py_b, pz_b;
+    std::vector<float> tx(g.nz), ty(g.nz), tz(g.nz);
+    std::vector<Stencil> border_stencils;  // once per voxel, reused by every channel
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < rows; ++row) {
       const int64_t y = row % g.ny;
       const int64_t x = (row / g.ny) % g.nx;
       const int64_t n = row / (g.ny * g.nx);
       border.clear();
-      px_b.clear();
-      py_b.clear();
-      pz_b.clear();
+      border_stencils.clear();
       for (int64_t z = 0; z < g.nz; ++z) {
         float px, py, pz;
         warp_position(p, n, x, y, z, px, py, pz);
@@ -76,9 +75,7 @@ void warp(const WarpParams& p) {
           base[z] = 0;
           tx[z] = ty[z] = tz[z] = 0.0f;
           border.push_back(z);
-          px_b.push_back(px);
-          py_b.push_back(py);
-          pz_b.push_back(pz);
+          border_stencils.push_back(linear_stencil(p.in, px, py, pz, p.padding));
         }
       }
       const int64_t row_offset = (x * g.ny + y) * g.nz;
@@ -86,10 +83,7 @@ void warp(const WarpParams& p) {
         const float* channel = p.image + (n * p.channels + c) * in_cs;
         float* out = p.out + (n * p.channels + c) * out_cs + row_offset;
         interior_row(channel, base.data(), tx.data(), ty.data(), tz.data(), out, g.nz, sx, sy);
-        for (size_t k = 0; k < border.size(); ++k) {
-          const Stencil s = linear_stencil(p.in, px_b[k], py_b[k], pz_b[k], p.padding);
-          out[border[k]] = apply_linear(s, channel);
-        }
+        for (size_t k = 0; k < border.size(); ++k) out[border[k]] = apply_linear(border_stencils[k], channel);
       }
     }
   }
