@@ -37,60 +37,115 @@ void interior_row(const float* channel, const int64_t* base, const float* tx, co
     out[i] = interior_linear(InteriorPoint{base[i], tx[i], ty[i], tz[i]}, channel, sx, sy);
   }
 }
+
+// Trilinear reads at one row of points: positions and weights once, then one pass per channel,
+// vectorised over interior points, checked (stencil computed once) at the border. The input grid
+// needs >= 2 voxels per axis so that the placeholder corner (offset 0) read for border points
+// stays in bounds.
+class RowSampler {
+ public:
+  RowSampler(const Grid3& grid, int padding, int64_t count)
+      : grid_(grid), padding_(padding), base_(count), tx_(count), ty_(count), tz_(count) {}
+
+  static bool fits(const Grid3& g) { return g.nx >= 2 && g.ny >= 2 && g.nz >= 2; }
+
+  void start_row() {
+    border_.clear();
+    stencils_.clear();
+  }
+
+  void set(int64_t i, float px, float py, float pz) {
+    InteriorPoint q;
+    if (interior_point(grid_, px, py, pz, q)) {
+      base_[i] = q.base;
+      tx_[i] = q.tx;
+      ty_[i] = q.ty;
+      tz_[i] = q.tz;
+    } else {  // read a harmless in-bounds placeholder now, the checked value afterwards
+      base_[i] = 0;
+      tx_[i] = ty_[i] = tz_[i] = 0.0f;
+      border_.push_back(i);
+      stencils_.push_back(linear_stencil(grid_, px, py, pz, padding_));
+    }
+  }
+
+  void read(const float* channel, float* out) const {
+    interior_row(channel, base_.data(), tx_.data(), ty_.data(), tz_.data(), out,
+                 static_cast<int64_t>(base_.size()), grid_.ny * grid_.nz, grid_.nz);
+    for (size_t k = 0; k < border_.size(); ++k) out[border_[k]] = apply_linear(stencils_[k], channel);
+  }
+
+ private:
+  Grid3 grid_;
+  int padding_;
+  std::vector<int64_t> base_, border_;
+  std::vector<float> tx_, ty_, tz_;
+  std::vector<Stencil> stencils_;
+};
 }  // namespace
 
 void warp(const WarpParams& p) {
   const Grid3& g = p.out_grid;
-  // Row path: positions and weights once per row, then one pass per channel. Needs >= 2 voxels
-  // per input axis so that the placeholder corner (offset 0) of border voxels stays in bounds.
-  if (p.interpolation != kLinear || p.in.nx < 2 || p.in.ny < 2 || p.in.nz < 2) {
+  if (p.interpolation != kLinear || !RowSampler::fits(p.in)) {
     for_each_voxel(p.batch, g, [&](int64_t n, int64_t x, int64_t y, int64_t z) { warp_voxel(p, n, x, y, z); });
     return;
   }
   const int64_t rows = p.batch * g.nx * g.ny;
   const int64_t in_cs = p.in.voxels(), out_cs = g.voxels();
-  const int64_t sx = p.in.ny * p.in.nz, sy = p.in.nz;
 #pragma omp parallel
   {
-    std::vector<int64_t> base(g.nz), border;
-    std::vector<float> tx(g.nz), ty(g.nz), tz(g.nz);
-    std::vector<Stencil> border_stencils;  // once per voxel, reused by every channel
+    RowSampler sampler(p.in, p.padding, g.nz);
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < rows; ++row) {
       const int64_t y = row % g.ny;
       const int64_t x = (row / g.ny) % g.nx;
       const int64_t n = row / (g.ny * g.nx);
-      border.clear();
-      border_stencils.clear();
+      sampler.start_row();
       for (int64_t z = 0; z < g.nz; ++z) {
         float px, py, pz;
         warp_position(p, n, x, y, z, px, py, pz);
-        InteriorPoint q;
-        if (interior_point(p.in, px, py, pz, q)) {
-          base[z] = q.base;
-          tx[z] = q.tx;
-          ty[z] = q.ty;
-          tz[z] = q.tz;
-        } else {  // read a harmless in-bounds placeholder now, the checked value afterwards
-          base[z] = 0;
-          tx[z] = ty[z] = tz[z] = 0.0f;
-          border.push_back(z);
-          border_stencils.push_back(linear_stencil(p.in, px, py, pz, p.padding));
-        }
+        sampler.set(z, px, py, pz);
       }
       const int64_t row_offset = (x * g.ny + y) * g.nz;
       for (int64_t c = 0; c < p.channels; ++c) {
-        const float* channel = p.image + (n * p.channels + c) * in_cs;
-        float* out = p.out + (n * p.channels + c) * out_cs + row_offset;
-        interior_row(channel, base.data(), tx.data(), ty.data(), tz.data(), out, g.nz, sx, sy);
-        for (size_t k = 0; k < border.size(); ++k) out[border[k]] = apply_linear(border_stencils[k], channel);
+        sampler.read(p.image + (n * p.channels + c) * in_cs, p.out + (n * p.channels + c) * out_cs + row_offset);
       }
     }
   }
 }
 
 void compose(const ComposeParams& p) {
-  for_each_voxel(p.batch, p.grid, [&](int64_t n, int64_t x, int64_t y, int64_t z) { compose_voxel(p, n, x, y, z); });
+  const Grid3& g = p.grid;
+  if (!RowSampler::fits(p.outer_grid)) {
+    for_each_voxel(p.batch, g, [&](int64_t n, int64_t x, int64_t y, int64_t z) { compose_voxel(p, n, x, y, z); });
+    return;
+  }
+  // compose_voxel's arithmetic, a row at a time: out = s u_inner + s u_outer(x + s u_inner).
+  const int64_t rows = p.batch * g.nx * g.ny;
+  const int64_t cs = g.voxels(), outer_cs = p.outer_grid.voxels();
+#pragma omp parallel
+  {
+    RowSampler sampler(p.outer_grid, kBorder, g.nz);
+    std::vector<float> sampled(g.nz);
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < rows; ++row) {
+      const int64_t y = row % g.ny;
+      const int64_t x = (row / g.ny) % g.nx;
+      const int64_t n = row / (g.ny * g.nx);
+      const int64_t row_offset = (x * g.ny + y) * g.nz;
+      const float* inner = p.inner + n * 3 * cs + row_offset;
+      sampler.start_row();
+      for (int64_t z = 0; z < g.nz; ++z) {
+        sampler.set(z, static_cast<float>(x) + p.scale * inner[z], static_cast<float>(y) + p.scale * inner[cs + z],
+                    static_cast<float>(z) + p.scale * inner[2 * cs + z]);
+      }
+      for (int64_t c = 0; c < 3; ++c) {
+        sampler.read(p.outer + (n * 3 + c) * outer_cs, sampled.data());
+        float* out = p.out + n * 3 * cs + c * cs + row_offset;
+        for (int64_t z = 0; z < g.nz; ++z) out[z] = p.scale * inner[c * cs + z] + p.scale * sampled[z];
+      }
+    }
+  }
 }
 
 void integrate_velocity(const float* velocity, float* out, float* scratch, int64_t batch, const Grid3& grid,
