@@ -9,9 +9,10 @@ taken as normalised steps with a backtracking line search on the objective
 ``-mean LNCC + reg * |grad v|^2``, coarse to fine (1/4, 1/2 of the model grid and the grid
 itself by default). ``exp(+-v/2)`` is integrated with one scaling-and-squaring step fewer than
 ``exp(v)`` (and one fewer again per halving of the grid), which keeps the first step as small.
-A step that does not lower the objective is never taken, and the result is checked against the
-start on the model grid: the refinement never returns a velocity worse by its objective than the
-one it was given.
+A warm start that scores worse than no deformation at all is dropped (the refinement then starts
+from zero, and says so). A step that does not lower the objective is never taken, and the result
+is checked against the start on the model grid: the refinement never returns a velocity worse by
+its objective than the one it was given.
 
 The per-voxel work (box means, local NCC and its derivatives, gradients, Gaussian filters,
 warps, scaling and squaring) runs in `smgic_rt._C`.
@@ -47,6 +48,10 @@ class RefineOptions:
     plateau: float = 1e-4                 # stop when 5 iterations gain less than this
     steps: int = 7                        # scaling-and-squaring steps for v on the model grid
     eps: float = 1e-3                     # NCC variance floor (images are in [0, 1])
+    # Start from zero when the given velocity scores worse than zero: a weak network's field
+    # costs the coarse levels time to undo (on 1 mm Colin27 pairs, affine + network scored
+    # 0.58 Dice against 0.64 for the affine alone).
+    zero_if_better: bool = True
 
 
 @dataclass
@@ -176,6 +181,14 @@ def refine_velocity(fixed, moving, velocity=None, *, budget: float | None = None
         raise ValueError(f"budget must be a positive number of seconds, got {budget!r}")
     started = time.perf_counter()
     deadline = None if budget is None else started + float(budget)
+    # The objective is judged on the model grid.
+    start_value = given_value = _evaluate(fixed, moving, start_velocity, options)[:2]
+    start = "given"
+    if options.zero_if_better and np.any(start_velocity):
+        zero = np.zeros_like(start_velocity)
+        zero_value = _evaluate(fixed, moving, zero, options)[:2]
+        if zero_value[0] < given_value[0]:
+            start_velocity, start_value, start = zero, zero_value, "zero"
     levels = []
     v_full = start_velocity.copy()
     for factor, iterations in zip(options.factors, options.iterations):
@@ -195,8 +208,7 @@ def refine_velocity(fixed, moving, velocity=None, *, budget: float | None = None
             v_full = v_full + delta
         record.update(factor=factor, seconds=time.perf_counter() - tick)
         levels.append(record)
-    # The objective is judged on the model grid; a last level there has already evaluated v_full.
-    start_value = _evaluate(fixed, moving, start_velocity, options)
+    # A last level on the model grid has already evaluated v_full.
     if levels and levels[-1]["factor"] == 1:
         end_value = (levels[-1]["objective_after"], levels[-1]["ncc_after"])
     else:
@@ -204,6 +216,7 @@ def refine_velocity(fixed, moving, velocity=None, *, budget: float | None = None
     kept = end_value[0] < start_value[0]
     stats = {
         "levels": levels,
+        "start": start, "objective_given": given_value[0], "ncc_given": given_value[1],
         "objective_before": start_value[0], "ncc_before": start_value[1],
         "objective_after": end_value[0] if kept else start_value[0],
         "ncc_after": end_value[1] if kept else start_value[1],

@@ -55,13 +55,30 @@ def test_aligned_pair_stays_within_a_tenth_of_a_voxel(brain):
 
 def test_objective_never_ends_above_its_start_and_reruns_are_identical(brain):
     bad_start = _smooth_velocity(1, 3.0)
-    first = refine_velocity(brain, brain, bad_start)
+    keep_start = RefineOptions(zero_if_better=False)  # refine the bad start itself
+    first = refine_velocity(brain, brain, bad_start, options=keep_start)
+    assert first.stats["start"] == "given"
     assert first.stats["objective_after"] <= first.stats["objective_before"]
     assert objective(brain, brain, first.velocity) <= objective(brain, brain, bad_start)
     for level in first.stats["levels"]:
         assert level["objective_after"] <= level["objective_before"]
-    second = refine_velocity(brain, brain, bad_start)
+    second = refine_velocity(brain, brain, bad_start, options=keep_start)
     assert np.array_equal(first.velocity, second.velocity)
+
+
+def test_a_warm_start_worse_than_zero_is_dropped_and_a_good_one_kept(brain):
+    bad_start = _smooth_velocity(1, 3.0)
+    dropped = refine_velocity(brain, brain, bad_start)
+    assert dropped.stats["start"] == "zero"
+    assert dropped.stats["objective_before"] < dropped.stats["objective_given"]
+    assert float(np.abs(ops.integrate_velocity(dropped.velocity)).max()) < 0.1
+
+    v_true = _smooth_velocity(0, 8.0)
+    moving = ops.warp(brain[None], ops.integrate_velocity(v_true))[0]
+    near = np.ascontiguousarray(-0.9 * v_true)  # most of the answer, exp(-v_true)
+    kept = refine_velocity(brain, moving, near, options=RefineOptions(iterations=(5, 5, 1)))
+    assert kept.stats["start"] == "given"
+    assert kept.stats["objective_before"] == kept.stats["objective_given"]
 
 
 def test_budget_stops_early(brain):
