@@ -302,8 +302,9 @@ def _image_suffix(path: Path) -> str:
 _GZIP_CHUNK = 8 << 20
 
 
-def _write_gzip_parallel(data: bytes, path: Path) -> None:
-    """Write `data` as gzip compressed in 8 MiB pieces on all cores, with ISA-L (python-isal).
+def _write_gzip_parallel(data: bytes, path: Path, threads: int | None = None) -> None:
+    """Write `data` as gzip compressed in 8 MiB pieces on `threads` threads (None: all cores),
+    with ISA-L (python-isal).
 
     Each piece is a complete gzip member and a gzip file may hold several in a row (RFC 1952);
     zlib, nibabel, ITK and ANTs read such files as one stream. Compressing two 1 mm displacement
@@ -313,21 +314,22 @@ def _write_gzip_parallel(data: bytes, path: Path) -> None:
     from isal import igzip
 
     pieces = [data[i:i + _GZIP_CHUNK] for i in range(0, len(data), _GZIP_CHUNK)] or [b""]
-    workers = max(1, min(len(pieces), len(os.sched_getaffinity(0))))
+    workers = max(1, min(len(pieces), threads or len(os.sched_getaffinity(0))))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool, open(path, "wb") as handle:
         # ISA-L releases the GIL while compressing, so the threads run in parallel.
         for member in pool.map(lambda piece: igzip.compress(piece, compresslevel=1, mtime=0), pieces):
             handle.write(member)
 
 
-def save_image_atomic(image, path) -> Path:
-    """Write a nibabel image to `path` through a temporary file in the same folder + rename."""
+def save_image_atomic(image, path, *, threads: int | None = None) -> Path:
+    """Write a nibabel image to `path` through a temporary file in the same folder + rename;
+    `threads` compress a ``.nii.gz`` (None: all cores)."""
     path = Path(os.fspath(path))
     suffix = _image_suffix(path)
     temp = _temp_path_beside(path, suffix)
     try:
         if suffix == ".nii.gz" and isinstance(image, nib.Nifti1Image):
-            _write_gzip_parallel(image.to_bytes(), temp)
+            _write_gzip_parallel(image.to_bytes(), temp, threads)
         else:
             nib.save(image, str(temp))
         os.replace(temp, path)

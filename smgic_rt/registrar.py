@@ -103,6 +103,8 @@ class RegistrationResult:
         folding fraction, inverse-consistency error, seconds per stage, backend, bundle id.
     affine_matrix : numpy.ndarray or None
         4x4 fixed world -> moving world RAS matrix of the affine stage, when it ran.
+    threads : int or None
+        CPU threads that `apply` and `save` use: the Registrar's ``threads`` (None: all cores).
     """
 
     warped: nib.Nifti1Image
@@ -113,6 +115,7 @@ class RegistrationResult:
     affine_matrix: np.ndarray | None = None
     fixed_image: nib.Nifti1Image | None = field(default=None, repr=False)
     moving_image: nib.Nifti1Image | None = field(default=None, repr=False)
+    threads: int | None = field(default=None, repr=False)
 
     def apply(self, image, interpolation: str = "linear") -> nib.Nifti1Image:
         """Bring an image (or label map) from the moving space onto the fixed grid.
@@ -123,8 +126,12 @@ class RegistrationResult:
         """
         if interpolation not in transforms.INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {list(transforms.INTERPOLATIONS)}, got {interpolation!r}")
+        from . import ops
+
         volume, is_labels = _load_for_apply(image, interpolation)
-        data, affine = transforms.apply_displacement_field(self.forward_transform, volume, interpolation=interpolation)
+        with ops.cpu_threads(self.threads):
+            data, affine = transforms.apply_displacement_field(self.forward_transform, volume,
+                                                               interpolation=interpolation)
         if is_labels:
             data = np.rint(data).astype(np.int32)
         return io.make_nifti(np.ascontiguousarray(data), affine)
@@ -147,7 +154,7 @@ class RegistrationResult:
         files = {}
 
         def image(name, img):
-            io.save_image_atomic(img, folder / name)
+            io.save_image_atomic(img, folder / name, threads=self.threads)
             files[name.split(".")[0]] = name
 
         image("warped.nii.gz", self.warped)
@@ -379,6 +386,7 @@ class Registrar:
             affine_matrix=world_matrix,
             fixed_image=fixed_volume.to_nifti(),
             moving_image=moving_volume.to_nifti(),
+            threads=self.threads,
         )
 
 

@@ -1,5 +1,6 @@
 """smgic_rt.io: every kind of bad input gets a typed error naming what was expected and what came."""
 
+import concurrent.futures
 import os
 import tempfile
 from pathlib import Path
@@ -175,6 +176,25 @@ def test_save_image_atomic_writes_and_cleans(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.nii.gz"]
     with pytest.raises(ValueError, match="must end in"):
         io.save_image_atomic(image, tmp_path / "x.png")
+
+
+def test_gzip_members_use_the_threads_asked_for_and_give_the_same_file(tmp_path, monkeypatch):
+    """A volume of three 8 MiB pieces is compressed as several gzip members; `threads` sizes the
+    pool (spied on, not replaced), and the bytes do not depend on it."""
+    pools = []
+
+    class SpyPool(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, workers):
+            pools.append(workers)
+            super().__init__(workers)
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", SpyPool)
+    image = io.make_nifti(np.random.default_rng(0).random((160, 160, 200), dtype=np.float32), np.eye(4))
+    one = io.save_image_atomic(image, tmp_path / "one.nii.gz", threads=1)
+    many = io.save_image_atomic(image, tmp_path / "many.nii.gz", threads=3)
+    assert pools == [1, 3]
+    assert one.read_bytes() == many.read_bytes()
+    np.testing.assert_array_equal(np.asarray(nib.load(str(one)).dataobj), np.asarray(image.dataobj))
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])

@@ -182,6 +182,7 @@ def test_threads_reach_the_network_and_kernels_and_change_little(random_bundle, 
     assert all(s.get_session_options().intra_op_num_threads == 1 for s in single._backend._sessions)
     one = single.register(fixed_image, moving)
     assert ops.build_info()["max_threads"] == before
+    assert one.threads == 1  # what its apply() and save() use
     default = Registrar(random_bundle, backend="onnxruntime").register(fixed_image, moving)
     np.testing.assert_allclose(one.affine_matrix, default.affine_matrix, atol=1e-4)
     # mm; 5e-5 measured, against displacements of up to 0.4 mm from this random network
