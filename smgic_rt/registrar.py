@@ -175,7 +175,7 @@ class RegistrationResult:
                 raise ValueError("qc=True needs the result's fixed_image and moving_image")
             qc_module.save_qc_png(
                 folder / "qc.png", self.fixed_image, self.moving_image, self.warped, self.jacobian,
-                title=f"bundle {self.stats.get('bundle_id')}, backend {self.stats.get('backend')}",
+                title=f"bundle {self.stats.get('bundle_id')}\nbackend {self.stats.get('backend')}",  # one line overflowed
             )
             files["qc"] = "qc.png"
         report = dict(self.stats)
@@ -211,7 +211,8 @@ class Registrar:
     threads : positive int or None
         CPU threads for one registration: the network on onnxruntime or torch, and the `_C`
         kernels that `register` calls (for the calling thread only, so several Registrars may
-        run side by side in threads). None: onnxruntime's and OpenMP's defaults (all cores,
+        run side by side in threads; not so the torch backend, whose ``torch.set_num_threads``
+        holds for the whole process). None: onnxruntime's and OpenMP's defaults (all cores,
         or ``OMP_NUM_THREADS``).
     """
 

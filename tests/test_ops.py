@@ -83,18 +83,24 @@ def test_cpu_threads_sizes_this_threads_kernels_only_and_restores(rng):
     before = ops.build_info()["max_threads"]
     image = rng.random((1, 2, 9, 8, 7), dtype=np.float32)
     u = rng.normal(0, 2, (1, 3, 9, 8, 7)).astype(np.float32)
-    seen = {}
+    seen = []
 
-    def other_thread():
-        seen["other"] = ops.build_info()["max_threads"]
+    def other_thread():  # a new thread starts from OpenMP's process default, whatever ours is
+        seen.append(ops.build_info()["max_threads"])
 
-    with ops.cpu_threads(1):
-        assert ops.build_info()["max_threads"] == 1
-        single = ops.warp(image, u)
+    def run_other_thread():
         worker = threading.Thread(target=other_thread)
         worker.start()
         worker.join()
-    assert seen["other"] == before  # OpenMP keeps the count per calling thread
+
+    run_other_thread()
+    with ops.cpu_threads(1):
+        assert ops.build_info()["max_threads"] == 1
+        single = ops.warp(image, u)
+        run_other_thread()
+    with ops.cpu_threads(3):
+        run_other_thread()
+    assert seen[1] == seen[2] == seen[0]  # OpenMP keeps the count per calling thread
     assert ops.build_info()["max_threads"] == before
     np.testing.assert_array_equal(single, ops.warp(image, u))  # a pull per voxel: no sum to reorder
     with ops.cpu_threads(None):

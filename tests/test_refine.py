@@ -81,6 +81,24 @@ def test_a_warm_start_worse_than_zero_is_dropped_and_a_good_one_kept(brain):
     assert kept.stats["objective_before"] == kept.stats["objective_given"]
 
 
+def _faces(field):
+    return np.concatenate([field[:, i].ravel() for i in (0, -1)] + [field[:, :, i].ravel() for i in (0, -1)]
+                          + [field[:, :, :, i].ravel() for i in (0, -1)])
+
+
+def test_the_grid_faces_stay_put_unless_the_boundary_is_freed(brain):
+    """A shift of the whole image pushes on every face; the stationary boundary keeps the faces'
+    velocity at zero (so that border padding outside the grid adds nothing to the affine)."""
+    shift = np.zeros((3, *SHAPE), np.float32)
+    shift[0], shift[2] = 2.0, -1.5
+    moving = ops.warp(brain[None], shift)[0]
+    kept = refine_velocity(brain, moving, None)
+    assert np.abs(_faces(kept.velocity)).max() == 0.0
+    assert np.abs(kept.velocity).max() > 1.0  # the inside did move
+    freed = refine_velocity(brain, moving, None, options=RefineOptions(boundary=0))
+    assert np.abs(_faces(freed.velocity)).max() > 0.5
+
+
 def test_budget_stops_early(brain):
     moving = ops.warp(brain[None], ops.integrate_velocity(_smooth_velocity(2, 3.0)))[0]
     result = refine_velocity(brain, moving, None, budget=0.01)

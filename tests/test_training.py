@@ -175,27 +175,30 @@ def test_short_training_registers_a_real_pair_and_checkpoints_round_trip(labelle
     _, pair = labelled_pair
     torch.manual_seed(0)
     model = SMGICNet(TINY)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    # 50 iterations at lr 3e-3 proved chaotic: over torch seeds 0-3, and over 1e-7 changes in
+    # the pair's float rounding, Dice after ranged 0.06-0.50. 100 at 1e-3 gave loss ratios
+    # 0.19-0.24 and Dice 0.124 -> 0.618-0.637 over the same eight runs.
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     fixed, moving = (torch.from_numpy(pair[k])[None, None] for k in ("fixed", "moving"))
     levels_f, levels_m = pyramid_features(fixed), pyramid_features(moving)
     start = validate(model, [pair], 4)
     history = []
-    for _ in range(50):
+    for _ in range(100):
         loss, terms = losses.registration_loss(model(fixed, moving), levels_f, levels_m, 7)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         history.append(terms["total"])
     end = validate(model, [pair], 4)
-    assert np.mean(history[-5:]) < 0.7 * np.mean(history[:5])
-    assert end["dice_after"] > start["dice_before"] + 0.15, (start, end)
+    assert np.mean(history[-5:]) < 0.5 * np.mean(history[:5])
+    assert end["dice_after"] > start["dice_before"] + 0.3, (start, end)
 
-    state = {"step": 50, "stage": 4, "stage_step": 50, "history": []}
+    state = {"step": 100, "stage": 4, "stage_step": 100, "history": []}
     path = tmp_path / "run" / "last.pt"
     save_checkpoint(path, model, optimizer, state, TrainConfig(model=TINY, output=tmp_path), {"training": ["colin27"]})
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temporary left
     checkpoint = load_checkpoint(path)
-    assert checkpoint["step"] == 50 and checkpoint["config"] == TINY.to_dict()
+    assert checkpoint["step"] == 100 and checkpoint["config"] == TINY.to_dict()
     restored, provenance = load_checkpoint_model(path)
     with torch.no_grad():
         a, b = model.eval()(fixed, moving), restored(fixed, moving)
