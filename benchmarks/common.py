@@ -133,6 +133,22 @@ def make_pairs(count: int, resolution: float = 2.0, seed: int = 0, max_rotation_
     return pairs
 
 
+def brain_only(pair: Pair, margin_mm: float = 4.0) -> Pair:
+    """`pair` with both images skull-stripped by their own labels: the labelled voxels, grown by
+    `margin_mm` and with their holes filled (AAL labels grey matter only), keep their values,
+    all else is set to 0. What a brain-extraction tool would hand on."""
+    def strip(image, labels):
+        spacing = float(np.min(np.linalg.norm(labels.affine[:3, :3], axis=0)))
+        mask = ndimage.binary_dilation(np.asarray(labels.dataobj) > 0, iterations=max(1, round(margin_mm / spacing)))
+        mask = ndimage.binary_fill_holes(mask)
+        return nib.Nifti1Image(np.asarray(image.dataobj, dtype=np.float32) * mask, image.affine)
+
+    return Pair(name=f"{pair.name}_brain", fixed=strip(pair.fixed, pair.fixed_labels), fixed_labels=pair.fixed_labels,
+                moving=strip(pair.moving, pair.moving_labels), moving_labels=pair.moving_labels,
+                rotation_deg=pair.rotation_deg, translation_mm=pair.translation_mm,
+                nonlinear_max_mm=pair.nonlinear_max_mm)
+
+
 def write_json_atomic(data, path) -> None:
     """Write JSON through a temporary file renamed into place."""
     path = Path(path)

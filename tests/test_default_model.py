@@ -70,6 +70,18 @@ def test_pairs_are_seeded_and_identity_settings_reproduce_the_template():
     np.testing.assert_allclose(identity.moving.get_fdata(), identity.fixed.get_fdata(), rtol=1e-5, atol=1e-3)
 
 
+def test_brain_only_pairs_keep_the_brain_and_drop_the_head():
+    pair = common.make_pairs(1, resolution=4.0, seed=3)[0]
+    stripped = common.brain_only(pair)
+    for image, labels, original in ((stripped.fixed, pair.fixed_labels, pair.fixed),
+                                    (stripped.moving, pair.moving_labels, pair.moving)):
+        data, head = np.asarray(image.dataobj), np.asarray(original.dataobj)
+        inside = np.asarray(labels.dataobj) > 0
+        np.testing.assert_array_equal(data[inside], head[inside])  # every labelled voxel kept
+        assert np.count_nonzero(data) < 0.7 * np.count_nonzero(head)  # the scalp and skull gone
+    assert stripped.moving_labels is pair.moving_labels and stripped.name.endswith("_brain")
+
+
 def test_accuracy_benchmark_no_registration_row_writes_json(tmp_path, capsys):
     import accuracy
 
