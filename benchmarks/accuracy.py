@@ -12,6 +12,8 @@ skull-stripped by their labels first. Methods, each on every pair:
 - ``none``: no registration (moving labels scored as they are);
 - ``ants_syn``: ``ants.registration(type_of_transform="SyN")`` with 2 ITK threads, labels warped
   with ``genericLabel``;
+- ``affine``: smgic_rt's affine stage alone (the network replaced by a backend that returns zero
+  velocity, no refinement);
 - ``network``: smgic_rt affine stage + network (``Registrar(affine="on", refine="off")``);
 - ``refine_only``: affine stage + refinement from a zero velocity (the network replaced by a
   backend that returns zero velocity), i.e. what the pipeline does without the model;
@@ -43,13 +45,14 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-METHODS = ("none", "ants_syn", "network", "refine_only", "full")
+METHODS = ("none", "ants_syn", "affine", "network", "refine_only", "full")
 log = logging.getLogger("benchmarks.accuracy")
 
 
 class ZeroVelocityBackend:
-    """Stands in for the network in the ``refine_only`` row: every level returns the velocity it
-    was given (zeros from level 1 on), so only the affine stage and refinement move the image."""
+    """Stands in for the network in the ``affine`` and ``refine_only`` rows: every level returns
+    the velocity it was given (zeros from level 1 on), so only the affine stage (and the
+    refinement) move the image."""
 
     name = "zero-velocity (no network)"
 
@@ -109,15 +112,15 @@ def _make_registrars(bundle, methods):
     """name -> (Registrar or None, reason it is unavailable)."""
     from smgic_rt import Registrar
 
-    settings = {"network": dict(affine="on", refine="off"), "refine_only": dict(affine="on", refine="on"),
-                "full": dict(affine="on", refine="on")}
+    settings = {"affine": dict(affine="on", refine="off"), "network": dict(affine="on", refine="off"),
+                "refine_only": dict(affine="on", refine="on"), "full": dict(affine="on", refine="on")}
     made = {}
     for name in methods:
         if name not in settings:
             continue
         try:
             registrar = Registrar(bundle, backend="onnxruntime", **settings[name])
-            if name == "refine_only":
+            if name in ("affine", "refine_only"):  # no network
                 registrar._backend = ZeroVelocityBackend(registrar.bundle)
                 registrar.backend = ZeroVelocityBackend.name
             made[name] = (registrar, None)
