@@ -3,6 +3,7 @@ smgic_rt.ops, a short run on a real labelled pair registers it, checkpoints roun
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ torch = pytest.importorskip("torch")
 from smgic_rt import features, ops  # noqa: E402
 from smgic_rt.metrics import mean_dice  # noqa: E402
 from training import losses  # noqa: E402
-from training.data import Augment, PairSource, folder_brains, load_brain, package_file  # noqa: E402
+from training.data import Augment, Brain, PairSource, folder_brains, load_brain, package_file  # noqa: E402
 from training.model import (ModelConfig, SMGICNet, compose, integrate_velocity, pyramid_features,  # noqa: E402
                             upsample_field, warp)
 from training.train import TrainConfig, load_checkpoint, save_checkpoint, validate  # noqa: E402
@@ -223,10 +224,27 @@ def test_folder_of_user_images(tmp_path):
     assert pair["fixed"].shape == TINY.grid_shape and pair["fixed_labels"] is None
 
 
+def test_pairs_are_drawn_like_with_like():
+    """Heads pair with heads and brains with brains: a skull has nothing to match in a brain."""
+    rng = np.random.default_rng(0)
+
+    def brain(name, kind):
+        data = np.zeros((24, 24, 24), np.float32)
+        data[4:20, 4:20, 4:20] = rng.random((16, 16, 16))
+        affine = np.diag([8.0, 8.0, 8.0, 1.0])
+        return Brain(name, data, affine, np.array([96.0, 96.0, 96.0]), kind=kind)
+
+    brains = [brain("a", "brain"), brain("b", "brain"), brain("h", "head"), brain("c", "brain")]
+    source = PairSource(brains, TINY.grid_shape, TINY.spacing, seed=0)
+    names = [source.pair(i)["names"] for i in range(40)]
+    assert ("h", "h") in names and any(pair[0] != pair[1] for pair in names)
+    assert all((first == "h") == (second == "h") for first, second in names)
+
+
 def test_cli_help_documents_the_cpu_recipe():
     out = subprocess.run([sys.executable, "-m", "training", "--help"], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
-    for flag in ("--grid", "--spacing", "--channels", "--iterations", "--minutes", "--resume", "--data"):
+    for flag in ("--grid", "--spacing", "--channels", "--iterations", "--minutes", "--resume", "--init", "--data"):
         assert flag in out
 
 
@@ -264,6 +282,15 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path):
     moments = [(s["exp_avg"], s["exp_avg_sq"]) for s in full["optimizer"]["state"].values()]
     moments_resumed = [(s["exp_avg"], s["exp_avg_sq"]) for s in resumed["optimizer"]["state"].values()]
     assert all(torch.equal(a, b) and torch.equal(c, d) for (a, c), (b, d) in zip(moments, moments_resumed))
+
+    # --init: a new run starting from given weights, a bundle's plain state dict or a checkpoint.
+    weights = tmp_path / "weights.pt"
+    torch.save(full["model"], weights)
+    for init in (weights, tmp_path / "full" / "last.pt"):
+        started = load_checkpoint(train(replace(config(tmp_path / f"init_{init.stem}"), iterations=(0, 0, 0, 0),
+                                                init=init), progress=False))
+        assert started["step"] == 0 and started["data_provenance"]["init"] == str(init)
+        assert all(torch.equal(full["model"][k], started["model"][k]) for k in full["model"])
 
     with pytest.raises(ValueError, match="differs from this run's"):
         other = TrainConfig(model=ModelConfig(grid_shape=(32, 32, 32), spacing=6.0, channels=4), output=tmp_path / "x",

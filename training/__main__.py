@@ -62,6 +62,9 @@ def main(argv=None) -> int:
                              "2 threads on 2 busy cores ran a stage-3 iteration 6.5x slower than 1 thread")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda or cuda:1 (default cpu)")
     parser.add_argument("--resume", type=Path, help="checkpoint to continue from (e.g. RUN/last.pt)")
+    parser.add_argument("--init", type=Path,
+                        help="start a new run from these weights (a checkpoint or a bundle's weights.pt), e.g. "
+                             "to fine-tune the default model: --init smgic_rt/models/default/weights.pt")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -76,7 +79,7 @@ def main(argv=None) -> int:
                          validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                          validation_pairs=args.validation_pairs, seed=args.seed, data_folder=args.data,
                          augment=Augment(rotation_deg=args.max_rotation, translation_mm=args.max_translation),
-                         threads=args.threads, device=device)
+                         threads=args.threads, device=device, init=args.init)
     logging.getLogger("training").info("model: %s, %d parameters", model_config.to_dict(),
                                        parameter_count(SMGICNet(model_config)))
     last = train(config, resume=args.resume, progress=not args.quiet)

