@@ -1,6 +1,7 @@
 """training/: losses on cases with known answers, every level learns, torch twins agree with
 smgic_rt.ops, a short run on a real labelled pair registers it, checkpoints round-trip."""
 
+import hashlib
 import subprocess
 import sys
 from dataclasses import replace
@@ -289,7 +290,8 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path):
     for init in (weights, tmp_path / "full" / "last.pt"):
         started = load_checkpoint(train(replace(config(tmp_path / f"init_{init.stem}"), iterations=(0, 0, 0, 0),
                                                 init=init), progress=False))
-        assert started["step"] == 0 and started["data_provenance"]["init"] == str(init)
+        assert started["step"] == 0 and started["data_provenance"]["init"]["path"] == str(init)
+        assert started["data_provenance"]["init"]["sha256"] == hashlib.sha256(init.read_bytes()).hexdigest()
         assert all(torch.equal(full["model"][k], started["model"][k]) for k in full["model"])
 
     with pytest.raises(ValueError, match="differs from this run's"):

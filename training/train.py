@@ -8,6 +8,7 @@ from ``(seed, i)`` and the model has no other randomness.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import time
@@ -160,8 +161,9 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
         model.load_state_dict(weights.get("model", weights))  # a checkpoint or a bundle's weights.pt
         log.info("weights from %s", config.init)
     train_source, val_source, provenance = _sources(config)
-    if config.init is not None:
-        provenance["init"] = str(config.init)
+    if config.init is not None:  # the file's hash names the weights even after the path is reused
+        provenance["init"] = {"path": str(config.init),
+                              "sha256": hashlib.sha256(Path(config.init).read_bytes()).hexdigest()}
     val_pairs = [val_source.pair(i) for i in range(config.validation_pairs)]
     last = config.output / "last.pt"
     model.train()
