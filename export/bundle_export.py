@@ -24,6 +24,7 @@ import numpy as np
 
 from smgic_rt.bundle import (BUNDLE_FORMAT, CONFIG_NAME, LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME,
                              SCHEMA_VERSION, sha256_file)
+from smgic_rt.io import chmod_like_mkdir
 
 from . import model_adapter
 from .opcheck import UnsupportedOperatorError, unsupported_ops
@@ -282,6 +283,7 @@ def export_bundle(model, output_dir, *, opset: int = 20, fp16_weights: bool = Fa
             "files": {name: sha256_file(temp_dir / name) for name in files},
         }
         (temp_dir / CONFIG_NAME).write_text(json.dumps(config_json, indent=1, sort_keys=False) + "\n")
+        chmod_like_mkdir(temp_dir)
         if output_dir.exists():
             # overwrite: move the old bundle aside first so a crash never leaves neither.
             old = output_dir.with_name(f".{output_dir.name}.old")

@@ -37,6 +37,7 @@ __all__ = [
     "save_json_atomic",
     "check_output_dir",
     "atomic_output_dir",
+    "chmod_like_mkdir",
     "MIN_VOXEL_SIZE_MM",
     "MAX_VOXEL_SIZE_MM",
     "MIN_AXIS_VOXELS",
@@ -388,7 +389,7 @@ def atomic_output_dir(outdir, *, overwrite: bool = False):
     staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=str(outdir.parent)))
     try:
         yield staging
-        os.chmod(staging, 0o755 & ~_current_umask())
+        chmod_like_mkdir(staging)
         if outdir.exists():
             if not overwrite:
                 raise OutputExistsError(f"output directory '{outdir}' appeared while we were working; not replacing it")
@@ -401,6 +402,12 @@ def atomic_output_dir(outdir, *, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def chmod_like_mkdir(folder) -> None:
+    """Give a ``tempfile.mkdtemp`` folder (mode 0700) the mode a plain ``mkdir`` would give it,
+    before it is renamed into place as an output."""
+    os.chmod(folder, 0o777 & ~_current_umask())
 
 
 def _current_umask() -> int:

@@ -57,6 +57,14 @@ def test_random_model_levels_match_torch(random_bundle):
     assert random_bundle.config["exporter"]["parity"]["pair"]["fixed"].startswith("nilearn:")
 
 
+def test_bundle_folder_gets_the_mode_of_a_plain_folder(random_bundle, tmp_path):
+    """The bundle is built in a mkdtemp folder (0700); renamed into place it must be readable as
+    the user's umask lets mkdir make folders, so that a shared model stays usable."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert random_bundle.source.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
 def test_graphs_use_only_tensorrt_ops(random_bundle):
     for path in random_bundle.level_paths:
         import onnx
