@@ -229,8 +229,8 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--bundle", help="model bundle (default: the installed default bundle)")
     parser.add_argument("--brain-only", action="store_true",
-                        help="skull-strip both images of every pair by their labels (as brain extraction "
-                             "would; the default model was trained on brains, not heads)")
+                        help="skull-strip both images of every pair by their labels, as brain extraction "
+                             "would (the default model was trained mostly on brains)")
     parser.add_argument("--json", help="write the full report here")
     parser.add_argument("--plot", help="write Dice box plots per method here (PNG)")
     args = parser.parse_args(argv)

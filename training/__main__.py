@@ -67,6 +67,8 @@ def main(argv=None) -> int:
                              "to fine-tune the default model: --init smgic_rt/models/default/weights.pt")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if args.resume is not None and args.init is not None:
+        parser.error("--resume continues a run and --init starts a new one: give one of them")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         model_config = ModelConfig(grid_shape=tuple(args.grid), spacing=(args.spacing,) * 3, channels=args.channels)
