@@ -293,6 +293,9 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path):
         assert started["step"] == 0 and started["data_provenance"]["init"]["path"] == str(init)
         assert started["data_provenance"]["init"]["sha256"] == hashlib.sha256(init.read_bytes()).hexdigest()
         assert all(torch.equal(full["model"][k], started["model"][k]) for k in full["model"])
+        resumed_init = load_checkpoint(train(replace(config(tmp_path / f"init_{init.stem}"), iterations=(0, 0, 0, 0)),
+                                             resume=tmp_path / f"init_{init.stem}" / "stage1.pt", progress=False))
+        assert resumed_init["data_provenance"]["init"] == started["data_provenance"]["init"]
 
     with pytest.raises(ValueError, match="differs from this run's"):
         other = TrainConfig(model=ModelConfig(grid_shape=(32, 32, 32), spacing=6.0, channels=4), output=tmp_path / "x",

@@ -8,7 +8,6 @@ from ``(seed, i)`` and the model has no other randomness.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from smgic_rt.bundle import sha256_file
 from smgic_rt.metrics import mean_dice
 
 from .data import (TRAINING_HEADS, TRAINING_TEMPLATES, VALIDATION_TEMPLATE, Augment, PairSource, folder_brains,
@@ -147,6 +147,7 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
     model = SMGICNet(config.model).to(config.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     state = {"step": 0, "stage": 1, "stage_step": 0, "history": []}
+    init = None  # provenance of the weights a fine-tune started from
     if resume is not None:
         checkpoint = load_checkpoint(resume)
         if checkpoint["config"] != config.model.to_dict():
@@ -156,14 +157,16 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
         optimizer.load_state_dict(checkpoint["optimizer"])
         state = {k: checkpoint[k] for k in ("step", "stage", "stage_step", "history")}
         log.info("resumed from %s at step %d (stage %d)", resume, state["step"], state["stage"])
+        init = checkpoint["data_provenance"].get("init")  # a resumed fine-tune keeps its origin
     elif config.init is not None:
         weights = torch.load(config.init, map_location=config.device, weights_only=True)
         model.load_state_dict(weights.get("model", weights))  # a checkpoint or a bundle's weights.pt
         log.info("weights from %s", config.init)
+        # The file's hash names the weights even after the path is reused.
+        init = {"path": str(config.init), "sha256": sha256_file(config.init)}
     train_source, val_source, provenance = _sources(config)
-    if config.init is not None:  # the file's hash names the weights even after the path is reused
-        provenance["init"] = {"path": str(config.init),
-                              "sha256": hashlib.sha256(Path(config.init).read_bytes()).hexdigest()}
+    if init is not None:
+        provenance["init"] = init
     val_pairs = [val_source.pair(i) for i in range(config.validation_pairs)]
     last = config.output / "last.pt"
     model.train()
