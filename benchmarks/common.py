@@ -6,10 +6,7 @@ Benchmarks may import anything (scipy, antspyx); the runtime package never impor
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
+from smgic_rt import atomic  # noqa: E402
 from smgic_rt.demo import package_file  # noqa: E402  (finds data files without importing packages)
 from smgic_rt.metrics import folding_fraction, mean_dice  # noqa: E402,F401  (re-exported for the benchmarks)
 
@@ -153,14 +151,7 @@ def write_json_atomic(data, path) -> None:
     """Write JSON through a temporary file renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic.write_json(path, data, sort_keys=False)
 
 
 def markdown_table(header, rows) -> str:

@@ -15,16 +15,14 @@ import datetime
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from smgic_rt.bundle import (BUNDLE_FORMAT, CONFIG_NAME, LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME,
-                             SCHEMA_VERSION, sha256_file)
-from smgic_rt.io import chmod_like_mkdir
+from smgic_rt import atomic
+from smgic_rt.atomic import sha256_file
+from smgic_rt.bundle import BUNDLE_FORMAT, CONFIG_NAME, LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, SCHEMA_VERSION
 
 from . import model_adapter
 from .opcheck import UnsupportedOperatorError, unsupported_ops
@@ -217,8 +215,7 @@ def export_bundle(model, output_dir, *, opset: int = 20, fp16_weights: bool = Fa
         records = model_adapter.record_levels(reference_model, fixed, moving)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    temp_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
-    try:
+    with atomic.atomic_dir(output_dir, replace=overwrite) as temp_dir:
         level_entries = []
         level_paths = []
         modules = model_adapter.level_modules(reference_model)
@@ -283,17 +280,4 @@ def export_bundle(model, output_dir, *, opset: int = 20, fp16_weights: bool = Fa
             "files": {name: sha256_file(temp_dir / name) for name in files},
         }
         (temp_dir / CONFIG_NAME).write_text(json.dumps(config_json, indent=1, sort_keys=False) + "\n")
-        chmod_like_mkdir(temp_dir)
-        if output_dir.exists():
-            # overwrite: move the old bundle aside first so a crash never leaves neither.
-            old = output_dir.with_name(f".{output_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(output_dir, old)
-            os.replace(temp_dir, output_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temp_dir, output_dir)
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
     return output_dir

@@ -51,6 +51,8 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import atomic
+
 # Heavy modules (numpy, nibabel, onnxruntime, _C) are imported inside functions: a pool worker
 # must set its thread counts in the environment before they load (see `_init_pool_worker`).
 
@@ -184,14 +186,6 @@ def _read_csv(path: Path):
 # Completeness: manifests written after each pair's atomic output folder
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _inputs_identity(pair: Pair) -> dict:
     """Size and mtime of each input: a changed input makes the old outputs stale."""
     identity = {}
@@ -230,7 +224,7 @@ def pair_is_complete(out_root, pair: Pair, options: dict) -> dict | None:
             return None
         for name, expected in files.items():
             path = folder / name
-            if path.stat().st_size != expected["size"] or _sha256(path) != expected["sha256"]:
+            if path.stat().st_size != expected["size"] or atomic.sha256_file(path) != expected["sha256"]:
                 return None
     except (OSError, ValueError, KeyError, TypeError):
         return None  # missing or unreadable manifest/outputs: not complete
@@ -252,13 +246,12 @@ def _remove_leftovers(out_root: Path, pairs) -> None:
 
 
 def _write_manifest(out_root: Path, pair: Pair, options: dict, inputs: dict, record: dict) -> None:
-    from . import io
 
     folder = out_root / pair.id
-    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(folder.iterdir())}
+    files = {p.name: {"size": p.stat().st_size, "sha256": atomic.sha256_file(p)} for p in sorted(folder.iterdir())}
     (out_root / MANIFEST_DIR).mkdir(exist_ok=True)
-    io.save_json_atomic({"id": pair.id, "options": options, "inputs": inputs, "files": files, "record": record},
-                        _manifest_path(out_root, pair.id))
+    atomic.write_json(_manifest_path(out_root, pair.id),
+                      {"id": pair.id, "options": options, "inputs": inputs, "files": files, "record": record})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,7 +546,6 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
     WorkerStartupError
         Workers could not build a Registrar (e.g. the backend is not available there).
     """
-    from . import io
     from .registrar import BACKENDS, Registrar, _check_stage_mode, _stage_available
 
     started = time.perf_counter()
@@ -622,7 +614,7 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
             "pairs": [records.get(p.id, {"id": p.id, "fixed": p.fixed, "moving": p.moving, "status": "not run",
                                          "error": "the run stopped before this pair"}) for p in pair_list],
         }
-        io.save_json_atomic(summary, out_root / SUMMARY_JSON)
+        atomic.write_json(out_root / SUMMARY_JSON, summary)
         _write_summary_csv(summary["pairs"], out_root / SUMMARY_CSV)
     logger.info("%d registered, %d skipped (complete), %d failed in %.1f s",
                 counts["registered"], counts["skipped"], counts["failed"], summary["seconds"])
@@ -643,19 +635,11 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
 def _write_summary_csv(records, path: Path) -> None:
     columns = ["id", "status", "error", "seconds", "worker", "worker_peak_rss_mb", "fixed", "moving", "outdir", *SUMMARY_STATS]
-    from . import io
-
-    temp = io._temp_path_beside(path, ".csv")
-    try:
-        with open(temp, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.DictWriter(stream, columns, extrasaction="ignore")
-            writer.writeheader()
-            for record in records:
-                writer.writerow({**record, **(record.get("stats") or {})})
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic.atomic_path(path) as temp, open(temp, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, columns, extrasaction="ignore")
+        writer.writeheader()
+        for record in records:
+            writer.writerow({**record, **(record.get("stats") or {})})
 
 
 # ---------------------------------------------------------------------------------------------

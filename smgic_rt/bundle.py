@@ -23,6 +23,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import sha256_file
+
 __all__ = [
     "BundleError",
     "Bundle",
@@ -61,18 +63,6 @@ _REQUIRED_KEYS = (
 
 class BundleError(ValueError):
     """A model bundle is missing, damaged, tampered with, or of an incompatible schema."""
-
-
-def sha256_file(path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks so large graphs do not fill memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while True:
-            block = handle.read(chunk_bytes)
-            if not block:
-                break
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from . import atomic
 
 __all__ = [
     "InvalidImageError",
@@ -34,10 +34,8 @@ __all__ = [
     "load_mask",
     "voxel_sizes",
     "save_image_atomic",
-    "save_json_atomic",
     "check_output_dir",
     "atomic_output_dir",
-    "chmod_like_mkdir",
     "MIN_VOXEL_SIZE_MM",
     "MAX_VOXEL_SIZE_MM",
     "MIN_AXIS_VOXELS",
@@ -278,23 +276,12 @@ def load_mask(image, *, like: Volume, name: str = "mask") -> Volume:
 
 
 # ---------------------------------------------------------------------------------------------
-# Atomic writers
-
-
-def _temp_path_beside(path: Path, suffix: str) -> Path:
-    """A new empty file beside `path`, to be renamed onto it, with the permissions that a plain
-    ``open(path, "w")`` would give (mkstemp's 0600 would leave outputs unreadable to the group)."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=str(path.parent))
-    try:
-        os.fchmod(fd, 0o666 & ~_current_umask())
-    finally:
-        os.close(fd)
-    return Path(temp)
+# Writers (atomic through smgic_rt.atomic)
 
 
 def _image_suffix(path: Path) -> str:
     name = path.name.lower()
-    for suffix in (".nii.gz", ".nii", ".mgz", ".mgh"):
+    for suffix in _IMAGE_SUFFIXES:
         if name.endswith(suffix):
             return suffix
     raise ValueError(f"output path must end in one of {_IMAGE_SUFFIXES}, got '{path}'")
@@ -323,34 +310,15 @@ def _write_gzip_parallel(data: bytes, path: Path, threads: int | None = None) ->
 
 
 def save_image_atomic(image, path, *, threads: int | None = None) -> Path:
-    """Write a nibabel image to `path` through a temporary file in the same folder + rename;
-    `threads` compress a ``.nii.gz`` (None: all cores)."""
+    """Write a nibabel image to `path` atomically; `threads` compress a ``.nii.gz`` (None: all
+    cores)."""
     path = Path(os.fspath(path))
     suffix = _image_suffix(path)
-    temp = _temp_path_beside(path, suffix)
-    try:
+    with atomic.atomic_path(path, suffix=suffix) as temp:
         if suffix == ".nii.gz" and isinstance(image, nib.Nifti1Image):
             _write_gzip_parallel(image.to_bytes(), temp, threads)
         else:
             nib.save(image, str(temp))
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def save_json_atomic(obj, path) -> Path:
-    path = Path(os.fspath(path))
-    temp = _temp_path_beside(path, ".json")
-    try:
-        with open(temp, "w", encoding="utf-8") as stream:
-            json.dump(obj, stream, indent=2, sort_keys=True, allow_nan=False)
-            stream.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -380,37 +348,16 @@ def check_output_dir(outdir, *, overwrite: bool = False) -> Path:
 
 @contextlib.contextmanager
 def atomic_output_dir(outdir, *, overwrite: bool = False):
-    """Yield a temporary folder beside `outdir`; on success it replaces `outdir` by rename.
+    """Yield a staging folder beside `outdir`; on success it replaces `outdir` by rename.
 
-    On any exception the temporary folder is removed and `outdir` is left as it was, so a
+    On any exception the staging folder is removed and `outdir` is left as it was, so a
     failed run never leaves partial outputs.
     """
     outdir = check_output_dir(outdir, overwrite=overwrite)
-    staging = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=str(outdir.parent)))
     try:
-        yield staging
-        chmod_like_mkdir(staging)
-        if outdir.exists():
-            if not overwrite:
-                raise OutputExistsError(f"output directory '{outdir}' appeared while we were working; not replacing it")
-            trash = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.old-", dir=str(outdir.parent)))
-            os.replace(outdir, trash / "old")
-            os.replace(staging, outdir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, outdir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def chmod_like_mkdir(folder) -> None:
-    """Give a ``tempfile.mkdtemp`` folder (mode 0700) the mode a plain ``mkdir`` would give it,
-    before it is renamed into place as an output."""
-    os.chmod(folder, 0o777 & ~_current_umask())
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        with atomic.atomic_dir(outdir, replace=overwrite) as staging:
+            yield staging
+    except FileExistsError as error:
+        if isinstance(error, OutputExistsError):
+            raise
+        raise OutputExistsError(f"output directory '{outdir}' appeared while we were working; not replacing it") from None

@@ -13,6 +13,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from . import atomic
+
 __all__ = ["save_qc_png", "checkerboard"]
 
 
@@ -98,11 +100,6 @@ def save_qc_png(path, fixed, moving, warped, jacobian, *, title: str | None = No
         axes[0, column].set_title(plane)
     folding = float(np.mean(jacobian_data <= 0))
     figure.suptitle((title + "\n" if title else "") + f"folding fraction (J<=0): {folding:.5f}")
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    try:
+    with atomic.atomic_path(path) as temp:
         figure.savefig(str(temp), format="png")
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
     return path

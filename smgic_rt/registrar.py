@@ -28,7 +28,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from . import __version__, io, transforms
+from . import __version__, atomic, io, transforms
 
 __all__ = ["Registrar", "RegistrationResult", "BACKENDS", "DEFAULT_BUNDLE_PATH", "NoDefaultBundleError"]
 
@@ -180,7 +180,7 @@ class RegistrationResult:
             files["qc"] = "qc.png"
         report = dict(self.stats)
         report["files"] = files
-        io.save_json_atomic(report, folder / "report.json")
+        atomic.write_json(folder / "report.json", report)
 
 
 def _load_for_apply(image, interpolation: str):
@@ -216,13 +216,14 @@ class Registrar:
         or ``OMP_NUM_THREADS``).
     """
 
-    def __init__(self, bundle=None, backend: str = "auto", *, affine="auto", refine="auto", threads=None):
+    def __init__(self, bundle=None, backend: str = "auto", *, affine="auto", network="auto", refine="auto", threads=None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         self.threads = threads
         self._affine_mode, _ = _check_stage_mode(affine, "affine", allow_budget=False)
+        self._network_mode, _ = _check_stage_mode(network, "network", allow_budget=False)
         self._refine_mode, self._refine_budget = _check_stage_mode(refine, "refine", allow_budget=True)
         for mode, module in ((self._affine_mode, "affine"), (self._refine_mode, "refine")):
             if mode == "on" and not _stage_available(module):
@@ -309,9 +310,12 @@ class Registrar:
 
         from . import network
 
-        with timer.stage("network"):
-            velocity, network_timings = network.predict_velocity(self._backend, self.bundle, fixed_model, moving_model)
-        velocity = _as_field(velocity, "network velocity")
+        if self._network_mode == "off":
+            velocity, network_timings = np.zeros((3, *grid_shape), np.float32), None
+        else:
+            with timer.stage("network"):
+                velocity, network_timings = network.predict_velocity(self._backend, self.bundle, fixed_model, moving_model)
+            velocity = _as_field(velocity, "network velocity")
 
         refine_stats = None
         if stages["refine"]:
@@ -354,7 +358,7 @@ class Registrar:
             "smgic_rt_version": __version__,
             "backend": self.backend,
             "bundle_id": str(getattr(self.bundle, "id", "unknown")),
-            "stages_run": ["load", "preprocess"] + (["affine"] if world_matrix is not None else []) + ["network"]
+            "stages_run": ["load", "preprocess"] + (["affine"] if world_matrix is not None else []) + (["network"] if network_timings is not None else [])
             + (["refine"] if refine_stats is not None else []) + ["integrate", "resample"],
             "seconds": dict(timer.seconds),
             "seconds_total": float(sum(timer.seconds.values())),

@@ -297,16 +297,9 @@ def write_itk_affine(matrix_ras: np.ndarray, path) -> Path:
     parameters = np.concatenate([lps[:3, :3].reshape(-1), lps[:3, 3]])
     payload = _matlab_v4_variable(_ITK_AFFINE_NAME, parameters) + _matlab_v4_variable("fixed", np.zeros(3))
     path = Path(os.fspath(path))
-    from .io import _temp_path_beside
+    from . import atomic
 
-    temp = _temp_path_beside(path, ".mat")
-    try:
-        temp.write_bytes(payload)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic.write_bytes(path, payload)
 
 
 def read_itk_affine(path) -> np.ndarray:

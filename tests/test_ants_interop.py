@@ -8,14 +8,12 @@ jacobian.nii.gz; the files must all be there.
 """
 
 import json
-import os
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import cli, transforms
+from smgic_rt import cli
 from smgic_rt.io import make_nifti
 
 ants = pytest.importorskip("ants")

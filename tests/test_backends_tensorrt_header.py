@@ -4,7 +4,6 @@ These run everywhere (pure Python); building/running engines is in test_backends
 and needs TensorRT and a GPU.
 """
 
-import json
 import struct
 
 import pytest

@@ -113,15 +113,6 @@ def test_latency_benchmark_times_every_stage_of_the_demo_pair(tmp_path, capsys):
         latency.main(["--backends", "onnxruntime,magic"])
 
 
-def test_zero_velocity_backend_returns_the_velocity_it_gets():
-    import accuracy
-
-    velocity = np.random.default_rng(0).normal(size=(1, 3, 4, 4, 4)).astype(np.float32)
-    out = accuracy.ZeroVelocityBackend(bundle=None).run_level(1, None, None, velocity)
-    np.testing.assert_array_equal(out, velocity)
-    assert out is not velocity
-
-
 @pytest.mark.skipif(not models.has_default_bundle(), reason="no trained default bundle in smgic_rt/models/default")
 @pytest.mark.skipif(bool(_missing_runtime_modules()), reason=f"runtime modules not in the tree: {_missing_runtime_modules()}")
 def test_registrar_without_arguments_registers_a_real_pair_with_the_shipped_bundle():

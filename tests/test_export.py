@@ -17,7 +17,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 
 import export  # noqa: E402
 from export.bundle_export import ExportParityError, export_bundle, relative_error  # noqa: E402
-from export.model_adapter import build_model, level_modules, record_levels  # noqa: E402
+from export.model_adapter import build_model, record_levels  # noqa: E402
 from export.opcheck import graph_op_types, unsupported_ops  # noqa: E402
 from export.pair import load_parity_pair  # noqa: E402
 from export.trtexec import trtexec_commands  # noqa: E402

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import io
+from smgic_rt import atomic, io
 from smgic_rt.io import InvalidImageError, OutputExistsError
 
 NIBABEL_ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
@@ -204,7 +204,7 @@ def test_outputs_get_the_permissions_of_a_plain_file(tmp_path, umask):
     previous = os.umask(umask)
     try:
         image = io.save_image_atomic(io.make_nifti(_volume(), np.eye(4)), tmp_path / "x.nii.gz")
-        report = io.save_json_atomic({"a": 1}, tmp_path / "report.json")
+        report = atomic.write_json(tmp_path / "report.json", {"a": 1})
         plain = tmp_path / "plain.txt"
         plain.write_text("x")
     finally:

@@ -9,7 +9,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 

@@ -10,8 +10,6 @@ and, with ``--json``, writes them atomically. Example (the CPU default model's g
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
 import sys
 import time
@@ -19,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from smgic_rt import atomic
 
 from .data import PairSource, load_brain, package_file
 from .losses import registration_loss
@@ -100,9 +100,7 @@ def main(argv=None) -> int:
     print(f"making one pair: {result['pair_seconds']:.3f} s", flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        temporary = args.json.with_name(f".{args.json.name}.tmp")
-        temporary.write_text(json.dumps(result, indent=2))
-        os.replace(temporary, args.json)
+        atomic.write_json(args.json, result, sort_keys=False)
     return 0
 
 

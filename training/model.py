@@ -11,7 +11,6 @@ network is trained on exactly the transform the runtime computes.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import torch

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smgic_rt.bundle import sha256_file
+from smgic_rt import atomic
+from smgic_rt.atomic import sha256_file
 from smgic_rt.metrics import mean_dice
 
 from .data import (TRAINING_HEADS, TRAINING_TEMPLATES, VALIDATION_TEMPLATE, Augment, PairSource, folder_brains,
@@ -73,9 +73,8 @@ def save_checkpoint(path: Path, model, optimizer, state: dict, config: TrainConf
         "data_provenance": provenance,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(checkpoint, temporary)
-    os.replace(temporary, path)
+    with atomic.atomic_path(path) as temporary:
+        torch.save(checkpoint, temporary)
 
 
 def load_checkpoint(path) -> dict:

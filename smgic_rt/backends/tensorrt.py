@@ -16,12 +16,12 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..bundle import LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, Bundle, sha256_file
+from .. import atomic
+from ..bundle import LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, Bundle
 from ._base import Backend
 
 __all__ = [
@@ -119,18 +119,7 @@ def write_engine_file(path, header: dict, engine_bytes: bytes) -> Path:
     if len(header_bytes) > _MAX_HEADER_BYTES:
         raise ValueError(f"engine header must be under {_MAX_HEADER_BYTES} bytes, got {len(header_bytes)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(ENGINE_MAGIC)
-            out.write(struct.pack("<I", len(header_bytes)))
-            out.write(header_bytes)
-            out.write(bytes(engine_bytes))
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic.write_bytes(path, ENGINE_MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + bytes(engine_bytes))
 
 
 def _read(path, with_engine: bool):
