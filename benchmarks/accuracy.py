@@ -55,7 +55,7 @@ def _score_smgic(registrar, pair) -> dict:
     result = registrar.register(pair.fixed, pair.moving)
     seconds = time.perf_counter() - start
     warped_labels = np.asarray(result.apply(pair.moving_labels, interpolation="label").dataobj)
-    refined = result.stats.get("refine_stage") or {}
+    refined = (result.stats["stages"]["refine"]["stats"] or {})
     return {
         "dice": common.mean_dice(pair.fixed_labels.dataobj, warped_labels),
         "folding_fraction": float(result.stats["folding_fraction"]),

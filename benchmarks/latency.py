@@ -54,7 +54,8 @@ def measure_backend(name: str, bundle, fixed, moving, runs: int, warmup: int, af
             if run < warmup:
                 continue
             stages = {f"stage:{k}": float(v) for k, v in result.stats["seconds"].items()}
-            stages.update({f"network:{k}": float(v) for k, v in (result.stats.get("network_seconds") or {}).items()
+            network = result.stats["stages"]["network"]["stats"] or {}
+            stages.update({f"network:{k}": float(v) for k, v in (network.get("seconds") or {}).items()
                            if isinstance(v, (int, float))})
             stages["save"] = end - save_start
             stages["end_to_end"] = end - start

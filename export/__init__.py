@@ -16,27 +16,17 @@ TINY_CHANNELS = 8
 
 
 def tiny_model_config(*, grid_shape=TINY_GRID, spacing=TINY_SPACING, channels=TINY_CHANNELS, **overrides) -> dict:
-    """The training model's default config with a small grid and channel count, as a dict."""
+    """The model's default config with a small grid and channel count, as a dict."""
     import dataclasses
 
-    from .model_adapter import _config_class, import_training_model
+    from smgic_rt.backends.torch_model import ModelConfig
 
-    cls = _config_class(import_training_model())
-    names = {f.name for f in dataclasses.fields(cls)}
-    values = {"grid_shape": tuple(grid_shape)}
-    if "spacing" in names:
-        default_spacing = cls().spacing
-        values["spacing"] = (tuple([float(spacing)] * 3) if isinstance(default_spacing, (tuple, list))
-                             else float(spacing))
-    for name in ("channels", "base_channels", "width", "features"):
-        if name in names:
-            values[name] = channels
-            break
-    values.update(overrides)
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    values = {"grid_shape": tuple(grid_shape), "spacing": (float(spacing),) * 3, "channels": channels, **overrides}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"training model config has no fields {unknown}; fields: {sorted(names)}")
-    return dataclasses.replace(cls(), **values).to_dict()
+        raise ValueError(f"model config has no fields {unknown}; fields: {sorted(names)}")
+    return dataclasses.replace(ModelConfig(), **values).to_dict()
 
 
 def write_random_bundle(folder, *, seed: int = 0, overwrite: bool = False, **config_overrides) -> _Path:

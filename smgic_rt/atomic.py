@@ -22,15 +22,31 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
 __all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "atomic_dir", "chmod_like_mkdir",
-           "sha256_file", "STAGING_MARKER"]
+           "sha256_file", "STAGING_MARKER", "read_staging_marker"]
 
-# Written into every staging folder while it is being filled, removed just before the folder is
-# renamed into place: a folder beside an output that holds it was left by a killed run of ours.
+# Written into every staging (and trash) folder while we work in it, removed just before the
+# folder is renamed into place: a folder beside an output that holds it, naming a process that
+# is gone, was left by a killed run of ours (smgic_rt.outputs removes those).
 STAGING_MARKER = ".smgic-staging"
+
+
+def _mark(folder: Path) -> None:
+    (folder / STAGING_MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}),
+                                         encoding="utf-8")
+
+
+def read_staging_marker(folder) -> dict | None:
+    """``{"pid", "host"}`` of the run that made this staging folder, or None if it is not ours."""
+    try:
+        marker = json.loads((Path(folder) / STAGING_MARKER).read_text(encoding="utf-8"))
+        return {"pid": int(marker["pid"]), "host": str(marker["host"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _current_umask() -> int:
@@ -107,7 +123,7 @@ def atomic_dir(folder, *, replace: bool = False):
     folder = Path(os.fspath(folder))
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=str(folder.parent)))
     try:
-        (staging / STAGING_MARKER).write_text(f"{os.getpid()}\n", encoding="ascii")
+        _mark(staging)
         yield staging
         (staging / STAGING_MARKER).unlink()
         chmod_like_mkdir(staging)
@@ -115,6 +131,7 @@ def atomic_dir(folder, *, replace: bool = False):
             if not replace:
                 raise FileExistsError(f"'{folder}' appeared while we were working; not replacing it")
             trash = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=str(folder.parent)))
+            _mark(trash)  # a kill before the next rename leaves the old folder here, marked
             os.replace(folder, trash / "old")
             os.replace(staging, folder)
             shutil.rmtree(trash, ignore_errors=True)

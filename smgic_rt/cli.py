@@ -1,13 +1,16 @@
 """Command-line tools: ``smgic-register`` and ``smgic-apply``.
 
     smgic-register FIXED MOVING -o OUTDIR [--moving-labels FILE] [--backend NAME] [--qc]
-                   [--overwrite] [--bundle PATH] [--affine MODE] [--refine MODE] [--threads N]
+                   [--overwrite] [--bundle PATH] [--affine MODE] [--network MODE] [--refine MODE]
+                   [--refine-seconds S] [--threads N]
     smgic-apply TRANSFORM REFERENCE INPUT OUTPUT [--interpolation linear|nearest|label]
 
 From a checkout: ``python -m smgic_rt.cli register ...`` / ``python -m smgic_rt.cli apply ...``.
 Progress goes to stderr through logging. The exit status is 0 only on success: 1 for bad input
 or a failed run (with a one-line reason), 2 for a malformed command line. Outputs are written
-into a temporary folder beside OUTDIR and renamed into place, so a failure leaves nothing.
+into a staging folder beside OUTDIR and renamed into place, so a failure leaves nothing;
+--overwrite replaces only a folder that smgic wrote and that holds nothing else
+(`smgic_rt.outputs`).
 """
 
 from __future__ import annotations
@@ -34,16 +37,14 @@ def _configure_logging(program: str, verbosity: int) -> None:
     root.propagate = False
 
 
-def _stage_mode(text: str):
-    if text in ("auto", "on", "off"):
-        return text
+def _positive_seconds(text: str) -> float:
     try:
-        budget = float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto, on, off or a positive budget, got {text!r}") from None
-    if not budget > 0:
-        raise argparse.ArgumentTypeError(f"budget must be positive, got {text!r}")
-    return int(budget) if budget.is_integer() else budget
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def _add_register_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,9 +68,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (default: auto)")
     parser.add_argument("--bundle", help="model bundle folder or zip (default: the installed default bundle)")
-    parser.add_argument("--affine", type=_stage_mode, default="auto", help="affine stage: auto, on or off")
-    parser.add_argument("--refine", type=_stage_mode, default="auto",
-                        help="refinement: auto, on, off or a budget in seconds")
+    from .pipeline import STAGE_MODES
+
+    parser.add_argument("--affine", default="auto", choices=STAGE_MODES, help="affine stage (default: auto)")
+    parser.add_argument("--network", default="auto", choices=STAGE_MODES, help="the network stage (default: auto)")
+    parser.add_argument("--refine", default="auto", choices=STAGE_MODES, help="refinement (default: auto)")
+    parser.add_argument("--refine-seconds", type=_positive_seconds, metavar="S",
+                        help="stop the refinement after S seconds of wall-clock time (default: no limit; "
+                             "its iteration counts are the budget, and a time limit makes results depend on load)")
 
 
 def _add_apply_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,20 +91,26 @@ def _add_apply_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true")
 
 
-def _run_register(args) -> int:
-    from . import io
+def registrar_from_args(args):
+    """The `Registrar` that the command-line options ask for (smgic-register and smgic-batch)."""
+    from .refine import RefineOptions
     from .registrar import Registrar
 
+    refine_options = None if args.refine_seconds is None else RefineOptions(max_seconds=args.refine_seconds)
+    return Registrar(args.bundle, backend=args.backend, affine=args.affine, network=args.network, refine=args.refine,
+                     refine_options=refine_options, threads=args.threads)
+
+
+def _run_register(args) -> int:
+    from . import job
+
     # Every check that needs no model runs first, so bad input fails in well under a second.
-    outdir = io.check_output_dir(args.outdir, overwrite=args.overwrite)
-    fixed = io.load_volume(args.fixed, name="fixed image")
-    moving = io.load_volume(args.moving, name="moving image")
-    labels = io.load_label_map(args.moving_labels, name="moving labels") if args.moving_labels else None
-    registrar = Registrar(args.bundle, backend=args.backend, affine=args.affine, refine=args.refine,
-                          threads=args.threads)
-    logger.info("backend %s, bundle %s", registrar.backend, getattr(registrar.bundle, "id", "?"))
-    result = registrar.register(fixed, moving, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask)
-    result.save(outdir, overwrite=args.overwrite, moving_labels=labels, qc=args.qc)
+    pair = job.load_pair(args.fixed, args.moving, moving_labels=args.moving_labels, fixed_mask=args.fixed_mask,
+                         moving_mask=args.moving_mask)
+    outdir = job.check_output(pair, args.outdir, overwrite=args.overwrite)
+    registrar = registrar_from_args(args)
+    logger.info("backend %s, bundle %s", registrar.backend, registrar.bundle.id)
+    job.run_pair(registrar, pair, outdir, overwrite=args.overwrite, qc=args.qc)
     logger.info("wrote %s", outdir)
     return EXIT_OK
 

@@ -1,5 +1,5 @@
 """Per-level network inputs from a 3-D Haar wavelet pyramid (numpy; the torch twin is
-`training.model.pyramid_features`, pinned to this one by tests/test_training.py).
+`smgic_rt.backends.torch_model.pyramid_features`, pinned to this one by tests/test_training.py).
 
 One Haar analysis step splits each 2x2x2 block into its approximation (the block mean, the
 low-pass band) and seven detail bands. By Parseval the detail bands' energy equals the block's

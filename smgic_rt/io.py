@@ -287,6 +287,15 @@ def _image_suffix(path: Path) -> str:
     raise ValueError(f"output path must end in one of {_IMAGE_SUFFIXES}, got '{path}'")
 
 
+def image_stem(path) -> str:
+    """A file name without its image suffix (``sub01_T1.nii.gz`` -> ``sub01_T1``)."""
+    name = Path(os.fspath(path)).name
+    for suffix in _IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 _GZIP_CHUNK = 8 << 20
 
 

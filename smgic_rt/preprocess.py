@@ -8,18 +8,63 @@ the file lands on the same kind of grid the network was trained on.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 
 from . import ops
 from ._filters import smooth
 
-__all__ = ["grid_around", "model_grid", "foreground_centre", "antialias", "resample", "normalize_intensity", "prepare"]
+__all__ = ["grid_around", "model_grid", "foreground_centre", "antialias", "resample", "normalize_intensity", "prepare",
+           "IntensityScaling", "intensity_parameters", "normalization_record"]
 
 # Foreground: voxels above this fraction of the robust maximum (99th percentile). Low enough to
 # keep grey matter in T1 images, high enough to drop scanner background noise.
 FOREGROUND_FRACTION = 0.1
-# Robust intensity range: these percentiles of the foreground map to 0 and 1.
-LOW_PERCENTILE, HIGH_PERCENTILE = 0.5, 99.5
+
+
+@dataclass(frozen=True)
+class IntensityScaling:
+    """Robust intensity scaling to [0, 1]; a bundle records the values it was trained with."""
+
+    foreground_fraction: float = FOREGROUND_FRACTION
+    # These percentiles of the foreground map to 0 and 1.
+    low_percentile: float = 0.5
+    high_percentile: float = 99.5
+
+
+NORMALIZATION_FUNCTION = "smgic_rt.preprocess.normalize_intensity"
+
+
+def normalization_record(scaling: IntensityScaling = IntensityScaling()) -> dict:
+    """The ``normalization`` entry of a bundle's config.json for `scaling`."""
+    return {"function": NORMALIZATION_FUNCTION, **dataclasses.asdict(scaling),
+            "note": "inputs are model-grid arrays from smgic_rt.preprocess.prepare"}
+
+
+def intensity_parameters(normalization: dict | None) -> IntensityScaling:
+    """The scaling a bundle's ``normalization`` entry asks for (None: the default).
+
+    A bundle trained with another normalisation cannot be run correctly by this runtime, so an
+    unknown function or parameter is refused rather than ignored.
+    """
+    if normalization is None:
+        return IntensityScaling()
+    if not isinstance(normalization, dict) or normalization.get("function") != NORMALIZATION_FUNCTION:
+        found = normalization.get("function") if isinstance(normalization, dict) else normalization
+        raise ValueError(f"bundle normalization must be {NORMALIZATION_FUNCTION!r} (the one this runtime applies), "
+                         f"got {found!r}")
+    names = {f.name for f in dataclasses.fields(IntensityScaling)}
+    unknown = sorted(set(normalization) - names - {"function", "note"})
+    if unknown:
+        raise ValueError(f"bundle normalization has parameters this runtime does not know: {unknown}; "
+                         f"known: {sorted(names)}")
+    values = {name: float(normalization[name]) for name in names if name in normalization}
+    scaling = IntensityScaling(**values)
+    if not (0 <= scaling.foreground_fraction < 1 and 0 <= scaling.low_percentile < scaling.high_percentile <= 100):
+        raise ValueError(f"bundle normalization parameters out of range: {dataclasses.asdict(scaling)}")
+    return scaling
 
 
 def _check_volume(data, affine):
@@ -106,23 +151,24 @@ def resample(data, affine, grid_affine, shape, interpolation="linear", smooth=Tr
     return ops.affine_resample(volume[None], matrix, shape, interpolation=interpolation, padding="zeros")[0]
 
 
-def normalize_intensity(data) -> np.ndarray:
-    """Robust scaling to [0, 1]: foreground percentiles 0.5 and 99.5 map to 0 and 1, clipped."""
+def normalize_intensity(data, scaling: IntensityScaling = IntensityScaling()) -> np.ndarray:
+    """Robust scaling to [0, 1]: foreground percentiles (0.5 and 99.5 by default) map to 0 and 1,
+    clipped."""
     data = np.asarray(data, dtype=np.float32)
     if not np.all(np.isfinite(data)):
         raise ValueError("image holds NaN or infinite values")
     high_all = np.percentile(data, 99) if data.size else 0.0
-    foreground = data[data > FOREGROUND_FRACTION * high_all] if high_all > 0 else data[data > data.min()]
+    foreground = data[data > scaling.foreground_fraction * high_all] if high_all > 0 else data[data > data.min()]
     if foreground.size == 0:
         raise ValueError("image is constant: intensities cannot be normalised")
-    low, high = np.percentile(foreground, [LOW_PERCENTILE, HIGH_PERCENTILE])
+    low, high = np.percentile(foreground, [scaling.low_percentile, scaling.high_percentile])
     low = min(float(low), 0.0) if data.min() >= 0 else float(low)
     if not high > low:
         raise ValueError("image is constant: intensities cannot be normalised")
     return np.clip((data - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
-def prepare(data, affine, shape, spacing, grid_affine=None):
+def prepare(data, affine, shape, spacing, grid_affine=None, intensity: IntensityScaling = IntensityScaling()):
     """``(model-grid array float32 in [0, 1], grid_affine)``: resample then normalise.
 
     `grid_affine` defaults to `model_grid` of this image; pass the fixed image's grid to put a
@@ -132,4 +178,4 @@ def prepare(data, affine, shape, spacing, grid_affine=None):
     if grid_affine is None:
         grid_affine = model_grid(data, affine, shape, spacing)
     volume = resample(data, affine, grid_affine, shape)
-    return normalize_intensity(volume), np.asarray(grid_affine, dtype=np.float64)
+    return normalize_intensity(volume, intensity), np.asarray(grid_affine, dtype=np.float64)

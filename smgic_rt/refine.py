@@ -59,6 +59,9 @@ class RefineOptions:
     # costs the coarse levels time to undo (on the 1 mm Colin27 head pairs of accuracy.py the
     # first CPU-trained default scored 0.58 Dice with its network, 0.65 with the affine alone).
     zero_if_better: bool = True
+    # A wall-clock limit in seconds (None: none). The iteration counts above are the budget;
+    # with a time limit the result depends on the machine's load, so it is off by default.
+    max_seconds: float | None = None
 
 
 @dataclass
@@ -191,16 +194,17 @@ def _downsample(volume: np.ndarray, times: int) -> np.ndarray:
     return volume
 
 
-def refine_velocity(fixed, moving, velocity=None, *, budget: float | None = None,
-                    options: RefineOptions = RefineOptions()) -> RefineResult:
+def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = RefineOptions()) -> RefineResult:
     """Refine `velocity` (3, X, Y, Z), voxels of the model grid, zeros when None) for this pair.
 
-    `fixed`, `moving`: model-grid images (X, Y, Z), intensities about [0, 1]. `budget`: optional
-    seconds after which the refinement stops where it is (its best so far).
+    `fixed`, `moving`: model-grid images (X, Y, Z), intensities about [0, 1]. The budget is
+    ``options.iterations`` per level; ``options.max_seconds`` optionally stops the refinement
+    where it is (its best so far) after that much wall-clock time.
     """
     fixed, moving, start_velocity = _check(fixed, moving, velocity)
+    budget = options.max_seconds
     if budget is not None and not budget > 0:
-        raise ValueError(f"budget must be a positive number of seconds, got {budget!r}")
+        raise ValueError(f"max_seconds must be a positive number of seconds or None, got {budget!r}")
     started = time.perf_counter()
     deadline = None if budget is None else started + float(budget)
     # The objective is judged on the model grid.

@@ -63,7 +63,7 @@ def test_cli_writes_every_file(registered):
     names = sorted(p.name for p in registered.iterdir())
     assert names == sorted([
         "warped.nii.gz", "warp.nii.gz", "inverse_warp.nii.gz", "warped_labels.nii.gz",
-        "jacobian.nii.gz", "report.json", "qc.png", "affine.mat",
+        "jacobian.nii.gz", "report.json", "qc.png", "affine.mat", "manifest.json",
     ])
     # No staging folders left beside the output.
     assert sorted(p.name for p in registered.parent.iterdir()) == ["out"]

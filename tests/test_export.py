@@ -133,7 +133,7 @@ def test_cli_random_init_and_failure_exit_code(tmp_path):
 def test_checkpoint_of_a_short_training_run_exports_with_parity(tmp_path):
     """A few real optimisation steps on the parity pair, a training checkpoint, then the CLI."""
     from training.losses import registration_loss
-    from training.model import ModelConfig, pyramid_features
+    from smgic_rt.backends.torch_model import ModelConfig, pyramid_features
     from training.train import TrainConfig, save_checkpoint
 
     torch.manual_seed(1)

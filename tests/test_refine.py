@@ -101,7 +101,7 @@ def test_the_grid_faces_stay_put_unless_the_boundary_is_freed(brain):
 
 def test_budget_stops_early(brain):
     moving = ops.warp(brain[None], ops.integrate_velocity(_smooth_velocity(2, 3.0)))[0]
-    result = refine_velocity(brain, moving, None, budget=0.01)
+    result = refine_velocity(brain, moving, None, options=RefineOptions(max_seconds=0.01))
     assert any(level["stop"] == "budget" for level in result.stats["levels"])
 
 
@@ -146,8 +146,8 @@ def test_bad_input_is_refused(args, message):
 
 
 def test_bad_budget_is_refused(brain):
-    with pytest.raises(ValueError, match="budget"):
-        refine_velocity(brain, brain, None, budget=-1)
+    with pytest.raises(ValueError, match="max_seconds must be a positive number"):
+        refine_velocity(brain, brain, None, options=RefineOptions(max_seconds=-1))
 
 
 @pytest.mark.cuda

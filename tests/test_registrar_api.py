@@ -20,11 +20,20 @@ def test_unknown_backend_lists_the_valid_ones():
 @pytest.mark.parametrize("kwargs, message", [
     ({"affine": "sometimes"}, "affine must be one of"),
     ({"refine": "maybe"}, "refine must be one of"),
-    ({"refine": -3}, "refine budget must be a positive number"),
+    ({"network": "sometimes"}, "network must be one of"),
+    ({"refine": 3}, "the refinement's budget is RefineOptions"),
 ])
 def test_bad_stage_modes(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Registrar(**kwargs)
+
+
+@pytest.mark.skipif((registrar.DEFAULT_BUNDLE_PATH / "config.json").is_file(), reason="a default bundle is installed")
+def test_stage_options_of_the_wrong_type():
+    with pytest.raises(TypeError, match="affine_options must be a smgic_rt.affine.AffineOptions, got str"):
+        Registrar(affine_options="fast")
+    with pytest.raises(TypeError, match="refine_options must be a smgic_rt.refine.RefineOptions, got dict"):
+        Registrar(refine_options={"iterations": (1, 1, 1)})
 
 
 @pytest.mark.skipif((registrar.DEFAULT_BUNDLE_PATH / "config.json").is_file(), reason="a default bundle is installed")

@@ -16,7 +16,7 @@ from smgic_rt import features, ops  # noqa: E402
 from smgic_rt.metrics import mean_dice  # noqa: E402
 from training import losses  # noqa: E402
 from training.data import Augment, Brain, PairSource, folder_brains, load_brain, package_file  # noqa: E402
-from training.model import (ModelConfig, SMGICNet, compose, integrate_velocity, pyramid_features,  # noqa: E402
+from smgic_rt.backends.torch_model import (ModelConfig, SMGICNet, compose, integrate_velocity, pyramid_features,  # noqa: E402
                             upsample_field, warp)
 from training.train import TrainConfig, load_checkpoint, save_checkpoint, validate  # noqa: E402
 

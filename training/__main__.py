@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .data import Augment
-from .model import ModelConfig, SMGICNet, parameter_count
+from smgic_rt.backends.torch_model import ModelConfig, SMGICNet, parameter_count
 from .train import TrainConfig, train
 
 

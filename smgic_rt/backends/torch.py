@@ -1,38 +1,31 @@
-"""torch backend: the training model itself, for reference and tests.
+"""torch backend: the PyTorch model itself, for reference and tests.
 
-The only module of `smgic_rt` that imports torch. It rebuilds the model from the bundle's
-``model_config`` with `training.model` (from a source checkout, not part of the wheel) and
-loads ``weights.pt`` from the bundle.
+With `torch_model` (the model definition, which the runtime owns and `training/` trains), the
+only modules of `smgic_rt` that import torch. It rebuilds the model from the bundle's
+``model_config`` and loads the bundle's ``weights.pt``; it works from an installed wheel, with no
+source checkout.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..bundle import Bundle
+from ..bundle import Bundle, BundleError
 from ._base import Backend
 
 __all__ = ["TorchBackend"]
 
 
-def _import_torch_and_model_builder():
+def _import_torch():
     try:
         import torch
     except ImportError as error:
         raise ImportError(f"the torch backend needs PyTorch (pip install torch): {error}") from error
-    try:
-        from export.model_adapter import build_model, level_modules
-    except ImportError as error:
-        raise ImportError(
-            "the torch backend is the training model: it needs the `training` and `export` "
-            "packages of a smgic_rt source checkout on sys.path (run from the repository root); "
-            f"import failed: {error}"
-        ) from error
-    return torch, build_model, level_modules
+    return torch
 
 
 class TorchBackend(Backend):
-    """Runs each level with the PyTorch training model (CPU, float32).
+    """Runs each level with the PyTorch model (CPU, float32).
 
     Parameters
     ----------
@@ -46,7 +39,9 @@ class TorchBackend(Backend):
 
     def __init__(self, bundle: Bundle, *, threads: int | None = None):
         super().__init__(bundle)
-        torch, build_model, level_modules = _import_torch_and_model_builder()
+        torch = _import_torch()
+        from .torch_model import ModelConfig, SMGICNet
+
         self._torch = torch
         weights_path = bundle.file_path("weights.pt")
         if weights_path is None:
@@ -54,11 +49,15 @@ class TorchBackend(Backend):
                              "to use the torch backend")
         if threads is not None:
             torch.set_num_threads(int(threads))
-        model = build_model(bundle.config["model_config"])
-        state = torch.load(str(weights_path), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        model = SMGICNet(ModelConfig.from_dict(bundle.config["model_config"]))
+        try:
+            state = torch.load(str(weights_path), map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as error:  # torch's own text advises weights_only=False: running arbitrary code
+            raise BundleError(f"bundle {bundle.source}: weights.pt holds no weights for this model "
+                              f"({type(error).__name__}); re-export the bundle") from None
         self.model = model.eval()
-        self._levels = level_modules(self.model)
+        self._levels = list(self.model.levels)
         if len(self._levels) != bundle.num_levels:
             raise ValueError(f"model has {len(self._levels)} levels, the bundle {bundle.num_levels}")
 

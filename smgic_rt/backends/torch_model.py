@@ -2,6 +2,9 @@
 level (attention-gated skips at level 4), stationary velocity fields integrated by scaling and
 squaring, both directions of a pair in one batched forward pass.
 
+The runtime owns this definition: the torch backend runs it from an installed wheel,
+`training/` trains it and `export/` turns it into bundles, so none of them guesses its shape.
+
 The spatial operations here (`warp`, `upsample_field`, `integrate_velocity`, `pyramid_features`)
 are the torch twins of `smgic_rt.ops` and `smgic_rt.features` with the conventions of
 docs/architecture.md; tests/test_training.py pins them to the runtime's to < 1e-4, so the

