@@ -2,7 +2,7 @@
 
     smgic-register FIXED MOVING -o OUTDIR [--moving-labels FILE] [--backend NAME] [--qc]
                    [--overwrite] [--bundle PATH] [--affine MODE] [--network MODE] [--refine MODE]
-                   [--refine-seconds S] [--threads N]
+                   [--refine-seconds S] [--fields-grid compact|native] [--threads N]
     smgic-apply TRANSFORM REFERENCE INPUT OUTPUT [--interpolation linear|nearest|label]
 
 From a checkout: ``python -m smgic_rt.cli register ...`` / ``python -m smgic_rt.cli apply ...``.
@@ -55,6 +55,12 @@ def _add_register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixed-mask", help="brain mask on the fixed grid")
     parser.add_argument("--moving-mask", help="brain mask on the moving grid")
     add_model_arguments(parser)
+    parser.add_argument("--refine-seconds", type=_positive_seconds, metavar="S",
+                        help="stop the refinement after S seconds of wall-clock time (default: no limit; "
+                             "its iteration counts are the budget, and a time limit makes results depend on load)")
+    parser.add_argument("--fields-grid", default="compact", choices=("compact", "native"),
+                        help="grid of warp.nii.gz / inverse_warp.nii.gz: the model lattice over each image "
+                             "(compact, default) or each image's own grid (native, several times larger)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores, or OMP_NUM_THREADS)")
     parser.add_argument("--qc", action="store_true", help="also write qc.png")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists")
@@ -64,18 +70,14 @@ def _add_register_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The Registrar's options (backend, bundle, stages), shared by smgic-register and smgic-batch."""
+    from .pipeline import STAGE_MODES
     from .registrar import BACKENDS
 
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (default: auto)")
     parser.add_argument("--bundle", help="model bundle folder or zip (default: the installed default bundle)")
-    from .pipeline import STAGE_MODES
-
     parser.add_argument("--affine", default="auto", choices=STAGE_MODES, help="affine stage (default: auto)")
     parser.add_argument("--network", default="auto", choices=STAGE_MODES, help="the network stage (default: auto)")
     parser.add_argument("--refine", default="auto", choices=STAGE_MODES, help="refinement (default: auto)")
-    parser.add_argument("--refine-seconds", type=_positive_seconds, metavar="S",
-                        help="stop the refinement after S seconds of wall-clock time (default: no limit; "
-                             "its iteration counts are the budget, and a time limit makes results depend on load)")
 
 
 def _add_apply_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,9 +98,12 @@ def registrar_from_args(args):
     from .refine import RefineOptions
     from .registrar import Registrar
 
+    from .pipeline import FieldsOptions
+
     refine_options = None if args.refine_seconds is None else RefineOptions(max_seconds=args.refine_seconds)
     return Registrar(args.bundle, backend=args.backend, affine=args.affine, network=args.network, refine=args.refine,
-                     refine_options=refine_options, threads=args.threads)
+                     refine_options=refine_options, fields_options=FieldsOptions(grid=args.fields_grid),
+                     threads=args.threads)
 
 
 def _run_register(args) -> int:

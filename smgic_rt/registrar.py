@@ -41,10 +41,11 @@ class NoDefaultBundleError(FileNotFoundError):
 class RegistrationResult:
     """Everything one registration produced.
 
-    Inside, a transform is one thing: a RAS-mm displacement field ``(3, X, Y, Z)`` on the native
-    grid of the image it maps from, the affine stage composed in (`forward_ras`: fixed -> moving
-    on the fixed grid; `inverse_ras`: moving -> fixed on the moving grid). ITK/ANTs images
-    (LPS, ``X x Y x Z x 1 x 3``) are made from them only when asked for or written.
+    Inside, a transform is one thing: a RAS-mm displacement field ``(3, X, Y, Z)`` with the
+    affine stage composed in, on a grid that covers the image it maps from (`forward_field`:
+    fixed -> moving; `inverse_field`: moving -> fixed; each ``(displacement, grid affine)``, on
+    the grids of `smgic_rt.pipeline.FieldsOptions`). ITK/ANTs images (LPS,
+    ``X x Y x Z x 1 x 3``) are made from them only when asked for or written.
 
     Attributes
     ----------
@@ -59,8 +60,10 @@ class RegistrationResult:
         4x4 fixed world -> moving world RAS matrix of the affine stage, when it ran.
     fixed, moving : io.Volume
         The images as loaded.
-    forward_ras, inverse_ras : numpy.ndarray
+    forward_field, inverse_field : (numpy.ndarray, numpy.ndarray)
         The transforms, as above.
+    forward_ras : numpy.ndarray
+        The forward transform on the fixed image's own grid (what `apply` reads).
     threads : int or None
         CPU threads that `apply` and `save` use: the Registrar's ``threads`` (None: all cores).
     """
@@ -71,20 +74,21 @@ class RegistrationResult:
     affine_matrix: np.ndarray | None
     fixed: io.Volume = field(repr=False)
     moving: io.Volume = field(repr=False)
+    forward_field: tuple = field(repr=False)
+    inverse_field: tuple = field(repr=False)
     forward_ras: np.ndarray = field(repr=False)
-    inverse_ras: np.ndarray = field(repr=False)
     threads: int | None = field(default=None, repr=False)
 
     @property
     def forward_transform(self) -> nib.Nifti1Image:
         """ITK displacement field on the fixed grid mapping fixed world points to moving world
         points: what ``antsApplyTransforms -r fixed -i moving -t warp.nii.gz`` applies."""
-        return transforms.displacement_to_itk_image(self.forward_ras, self.fixed.affine)
+        return transforms.displacement_to_itk_image(*self.forward_field)
 
     @property
     def inverse_transform(self) -> nib.Nifti1Image:
         """ITK displacement field on the moving grid mapping moving points to fixed points."""
-        return transforms.displacement_to_itk_image(self.inverse_ras, self.moving.affine)
+        return transforms.displacement_to_itk_image(*self.inverse_field)
 
     @property
     def fixed_image(self) -> nib.Nifti1Image:
@@ -190,7 +194,9 @@ class Registrar:
         "auto" lets each stage decide (today: all run).
     affine_options : smgic_rt.affine.AffineOptions, optional
     refine_options : smgic_rt.refine.RefineOptions, optional
-        The stages' options (resolutions, iterations, ...); None: their defaults.
+    fields_options : smgic_rt.pipeline.FieldsOptions, optional
+        The stages' options (resolutions, iterations, the grids of the written fields, ...);
+        None: their defaults.
     threads : positive int or None
         CPU threads for one registration: the network on onnxruntime or torch, and the `_C`
         kernels that `register` calls (for the calling thread only, so several Registrars may
@@ -200,7 +206,7 @@ class Registrar:
     """
 
     def __init__(self, bundle=None, backend: str = "auto", *, affine="auto", network="auto", refine="auto",
-                 affine_options=None, refine_options=None, threads=None):
+                 affine_options=None, refine_options=None, fields_options=None, threads=None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
@@ -227,7 +233,7 @@ class Registrar:
             NetworkStage(network_mode, backend=self._backend, bundle=self.bundle),
             RefineStage(refine, refine_options),
             IntegrateStage(),
-            FieldsStage(),
+            FieldsStage(options=fields_options),
             ResampleStage(),
             QualityStage(),
         )
@@ -298,8 +304,9 @@ class Registrar:
             affine_matrix=state.world_matrix,
             fixed=state.fixed,
             moving=state.moving,
+            forward_field=state.forward_field,
+            inverse_field=state.inverse_field,
             forward_ras=state.forward_ras,
-            inverse_ras=state.inverse_ras,
             threads=self.threads,
         )
 

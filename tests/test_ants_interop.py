@@ -15,6 +15,7 @@ import pytest
 
 from smgic_rt import cli
 from smgic_rt.io import make_nifti
+from smgic_rt.pipeline import covering_lattice
 
 ants = pytest.importorskip("ants")
 try:
@@ -40,15 +41,28 @@ def brains(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def registered(brains, tmp_path_factory):
-    bundle = make_tiny_bundle(tmp_path_factory.mktemp("bundle"))
-    outdir = tmp_path_factory.mktemp("run") / "out"
+def bundle(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+def _register(brains, bundle, outdir, *extra):
     status = cli.register_main([
         str(brains["fixed"]), str(brains["moving"]), "-o", str(outdir), "--bundle", str(bundle),
-        "--backend", "onnxruntime", "--moving-labels", str(brains["labels"]), "--qc", "-q",
+        "--backend", "onnxruntime", "--moving-labels", str(brains["labels"]), "--qc", "-q", *extra,
     ])
     assert status == 0
     return outdir
+
+
+@pytest.fixture(scope="module")
+def registered(brains, bundle, tmp_path_factory):
+    """The default outputs: fields on the compact grid (the model lattice over each image)."""
+    return _register(brains, bundle, tmp_path_factory.mktemp("run") / "out")
+
+
+@pytest.fixture(scope="module")
+def registered_native(brains, bundle, tmp_path_factory):
+    return _register(brains, bundle, tmp_path_factory.mktemp("run_native") / "out", "--fields-grid", "native")
 
 
 def _read(path):
@@ -116,19 +130,25 @@ def test_report_agrees_with_files(brains, registered):
     assert set(report["files"].values()) == {p.name for p in registered.iterdir()} - {"report.json"}
     fixed, moving = nib.load(str(brains["fixed"])), nib.load(str(brains["moving"]))
     warp, inverse = nib.load(str(registered / "warp.nii.gz")), nib.load(str(registered / "inverse_warp.nii.gz"))
-    assert warp.shape == fixed.shape + (1, 3) and inverse.shape == moving.shape + (1, 3)
-    np.testing.assert_allclose(warp.affine, fixed.affine, atol=1e-5)
-    np.testing.assert_allclose(inverse.affine, moving.affine, atol=1e-5)
+    model_affine = np.asarray(report["model_grid"]["affine"])
+    for field, image in ((warp, fixed), (inverse, moving)):  # the model lattice over each image
+        shape, affine = covering_lattice(model_affine, image.shape, image.affine)
+        assert field.shape == shape + (1, 3)
+        np.testing.assert_allclose(field.affine, affine, atol=1e-5)
+    assert report["stages"]["fields"]["stats"] == {"grid": "compact", "forward_grid": list(warp.shape[:3]),
+                                                    "inverse_grid": list(inverse.shape[:3])}
     assert warp.header.get_intent()[0] == "vector" and warp.get_data_dtype() == np.float32
     for stage in ("load", "network", "integrate", "resample"):
         assert report["seconds"].get(stage, report["seconds"].get(stage + "_fixed", 0)) >= 0
     assert "network" in report["stages_run"]
 
 
-def test_jacobian_matches_ants(brains, registered):
-    """ANTs' own Jacobian determinant of warp.nii.gz agrees with jacobian.nii.gz."""
-    ours = nib.load(str(registered / "jacobian.nii.gz")).get_fdata()
-    theirs = ants.create_jacobian_determinant_image(_read(brains["fixed"]), str(registered / "warp.nii.gz"), do_log=False).numpy()
+def test_jacobian_matches_ants(brains, registered, registered_native):
+    """ANTs' own Jacobian determinant of a native-grid warp.nii.gz agrees with jacobian.nii.gz
+    (ANTs computes it on the field's grid), and both grids write the same Jacobian."""
+    ours = nib.load(str(registered_native / "jacobian.nii.gz")).get_fdata()
+    np.testing.assert_array_equal(ours, nib.load(str(registered / "jacobian.nii.gz")).get_fdata())
+    theirs = ants.create_jacobian_determinant_image(_read(brains["fixed"]), str(registered_native / "warp.nii.gz"), do_log=False).numpy()
     inner = np.zeros(ours.shape, bool)
     inner[2:-2, 2:-2, 2:-2] = True
     assert np.abs(ours[inner] - theirs[inner]).max() < 0.05

@@ -15,6 +15,7 @@ import pytest
 
 from smgic_rt import Registrar, ops, transforms
 from smgic_rt.io import make_nifti
+from smgic_rt.pipeline import FieldsOptions
 
 try:
     from test_registrar_support import block_downsample, make_tiny_bundle, package_file, zero_network_bundle
@@ -39,7 +40,9 @@ def random_bundle(tmp_path_factory):
 @pytest.fixture(scope="module")
 def identity_registrar(random_bundle, tmp_path_factory):
     bundle = zero_network_bundle(random_bundle, tmp_path_factory.mktemp("zero_bundle"))
-    return Registrar(bundle, backend="onnxruntime", affine="off", refine="off")
+    # Native-grid fields: these tests pin where each field lives on the images' own grids.
+    return Registrar(bundle, backend="onnxruntime", affine="off", refine="off",
+                     fields_options=FieldsOptions(grid="native"))
 
 
 def _resaved(image, orientation: str):

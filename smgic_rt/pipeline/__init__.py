@@ -15,7 +15,7 @@ preprocess  fixed_data, moving_data, world_matrix             model_affine, fixe
 network     fixed_model, moving_model                          velocity
 refine      fixed_model, moving_model, velocity                velocity
 integrate   velocity                                           forward_model, inverse_model
-fields      forward/inverse_model, model_affine, world_matrix  forward_ras, inverse_ras
+fields      forward/inverse_model, model_affine, world_matrix  forward_ras, forward/inverse_field
 resample    moving, forward_ras                                warped
 quality     forward_ras, forward/inverse_model, fixed_model    jacobian, quality
 ==========  =================================================  ================================
@@ -28,13 +28,13 @@ import time
 
 import numpy as np
 
-from .stages import (STAGE_MODES, AffineStage, FieldsStage, IntegrateStage, LoadStage, NetworkStage,
+from .stages import (STAGE_MODES, AffineStage, FieldsOptions, FieldsStage, covering_lattice, IntegrateStage, LoadStage, NetworkStage,
                      PreprocessStage, QualityStage, RefineStage, ResampleStage, Stage, check_mode,
                      volume_or_load)
 from .state import PairState
 
 __all__ = ["PairState", "Stage", "STAGE_ORDER", "STAGE_MODES", "SWITCHABLE_STAGES", "run_stages", "jsonable",
-           "check_mode", "volume_or_load", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage",
+           "check_mode", "volume_or_load", "FieldsOptions", "covering_lattice", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage",
            "RefineStage", "IntegrateStage", "FieldsStage", "ResampleStage", "QualityStage"]
 
 logger = logging.getLogger("smgic_rt")

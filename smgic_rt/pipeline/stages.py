@@ -11,13 +11,14 @@ Stages that may be switched off (affine, network, refine) take ``"auto" | "on" |
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
 import numpy as np
 
 from .. import io, transforms
 from .state import PairState
 
-__all__ = ["STAGE_MODES", "Stage", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage",
+__all__ = ["STAGE_MODES", "Stage", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage", "FieldsOptions", "covering_lattice",
            "RefineStage", "IntegrateStage", "FieldsStage", "ResampleStage", "QualityStage",
            "check_mode"]
 
@@ -184,21 +185,71 @@ class IntegrateStage(Stage):
         return {"steps": steps}
 
 
+FIELD_GRIDS = ("compact", "native")
+
+
+@dataclass(frozen=True)
+class FieldsOptions:
+    """Which grid the transforms handed to users (warp.nii.gz, inverse_warp.nii.gz) live on.
+
+    ``"compact"``: the model grid's lattice (its axes and spacing, 2 mm for the default bundle)
+    extended over each image's field of view. The forward field there is exact: its affine part
+    is linear and its deformable part trilinear on that very lattice, so the trilinear
+    interpolation that ITK/ANTs apply reproduces it. The inverse lattice lies in the moving
+    image's world, where the deformable part is not trilinear on it: an approximation, measured
+    in tests/test_fields.py. ``"native"``: each field on the native grid of the image it maps
+    from (the 1 mm inverse of a 256^3 head is 180 MB).
+    """
+
+    grid: str = "compact"
+
+    def __post_init__(self):
+        if self.grid not in FIELD_GRIDS:
+            raise ValueError(f"fields grid must be one of {list(FIELD_GRIDS)}, got {self.grid!r}")
+
+
+def covering_lattice(model_affine: np.ndarray, shape, affine: np.ndarray, margin: int = 1):
+    """``(shape, affine)`` of the model grid's lattice extended to cover an image's field of view
+    (every voxel corner, plus `margin` lattice steps, so that interpolation near the edges never
+    leaves the field)."""
+    corners = np.array([[i, j, k, 1.0] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                        for k in (-0.5, shape[2] - 0.5)]).T
+    index = np.linalg.solve(model_affine, affine @ corners)[:3]
+    low = np.floor(index.min(axis=1)) - margin
+    high = np.ceil(index.max(axis=1)) + margin
+    lattice = model_affine.copy()
+    lattice[:3, 3] = model_affine[:3, :3] @ low + model_affine[:3, 3]
+    return tuple(int(n) for n in high - low + 1), lattice
+
+
 class FieldsStage(Stage):
-    """Model-grid displacements -> RAS-mm fields on the native grids, affine composed in:
-    forward on the fixed grid, inverse on the moving grid."""
+    """Model-grid displacements -> RAS-mm fields, affine composed in: the forward field on the
+    fixed image's native grid (for the one resampling, the labels and the Jacobian) and the two
+    fields written for users, forward (fixed world -> moving world) and inverse, on the grids of
+    `FieldsOptions`."""
 
     name = "fields"
+    options_class = "smgic_rt.pipeline.stages:FieldsOptions"
 
     def run(self, state):
         inverse_world = None if state.world_matrix is None else np.linalg.inv(state.world_matrix)
         state.forward_ras = transforms.model_to_native_displacement(
             state.forward_model, state.model_affine, state.fixed.shape, state.fixed.affine,
             world_after=state.world_matrix)
-        state.inverse_ras = transforms.model_to_native_displacement(
-            state.inverse_model, state.model_affine, state.moving.shape, state.moving.affine,
-            world_before=inverse_world)
-        return {"forward_grid": list(state.fixed.shape), "inverse_grid": list(state.moving.shape)}
+        if self.options.grid == "native":
+            forward_grid = (state.fixed.shape, state.fixed.affine)
+            inverse_grid = (state.moving.shape, state.moving.affine)
+            state.forward_field = (state.forward_ras, state.fixed.affine)
+        else:
+            forward_grid = covering_lattice(state.model_affine, state.fixed.shape, state.fixed.affine)
+            # The inverse maps moving world points: its lattice covers the moving image.
+            inverse_grid = covering_lattice(state.model_affine, state.moving.shape, state.moving.affine)
+            state.forward_field = (transforms.model_to_native_displacement(
+                state.forward_model, state.model_affine, *forward_grid, world_after=state.world_matrix),
+                forward_grid[1])
+        state.inverse_field = (transforms.model_to_native_displacement(
+            state.inverse_model, state.model_affine, *inverse_grid, world_before=inverse_world), inverse_grid[1])
+        return {"grid": self.options.grid, "forward_grid": list(forward_grid[0]), "inverse_grid": list(inverse_grid[0])}
 
 
 class ResampleStage(Stage):

@@ -37,9 +37,12 @@ class PairState:
         Stationary velocity (3, X, Y, Z) on the model grid, in its voxels (network, refine).
     ``forward_model``, ``inverse_model``
         ``exp(v)`` and ``exp(-v)`` on the model grid (integrate).
-    ``forward_ras``, ``inverse_ras``
-        RAS-mm displacement fields (3, X, Y, Z) on the fixed and on the moving native grid,
-        affine composed in: the one field convention inside; ITK's LPS only when writing (fields).
+    ``forward_ras``
+        RAS-mm displacement (3, X, Y, Z) on the fixed native grid, affine composed in: the one
+        field convention inside; ITK's LPS only when writing (fields).
+    ``forward_field``, ``inverse_field``
+        ``(RAS-mm displacement, grid affine)`` of the transforms handed to users, on the grids
+        that `FieldsOptions` chooses (fields).
     ``warped``
         The moving image resampled once onto the fixed grid (resample).
     ``jacobian``, ``quality``
@@ -72,7 +75,8 @@ class PairState:
     inverse_model: np.ndarray | None = None
     # fields, resample, quality
     forward_ras: np.ndarray | None = None
-    inverse_ras: np.ndarray | None = None
+    forward_field: tuple | None = None
+    inverse_field: tuple | None = None
     warped: np.ndarray | None = None
     jacobian: np.ndarray | None = None
     quality: dict = field(default_factory=dict)
