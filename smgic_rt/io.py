@@ -202,7 +202,28 @@ def check_header(image, name: str, source=None) -> None:
         )
     _check_not_truncated(image, name, source, count * dtype.itemsize)
     if isinstance(header, nib.nifti1.Nifti1Header):
-        _check_qform_sform(header, shape, name, source)
+        _check_spatial_units(header, name, source)
+        try:
+            _check_qform_sform(header, shape, name, source)
+        except InvalidImageError:
+            raise
+        except Exception as error:  # nibabel refuses some stored quaternions
+            raise InvalidImageError(f"{name}{where}: the header's qform or sform cannot be read: {_describe_error(error)}") from None
+
+
+# NIfTI xyz unit codes (the low 3 bits of xyzt_units) that ITK/ANTs scale to mm while nibabel
+# reads the numbers as mm: the same file would mean two sizes.
+_SCALED_SPATIAL_UNITS = {1: "meter", 3: "micron"}
+
+
+def _check_spatial_units(header, name: str, source) -> None:
+    code = int(header["xyzt_units"]) & 0x07
+    if code in _SCALED_SPATIAL_UNITS:
+        raise InvalidImageError(
+            f"{name}{_where(source)}: the header's spatial unit is {_SCALED_SPATIAL_UNITS[code]}; ITK/ANTs scale such "
+            "voxel sizes to mm while nibabel reads them as mm, so tools would disagree on the image's size: rewrite it "
+            "in mm (xyzt_units 'mm')"
+        )
 
 
 def _check_not_truncated(image, name: str, source, data_bytes: int) -> None:
