@@ -235,3 +235,25 @@ def test_a_write_that_the_filesystem_refuses_names_the_file(tmp_path, name):
     assert first == f"OSError 27 {target}"
     assert message == f"[Errno 27] could not write image: File too large: '{target}'"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("unit, code", [("meter", 1), ("micron", 3)])
+def test_spatial_units_that_itk_scales_are_refused(tmp_path, unit, code):
+    image = nib.load(str(ANATOMICAL))
+    out = make_nifti(np.asanyarray(image.dataobj), image.affine)
+    out.header["xyzt_units"] = code
+    path = tmp_path / f"{unit}.nii.gz"
+    nib.save(out, str(path))
+    with pytest.raises(InvalidImageError, match=rf"{unit}\.nii\.gz': the header's spatial unit is {unit}; ITK/ANTs scale"):
+        io.load_volume(path)
+    out.header.set_xyzt_units("mm")
+    nib.save(out, str(path))
+    assert io.load_volume(path).shape == image.shape
+
+
+def test_complex_arrays_and_in_memory_images_are_refused_too():
+    data = np.ones((40, 40, 40), np.complex64)
+    with pytest.raises(InvalidImageError, match=r"fixed image: voxels are complex \(complex64\)"):
+        io.load_volume((data, np.eye(4)), name="fixed image")
+    with pytest.raises(InvalidImageError, match=r"fixed image: voxels are complex \(complex64\)"):
+        io.load_volume(nib.Nifti1Image(data, np.eye(4)), name="fixed image")
