@@ -247,7 +247,8 @@ def _check_not_truncated(image, name: str, source, data_bytes: int) -> None:
 
 def _corner_points(shape) -> np.ndarray:
     """Homogeneous voxel coordinates (8, 4) of the outer corners of a grid's voxels."""
-    edges = [(-0.5, n - 0.5) for n in shape[:3]]
+    shape = (tuple(int(n) for n in shape[:3]) + (1, 1, 1))[:3]  # a 2-D image is one slice thick
+    edges = [(-0.5, n - 0.5) for n in shape]
     return np.array([[i, j, k, 1.0] for i in edges[0] for j in edges[1] for k in edges[2]])
 
 
