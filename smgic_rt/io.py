@@ -48,8 +48,12 @@ __all__ = [
     "load_label_map",
     "load_mask",
     "check_overlap",
+    "overlap_fraction",
+    "world_box",
+    "format_world_box",
     "check_affine",
     "open_image",
+    "check_header",
     "read_voxels",
     "voxel_sizes",
     "save_image_atomic",
@@ -508,13 +512,14 @@ def load_mask(image, *, like: Volume, name: str = "mask") -> Volume:
 _OVERLAP_SAMPLE_VOXELS = 1 << 20
 
 
-def _world_box(shape, affine) -> tuple[np.ndarray, np.ndarray]:
+def world_box(shape, affine) -> tuple[np.ndarray, np.ndarray]:
     """RAS mm bounding box (low, high) of a grid's field of view (outer voxel faces)."""
     corners = (_corner_points(shape) @ np.asarray(affine, dtype=np.float64).T)[:, :3]
     return corners.min(axis=0), corners.max(axis=0)
 
 
-def _format_box(low, high) -> str:
+def format_world_box(low, high) -> str:
+    """``[x0..x1, y0..y1, z0..z1] mm`` for error messages."""
     return "[" + ", ".join(f"{a:.1f}..{b:.1f}" for a, b in zip(low, high)) + "] mm"
 
 
@@ -562,19 +567,19 @@ def check_overlap(volume: Volume, like: Volume, *, name: str | None = None,
         sub_shape = high_index - low_index + 1
         shifted = np.asarray(volume.affine, dtype=np.float64).copy()
         shifted[:3, 3] += shifted[:3, :3] @ low_index
-        box = _world_box(sub_shape, shifted)
+        box = world_box(sub_shape, shifted)
         what = "labelled region"
     else:
-        box = _world_box(volume.shape, volume.affine)
+        box = world_box(volume.shape, volume.affine)
         what = "field of view"
-    like_box = _world_box(like.shape, like.affine)
+    like_box = world_box(like.shape, like.affine)
     gap = np.maximum(0.0, np.maximum(like_box[0] - box[1], box[0] - like_box[1]))
     miss = f"; they miss each other by {float(np.linalg.norm(gap)):.1f} mm" if np.any(gap > 0) else ""
     raise InvalidImageError(
         f"{name}{_where(volume.source)} does not lie on the {like.name}{_where(like.source)}: "
         f"{100 * fraction:.1f}% of its {'nonzero voxels' if nonzero.size else 'voxels'} fall inside the {like.name}'s "
-        f"field of view, at least {100 * min_fraction:g}% are needed; its {what} spans {_format_box(*box)}, "
-        f"the {like.name} {_format_box(*like_box)} (RAS){miss}"
+        f"field of view, at least {100 * min_fraction:g}% are needed; its {what} spans {format_world_box(*box)}, "
+        f"the {like.name} {format_world_box(*like_box)} (RAS){miss}"
     )
 
 

@@ -214,15 +214,15 @@ def check_field_placement(displacement_ras_mm: np.ndarray, field_affine: np.ndar
     """
     field_shape = tuple(int(n) for n in displacement_ras_mm.shape[1:])
     reference_shape = tuple(int(n) for n in reference_shape)
-    field_box = io._world_box(field_shape, field_affine)
-    reference_box = io._world_box(reference_shape, reference_affine)
+    field_box = io.world_box(field_shape, field_affine)
+    reference_box = io.world_box(reference_shape, reference_affine)
     gap = np.maximum(0.0, np.maximum(reference_box[0] - field_box[1], field_box[0] - reference_box[1]))
     if np.any(gap > 0):
         raise InvalidTransformError(
-            f"{name}: its grid {io._format_box(*field_box)} does not overlap the {reference_name}'s field of view "
-            f"{io._format_box(*reference_box)} (RAS); it misses by {float(np.linalg.norm(gap)):.1f} mm"
+            f"{name}: its grid {io.format_world_box(*field_box)} does not overlap the {reference_name}'s field of view "
+            f"{io.format_world_box(*reference_box)} (RAS); it misses by {float(np.linalg.norm(gap)):.1f} mm"
         )
-    boxes = [field_box, reference_box] + ([io._world_box(image.shape, image.affine)] if image is not None else [])
+    boxes = [field_box, reference_box] + ([io.world_box(image.shape, image.affine)] if image is not None else [])
     low = np.min([b[0] for b in boxes], axis=0)
     high = np.max([b[1] for b in boxes], axis=0)
     diagonal = float(np.linalg.norm(high - low))
@@ -248,13 +248,13 @@ def _check_maps_into(displacement_ras_mm, field_affine, image, *, name: str, ref
     in_image = _apply_matrix(np.linalg.inv(np.asarray(image.affine, dtype=np.float64)), points)
     upper = np.asarray(image.shape, dtype=np.float64)[:, None] - 0.5
     if not np.any(np.all((in_image >= -0.5) & (in_image <= upper), axis=0)):
-        image_box = io._world_box(image.shape, image.affine)
+        image_box = io.world_box(image.shape, image.affine)
         mapped_low, mapped_high = points.min(axis=1), points.max(axis=1)
         miss = np.maximum(0.0, np.maximum(image_box[0] - mapped_high, mapped_low - image_box[1]))
         raise InvalidTransformError(
             f"{name}: maps no voxel of the {reference_name} into the {image.name}"
-            f"{' ' + repr(image.source) if image.source else ''}: the mapped points span {io._format_box(mapped_low, mapped_high)}, "
-            f"the {image.name} {io._format_box(*image_box)} (RAS)"
+            f"{' ' + repr(image.source) if image.source else ''}: the mapped points span {io.format_world_box(mapped_low, mapped_high)}, "
+            f"the {image.name} {io.format_world_box(*image_box)} (RAS)"
             + (f"; they miss by {float(np.linalg.norm(miss)):.1f} mm" if np.any(miss > 0) else "")
             + "; the output would be empty (is this the transform for these images?)"
         )

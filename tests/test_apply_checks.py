@@ -94,7 +94,7 @@ def test_field_grid_far_from_the_reference_is_refused_with_the_distance(brain, t
     image.set_sform(shifted, code=1)
     image.set_qform(shifted, code=1)
     path = _save(image, tmp_path / "far.nii.gz")
-    box_low, box_high = io._world_box(brain.shape, brain.affine)
+    box_low, box_high = io.world_box(brain.shape, brain.affine)
     expected_gap = 500.0 - (box_high[0] - box_low[0])
     with pytest.raises(InvalidTransformError, match=rf"does not overlap the reference image.*misses by {expected_gap:.1f} mm"):
         _apply(path, brain)

@@ -53,7 +53,7 @@ def test_labels_500_mm_away_are_refused_saying_by_how_much(colin, aal_path, tmp_
     far = tmp_path / "aal_far.nii.gz"
     nib.save(_shifted(nib.load(str(aal_path)), 500.0), str(far))
     labelled = io.load_label_map(aal_path)
-    box_low, box_high = io._world_box(colin.shape, colin.affine)
+    box_low, box_high = io.world_box(colin.shape, colin.affine)
     nonzero = np.argwhere(labelled.data != 0)
     labelled_low_x = (labelled.affine @ [*nonzero.min(axis=0), 1])[0] + 500.0  # AAL's x axis is RAS +x? checked:
     assert labelled.affine[0, 0] > 0
