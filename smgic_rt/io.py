@@ -179,8 +179,13 @@ def _where(source) -> str:
     return f" '{source}'" if source else ""
 
 
-def check_header(image, name: str, source=None) -> None:
-    """Refuse, before any voxel is read, what the header says cannot be a usable image."""
+def check_header(image, name: str, source=None, *, file_forms: bool = True) -> None:
+    """Refuse, before any voxel is read, what the header says cannot be a usable image.
+
+    `file_forms` also checks that the qform and sform cannot be read differently by ITK/ANTs
+    and nibabel (see the module docstring): wanted for files, not for an image handed over in
+    memory, whose nibabel affine is what its caller means.
+    """
     where = _where(source)
     header = getattr(image, "header", None)
     try:
@@ -207,6 +212,8 @@ def check_header(image, name: str, source=None) -> None:
     _check_not_truncated(image, name, source, count * dtype.itemsize)
     if isinstance(header, nib.nifti1.Nifti1Header):
         _check_spatial_units(header, name, source)
+        if not file_forms:
+            return
         try:
             _check_qform_sform(header, shape, name, source)
         except InvalidImageError:
@@ -303,7 +310,7 @@ def _as_array_and_affine(image, name: str):
         loaded, source = open_image(image, name)
         return read_voxels(loaded, name, source), np.asarray(loaded.affine, dtype=np.float64), source
     if isinstance(image, nib.spatialimages.SpatialImage):
-        check_header(image, name, image.get_filename())
+        check_header(image, name, image.get_filename(), file_forms=False)
         return read_voxels(image, name, image.get_filename()), np.asarray(image.affine, dtype=np.float64), image.get_filename()
     if isinstance(image, (tuple, list)) and len(image) == 2:
         data, affine = image

@@ -148,7 +148,8 @@ def itk_image_to_displacement(field, *, name: str = "transform") -> tuple[np.nda
             f"{where}: displacement fields must be NIfTI (ITK/ANTs layout), got a {type(field).__name__}"
         )
     try:
-        io.check_header(field, name, source)
+        # A file's header was checked whole by open_image; an image in memory means its affine.
+        io.check_header(field, name, source, file_forms=False)
     except InvalidImageError as error:
         raise InvalidTransformError(str(error)) from None
     shape = tuple(int(n) for n in field.shape)

@@ -257,3 +257,15 @@ def test_complex_arrays_and_in_memory_images_are_refused_too():
         io.load_volume((data, np.eye(4)), name="fixed image")
     with pytest.raises(InvalidImageError, match=r"fixed image: voxels are complex \(complex64\)"):
         io.load_volume(nib.Nifti1Image(data, np.eye(4)), name="fixed image")
+
+
+def test_an_image_in_memory_means_its_affine_even_with_a_stripped_qform():
+    """nibabel strips the shear from a qform: in memory the affine is what the caller means, so
+    only files are held to qform/sform agreement."""
+    data = np.asanyarray(nib.load(str(ANATOMICAL)).dataobj)
+    sheared = np.diag([2.0, 2.0, 2.0, 1.0])
+    sheared[0, 1] = 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", HeaderWarning)
+        volume = io.load_volume(make_nifti(data, sheared))
+    np.testing.assert_array_equal(volume.affine, sheared)
