@@ -227,7 +227,8 @@ def check_field_placement(displacement_ras_mm: np.ndarray, field_affine: np.ndar
     low = np.min([b[0] for b in boxes], axis=0)
     high = np.max([b[1] for b in boxes], axis=0)
     diagonal = float(np.linalg.norm(high - low))
-    squared = np.einsum("c...,c...->...", displacement_ras_mm, displacement_ras_mm, dtype=np.float64)
+    # float32 squares: the bound is a diagonal of hundreds of mm, far above float32's rounding.
+    squared = np.einsum("c...,c...->...", displacement_ras_mm, displacement_ras_mm)
     longest = float(np.sqrt(squared.max()))
     if longest > diagonal:
         where = np.unravel_index(int(np.argmax(squared)), squared.shape)
@@ -244,7 +245,7 @@ def check_field_placement(displacement_ras_mm: np.ndarray, field_affine: np.ndar
 def _check_maps_into(displacement_ras_mm, field_affine, image, *, name: str, reference_name: str) -> None:
     field_shape = tuple(int(n) for n in displacement_ras_mm.shape[1:])
     step = max(1, int(np.ceil((int(np.prod(field_shape)) / _PLACEMENT_SAMPLE_VOXELS) ** (1 / 3))))
-    index = voxel_grid(field_shape)[:, ::step, ::step, ::step].reshape(3, -1)
+    index = np.stack(np.meshgrid(*[np.arange(0, n, step, dtype=np.float64) for n in field_shape], indexing="ij")).reshape(3, -1)
     points = _apply_matrix(field_affine, index) + displacement_ras_mm[:, ::step, ::step, ::step].reshape(3, -1)
     in_image = _apply_matrix(np.linalg.inv(np.asarray(image.affine, dtype=np.float64)), points)
     upper = np.asarray(image.shape, dtype=np.float64)[:, None] - 0.5
