@@ -55,8 +55,9 @@ def test_labels_500_mm_away_are_refused_saying_by_how_much(colin, aal_path, tmp_
     labelled = io.load_label_map(aal_path)
     box_low, box_high = io.world_box(colin.shape, colin.affine)
     nonzero = np.argwhere(labelled.data != 0)
-    labelled_low_x = (labelled.affine @ [*nonzero.min(axis=0), 1])[0] + 500.0  # AAL's x axis is RAS +x? checked:
-    assert labelled.affine[0, 0] > 0
+    assert labelled.affine[0, 0] > 0 and np.allclose(labelled.affine[:3, :3], np.diag(np.diag(labelled.affine[:3, :3])))
+    # AAL's voxel axis 0 runs along RAS +x: its labelled region starts at the lowest labelled x.
+    labelled_low_x = (labelled.affine @ [*nonzero.min(axis=0), 1])[0] + 500.0
     expected_gap = labelled_low_x - 0.5 * labelled.affine[0, 0] - box_high[0]
     with pytest.raises(InvalidImageError, match=(
             r"moving labels '.*aal_far\.nii\.gz' does not lie on the moving image '.*ch2\.nii\.gz': 0\.0% of its "
