@@ -1,4 +1,4 @@
-"""``python -m export {bundle,tensorrt,trtexec-cmd}``: see ``python -m export --help``."""
+"""``python -m export {bundle,checksums,tensorrt,trtexec-cmd}``: see ``python -m export --help``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--tolerance", type=float, default=None, help="max relative error per level (default 1e-4)")
     b.add_argument("--no-weights", action="store_true", help="do not store weights.pt (torch backend needs it)")
     b.add_argument("--overwrite", action="store_true")
+
+    s = sub.add_parser(
+        "checksums",
+        help="(re)write BUNDLE/checksums.sha256, covering config.json and every listed file, and print the bundle id",
+        description="Seal a bundle folder: checks that every file config.json lists has the sha256 it records, then "
+                    "writes checksums.sha256 over config.json and those files. Use it for a bundle made before "
+                    "checksums.sha256 existed, or after deliberately editing config.json (the id changes).",
+    )
+    s.add_argument("bundle", help="bundle folder")
 
     t = sub.add_parser("tensorrt", help="build one TensorRT engine per level (needs TensorRT and a GPU)")
     t.add_argument("bundle")
@@ -72,6 +81,12 @@ def main(argv=None) -> int:
             errors = bundle.config["exporter"]["parity"]["max_relative_error_per_level"]
             sys.stdout.write(f"wrote {path} ({bundle.id}); max relative error per level: "
                              + ", ".join(f"{e:.2e}" for e in errors) + "\n")
+        elif args.command == "checksums":
+            from smgic_rt.bundle import load_bundle, write_checksums
+
+            bundle_id = write_checksums(args.bundle)
+            load_bundle(args.bundle, expected_id=bundle_id)  # what was written verifies as a whole
+            sys.stdout.write(f"wrote {args.bundle}/checksums.sha256 ({bundle_id})\n")
         elif args.command == "tensorrt":
             from .tensorrt_build import build_engines
 

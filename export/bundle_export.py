@@ -5,7 +5,9 @@ exported to its own ONNX graph; warps and integration between levels run in `smg
 run time. The export runs the full torch model on a real brain pair, records every level's
 inputs and output, runs each exported graph in onnxruntime on the same inputs and refuses to
 write the bundle when any level differs by more than the tolerance. Everything is written to a
-temporary folder beside the target and renamed into place only after all checks pass.
+temporary folder beside the target and renamed into place only after all checks pass; the last
+file written is ``checksums.sha256`` (`smgic_rt.bundle.write_checksums`), which covers
+config.json and every other file and whose hash is the bundle id.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import numpy as np
 
 from smgic_rt import atomic
 from smgic_rt.atomic import sha256_file
-from smgic_rt.bundle import BUNDLE_FORMAT, CONFIG_NAME, LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, SCHEMA_VERSION
+from smgic_rt.bundle import (BUNDLE_FORMAT, CONFIG_NAME, LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, SCHEMA_VERSION,
+                             write_checksums)
 
 from . import model_adapter
 from .opcheck import UnsupportedOperatorError, unsupported_ops
@@ -280,4 +283,7 @@ def export_bundle(model, output_dir, *, opset: int = 20, fp16_weights: bool = Fa
             "files": {name: sha256_file(temp_dir / name) for name in files},
         }
         (temp_dir / CONFIG_NAME).write_text(json.dumps(config_json, indent=1, sort_keys=False) + "\n")
+        # Last: the checksum file covers config.json and every file, and names the bundle (its id).
+        bundle_id = write_checksums(temp_dir)
+        log.info("bundle id %s", bundle_id)
     return output_dir

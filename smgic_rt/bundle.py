@@ -2,14 +2,23 @@
 
 A bundle is a folder (or a zip of that folder's contents) written by ``python -m export bundle``::
 
+    checksums.sha256 the sha256 of config.json and of every file config.json lists, one
+                     ``<hex>  <name>`` line each (``sha256sum -c checksums.sha256`` checks a bundle
+                     by hand); the bundle id is ``sha256:`` + the sha256 of this file
     config.json      schema version, model config, grid, spacing, steps, normalisation,
                      per-level input/output names and shapes, provenance, exporter versions,
                      and the sha256 of every other file
     level1.onnx ... level4.onnx
     weights.pt       (optional) the state_dict, for the torch reference backend
 
-`load_bundle` verifies the schema version and every checksum before anything runs, and
-refuses a tampered, truncated or incompatible bundle with `BundleError`.
+`load_bundle` verifies the checksum file (present, well formed, covering exactly config.json
+and the files config.json lists, agreeing with config.json's own list), config.json's hash
+before its content is trusted, the schema version and every file's hash before anything runs,
+and refuses a tampered, truncated or incompatible bundle with `BundleError`. The id therefore
+names every byte of the bundle, config.json included: an edited config.json (integration steps,
+grid) is refused unless its checksum file is rewritten, and then the bundle has a new id. The
+shipped default bundle's id is pinned in `smgic_rt.models.DEFAULT_BUNDLE_ID`, so even a
+consistently re-hashed default is refused; `load_bundle(path, expected_id=...)` pins any other.
 """
 
 from __future__ import annotations
@@ -33,6 +42,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "BUNDLE_FORMAT",
     "CONFIG_NAME",
+    "CHECKSUM_NAME",
+    "write_checksums",
+    "read_checksums",
     "LEVEL_INPUT_NAMES",
     "LEVEL_OUTPUT_NAME",
 ]
@@ -41,6 +53,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 BUNDLE_FORMAT = "smgic_rt-model-bundle"
 CONFIG_NAME = "config.json"
+CHECKSUM_NAME = "checksums.sha256"
 # ONNX forbids a graph output with the same name as an input, so the level's output
 # velocity is "velocity_out" while its input is "velocity".
 LEVEL_INPUT_NAMES = ("fixed", "moving", "velocity")
@@ -78,8 +91,8 @@ class Bundle:
     config : dict
         ``config.json`` as parsed.
     id : str
-        ``"sha256:<hex>"`` of ``config.json``'s bytes; since config.json holds the sha256 of
-        every other file, the id names the exact bundle content.
+        ``"sha256:<hex>"`` of ``checksums.sha256``'s bytes; since that file holds the sha256 of
+        config.json and of every other file, the id names the exact bundle content.
     """
 
     path: Path
@@ -119,6 +132,12 @@ class Bundle:
         if not isinstance(level, int) or isinstance(level, bool) or not 1 <= level <= self.num_levels:
             raise ValueError(f"level must be an int in 1..{self.num_levels}, got {level!r}")
         return self.config["levels"][level - 1]
+
+    @property
+    def file_names(self) -> tuple[str, ...]:
+        """Every file of the bundle (checksum file, config.json, the listed files): what a copy
+        of the bundle must hold to load elsewhere."""
+        return (CHECKSUM_NAME, CONFIG_NAME, *sorted(set(self.config["files"]) - {CONFIG_NAME, CHECKSUM_NAME}))
 
     def file_path(self, name: str) -> Path | None:
         """Path of an optional checksummed file (e.g. ``weights.pt``), or None if absent."""
@@ -201,6 +220,84 @@ def _verify_files(folder: Path, files: dict, source) -> None:
             )
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name == Path(name).name and name not in (".", "..")
+
+
+def _checksum_text(hashes: dict) -> str:
+    return "".join(f"{hashes[name]}  {name}\n" for name in sorted(hashes))
+
+
+def read_checksums(folder, source=None) -> tuple[dict, bytes]:
+    """Parse ``checksums.sha256`` of a bundle folder: ({file name: sha256 hex}, raw bytes).
+
+    Raises BundleError when it is missing or not exactly ``<64 hex>  <plain name>`` lines in
+    sorted order without duplicates (what `write_checksums` writes: one canonical form per
+    content, so one id per content).
+    """
+    folder = Path(folder)
+    source = source or folder
+    path = folder / CHECKSUM_NAME
+    if not path.is_file():
+        raise BundleError(
+            f"{source}: no {CHECKSUM_NAME} (it covers config.json and every file; bundles from before it existed "
+            "must be re-exported with `python -m export bundle`, or re-sealed with `python -m export checksums`)"
+        )
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise BundleError(f"{source}: {CHECKSUM_NAME} is not ASCII text") from None
+    hashes = {}
+    lines = text.split("\n")
+    if lines[-1] != "":
+        raise BundleError(f"{source}: {CHECKSUM_NAME} must end with a newline")
+    for number, line in enumerate(lines[:-1], start=1):
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or not set(digest) <= _HEX or not _plain_name(name):
+            raise BundleError(f"{source}: {CHECKSUM_NAME} line {number} is not '<sha256 hex>  <file name>': {line!r}")
+        if name in hashes:
+            raise BundleError(f"{source}: {CHECKSUM_NAME} lists {name!r} twice")
+        hashes[name] = digest
+    if _checksum_text(hashes).encode("ascii") != raw:
+        raise BundleError(f"{source}: {CHECKSUM_NAME} lines must be sorted by file name (as write_checksums writes them)")
+    return hashes, raw
+
+
+def _bundle_id(raw_checksums: bytes) -> str:
+    return "sha256:" + hashlib.sha256(raw_checksums).hexdigest()
+
+
+def write_checksums(folder) -> str:
+    """Write ``checksums.sha256`` for a bundle folder and return the bundle id it gives.
+
+    It covers config.json and every file config.json lists, after checking that each listed
+    file still has the sha256 config.json records: sealing never blesses a damaged or modified
+    model file, only config.json as it now stands. Used by the exporter (and `python -m export
+    checksums`) on a finished bundle folder.
+    """
+    folder = Path(folder)
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise BundleError(f"{folder}: no {CONFIG_NAME} (not a model bundle)")
+    try:
+        config = json.loads(config_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{folder}: {CONFIG_NAME} is not valid JSON ({error})") from error
+    _validate_config(config, folder)
+    _verify_files(folder, config["files"], folder)
+    hashes = dict(config["files"])
+    hashes[CONFIG_NAME] = sha256_file(config_path)
+    text = _checksum_text(hashes)
+    from . import atomic
+
+    atomic.write_text(folder / CHECKSUM_NAME, text)
+    return _bundle_id(text.encode("ascii"))
+
+
 _extracted_dirs: list[str] = []
 
 
@@ -237,13 +334,16 @@ def _extract_zip(path: Path) -> Path:
     return target
 
 
-def load_bundle(path) -> Bundle:
+def load_bundle(path, *, expected_id: str | None = None) -> Bundle:
     """Open and verify a model bundle.
 
     Parameters
     ----------
     path : str or Path
         A bundle folder, or a zip of one.
+    expected_id : str, optional
+        Refuse the bundle unless its id is this (``"sha256:<hex>"``). The shipped default
+        bundle is always held to `smgic_rt.models.DEFAULT_BUNDLE_ID`.
 
     Returns
     -------
@@ -254,8 +354,10 @@ def load_bundle(path) -> Bundle:
     FileNotFoundError
         `path` does not exist.
     BundleError
-        ``config.json`` missing or unreadable, schema version not supported, a listed file
-        missing, or a file whose sha256 differs from the one recorded.
+        ``checksums.sha256`` or ``config.json`` missing or unreadable, config.json not matching
+        its checksum, the checksum file and config.json listing different files or hashes,
+        schema version not supported, a listed file missing, a file whose sha256 differs from
+        the one recorded, or an id other than the one expected.
 
     Examples
     --------
@@ -263,6 +365,8 @@ def load_bundle(path) -> Bundle:
     >>> bundle.grid_shape, bundle.steps                 # doctest: +SKIP
     ((80, 96, 80), 7)
     """
+    from . import models
+
     source = Path(path)
     if not source.exists():
         raise FileNotFoundError(f"bundle path {str(source)!r} does not exist")
@@ -270,12 +374,48 @@ def load_bundle(path) -> Bundle:
     config_path = folder / CONFIG_NAME
     if not config_path.is_file():
         raise BundleError(f"{source}: no {CONFIG_NAME} (not a model bundle)")
+    hashes, raw_checksums = read_checksums(folder, source)
     raw = config_path.read_bytes()
+    # config.json's own hash first: nothing it says is trusted before that.
+    config_hash = hashlib.sha256(raw).hexdigest()
+    if CONFIG_NAME not in hashes:
+        raise BundleError(f"{source}: {CHECKSUM_NAME} does not cover {CONFIG_NAME}")
+    if hashes[CONFIG_NAME] != config_hash:
+        raise BundleError(
+            f"{source}: {CONFIG_NAME} was modified: {CHECKSUM_NAME} says sha256 {hashes[CONFIG_NAME]}, the file has "
+            f"{config_hash} (an edited config.json, e.g. integration steps or grid, is refused; re-export the bundle)"
+        )
     try:
         config = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(f"{source}: {CONFIG_NAME} is not valid JSON ({error})") from error
     level_files = _validate_config(config, source)
-    _verify_files(folder, config["files"], source)
-    bundle_id = "sha256:" + hashlib.sha256(raw).hexdigest()
+    listed = dict(config["files"])
+    covered = {name: digest for name, digest in hashes.items() if name != CONFIG_NAME}
+    if covered != listed:
+        differ = sorted(name for name in set(covered) | set(listed) if covered.get(name) != listed.get(name))
+        raise BundleError(
+            f"{source}: {CHECKSUM_NAME} and {CONFIG_NAME} 'files' disagree about {differ} (every file must be covered "
+            "by both with the same sha256)"
+        )
+    _verify_files(folder, listed, source)
+    bundle_id = _bundle_id(raw_checksums)
+    pinned = []
+    if expected_id is not None:
+        pinned.append((str(expected_id), "the expected id"))
+    if _same_folder(folder, models.default_bundle_path()):
+        pinned.append((models.DEFAULT_BUNDLE_ID, "the id this smgic_rt release ships its default bundle with"))
+    for expected, what in pinned:
+        if bundle_id != expected:
+            raise BundleError(
+                f"{source}: bundle id {bundle_id} is not {what}, {expected}: its files were changed "
+                "(reinstall smgic_rt for the default, or pass the bundle you mean)"
+            )
     return Bundle(path=folder, source=source, config=config, id=bundle_id, _level_files=level_files)
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False

@@ -24,6 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from . import io
 from .io import InvalidImageError, make_nifti
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "world_points",
     "displacement_to_itk_image",
     "itk_image_to_displacement",
+    "InvalidTransformError",
+    "check_field_placement",
     "model_to_native_displacement",
     "sampling_coordinates",
     "sample_image",
@@ -48,6 +51,15 @@ __all__ = [
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 INTERPOLATIONS = ("linear", "nearest", "label")
 _NIFTI_INTENT_VECTOR = 1007
+_NIFTI_INTENT_DISPVECT = 1006  # "displacement vector": also a vector field, written by some tools
+_VECTOR_INTENTS = (_NIFTI_INTENT_VECTOR, _NIFTI_INTENT_DISPVECT)
+# The most field voxels (a strided sample) that decide whether a field maps into an image.
+_PLACEMENT_SAMPLE_VOXELS = 1 << 18
+
+
+class InvalidTransformError(InvalidImageError):
+    """A transform file that is not a usable ITK displacement field (or does not fit the images
+    it is applied to); the message names the file, what was expected and what came."""
 
 
 def voxel_grid(shape) -> np.ndarray:
@@ -91,37 +103,163 @@ def displacement_to_itk_image(displacement_ras_mm: np.ndarray, affine: np.ndarra
     return image
 
 
-def itk_image_to_displacement(field) -> tuple[np.ndarray, np.ndarray]:
+def _intent_text(header) -> str:
+    try:
+        code = int(header["intent_code"])
+    except (KeyError, TypeError, ValueError):
+        return "no intent"
+    try:
+        label = nib.nifti1.intent_codes.label[code]
+    except KeyError:
+        label = "unknown"
+    return f"intent {label} ({code})"
+
+
+def itk_image_to_displacement(field, *, name: str = "transform") -> tuple[np.ndarray, np.ndarray]:
     """(RAS-mm displacement (3, X, Y, Z) float32, affine float64) from an ITK displacement field.
 
-    Accepts a path or a nibabel image of shape (X, Y, Z, 1, 3) (the ITK layout) or (X, Y, Z, 3).
-    Values keep the file's float32 precision (fields of other types are converted).
+    Accepts a path or a nibabel NIfTI image laid out as ITK writes displacement fields, shape
+    (X, Y, Z, 1, 3) (intent vector, displacement vector or none), or of shape (X, Y, Z, 3) only
+    with a vector intent: a plain 4-D image of 3 volumes is a time series, not a field. Values
+    keep the file's float32 precision (fields of other types are converted).
+
+    Raises
+    ------
+    FileNotFoundError, InvalidTransformError
+        Naming the file: unreadable, truncated or damaged, not NIfTI, not a displacement field
+        (layout or intent), a broken affine (io's voxel-size bounds, finite, invertible),
+        complex or non-finite values.
     """
+    source = None
     if isinstance(field, (str, os.PathLike)):
-        path = Path(os.fspath(field))
+        path = Path(os.fspath(field)).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"transform: no such file: '{path}'")
+            raise FileNotFoundError(f"{name}: no such file: '{path}'")
         try:
-            field = nib.load(str(path))
-        except Exception as error:
-            raise InvalidImageError(f"transform: could not read '{path}' as a NIfTI displacement field: {error}") from None
+            field, source = io.open_image(path, name)
+        except InvalidImageError as error:
+            raise InvalidTransformError(f"{error} (expected an ITK displacement field)") from None
     if not isinstance(field, nib.spatialimages.SpatialImage):
-        raise InvalidImageError(f"transform: expected a displacement-field image or its path, got {type(field).__name__}")
-    shape = field.shape
-    if len(shape) == 5 and shape[3] == 1 and shape[4] == 3:
-        data = np.asarray(field.dataobj)[:, :, :, 0, :]
-    elif len(shape) == 4 and shape[3] == 3:
-        data = np.asarray(field.dataobj)
-    else:
-        raise InvalidImageError(
-            f"transform must be an ITK displacement field of shape (X, Y, Z, 1, 3), got shape {shape}"
+        raise InvalidTransformError(f"{name}: expected a displacement-field image or its path, got {type(field).__name__}")
+    source = source or field.get_filename()
+    where = f"{name} '{source}'" if source else name
+    if not isinstance(field.header, nib.nifti1.Nifti1Header):
+        raise InvalidTransformError(
+            f"{where}: displacement fields must be NIfTI (ITK/ANTs layout), got a {type(field).__name__}"
         )
+    try:
+        # A file's header was checked whole by open_image; an image in memory means its affine.
+        io.check_header(field, name, source, file_forms=False)
+    except InvalidImageError as error:
+        raise InvalidTransformError(str(error)) from None
+    shape = tuple(int(n) for n in field.shape)
+    intent = int(field.header["intent_code"])
+    if len(shape) == 5 and shape[3] == 1 and shape[4] == 3:
+        if intent not in (0, *_VECTOR_INTENTS):
+            raise InvalidTransformError(
+                f"{where}: has the ITK field layout {shape} but {_intent_text(field.header)}; a displacement field has "
+                "intent vector (1007) or none"
+            )
+    elif len(shape) == 4 and shape[3] == 3:
+        if intent not in _VECTOR_INTENTS:
+            raise InvalidTransformError(
+                f"{where}: is a 4-D image of 3 volumes (shape {shape}, {_intent_text(field.header)}), not a displacement "
+                "field: ITK/ANTs fields have shape (X, Y, Z, 1, 3) with intent vector, as antsRegistration and "
+                "smgic-register write them"
+            )
+    else:
+        raise InvalidTransformError(
+            f"{where}: must be an ITK displacement field of shape (X, Y, Z, 1, 3) (intent vector), got shape {shape} "
+            f"with {_intent_text(field.header)}"
+        )
+    if min(shape[:3]) < 2:
+        raise InvalidTransformError(f"{where}: a displacement field needs at least 2 voxels along each axis, got shape {shape}")
+    try:
+        affine = io.check_affine(np.asarray(field.affine, dtype=np.float64), where)
+    except InvalidImageError as error:
+        raise InvalidTransformError(str(error)) from None
+    try:
+        values = io.read_voxels(field, name, source)
+    except InvalidImageError as error:
+        raise InvalidTransformError(str(error)) from None
+    data = values[:, :, :, 0, :] if values.ndim == 5 else values
     ras = np.empty((3, *shape[:3]), dtype=np.float32)
-    for c, sign in enumerate((-1.0, -1.0, 1.0)):
-        np.multiply(data[..., c], sign, out=ras[c], casting="unsafe")
-    if not np.isfinite(ras).all():
-        raise InvalidImageError("transform has non-finite displacement values")
-    return ras, np.asarray(field.affine, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32 becomes inf: refused below
+        for c, sign in enumerate((-1.0, -1.0, 1.0)):
+            np.multiply(data[..., c], sign, out=ras[c], casting="unsafe")
+    finite = np.isfinite(ras)
+    if not finite.all():
+        raise InvalidTransformError(
+            f"{where}: has {int(finite.size - finite.sum())} non-finite displacement values (NaN, infinite, or beyond "
+            f"float32) out of {finite.size}"
+        )
+    return ras, affine
+
+
+def check_field_placement(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, reference_shape, reference_affine,
+                          image=None, *, name: str = "transform", reference_name: str = "reference image",
+                          check_mapping: bool = True) -> None:
+    """Refuse a field that cannot map the reference (and `image`, an io.Volume) meaningfully.
+
+    * the field's grid must overlap the reference's field of view (world boxes; outside its grid
+      a field maps points to themselves, so a grid elsewhere does nothing);
+    * no displacement may be longer than the diagonal of the box holding the field's, the
+      reference's and the image's fields of view together: such a vector sends a point of one
+      of them beyond all of them (a 1e6 mm displacement is a broken file);
+    * with `image` and `check_mapping`, some voxels of the field's grid must map into the image's
+      field of view (a strided sample decides), or the output would be all zeros (pass the
+      field resampled on the reference grid to decide it for the reference's voxels).
+
+    `displacement_ras_mm` (3, X, Y, Z) lives on `field_affine`'s grid. Raises
+    InvalidTransformError saying by how much the grids miss or the magnitude exceeds.
+    """
+    field_shape = tuple(int(n) for n in displacement_ras_mm.shape[1:])
+    reference_shape = tuple(int(n) for n in reference_shape)
+    field_box = io.world_box(field_shape, field_affine)
+    reference_box = io.world_box(reference_shape, reference_affine)
+    gap = np.maximum(0.0, np.maximum(reference_box[0] - field_box[1], field_box[0] - reference_box[1]))
+    if np.any(gap > 0):
+        raise InvalidTransformError(
+            f"{name}: its grid {io.format_world_box(*field_box)} does not overlap the {reference_name}'s field of view "
+            f"{io.format_world_box(*reference_box)} (RAS); it misses by {float(np.linalg.norm(gap)):.1f} mm"
+        )
+    boxes = [field_box, reference_box] + ([io.world_box(image.shape, image.affine)] if image is not None else [])
+    low = np.min([b[0] for b in boxes], axis=0)
+    high = np.max([b[1] for b in boxes], axis=0)
+    diagonal = float(np.linalg.norm(high - low))
+    # float32 squares: the bound is a diagonal of hundreds of mm, far above float32's rounding.
+    squared = np.einsum("c...,c...->...", displacement_ras_mm, displacement_ras_mm)
+    longest = float(np.sqrt(squared.max()))
+    if longest > diagonal:
+        where = np.unravel_index(int(np.argmax(squared)), squared.shape)
+        raise InvalidTransformError(
+            f"{name}: displacements up to {longest:.4g} mm (at field voxel {tuple(int(i) for i in where)}) are longer "
+            f"than the {diagonal:.1f} mm diagonal of the field's, the {reference_name}'s"
+            f"{' and the image' + chr(39) + 's' if image is not None else ''} fields of view together; "
+            "not a displacement field between these images (wrong units or a broken file?)"
+        )
+    if image is not None and check_mapping:
+        _check_maps_into(displacement_ras_mm, field_affine, image, name=name, reference_name=reference_name)
+
+
+def _check_maps_into(displacement_ras_mm, field_affine, image, *, name: str, reference_name: str) -> None:
+    field_shape = tuple(int(n) for n in displacement_ras_mm.shape[1:])
+    step = max(1, int(np.ceil((int(np.prod(field_shape)) / _PLACEMENT_SAMPLE_VOXELS) ** (1 / 3))))
+    index = np.stack(np.meshgrid(*[np.arange(0, n, step, dtype=np.float64) for n in field_shape], indexing="ij")).reshape(3, -1)
+    points = _apply_matrix(field_affine, index) + displacement_ras_mm[:, ::step, ::step, ::step].reshape(3, -1)
+    in_image = _apply_matrix(np.linalg.inv(np.asarray(image.affine, dtype=np.float64)), points)
+    upper = np.asarray(image.shape, dtype=np.float64)[:, None] - 0.5
+    if not np.any(np.all((in_image >= -0.5) & (in_image <= upper), axis=0)):
+        image_box = io.world_box(image.shape, image.affine)
+        mapped_low, mapped_high = points.min(axis=1), points.max(axis=1)
+        miss = np.maximum(0.0, np.maximum(image_box[0] - mapped_high, mapped_low - image_box[1]))
+        raise InvalidTransformError(
+            f"{name}: maps no voxel of the {reference_name} into the {image.name}"
+            f"{' ' + repr(image.source) if image.source else ''}: the mapped points span {io.format_world_box(mapped_low, mapped_high)}, "
+            f"the {image.name} {io.format_world_box(*image_box)} (RAS)"
+            + (f"; they miss by {float(np.linalg.norm(miss)):.1f} mm" if np.any(miss > 0) else "")
+            + "; the output would be empty (is this the transform for these images?)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,7 +379,7 @@ def displacement_on_grid(displacement_ras_mm: np.ndarray, field_affine: np.ndarr
                                   interpolation="linear", padding="zeros")
 
 
-def apply_displacement_field(field, image, *, interpolation: str = "linear", reference=None):
+def apply_displacement_field(field, image, *, interpolation: str = "linear", reference=None, name: str = "transform"):
     """Resample `image` (an io.Volume) through an ITK displacement field.
 
     `field` is an ITK displacement-field image (or path); the output lies on `reference`
@@ -249,14 +387,24 @@ def apply_displacement_field(field, image, *, interpolation: str = "linear", ref
     voxel ``p`` reads the image at ``p + d(p)``, as ``antsApplyTransforms`` does.
     Returns (array, affine): float32 for "linear", the image's values for "nearest", int32
     labels for "label".
+
+    Before any resampling the field is checked (`itk_image_to_displacement`: layout, intent,
+    affine, finite values) and so is its placement (`check_field_placement`: grid overlapping
+    the reference, plausible magnitudes, some voxels mapping into `image`); a field that fails
+    raises InvalidTransformError naming it.
     """
     _check_interpolation(interpolation)
-    displacement, field_affine = itk_image_to_displacement(field)
+    displacement, field_affine = itk_image_to_displacement(field, name=name)
     if reference is None:
         shape, affine = displacement.shape[1:], field_affine
     else:
-        shape, affine = tuple(int(n) for n in reference[0]), np.asarray(reference[1], dtype=np.float64)
+        shape, affine = tuple(int(n) for n in reference[0]), io.check_affine(reference[1], "reference")
+    reference_name = "field's own grid" if reference is None else "reference image"
+    check_field_placement(displacement, field_affine, shape, affine, image, name=name, reference_name=reference_name,
+                          check_mapping=reference is None)
+    if reference is not None:
         displacement = displacement_on_grid(displacement, field_affine, shape, affine)
+        _check_maps_into(displacement, affine, image, name=name, reference_name="reference image")
     return warp_image(image.data, image.affine, displacement, affine, interpolation), affine
 
 

@@ -57,6 +57,21 @@ def test_random_model_levels_match_torch(random_bundle):
     assert random_bundle.config["exporter"]["parity"]["pair"]["fixed"].startswith("nilearn:")
 
 
+def test_export_seals_the_bundle_with_a_checksum_file_that_names_it(random_bundle):
+    """The exporter's last file covers config.json and every other file; its hash is the id."""
+    import hashlib
+
+    from smgic_rt.bundle import CHECKSUM_NAME, read_checksums
+    from smgic_rt.atomic import sha256_file
+
+    folder = random_bundle.source
+    hashes, raw = read_checksums(folder)
+    assert set(hashes) == {"config.json", *random_bundle.config["files"]}
+    assert all(hashes[name] == sha256_file(folder / name) for name in hashes)
+    assert random_bundle.id == "sha256:" + hashlib.sha256(raw).hexdigest()
+    assert sorted(p.name for p in folder.iterdir()) == sorted({CHECKSUM_NAME, *hashes})
+
+
 def test_bundle_folder_gets_the_mode_of_a_plain_folder(random_bundle, tmp_path):
     """The bundle is built in a mkdtemp folder (0700); renamed into place it must be readable as
     the user's umask lets mkdir make folders, so that a shared model stays usable."""

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["default_bundle_path", "has_default_bundle"]
+__all__ = ["default_bundle_path", "has_default_bundle", "DEFAULT_BUNDLE_ID"]
 
 _DEFAULT = Path(__file__).resolve().parent / "default"
+
+# The id (sha256 of default/checksums.sha256, which covers config.json and every file) of the
+# default bundle this release ships. `smgic_rt.bundle.load_bundle` refuses the default folder
+# with any other id, so an edited default is refused even when its checksum file was rewritten
+# to match. Retraining the default means exporting it, then updating this line in the same commit.
+DEFAULT_BUNDLE_ID = "sha256:8ad859af741866ee393bad98d168bf6905dfd65bc8d482c666e04ad8b3ea92e9"
 
 
 def default_bundle_path() -> Path:

@@ -1,0 +1,280 @@
+"""Fuzzing the input checks: NIfTI files of every kind of header and voxel content, written as
+real files through nibabel (and then, for some, with header bytes overwritten or the file cut
+short), fed to every loader a user's file reaches: io.load_volume, io.load_label_map,
+io.load_mask and the displacement-field reader (transforms.itk_image_to_displacement).
+
+Two properties, for every input:
+1. a loader either accepts it or raises one of our own error types (InvalidImageError and its
+   subclass InvalidTransformError, FileNotFoundError): never a numpy, nibabel, zlib or other
+   exception;
+2. nothing accepted is silently wrong: an accepted volume is 3-D, float32 (labels int32),
+   finite, with a finite invertible affine whose voxel sizes lie within io's bounds, and equals
+   what nibabel itself reads from the file (voxels and affine); an accepted field has the ITK
+   layout and equals nibabel's reading with the LPS -> RAS sign flip.
+
+CI runs a bounded, reproducible search (200 examples, derandomized). A longer run:
+``SMGIC_FUZZ_EXAMPLES=5000 pytest -q tests/test_fuzz_inputs.py`` (``SMGIC_FUZZ_RANDOM=1`` draws a
+fresh random search instead of the fixed one).
+"""
+
+import gzip
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from smgic_rt import io, transforms  # noqa: E402
+from smgic_rt.io import InvalidImageError  # noqa: E402
+
+EXAMPLES = int(os.environ.get("SMGIC_FUZZ_EXAMPLES", "200"))
+FUZZ_SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=os.environ.get("SMGIC_FUZZ_RANDOM", "") != "1",
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+OUR_ERRORS = (InvalidImageError, FileNotFoundError)
+
+DTYPES = [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64,
+          np.float32, np.float64, np.complex64, np.complex128, bool]
+SPECIAL_SIZES = [0.0, 1e-9, 1e-3, 0.049, 0.05, 0.5, 1.0, 2.0, 3.3, 20.0, 20.5, 1e4, -1.0, np.nan, np.inf]
+INTENTS = [0, 2, 3, 1002, 1006, 1007, 1011, 2006, 32767, -5]
+SLOPES = [np.nan, 0.0, 1.0, 2.5, -1.0, 1e-30, 1e30, np.inf]
+INTERS = [0.0, 5.0, -1e6, np.nan, np.inf]
+
+def sometimes(unusual, usual, one_in: int = 4):
+    """`usual` most of the time, a draw from `unusual` about once in `one_in`: each example
+    stays mostly valid, so that the checks past the first one get exercised too."""
+    return st.integers(0, one_in - 1).flatmap(lambda k: unusual if k == 0 else st.just(usual) if not isinstance(
+        usual, st.SearchStrategy) else usual)
+
+
+valid_shapes = st.lists(st.integers(4, 12), min_size=3, max_size=3).map(tuple)
+odd_shapes = st.one_of(
+    st.lists(st.integers(1, 12), min_size=3, max_size=3),  # thin ones included
+    st.lists(st.integers(1, 9), min_size=1, max_size=6),  # any dimensionality
+    st.tuples(st.integers(4, 9), st.integers(4, 9), st.integers(4, 9), st.just(1)),  # trailing singleton
+    st.tuples(st.integers(2, 9), st.integers(2, 9), st.integers(2, 9), st.just(1), st.sampled_from([3, 3, 2, 1])),  # ITK
+    st.tuples(st.integers(2, 9), st.integers(2, 9), st.integers(2, 9), st.sampled_from([3, 1, 2])),
+).map(tuple)
+itk_field_shapes = st.tuples(st.integers(2, 9), st.integers(2, 9), st.integers(2, 9), st.just(1), st.just(3))
+shapes = st.one_of(valid_shapes, odd_shapes, itk_field_shapes)
+REAL_DTYPES = [d for d in DTYPES if np.dtype(d).kind not in "cb"]
+dtypes = sometimes(st.sampled_from(DTYPES), st.sampled_from(REAL_DTYPES))
+values = sometimes(st.sampled_from(["constant", "zeros", "integers", "nan", "inf", "huge", "tiny", "labels", "extreme"]),
+                   st.sampled_from(["random", "labels", "integers"]))
+voxel_size = sometimes(st.sampled_from(SPECIAL_SIZES), st.floats(0.1, 10.0), one_in=6)
+translation = sometimes(st.sampled_from([1e30, np.nan, -1e8]), st.floats(-300.0, 300.0), one_in=10)
+codes = sometimes(st.integers(0, 4), st.just(1))
+
+
+@st.composite
+def affines(draw):
+    sizes = [draw(voxel_size) for _ in range(3)]
+    angles = draw(st.lists(st.floats(-3.2, 3.2), min_size=3, max_size=3))
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rotation = (np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+                @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]))
+    with np.errstate(invalid="ignore", over="ignore"):
+        linear = rotation @ np.diag(sizes)
+        linear = linear + draw(sometimes(st.sampled_from([0.01, 0.3, 5.0]), 0.0, one_in=6)) * np.triu(np.ones((3, 3)), 1)
+    affine = np.eye(4)
+    affine[:3, :3] = linear
+    affine[:3, 3] = [draw(translation) for _ in range(3)]
+    return affine
+
+
+@st.composite
+def nifti_files(draw):
+    """(file name, bytes) of a NIfTI image written by nibabel, maybe then mutated."""
+    shape = draw(shapes)
+    dtype = np.dtype(draw(dtypes))
+    kind = draw(values)
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=shape) * 10.0 ** draw(st.integers(-3, 6))
+    if kind == "constant":
+        data = np.full(shape, draw(st.sampled_from([0.0, 1.0, -7.5, 1e20])))
+    elif kind == "zeros":
+        data = np.zeros(shape)
+    elif kind in ("integers", "labels"):
+        data = rng.integers(0, 5 if kind == "labels" else 1000, size=shape).astype(np.float64)
+    elif kind == "nan":
+        data.flat[rng.integers(0, data.size)] = np.nan
+    elif kind == "inf":
+        data.flat[rng.integers(0, data.size)] = np.inf * rng.choice([-1, 1])
+    elif kind == "huge":
+        data = data * 1e300
+    elif kind == "tiny":
+        data = data * 1e-300
+    elif kind == "extreme" and dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        data = rng.choice([info.min, info.max, 0], size=shape).astype(np.float64)
+    if dtype.kind == "c":
+        array = (data + 1j * rng.normal(size=shape)).astype(dtype)
+    elif dtype.kind in "iub":
+        with np.errstate(invalid="ignore", over="ignore"):
+            array = np.nan_to_num(data, nan=0, posinf=0, neginf=0)
+            if dtype.kind != "b":
+                info = np.iinfo(dtype)
+                array = np.clip(array, info.min, info.max)
+            array = array.astype(dtype)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            array = data.astype(dtype)
+
+    sform = draw(affines())
+    qform = draw(sometimes(affines(), sform))
+    try:
+        image = nib.Nifti1Image(array, None)
+        header = image.header
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header.set_qform(qform, code=draw(codes))
+            header.set_sform(sform, code=draw(codes))
+            if draw(sometimes(st.just(True), False, one_in=8)):
+                header["pixdim"][1:4] = [draw(st.sampled_from(SPECIAL_SIZES)) for _ in range(3)]
+            is_field_like = len(shape) >= 4 and shape[-1] == 3
+            header["intent_code"] = draw(sometimes(st.sampled_from(INTENTS), 1007 if is_field_like else 0))
+            if draw(sometimes(st.just(True), False, one_in=6)):
+                header["scl_slope"] = draw(st.sampled_from(SLOPES))
+                header["scl_inter"] = draw(st.sampled_from(INTERS))
+            header["xyzt_units"] = draw(sometimes(st.sampled_from([1, 3, 10, 18, 255]), st.sampled_from([0, 2]), one_in=8))
+        raw = image.to_bytes()
+    except Exception:
+        # nibabel itself refuses to write some of these (a dtype NIfTI has no code for, a
+        # quaternion from a non-rotation): nothing reaches our loaders from them.
+        hypothesis.assume(False)
+    gz = draw(st.booleans())
+    mutation = draw(sometimes(st.sampled_from(["header bytes", "truncate", "data bytes"]), "none"))
+    raw = bytearray(raw)
+    if mutation == "header bytes":
+        for _ in range(draw(st.integers(1, 8))):
+            raw[draw(st.integers(0, 351))] = draw(st.integers(0, 255))
+    elif mutation == "data bytes" and len(raw) > 352:
+        raw[draw(st.integers(352, len(raw) - 1))] ^= 0xFF
+    raw = bytes(raw)
+    if gz:
+        raw = gzip.compress(raw, compresslevel=1, mtime=0)
+    if mutation == "truncate":
+        raw = raw[: draw(st.integers(0, max(0, len(raw) - 1)))]
+    return ("image.nii.gz" if gz else "image.nii"), raw
+
+
+def _nibabel_reading(path):
+    """What nibabel reads: (float64 voxels with scaling applied, affine)."""
+    image = nib.load(str(path))
+    return np.asarray(image.get_fdata(dtype=np.float64)), np.asarray(image.affine, dtype=np.float64)
+
+
+def _squeeze(array):
+    while array.ndim > 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return array
+
+
+def _check_geometry(affine):
+    assert affine.shape == (4, 4) and np.all(np.isfinite(affine))
+    sizes = io.voxel_sizes(affine)
+    assert np.all(sizes >= io.MIN_VOXEL_SIZE_MM) and np.all(sizes <= io.MAX_VOXEL_SIZE_MM)
+    assert abs(np.linalg.det(affine[:3, :3])) > 0
+    np.testing.assert_array_equal(affine[3], [0, 0, 0, 1])
+
+
+def _check_volume(volume, path, dtype):
+    assert volume.data.ndim == 3 and volume.data.dtype == dtype and volume.data.flags.c_contiguous
+    assert np.all(np.isfinite(volume.data))
+    assert min(volume.shape) >= io.MIN_AXIS_VOXELS
+    _check_geometry(volume.affine)
+    data, affine = _nibabel_reading(path)
+    np.testing.assert_array_equal(volume.affine, affine)
+    data = _squeeze(data)
+    assert data.shape == volume.shape
+    if dtype == np.int32:
+        np.testing.assert_array_equal(volume.data, np.rint(data))
+    else:
+        # float32 of nibabel's float64 reading (integers above 2^24 round alike either way).
+        np.testing.assert_allclose(volume.data.astype(np.float64), data, rtol=2.0 ** -23, atol=1e-44)
+
+
+def _run(loader, *args, **kwargs):
+    """The loader's result, or None when it refused with one of our errors; anything else fails."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # HeaderWarning and numpy's warnings are allowed, not errors
+        try:
+            return loader(*args, **kwargs)
+        except OUR_ERRORS:
+            return None
+
+
+@FUZZ_SETTINGS
+@given(nifti_files())
+def test_loaders_refuse_with_our_errors_or_return_what_nibabel_reads(case):
+    name, raw = case
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        path.write_bytes(raw)
+
+        volume = _run(io.load_volume, path, name="fuzzed image", allow_constant=True)
+        if volume is not None:
+            _check_volume(volume, path, np.float32)
+            assert volume.source == str(path)
+
+        labels = _run(io.load_label_map, path, name="fuzzed labels")
+        if labels is not None:
+            _check_volume(labels, path, np.int32)
+
+        like = volume or labels
+        if like is not None:
+            mask = _run(io.load_mask, path, like=like, name="fuzzed mask")
+            if mask is not None:
+                # A mask is 0/1 where the file's values are zero/nonzero, on the file's grid.
+                assert mask.data.dtype == np.float32 and set(np.unique(mask.data)) <= {0.0, 1.0}
+                data, _ = _nibabel_reading(path)
+                np.testing.assert_array_equal(mask.data, (_squeeze(data) != 0).astype(np.float32))
+
+        field = _run(transforms.itk_image_to_displacement, path, name="fuzzed transform")
+        if field is not None:
+            ras, affine = field
+            _check_geometry(affine)
+            image = nib.load(str(path))
+            assert image.shape[3:] in ((1, 3), (3,))
+            assert image.shape[3:] == (1, 3) or int(image.header["intent_code"]) in (1006, 1007)
+            assert ras.dtype == np.float32 and ras.shape == (3, *image.shape[:3]) and np.all(np.isfinite(ras))
+            data, nib_affine = _nibabel_reading(path)
+            np.testing.assert_array_equal(affine, nib_affine)
+            data = data.reshape(*image.shape[:3], 3)
+            for c, sign in enumerate((-1.0, -1.0, 1.0)):
+                np.testing.assert_array_equal(ras[c], (sign * data[..., c]).astype(np.float32))
+
+
+def test_the_fuzzer_reaches_both_outcomes():
+    """The search is not vacuous: some inputs are accepted by each loader and others refused."""
+    outcomes = {"volume": set(), "labels": set(), "field": set()}
+
+    @settings(max_examples=150, deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(nifti_files())
+    def probe(case):
+        name, raw = case
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
+            path.write_bytes(raw)
+            outcomes["volume"].add(_run(io.load_volume, path, allow_constant=True) is not None)
+            outcomes["labels"].add(_run(io.load_label_map, path) is not None)
+            outcomes["field"].add(_run(transforms.itk_image_to_displacement, path) is not None)
+
+    probe()
+    assert outcomes["volume"] == {True, False}
+    assert outcomes["labels"] == {True, False}
+    assert False in outcomes["field"]
