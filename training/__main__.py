@@ -6,7 +6,10 @@ CPU-budget model (what ships as smgic_rt's default; see README):
     python -m training -o runs/cpu --grid 80 96 80 --spacing 2 --channels 16 \\
         --iterations 400 400 400 150 --minutes 3 5 20 25
 A stage ends at its iterations or its minutes, whichever comes first; `--resume RUN/last.pt` goes
-on where a run stopped. Measured on the 2-core CPU machine (1 thread, machine shared, load ~6),
+on where a run stopped (a committed checkpoint too, in a later session).
+Ten minutes on one GPU (H200-class), fine-tuning the shipped default with the refinement as a
+teacher (see RECIPES; options given beside --recipe override its values):
+    python -m training --recipe gpu-10min -o runs/gpu Measured on the 2-core CPU machine (1 thread, machine shared, load ~6),
 seconds per iteration of stages 1-4 at 80x96x80 / 2 mm / 16 channels: 0.18, 0.43, 2.5, 23; making
 one synthetic pair adds ~0.5 s. `python -m training.benchmark` measures your machine.
 """
@@ -21,6 +24,22 @@ from pathlib import Path
 from .data import Augment
 from smgic_rt.backends.torch_model import ModelConfig, SMGICNet, parameter_count
 from .train import TrainConfig, train
+
+
+# Named sets of options. gpu-10min: about 10 minutes on one H200-class GPU. It fine-tunes the
+# shipped default model (same architecture, so the bundle also runs fast on CPUs) on residual
+# misplacements (what the network sees after the affine stage), with the runtime refinement's
+# velocity of each of 128 pooled pairs as a teacher. Its weights and budget split are a first
+# guess, not yet measured on a GPU: the first run's log says what to change.
+RECIPES = {
+    "gpu-10min": {
+        "grid": (80, 96, 80), "spacing": 2.0, "channels": 16,
+        "iterations": (100_000, 100_000, 100_000, 100_000), "minutes": (0.5, 0.5, 2.0, 6.5),
+        "lr": 1e-4, "validate_every": 200, "checkpoint_every": 100, "validation_pairs": 4,
+        "max_rotation": 5.0, "max_translation": 5.0, "teacher_weight": 0.2, "pair_pool": 128,
+        "device": "cuda", "init": Path(__file__).resolve().parents[1] / "smgic_rt" / "models" / "default" / "weights.pt",
+    },
+}
 
 
 def _device(parser, name: str) -> str:
@@ -65,10 +84,22 @@ def main(argv=None) -> int:
     parser.add_argument("--init", type=Path,
                         help="start a new run from these weights (a checkpoint or a bundle's weights.pt), e.g. "
                              "to fine-tune the default model: --init smgic_rt/models/default/weights.pt")
+    parser.add_argument("--teacher-weight", type=float, default=0.0,
+                        help="weight of the teacher term: the runtime refinement's velocity per pair as a target "
+                             "(training.teacher; targets cached in RUN/teacher/). Default 0: the paper's losses only")
+    parser.add_argument("--pair-pool", type=int, help="cycle through this many training pairs (default: a new pair each step)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), help="a named set of the options above (see RECIPES)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    known, _ = parser.parse_known_args(argv)
+    if known.recipe is not None:
+        parser.set_defaults(**RECIPES[known.recipe])  # options given explicitly still win
     args = parser.parse_args(argv)
     if args.resume is not None and args.init is not None:
-        parser.error("--resume continues a run and --init starts a new one: give one of them")
+        if args.recipe is None:
+            parser.error("--resume continues a run and --init starts a new one: give one of them")
+        args.init = None  # resuming a recipe's run: its weights come from the checkpoint
+    if args.teacher_weight < 0 or (args.pair_pool is not None and args.pair_pool < 1):
+        parser.error(f"--teacher-weight must be >= 0 and --pair-pool >= 1, got {args.teacher_weight}, {args.pair_pool}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         model_config = ModelConfig(grid_shape=tuple(args.grid), spacing=(args.spacing,) * 3, channels=args.channels)
@@ -81,7 +112,8 @@ def main(argv=None) -> int:
                          validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                          validation_pairs=args.validation_pairs, seed=args.seed, data_folder=args.data,
                          augment=Augment(rotation_deg=args.max_rotation, translation_mm=args.max_translation),
-                         threads=args.threads, device=device, init=args.init)
+                         threads=args.threads, device=device, init=args.init, teacher_weight=args.teacher_weight,
+                         pair_pool=args.pair_pool)
     logging.getLogger("training").info("model: %s, %d parameters", model_config.to_dict(),
                                        parameter_count(SMGICNet(model_config)))
     last = train(config, resume=args.resume, progress=not args.quiet)

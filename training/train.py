@@ -23,6 +23,7 @@ from smgic_rt.metrics import mean_dice
 from .data import (TRAINING_HEADS, TRAINING_TEMPLATES, VALIDATION_TEMPLATE, Augment, PairSource, folder_brains,
                    load_brain, package_file)
 from .losses import LossWeights, registration_loss
+from .teacher import TeacherCache, teacher_loss
 from smgic_rt.backends.torch_model import ModelConfig, SMGICNet, pyramid_features, upsample_field, warp
 
 __all__ = ["TrainConfig", "train", "save_checkpoint", "load_checkpoint", "validate", "CHECKPOINT_SCHEMA"]
@@ -50,6 +51,12 @@ class TrainConfig:
     threads: int | None = None
     device: str = "cpu"                                        # e.g. "cuda": the paper grid needs a GPU
     init: Path | None = None                                   # start from these weights (fine-tuning)
+    # Weight of the teacher term (training.teacher): the runtime refinement's velocity for each
+    # pair as a target beside the paper's losses. 0: the paper's losses alone.
+    teacher_weight: float = 0.0
+    # Draw training pairs from this many fixed pairs, cycled (None: a new pair every step). With
+    # a teacher, each pair's target is computed once; a pool bounds that cost.
+    pair_pool: int | None = None
 
 
 def learning_rate(config: TrainConfig, stage_step: int) -> float:
@@ -167,6 +174,7 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
     if init is not None:
         provenance["init"] = init
     val_pairs = [val_source.pair(i) for i in range(config.validation_pairs)]
+    teacher = TeacherCache(config.output / "teacher") if config.teacher_weight > 0 else None
     last = config.output / "last.pt"
     model.train()
     steps = config.model.integration_steps
@@ -180,11 +188,16 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
         while state["stage_step"] < total and (budget is None or time.monotonic() - started < budget):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, state["stage_step"])
-            pair = train_source.pair(state["step"])
+            pair = train_source.pair(state["step"] if config.pair_pool is None else state["step"] % config.pair_pool)
             fixed, moving = _tensor(pair["fixed"], config.device), _tensor(pair["moving"], config.device)
             output = model(fixed, moving, upto=stage)
             loss, terms = registration_loss(output, pyramid_features(fixed), pyramid_features(moving), steps,
                                             config.weights)
+            if teacher is not None:
+                target = torch.from_numpy(teacher.target(pair["fixed"], pair["moving"]))[None].to(config.device)
+                distance = teacher_loss(output.velocities, target)
+                loss = loss + config.teacher_weight * distance
+                terms.update(teacher=float(distance.detach()), total=float(loss.detach()))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
