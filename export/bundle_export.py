@@ -1,4 +1,4 @@
-"""Export a torch SM-GICNet (from `training.model`) to a model bundle, with a parity check.
+"""Export a torch SM-GICNet (`smgic_rt.backends.torch_model`) to a model bundle, with a parity check.
 
 Each level's network (``forward(fixed, moving, velocity) -> velocity``, convolutions only) is
 exported to its own ONNX graph; warps and integration between levels run in `smgic_rt._C` at
@@ -26,6 +26,7 @@ from smgic_rt import atomic
 from smgic_rt.atomic import sha256_file
 from smgic_rt.bundle import (BUNDLE_FORMAT, CONFIG_NAME, LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, SCHEMA_VERSION,
                              write_checksums)
+from smgic_rt.preprocess import normalization_record
 
 from . import model_adapter
 from .opcheck import UnsupportedOperatorError, unsupported_ops
@@ -164,7 +165,7 @@ def export_bundle(model, output_dir, *, opset: int = 20, fp16_weights: bool = Fa
 
     Parameters
     ----------
-    model : training.model SM-GICNet (torch.nn.Module)
+    model : smgic_rt.backends.torch_model.SMGICNet
     output_dir : path
         Must not exist unless `overwrite`.
     opset : int
@@ -262,10 +263,8 @@ def export_bundle(model, output_dir, *, opset: int = 20, fp16_weights: bool = Fa
             "grid_shape": grid_shape,
             "spacing": spacing,
             "integration_steps": steps,
-            "normalization": normalization or {
-                "function": "smgic_rt.preprocess.normalize_intensity",
-                "note": "inputs are model-grid arrays from smgic_rt.preprocess.prepare",
-            },
+            # The runtime applies (or refuses) what is recorded here: smgic_rt.preprocess's contract.
+            "normalization": normalization or normalization_record(),
             "levels": level_entries,
             "provenance": provenance or {"source": "untrained (random initialisation)"},
             "exporter": {

@@ -35,6 +35,11 @@ def _configure_logging(program: str, verbosity: int) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # io.HeaderWarning (e.g. qform and sform disagree) reaches the user as a log line.
+    logging.captureWarnings(True)
+    warnings_logger = logging.getLogger("py.warnings")
+    warnings_logger.handlers[:] = [handler]
+    warnings_logger.propagate = False
 
 
 def _positive_seconds(text: str) -> float:

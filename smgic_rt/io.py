@@ -24,11 +24,9 @@ the target and rename it into place.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import errno
 import logging
 import os
-import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -57,8 +55,6 @@ __all__ = [
     "read_voxels",
     "voxel_sizes",
     "save_image_atomic",
-    "check_output_dir",
-    "atomic_output_dir",
     "MIN_VOXEL_SIZE_MM",
     "MAX_VOXEL_SIZE_MM",
     "MIN_AXIS_VOXELS",
@@ -650,44 +646,3 @@ def save_image_atomic(image, path, *, threads: int | None = None) -> Path:
         code = error.errno if error.errno is not None else errno.EIO
         raise type(error)(code, f"could not write image: {error.strerror or error}", str(path)) from error
     return path
-
-
-def check_output_dir(outdir, *, overwrite: bool = False) -> Path:
-    """Fail early (before any work) when `outdir` cannot be produced.
-
-    Raises OutputExistsError when it exists and `overwrite` is false, NotADirectoryError when it
-    is a file, and PermissionError / FileNotFoundError when its parent cannot take a new folder.
-    """
-    outdir = Path(os.fspath(outdir)).expanduser().absolute()
-    if outdir.exists() or outdir.is_symlink():
-        if not outdir.is_dir():
-            raise NotADirectoryError(f"output directory '{outdir}' exists and is not a directory")
-        if not overwrite:
-            raise OutputExistsError(f"output directory '{outdir}' already exists (pass overwrite=True / --overwrite to replace it)")
-    parent = outdir.parent
-    if not parent.is_dir():
-        raise FileNotFoundError(f"cannot create output directory '{outdir}': parent folder '{parent}' does not exist")
-    # os.access misses read-only mounts, so try the real operation we will need.
-    try:
-        probe = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.probe-", dir=str(parent)))
-    except OSError as error:
-        raise PermissionError(f"cannot create output directory '{outdir}': parent folder '{parent}' is not writable ({error.strerror})") from None
-    probe.rmdir()
-    return outdir
-
-
-@contextlib.contextmanager
-def atomic_output_dir(outdir, *, overwrite: bool = False):
-    """Yield a staging folder beside `outdir`; on success it replaces `outdir` by rename.
-
-    On any exception the staging folder is removed and `outdir` is left as it was, so a
-    failed run never leaves partial outputs.
-    """
-    outdir = check_output_dir(outdir, overwrite=overwrite)
-    try:
-        with atomic.atomic_dir(outdir, replace=overwrite) as staging:
-            yield staging
-    except FileExistsError as error:
-        if isinstance(error, OutputExistsError):
-            raise
-        raise OutputExistsError(f"output directory '{outdir}' appeared while we were working; not replacing it") from None

@@ -44,7 +44,8 @@ def load_pair(fixed, moving, *, moving_labels=None, fixed_mask=None, moving_mask
     return PairInputs(
         fixed=fixed_volume,
         moving=moving_volume,
-        moving_labels=None if moving_labels is None else io.load_label_map(moving_labels, name="moving labels"),
+        moving_labels=None if moving_labels is None else io.load_label_map(moving_labels, name="moving labels",
+                                                                           like=moving_volume),
         fixed_mask=None if fixed_mask is None else io.load_mask(fixed_mask, like=fixed_volume, name="fixed mask"),
         moving_mask=None if moving_mask is None else io.load_mask(moving_mask, like=moving_volume, name="moving mask"),
     )

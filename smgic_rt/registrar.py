@@ -127,6 +127,8 @@ class RegistrationResult:
         """
         labels = None if moving_labels is None else volume_or_load(moving_labels, io.load_label_map,
                                                                      name="moving labels")
+        if labels is not None:  # before any work: labels that miss their image would warp to nothing
+            io.check_overlap(labels, self.moving, name="moving labels")
         sources = (self.fixed.source, self.moving.source, None if labels is None else labels.source)
         outdir = outputs.check_output_dir(outdir, overwrite=overwrite, protected=sources)
         with atomic.atomic_dir(outdir, replace=overwrite) as staging:

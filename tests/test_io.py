@@ -2,7 +2,6 @@
 
 import concurrent.futures
 import os
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from smgic_rt import atomic, io
-from smgic_rt.io import InvalidImageError, OutputExistsError
+from smgic_rt.io import InvalidImageError
 
 NIBABEL_ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
 
@@ -110,63 +109,6 @@ def test_mask_must_share_the_grid():
 def test_wrong_type():
     with pytest.raises(InvalidImageError, match="expected a path"):
         io.load_volume(42, name="fixed image")
-
-
-def test_atomic_output_dir_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "out"
-    with pytest.raises(RuntimeError):
-        with io.atomic_output_dir(target) as staging:
-            (staging / "warped.nii.gz").write_bytes(b"partial")
-            raise RuntimeError("registration failed half-way")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_atomic_output_dir_refuses_existing_without_overwrite(tmp_path):
-    target = tmp_path / "out"
-    target.mkdir()
-    (target / "keep.txt").write_text("old")
-    with pytest.raises(OutputExistsError, match="already exists"):
-        io.check_output_dir(target)
-    with io.atomic_output_dir(target, overwrite=True) as staging:
-        (staging / "new.txt").write_text("new")
-    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-
-
-def _unwritable_folder(tmp_path):
-    """A folder this process cannot create entries in: chmod 500 for users, /sys for root."""
-    if os.geteuid() != 0:
-        folder = tmp_path / "readonly"
-        folder.mkdir()
-        folder.chmod(0o500)
-        return folder
-    try:
-        probe = tempfile.mkdtemp(dir="/sys")
-    except OSError:
-        return Path("/sys")
-    os.rmdir(probe)
-    pytest.skip("no unwritable folder available to this (root) process")
-
-
-def test_unwritable_parent(tmp_path):
-    parent = _unwritable_folder(tmp_path)
-    try:
-        with pytest.raises(PermissionError, match="not writable"):
-            io.check_output_dir(parent / "smgic_out")
-    finally:
-        if parent != Path("/sys"):
-            parent.chmod(0o700)
-
-
-def test_missing_parent(tmp_path):
-    with pytest.raises(FileNotFoundError, match="parent folder"):
-        io.check_output_dir(tmp_path / "no" / "out")
-
-
-def test_output_is_a_file(tmp_path):
-    (tmp_path / "out").write_text("x")
-    with pytest.raises(NotADirectoryError):
-        io.check_output_dir(tmp_path / "out", overwrite=True)
 
 
 def test_save_image_atomic_writes_and_cleans(tmp_path):

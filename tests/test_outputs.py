@@ -4,6 +4,8 @@ code before `smgic_rt.outputs` existed, where `--overwrite` removed whatever the
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import nibabel as nib
 import pytest
@@ -127,3 +129,39 @@ def test_batch_refuses_a_pair_folder_it_did_not_write_and_keeps_lookalikes(bundl
     assert status["sub01"]["status"] == "failed" and "refusing to replace" in status["sub01"]["error"]
     assert (out / "sub01" / "notes.txt").read_text() == "mine" and (out / ".sub01.keep").read_text() == "mine too"
     assert sorted(p.name for p in (out / "sub01").iterdir()) == ["notes.txt"]
+
+
+def _unwritable_folder(tmp_path):
+    """A folder this process cannot create entries in: chmod 500 for users, /sys for root."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "readonly"
+        folder.mkdir()
+        folder.chmod(0o500)
+        return folder
+    try:
+        probe = tempfile.mkdtemp(dir="/sys")
+    except OSError:
+        return Path("/sys")
+    os.rmdir(probe)
+    pytest.skip("no unwritable folder available to this (root) process")
+
+
+def test_unwritable_parent(tmp_path):
+    parent = _unwritable_folder(tmp_path)
+    try:
+        with pytest.raises(PermissionError, match="not writable"):
+            outputs.check_output_dir(parent / "smgic_out")
+    finally:
+        if parent != Path("/sys"):
+            parent.chmod(0o700)
+
+
+def test_missing_parent(tmp_path):
+    with pytest.raises(FileNotFoundError, match="parent folder"):
+        outputs.check_output_dir(tmp_path / "no" / "out")
+
+
+def test_output_is_a_file(tmp_path):
+    (tmp_path / "out").write_text("x")
+    with pytest.raises(NotADirectoryError):
+        outputs.check_output_dir(tmp_path / "out", overwrite=True)

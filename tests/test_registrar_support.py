@@ -79,4 +79,7 @@ def zero_network_bundle(source: Path, folder: Path) -> Path:
             (folder / name).write_bytes((source / name).read_bytes())
         config["files"][name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
     (folder / "config.json").write_text(json.dumps(config, indent=2))
+    from smgic_rt.bundle import write_checksums
+
+    write_checksums(folder)  # an edited bundle is another bundle: seal it as such
     return folder

@@ -76,7 +76,7 @@ def run_dask(todo, out_root, options, qc, bundle, scheduler, threads, registrar_
 
     from distributed import Client, as_completed
 
-    files = {name: (bundle.path / name).read_bytes() for name in ["config.json", *sorted(set(bundle.config["files"]) - {"config.json"})]}
+    files = {name: (bundle.path / name).read_bytes() for name in bundle.file_names}
     token = hashlib.sha256(json.dumps([options, threads], sort_keys=True).encode()).hexdigest()[:12]
     name = f"smgic-batch-{bundle.id.split(':')[-1][:12]}-{token}"
     plugin = _dask_plugin_class()(name, files, registrar_options, threads)
