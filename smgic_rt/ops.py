@@ -285,18 +285,21 @@ def _batched(shape):
 # ---------------------------------------------------------------- array plumbing
 
 
-def _empty(like, shape, on_device):
+def _empty(like, shape, on_device, dtype="float32"):
+    """An uninitialised output shaped `shape`: numpy, or of `like`'s library ON `like`'s device
+    (cupy would otherwise allocate on its current device), on that library's current stream."""
     if not on_device:
-        return np.empty(shape, np.float32)
+        return np.empty(shape, dtype)
     module = _library(like)
     if module == "cupy":
         import cupy
 
-        return cupy.empty(shape, cupy.float32)
+        with cupy.cuda.Device(like.device.id):
+            return cupy.empty(shape, dtype)
     if module == "torch":
         import torch
 
-        return torch.empty(shape, dtype=torch.float32, device=like.device)
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
     raise TypeError(f"CUDA arrays of type {type(like).__name__} are not supported for outputs; use cupy or torch")
 
 
@@ -656,19 +659,6 @@ def image_gradient(volume):
 AFFINE_SUMS = int(_C.AFFINE_SUMS)
 
 
-def _empty_float64(like, shape):
-    module = _library(like)
-    if module == "cupy":
-        import cupy
-
-        return cupy.empty(shape, cupy.float64)
-    if module == "torch":
-        import torch
-
-        return torch.empty(shape, dtype=torch.float64, device=like.device)
-    raise TypeError(f"CUDA arrays of type {type(like).__name__} are not supported for outputs; use cupy or torch")
-
-
 def affine_ncc_sums(fixed, mask, moving, matrix, *, workspace=None, out=None):
     """The sums of the masked NCC of `fixed` and `moving` read through a voxel map, and their
     derivatives by the 12 entries of the 3x4 matrix (``AFFINE_SUMS`` float64 values; layout in
@@ -702,7 +692,7 @@ def affine_ncc_sums(fixed, mask, moving, matrix, *, workspace=None, out=None):
     buffers = {}
     for name, given, count in (("workspace", workspace, size), ("out", out, AFFINE_SUMS)):
         if given is None:
-            given = _empty_float64(fixed, (count,))
+            given = _empty(fixed, (count,), True, "float64")
         else:
             interface = getattr(given, "__cuda_array_interface__", None)
             if interface is None or interface["typestr"] != "<f8" or int(np.prod(interface["shape"])) < count:

@@ -147,15 +147,29 @@ std::vector<float> matrix12(const std::vector<float>& matrix) {
   return matrix;
 }
 
-// Asynchronous: sums (kAffineSums doubles) and workspace (affine_ncc_workspace_size doubles) are
-// device buffers the caller keeps across evaluations.
-void affine_sums_into_cuda(uintptr_t fixed, uintptr_t mask, const Shape3& fixed_shape, uintptr_t moving,
-                           const Shape3& moving_shape, const std::vector<float>& matrix, uintptr_t workspace,
-                           uintptr_t sums, int device, uintptr_t stream) {
+// With `workspace` and `sums` (device buffers the caller keeps across evaluations: kAffineSums
+// and affine_ncc_workspace_size doubles) it only enqueues and returns None; without them (0) it
+// returns the sums as a list, through buffers cached per (device, stream), waiting for that
+// stream only.
+py::object affine_sums_cuda(uintptr_t fixed, uintptr_t mask, const Shape3& fixed_shape, uintptr_t moving,
+                            const Shape3& moving_shape, const std::vector<float>& matrix, uintptr_t workspace,
+                            uintptr_t sums, int device, uintptr_t stream) {
   const auto m = matrix12(matrix);
-  cuda::affine_ncc_sums(dptr(fixed), mask ? dptr(mask) : nullptr, grid3(fixed_shape), dptr(moving),
-                        grid3(moving_shape), m.data(), reinterpret_cast<double*>(workspace),
-                        reinterpret_cast<double*>(sums), where(sums, device, stream));
+  if ((workspace == 0) != (sums == 0)) throw py::value_error("pass both workspace and sums, or neither");
+  const Launch at = where(workspace ? sums : fixed, device, stream);
+  if (sums) {
+    cuda::affine_ncc_sums(dptr(fixed), mask ? dptr(mask) : nullptr, grid3(fixed_shape), dptr(moving),
+                          grid3(moving_shape), m.data(), reinterpret_cast<double*>(workspace),
+                          reinterpret_cast<double*>(sums), at);
+    return py::none();
+  }
+  std::vector<double> host(kAffineSums);
+  {
+    py::gil_scoped_release release;
+    cuda::affine_ncc_sums_to_host(dptr(fixed), mask ? dptr(mask) : nullptr, grid3(fixed_shape), dptr(moving),
+                                  grid3(moving_shape), m.data(), host.data(), at);
+  }
+  return py::cast(host);
 }
 #endif
 
@@ -180,9 +194,10 @@ void bind_registration(pybind11::module_& m) {
         py::arg("cc"), py::arg("d_i"), py::arg("d_j"), py::arg("shape"), py::arg("eps"), dev, str);
   m.def("image_gradient_cuda", &gradient_cuda, "image_gradient on the GPU into `out`", py::arg("volume"),
         py::arg("out"), py::arg("shape"), dev, str);
-  m.def("affine_ncc_sums_cuda", &affine_sums_into_cuda,
-        "affine NCC sums on the GPU into a device float64 buffer `sums`, asynchronously", py::arg("fixed"),
-        py::arg("mask"), py::arg("fixed_shape"), py::arg("moving"), py::arg("moving_shape"), py::arg("matrix"),
-        py::arg("workspace"), py::arg("sums"), dev, str);
+  m.def("affine_ncc_sums_cuda", &affine_sums_cuda,
+        "affine NCC sums on the GPU: into device float64 `sums` asynchronously, or (workspace = sums = 0) "
+        "returned as a list", py::arg("fixed"), py::arg("mask"), py::arg("fixed_shape"), py::arg("moving"),
+        py::arg("moving_shape"), py::arg("matrix"), py::arg("workspace") = uintptr_t{0},
+        py::arg("sums") = uintptr_t{0}, dev, str);
 #endif
 }

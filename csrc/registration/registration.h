@@ -42,6 +42,11 @@ void image_gradient(const float* in, float* out, const Grid3& g, const Launch& w
 // `sums` when it needs the numbers).
 void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
                      const float* matrix, double* workspace, double* sums, const Launch& where);
+// The same, returned to `host_sums` (kAffineSums doubles): the device buffers are cached per
+// (device, stream) and reused, so there is no allocation per call once they are large enough;
+// the host waits for `where.stream` only (the values are needed on the host).
+void affine_ncc_sums_to_host(const float* fixed, const float* mask, const Grid3& fg, const float* moving,
+                             const Grid3& mg, const float* matrix, double* host_sums, const Launch& where);
 }  // namespace cuda
 #endif
 }  // namespace smgic

@@ -6,7 +6,10 @@
 
 #include <cuda_runtime.h>
 
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 
 #include "common/cuda_check.cuh"
 
@@ -143,6 +146,50 @@ void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, con
   check_launch("affine_ncc_sums (blocks)");
   affine_total_kernel<<<1, 64, 0, stream_of(where)>>>(workspace, blocks, sums);
   check_launch("affine_ncc_sums (total)");
+}
+
+namespace {
+// Device workspace + sums and a pinned host copy, one set per (device, stream), grown on demand
+// and kept for the life of the process (a few kB at registration grid sizes). The mutex of a
+// set is held from the launch to the host read, so two host threads sharing a stream cannot
+// overwrite each other's sums.
+struct AffineBuffers {
+  std::mutex mutex;
+  double* device = nullptr;  // workspace, then kAffineSums sums
+  double* pinned = nullptr;
+  int64_t capacity = 0;      // doubles of `device`
+};
+
+AffineBuffers& buffers_for(const Launch& where) {
+  static std::mutex registry_mutex;
+  static std::map<std::pair<int, uintptr_t>, AffineBuffers> registry;
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  return registry[{where.device, where.stream}];  // std::map never moves its elements
+}
+}  // namespace
+
+void affine_ncc_sums_to_host(const float* fixed, const float* mask, const Grid3& fg, const float* moving,
+                             const Grid3& mg, const float* matrix, double* host_sums, const Launch& where) {
+  DeviceGuard guard(where.device);
+  AffineBuffers& buffers = buffers_for(where);
+  std::lock_guard<std::mutex> lock(buffers.mutex);
+  const int64_t needed = affine_sum_blocks(fg.voxels()) * kAffineSums + kAffineSums;
+  if (buffers.capacity < needed) {
+    // The old buffer may still be read by work queued on this stream: wait before freeing it.
+    check(cudaStreamSynchronize(stream_of(where)), "affine_ncc_sums (grow workspace)");
+    if (buffers.device) cudaFree(buffers.device);
+    buffers.device = nullptr;
+    buffers.capacity = 0;
+    check(cudaMalloc(&buffers.device, sizeof(double) * needed), "affine_ncc_sums (workspace)");
+    buffers.capacity = needed;
+    if (!buffers.pinned) check(cudaMallocHost(&buffers.pinned, sizeof(double) * kAffineSums), "affine_ncc_sums (host)");
+  }
+  double* sums = buffers.device + (needed - kAffineSums);
+  affine_ncc_sums(fixed, mask, fg, moving, mg, matrix, buffers.device, sums, where);
+  check(cudaMemcpyAsync(buffers.pinned, sums, sizeof(double) * kAffineSums, cudaMemcpyDeviceToHost, stream_of(where)),
+        "affine_ncc_sums (copy)");
+  check(cudaStreamSynchronize(stream_of(where)), "affine_ncc_sums");
+  for (int k = 0; k < kAffineSums; ++k) host_sums[k] = buffers.pinned[k];
 }
 
 }  // namespace cuda
