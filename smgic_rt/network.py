@@ -67,11 +67,6 @@ def level_features(image: np.ndarray, bundle: Bundle) -> list[np.ndarray]:
 class _HostArrays:
     """numpy: the CPU loop."""
 
-    def __init__(self):
-        import numpy
-
-        self.xp = numpy
-
     @contextlib.contextmanager
     def stream(self):
         yield
