@@ -125,26 +125,30 @@ def test_every_kernel_launches_on_the_callers_stream_graph_capture():
             "filter_axis": lambda: ops.filter_axis(a["image"], 0, gaussian_taps(1.0), False),
             "image_gradient": lambda: ops.image_gradient(a["image"][0]),
         }
-        expected = {name: cupy.asnumpy(call()) for name, call in calls.items()}  # also warms the pool
+        warm = {name: call() for name, call in calls.items()}  # kept alive: their blocks are not reused
+        expected = {name: cupy.asnumpy(value) for name, value in warm.items()}
+        # Free blocks of every output size, filled with a poison value, for the captured calls'
+        # allocations to come from (so no block still holding a result can be handed out).
+        for value in warm.values():
+            spares = [cupy.empty_like(value) for _ in range(3)]
+            for spare in spares:
+                spare.fill(-7.0)
+            del spares
         stream.synchronize()
         mode = getattr(cupy.cuda.runtime, "streamCaptureModeRelaxed", None)
         for name, call in calls.items():
-            # Fresh memory for the captured outputs, so that no block still holding the warm-up's
-            # result can be handed out again.
-            pool = cupy.cuda.MemoryPool()
-            with cupy.cuda.using_allocator(pool.malloc):
-                if mode is None:
-                    stream.begin_capture()
-                else:
-                    stream.begin_capture(mode=mode)
-                out = call()
-                graph = stream.end_capture()
-                cupy.cuda.Device().synchronize()
-                before = cupy.asnumpy(out)
-                assert not np.allclose(before, expected[name]), f"{name} ran outside the captured stream"
-                graph.launch(stream)
-                stream.synchronize()
-                np.testing.assert_allclose(cupy.asnumpy(out), expected[name], atol=0, rtol=0, err_msg=name)
+            if mode is None:
+                stream.begin_capture()
+            else:
+                stream.begin_capture(mode=mode)
+            out = call()
+            graph = stream.end_capture()
+            cupy.cuda.Device().synchronize()
+            before = cupy.asnumpy(out)
+            assert not np.allclose(before, expected[name]), f"{name} ran outside the captured stream"
+            graph.launch(stream)
+            stream.synchronize()
+            np.testing.assert_allclose(cupy.asnumpy(out), expected[name], atol=0, rtol=0, err_msg=name)
 
 
 def test_every_kernel_on_a_torch_side_stream_matches_cpu():

@@ -3,7 +3,7 @@ registration at 2 mm, give bit-identical results with 1 and 2 OpenMP threads.
 
 Before the affine NCC sums were reduced in a fixed order, each thread summed the rows it was
 given and the per-thread totals were added: with 1 thread the demo pair's warp differed from the
-2-thread one by up to 0.32 mm (`benchmarks/kernels.py` docstring has the command).
+2-thread one by up to 0.32 mm (docs/gpu.md).
 """
 
 import importlib.util
