@@ -20,8 +20,23 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = "csrc"
-# sm_75 (Turing) .. sm_90 (Hopper) as machine code, plus compute_90 PTX for newer GPUs.
-CUDA_ARCHS = ["75", "80", "86", "89", "90"]
+# sm_75 (Turing) .. sm_90 (Hopper) as machine code, plus PTX of the last one for newer GPUs
+# (the driver compiles it for them at load time). SMGIC_CUDA_ARCHS="90" (or "80,90") builds only
+# those, e.g. for the one GPU of a machine (benchmarks/device_check.py does): a faster build.
+DEFAULT_CUDA_ARCHS = ["75", "80", "86", "89", "90"]
+
+
+def _cuda_archs():
+    text = os.environ.get("SMGIC_CUDA_ARCHS", "").replace(" ", ",").strip(",")
+    if not text:
+        return DEFAULT_CUDA_ARCHS
+    archs = [a for a in text.split(",") if a]
+    if not all(re.fullmatch(r"\d{2,3}[af]?", a) for a in archs):
+        raise RuntimeError(f"SMGIC_CUDA_ARCHS must list compute capabilities like '90' or '80,90', got {text!r}")
+    return archs
+
+
+CUDA_ARCHS = _cuda_archs()
 
 
 def _find_nvcc():

@@ -7,6 +7,11 @@ median of several runs after a warm-up, the speed-up ratios, and each kernel's a
 bandwidth counted as (bytes read once + bytes written) / time, a lower bound on real traffic.
 
     OMP_NUM_THREADS=2 python benchmarks/kernels.py [--shape 160 192 160] [--threads 2] [--repeats 5]
+
+Then the registration kernels (csrc/registration) on the same grid at 1, 2 and --threads
+threads: affine_ncc_sums (the affine stage's per-evaluation sums; fixed-order reduction since
+issue 15), a Gaussian filter pass, the 5-channel box means, lncc and image_gradient.
+``--registration-only`` skips the torch comparison; ``--json FILE`` writes every number.
 """
 
 import argparse
@@ -25,7 +30,50 @@ def _parse():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--registration-only", action="store_true", help="only the registration kernels")
+    parser.add_argument("--json", help="write the measured seconds to this file")
     return parser.parse_args()
+
+
+def registration_rows(shape, thread_counts, median_seconds):
+    """Median seconds of each registration kernel per thread count, on a smooth random volume."""
+    import numpy as np
+
+    from smgic_rt import _C, ops
+    from smgic_rt._filters import gaussian_taps
+
+    # _C directly (not the ops wrappers), so that the same script times older checkouts too.
+    def box_mean(volumes, radius):
+        for axis in range(3):
+            volumes = _C.filter_axis(volumes, axis, [1.0] * (2 * radius + 1), True)
+        return volumes
+
+    rng = np.random.default_rng(1)
+    coarse = rng.random((1, 6, 7, 6), dtype=np.float32)
+    scale = [(c - 1) / (n - 1) for c, n in zip(coarse.shape[1:], shape)]
+    fixed = ops.affine_resample(coarse, np.diag(scale + [1.0]), shape)[0]
+    moving = np.ascontiguousarray(_C.filter_axis(fixed[None], 0, gaussian_taps(2.0), False)[0])
+    mask = (fixed > 0.3).astype(np.float32)
+    centre = (np.asarray(shape) - 1) / 2
+    angle = np.deg2rad(3.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    matrix = np.hstack([rotation, (centre - rotation @ centre + 0.7)[:, None]])
+    stack = np.stack([fixed, moving, fixed * fixed, moving * moving, fixed * moving])
+    means = box_mean(stack, 1)
+    kernels = {
+        "affine_ncc_sums": lambda: _C.affine_ncc_sums(fixed, mask, moving, matrix.ravel().tolist()),
+        "filter_axis gaussian (axis 0)": lambda: _C.filter_axis(fixed[None], 0, gaussian_taps(1.5), False),
+        "box_mean 5 channels": lambda: box_mean(stack, 1),
+        "lncc": lambda: _C.lncc(fixed, moving, means, 1e-3),
+        "image_gradient": lambda: _C.image_gradient(fixed),
+    }
+    rows = {}
+    for name, kernel in kernels.items():
+        rows[name] = {}
+        for threads in thread_counts:
+            with ops.cpu_threads(threads):
+                rows[name][threads] = median_seconds(kernel)
+    return rows
 
 
 def main():
@@ -40,6 +88,7 @@ def main():
 
     torch.set_num_threads(args.threads)
     shape = tuple(args.shape)
+    results = {"shape": list(shape), "threads": args.threads, "repeats": args.repeats}
     voxels = int(np.prod(shape))
     rng = np.random.default_rng(0)
 
@@ -72,7 +121,7 @@ def main():
         return u
 
     rows = []
-    for channels in (1, 3):
+    for channels in (1, 3) if not args.registration_only else ():
         image_np = rng.random((channels,) + shape, dtype=np.float32)
         image_t = torch.from_numpy(image_np)[None]
         ours = median_seconds(lambda: ops.warp(image_np, displacement_np))
@@ -82,6 +131,14 @@ def main():
         got = ops.warp(image_np, displacement_np)
         diff = float(np.abs(got - grid_sample_warp(image_t, displacement, "zeros")[0].numpy()).max())
         rows[-1] += (diff,)
+
+    thread_counts = sorted({1, 2, args.threads})
+    registration = registration_rows(shape, thread_counts, median_seconds)
+    results["registration_seconds"] = {name: {str(t): v for t, v in row.items()} for name, row in registration.items()}
+    if args.registration_only:
+        _print_registration(registration, thread_counts, shape, args)
+        _write_json(args, results)
+        return
 
     velocity_np = displacement_np
     ours = median_seconds(lambda: ops.integrate_velocity(velocity_np, steps=args.steps))
@@ -97,6 +154,25 @@ def main():
     for name, ours, theirs, moved, diff in rows:
         print(f"{name:<28}{1e3 * ours:>12.1f}{1e3 * theirs:>10.1f}{theirs / ours:>9.2f}x"
               f"{moved / ours / 1e9:>8.1f}{diff:>12.2e}")
+    results["kernels"] = [{"kernel": name, "smgic_seconds": ours, "torch_seconds": theirs, "max_abs_diff": diff}
+                          for name, ours, theirs, moved, diff in rows]
+    _print_registration(registration, thread_counts, shape, args)
+    _write_json(args, results)
+
+
+def _print_registration(registration, thread_counts, shape, args):
+    print(f"\nregistration kernels, shape {shape}, median of {args.repeats} runs, ms per call")
+    print(f"{'kernel':<32}" + "".join(f"{f'{t} thr':>10}" for t in thread_counts))
+    for name, row in registration.items():
+        print(f"{name:<32}" + "".join(f"{1e3 * row[t]:>10.1f}" for t in thread_counts))
+
+
+def _write_json(args, results):
+    if args.json:
+        import json
+
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=1)
 
 
 if __name__ == "__main__":

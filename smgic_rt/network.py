@@ -6,11 +6,17 @@ For each level k = 1..L (1 = coarsest, 1/2^(L-1) of the model grid):
 ``u_k = integrate_velocity(v_k, steps)``. The result is ``v_L``.
 
 The networks run in the backend; warps, upsampling and integration run in `smgic_rt.ops`
-(`_C`). With a CUDA backend (TensorRT) every array stays on the GPU between levels.
+(`_C`). With a CUDA backend (``backend.device == "cuda"``: TensorRT with cupy arrays, or a backend
+whose ``array_module`` is ``"torch"``) every array stays on the GPU between levels, and the whole
+loop runs on ONE stream: the caller's current stream, or a new non-blocking stream when the
+caller is on the default stream. The `_C` kernels read that stream from the arrays, the backend
+enqueues on it, and the host waits once, at the end, when it copies the velocity back. Per-level
+GPU times come from CUDA events on that stream (no synchronisation per level).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import NamedTuple
 
@@ -58,6 +64,107 @@ def level_features(image: np.ndarray, bundle: Bundle) -> list[np.ndarray]:
     return [np.ascontiguousarray(a, dtype=np.float32) for a in pyramid]
 
 
+class _HostArrays:
+    """numpy: the CPU loop."""
+
+    @contextlib.contextmanager
+    def stream(self):
+        yield
+
+    def upload(self, array):
+        return array
+
+    def zeros(self, shape):
+        return np.zeros(shape, np.float32)
+
+    def contiguous(self, array):
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    def mark(self):
+        return time.perf_counter()
+
+    def finish(self, velocity, marks):
+        return np.asarray(velocity), [b - a for a, b in zip(marks[:-1], marks[1:])]
+
+
+class _CupyArrays:
+    """cupy on one stream: the caller's current one, else a new non-blocking stream."""
+
+    def __init__(self):
+        import cupy
+
+        self.xp = cupy
+        current = cupy.cuda.get_current_stream()
+        # The default (null) stream synchronises with every other blocking stream; a registration
+        # gets its own non-blocking stream instead.
+        self._stream = current if current.ptr != 0 else cupy.cuda.Stream(non_blocking=True)
+
+    def stream(self):
+        return self._stream
+
+    def upload(self, array):
+        return self.xp.asarray(array)  # enqueued on the current (the registration's) stream
+
+    def zeros(self, shape):
+        return self.xp.zeros(shape, self.xp.float32)
+
+    def contiguous(self, array):
+        return self.xp.ascontiguousarray(array, dtype=self.xp.float32)
+
+    def mark(self):
+        event = self.xp.cuda.Event()
+        event.record(self._stream)
+        return event
+
+    def finish(self, velocity, marks):
+        host = self.xp.asnumpy(velocity, stream=self._stream)
+        self._stream.synchronize()  # the one wait of the loop; also completes every event
+        return host, [self.xp.cuda.get_elapsed_time(a, b) / 1e3 for a, b in zip(marks[:-1], marks[1:])]
+
+
+class _TorchArrays:
+    """torch CUDA tensors on one stream: the current one, else a new stream."""
+
+    def __init__(self, device):
+        import torch
+
+        self.xp = torch
+        self.device = torch.device(device)
+        current = torch.cuda.current_stream(self.device)
+        default = torch.cuda.default_stream(self.device)
+        self._stream = current if current != default else torch.cuda.Stream(self.device)
+
+    def stream(self):
+        return self.xp.cuda.stream(self._stream)
+
+    def upload(self, array):
+        return self.xp.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+    def zeros(self, shape):
+        return self.xp.zeros(shape, dtype=self.xp.float32, device=self.device)
+
+    def contiguous(self, array):
+        return array.contiguous()
+
+    def mark(self):
+        event = self.xp.cuda.Event(enable_timing=True)
+        event.record(self._stream)
+        return event
+
+    def finish(self, velocity, marks):
+        host = velocity.cpu().numpy()  # waits for the stream
+        self._stream.synchronize()
+        return host, [a.elapsed_time(b) / 1e3 for a, b in zip(marks[:-1], marks[1:])]
+
+
+def _arrays_for(backend):
+    if getattr(backend, "device", "cpu") != "cuda":
+        return _HostArrays()
+    if getattr(backend, "array_module", "cupy") == "torch":
+        return _TorchArrays(getattr(backend, "torch_device", "cuda"))
+    return _CupyArrays()
+
+
 def predict_velocity(backend, bundle: Bundle, fixed, moving) -> NetworkResult:
     """Run the level loop; returns ``(velocity (3, X, Y, Z) float32, timings)``.
 
@@ -80,49 +187,46 @@ def predict_velocity(backend, bundle: Bundle, fixed, moving) -> NetworkResult:
     fixed = _check_image("fixed", fixed, bundle.grid_shape)
     moving = _check_image("moving", moving, bundle.grid_shape)
     steps = bundle.steps
-    on_gpu = getattr(backend, "device", "cpu") == "cuda"
-    if on_gpu:
-        import cupy as xp  # the TensorRT backend already required it
-    else:
-        xp = np
+    arrays = _arrays_for(backend)
+    on_gpu = not isinstance(arrays, _HostArrays)
 
     timings = {}
     start = time.perf_counter()
     fixed_levels = level_features(fixed, bundle)
     moving_levels = level_features(moving, bundle)
-    if on_gpu:
-        fixed_levels = [xp.asarray(a) for a in fixed_levels]
-        moving_levels = [xp.asarray(a) for a in moving_levels]
-    timings["features"] = time.perf_counter() - start
-
-    between = 0.0
-    velocity = displacement = None
-    for level in range(1, bundle.num_levels + 1):
-        tick = time.perf_counter()
-        shape = tuple(fixed_levels[level - 1].shape[1:])
-        if velocity is None:
-            velocity_up = xp.zeros((3, *shape), dtype=np.float32)
-            moving_warped = moving_levels[level - 1]
-        else:
-            velocity_up = ops.upsample_field(velocity, shape)
-            displacement_up = ops.upsample_field(displacement, shape)
-            # Images pad with zeros outside the grid, as in training.
-            moving_warped = ops.warp(moving_levels[level - 1], displacement_up, padding="zeros")
-        between += time.perf_counter() - tick
-
-        tick = time.perf_counter()
-        out = backend.run_level(level, fixed_levels[level - 1][None], xp.ascontiguousarray(moving_warped)[None],
-                                xp.ascontiguousarray(velocity_up)[None])
+    with arrays.stream():
         if on_gpu:
-            xp.cuda.get_current_stream().synchronize()
-        timings[f"level{level}"] = time.perf_counter() - tick
+            fixed_levels = [arrays.upload(a) for a in fixed_levels]
+            moving_levels = [arrays.upload(a) for a in moving_levels]
+        timings["features"] = time.perf_counter() - start
 
-        tick = time.perf_counter()
-        velocity = xp.ascontiguousarray(out[0], dtype=np.float32)
-        if level < bundle.num_levels:
-            displacement = ops.integrate_velocity(velocity, steps)
-        between += time.perf_counter() - tick
+        # marks: before level 1's preparation, then after each preparation and each network run;
+        # on the GPU they are events on the loop's stream, read after the final wait.
+        marks = [arrays.mark()]
+        velocity = displacement = None
+        for level in range(1, bundle.num_levels + 1):
+            shape = tuple(fixed_levels[level - 1].shape[1:])
+            if velocity is None:
+                velocity_up = arrays.zeros((3, *shape))
+                moving_warped = moving_levels[level - 1]
+            else:
+                velocity_up = ops.upsample_field(velocity, shape)
+                displacement_up = ops.upsample_field(displacement, shape)
+                # Images pad with zeros outside the grid, as in training.
+                moving_warped = ops.warp(moving_levels[level - 1], displacement_up, padding="zeros")
+            marks.append(arrays.mark())
+            out = backend.run_level(level, fixed_levels[level - 1][None], arrays.contiguous(moving_warped)[None],
+                                    arrays.contiguous(velocity_up)[None])
+            marks.append(arrays.mark())
+            velocity = arrays.contiguous(out[0])
+            if level < bundle.num_levels:
+                displacement = ops.integrate_velocity(velocity, steps)
+        marks.append(arrays.mark())
+        result, intervals = arrays.finish(velocity, marks)
+    # intervals alternate: preparation of level 1, network 1, integration + preparation of 2, ...
+    between = sum(intervals[0::2])
+    for level in range(1, bundle.num_levels + 1):
+        timings[f"level{level}"] = intervals[2 * level - 1]
     timings["between_levels"] = between
-    result = xp.asnumpy(velocity) if on_gpu else np.asarray(velocity)
     timings["total"] = time.perf_counter() - start
     return NetworkResult(np.ascontiguousarray(result, dtype=np.float32), timings)

@@ -7,6 +7,19 @@ CUDA, and the result is an array of the same kind. Conventions (``docs/architect
 displacement channel ``c`` is along voxel axis ``c`` in voxels, ``phi(x) = x + u(x)``, warping
 pulls, voxel centres sit at integer coordinates.
 
+CUDA arrays: every kernel is enqueued on the stream the arrays name, never on an implicit one,
+and nothing here waits for the GPU. For a torch CUDA tensor that is torch's current stream on
+the tensor's device (``torch.cuda.current_stream(device)``); for any other producer (cupy, numba,
+...) the ``stream`` field of its ``__cuda_array_interface__`` (v3: 1 = legacy default stream, 2 =
+per-thread default stream, any other value a ``cudaStream_t``, absent/None = no ordering needed).
+The first input's stream runs the kernel; when another input names a different stream, the
+kernel's stream first waits for it on the GPU (an event, as the interface asks of a consumer).
+All arrays of one call must be on one device (``ValueError`` otherwise); that device is made
+current for the launch and the caller's current device restored. Outputs are allocated by the
+inputs' own library (cupy, torch) on its current stream. Device arrays are not checked for NaN
+or infinity unless `check_device_finite` is on: that check is a reduction whose result the host
+must wait for, i.e. a synchronisation in the hot path.
+
 Example
 -------
 >>> import numpy as np
@@ -18,6 +31,7 @@ True
 """
 
 import contextlib
+import contextvars
 import numbers
 
 import numpy as np
@@ -33,9 +47,15 @@ __all__ = [
     "downsample_haar",
     "affine_field",
     "jacobian_determinant",
+    "filter_axis",
+    "lncc",
+    "image_gradient",
+    "affine_ncc_sums",
     "build_info",
     "cpu_threads",
     "cuda_available",
+    "check_device_finite",
+    "launch_target",
 ]
 
 _INTERPOLATION = {"linear": 0, "nearest": 1, "label": 2}
@@ -70,11 +90,38 @@ def cuda_available():
     return bool(_C.cuda_available())
 
 
+# Off by default: see the module docstring. A ContextVar, so that one thread (or task) turning it
+# on does not slow down registrations running in other threads.
+_DEVICE_FINITE = contextvars.ContextVar("smgic_check_device_finite", default=False)
+
+
+@contextlib.contextmanager
+def check_device_finite(enabled=True):
+    """Inside the block, CUDA inputs are checked for NaN/infinity as numpy inputs always are.
+
+    Each check is a device reduction whose result the host waits for (one synchronisation of the
+    array's stream per checked input), so it is meant for debugging, not for the hot path.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+    token = _DEVICE_FINITE.set(enabled)
+    try:
+        yield
+    finally:
+        _DEVICE_FINITE.reset(token)
+
+
 # ---------------------------------------------------------------- validation helpers
+
+_BUILT_WITH_CUDA = bool(_C.build_info()["cuda"])
 
 
 def _is_device(array):
     return not isinstance(array, np.ndarray) and hasattr(array, "__cuda_array_interface__")
+
+
+def _library(array):
+    return type(array).__module__.split(".")[0]
 
 
 def _shape_of(array):
@@ -94,7 +141,7 @@ def _check_array(array, name, ranks):
             contiguous = tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) * 4 for i in range(len(shape)))
             if tuple(strides) != contiguous and int(np.prod(shape)) > 1:
                 raise ValueError(f"{name} must be C-contiguous, got strides {tuple(strides)} for shape {shape}")
-        if not _C.build_info()["cuda"]:
+        if not _BUILT_WITH_CUDA:
             raise ValueError(f"{name} is a CUDA array but smgic_rt._C was built without CUDA")
         on_device = True
     elif isinstance(array, np.ndarray):
@@ -115,7 +162,9 @@ def _check_array(array, name, ranks):
 
 def _check_finite(array, name, on_device):
     if on_device:
-        module = type(array).__module__.split(".")[0]
+        if not _DEVICE_FINITE.get():
+            return  # opt-in (check_device_finite): a device check blocks the host on the stream
+        module = _library(array)
         if module == "cupy":
             import cupy
 
@@ -130,6 +179,59 @@ def _check_finite(array, name, on_device):
         finite = _C.all_finite(array)
     if not finite:
         raise ValueError(f"{name} must contain only finite values, got NaN or infinity")
+
+
+# ---------------------------------------------------------------- device and stream of a call
+
+
+def _device_index(array):
+    """The CUDA device an array lives on: its library's attribute, else CUDA's pointer query."""
+    module = _library(array)
+    if module == "torch":
+        return int(array.device.index)
+    if module == "cupy":
+        return int(array.device.id)
+    return int(_C.cuda_pointer_device(_ptr(array)))
+
+
+def _stream_handle(array, device):
+    """The stream the producer of `array` says its data is ordered on (None: no ordering needed)."""
+    if _library(array) == "torch":
+        import torch
+
+        return int(torch.cuda.current_stream(device).cuda_stream)
+    stream = array.__cuda_array_interface__.get("stream")
+    if stream is None:
+        return None
+    if isinstance(stream, bool) or not isinstance(stream, numbers.Integral):
+        raise TypeError(f"__cuda_array_interface__['stream'] must be an int or None, got {stream!r}")
+    if int(stream) == 0:
+        # The interface forbids 0 (it cannot tell the legacy from the per-thread default stream).
+        raise ValueError("__cuda_array_interface__['stream'] is 0, which the CUDA Array Interface forbids "
+                         "(1: legacy default stream, 2: per-thread default stream, else a cudaStream_t)")
+    return int(stream)
+
+
+def launch_target(*named_arrays):
+    """``(device, stream)`` for a call on CUDA arrays, given ``(name, array)`` pairs.
+
+    Checks that every array is on one device (``ValueError`` naming each otherwise). The stream
+    is the first array's; any other stream named by an input is made to precede it on the GPU
+    (event record + wait, no host blocking). The stream handle is what the kernels are
+    enqueued on (0 = the default stream when no input names one).
+    """
+    devices = [(name, _device_index(array)) for name, array in named_arrays]
+    if len({d for _, d in devices}) > 1:
+        described = ", ".join(f"{name} on cuda:{d}" for name, d in devices)
+        raise ValueError(f"arrays of one call must be on one CUDA device, got {described}")
+    device = devices[0][1]
+    streams = [_stream_handle(array, device) for _, array in named_arrays]
+    named = [s for s in streams if s is not None]
+    stream = named[0] if named else 0
+    for other in dict.fromkeys(named[1:]):
+        if other != stream:
+            _C.cuda_stream_wait(device, stream, other)
+    return device, stream
 
 
 def _check_field(array, name):
@@ -183,18 +285,21 @@ def _batched(shape):
 # ---------------------------------------------------------------- array plumbing
 
 
-def _empty(like, shape, on_device):
+def _empty(like, shape, on_device, dtype="float32"):
+    """An uninitialised output shaped `shape`: numpy, or of `like`'s library ON `like`'s device
+    (cupy would otherwise allocate on its current device), on that library's current stream."""
     if not on_device:
-        return np.empty(shape, np.float32)
-    module = type(like).__module__.split(".")[0]
+        return np.empty(shape, dtype)
+    module = _library(like)
     if module == "cupy":
         import cupy
 
-        return cupy.empty(shape, cupy.float32)
+        with cupy.cuda.Device(like.device.id):
+            return cupy.empty(shape, dtype)
     if module == "torch":
         import torch
 
-        return torch.empty(shape, dtype=torch.float32, device=like.device)
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=like.device)
     raise TypeError(f"CUDA arrays of type {type(like).__name__} are not supported for outputs; use cupy or torch")
 
 
@@ -243,7 +348,9 @@ def warp(image, displacement, *, interpolation="linear", padding="zeros"):
     out_shape = (image5[0], image5[1]) + field5[2:]
     out = _empty(image, out_shape, on_device)
     if on_device:
-        _C.warp_cuda(_ptr(image), image5, _ptr(displacement), _ptr(out), out_shape, interp_code, pad_code)
+        device, stream = launch_target(("image", image), ("displacement", displacement))
+        _C.warp_cuda(_ptr(image), image5, _ptr(displacement), _ptr(out), out_shape, interp_code, pad_code,
+                     device, stream)
         return out if len(image_shape) == 5 else out[0]
     _C.warp(_view5(image, False), _view5(displacement, False), out, interp_code, pad_code)
     return _unbatch(out, len(image_shape) == 5)
@@ -287,7 +394,9 @@ def affine_resample(image, matrix, shape, *, interpolation="linear", padding="ze
     out_shape = (image5[0], image5[1]) + out_spatial
     out = _empty(image, out_shape, on_device)
     if on_device:
-        _C.affine_resample_cuda(_ptr(image), image5, values, _ptr(out), out_shape, interp_code, pad_code)
+        device, stream = launch_target(("image", image))
+        _C.affine_resample_cuda(_ptr(image), image5, values, _ptr(out), out_shape, interp_code, pad_code,
+                                device, stream)
     else:
         _C.affine_resample(_view5(image, False), values, out, interp_code, pad_code)
     return _unbatch(out, len(image_shape) == 5)
@@ -316,7 +425,8 @@ def integrate_velocity(velocity, steps=7):
     out = _empty(velocity, shape5, on_device)
     if on_device:
         scratch = _empty(velocity, shape5, on_device)
-        _C.integrate_velocity_cuda(_ptr(velocity), _ptr(out), _ptr(scratch), shape5, int(steps))
+        device, stream = launch_target(("velocity", velocity))
+        _C.integrate_velocity_cuda(_ptr(velocity), _ptr(out), _ptr(scratch), shape5, int(steps), device, stream)
     else:
         _C.integrate_velocity(_view5(velocity, False), out, int(steps))
     return _unbatch(out, len(shape) == 5)
@@ -343,7 +453,8 @@ def compose(u_outer, u_inner):
     inner5, outer5 = _batched(inner_shape), _batched(outer_shape)
     out = _empty(u_inner, inner5, on_device)
     if on_device:
-        _C.compose_cuda(_ptr(u_outer), outer5, _ptr(u_inner), _ptr(out), inner5)
+        device, stream = launch_target(("u_outer", u_outer), ("u_inner", u_inner))
+        _C.compose_cuda(_ptr(u_outer), outer5, _ptr(u_inner), _ptr(out), inner5, device, stream)
     else:
         _C.compose(_view5(u_outer, False), _view5(u_inner, False), out)
     return _unbatch(out, len(inner_shape) == 5)
@@ -371,7 +482,8 @@ def upsample_field(u, shape=None):
     out_shape = in5[:2] + spatial
     out = _empty(u, out_shape, on_device)
     if on_device:
-        _C.upsample_field_cuda(_ptr(u), in5, _ptr(out), out_shape)
+        device, stream = launch_target(("u", u))
+        _C.upsample_field_cuda(_ptr(u), in5, _ptr(out), out_shape, device, stream)
     else:
         _C.upsample_field(_view5(u, False), out)
     return _unbatch(out, len(in_shape) == 5)
@@ -395,7 +507,8 @@ def downsample_haar(image):
     out_shape = in5[:2] + tuple(s // 2 for s in in5[2:])
     out = _empty(image, out_shape, on_device)
     if on_device:
-        _C.downsample_haar_cuda(_ptr(image), _ptr(out), out_shape)
+        device, stream = launch_target(("image", image))
+        _C.downsample_haar_cuda(_ptr(image), _ptr(out), out_shape, device, stream)
     else:
         _C.downsample_haar(_view5(image, False), out)
     return _unbatch(out, len(shape) == 5)
@@ -431,7 +544,8 @@ def affine_field(field, matrix, linear, *, out=None):
         raise ValueError(f"linear must be a finite 3x3 matrix, got shape {lin.shape}")
     lin_values = [float(v) for v in lin.reshape(-1)]
     in5 = _batched(shape)
-    if out is None:
+    given_out = out is not None
+    if not given_out:
         out = _empty(field, shape, on_device)
     else:
         out_shape, out_on_device = _check_array(out, "out", (4, 5))
@@ -439,7 +553,9 @@ def affine_field(field, matrix, linear, *, out=None):
         if tuple(out_shape) != tuple(shape):
             raise ValueError(f"out must have the shape of field {tuple(shape)}, got {tuple(out_shape)}")
     if on_device:
-        _C.affine_field_cuda(_ptr(field), values, lin_values, _ptr(out), in5)
+        named = [("field", field)] + ([("out", out)] if given_out else [])
+        device, stream = launch_target(*named)
+        _C.affine_field_cuda(_ptr(field), values, lin_values, _ptr(out), in5, device, stream)
         return out
     _C.affine_field(_view5(field, False), values, lin_values, _view5(out, False))
     return out
@@ -461,7 +577,129 @@ def jacobian_determinant(u):
     out_shape = (in5[0],) + in5[2:]
     out = _empty(u, out_shape, on_device)
     if on_device:
-        _C.jacobian_determinant_cuda(_ptr(u), _ptr(out), in5)
+        device, stream = launch_target(("u", u))
+        _C.jacobian_determinant_cuda(_ptr(u), _ptr(out), in5, device, stream)
     else:
         _C.jacobian_determinant(_view5(u, False), out)
     return out if len(shape) == 5 else out[0]
+
+
+# ---------------------------------------------------------------- registration kernels
+# The per-voxel work of the affine stage and the refinement (csrc/registration), with the same
+# numpy/CUDA dispatch as the kernels above.
+
+
+def _check_volumes(array, name, rank):
+    shape, on_device = _check_array(array, name, (rank,))
+    _check_finite(array, name, on_device)
+    return shape, on_device
+
+
+def _check_taps(taps):
+    try:
+        values = [float(t) for t in taps]
+    except (TypeError, ValueError):
+        raise TypeError(f"taps must be a sequence of numbers, got {type(taps).__name__}") from None
+    if not values or len(values) % 2 == 0:
+        raise ValueError(f"taps must be an odd, non-empty sequence, got {len(values)} values")
+    if not all(np.isfinite(values)):
+        raise ValueError("taps must be finite")
+    return values
+
+
+def filter_axis(volumes, axis, taps, normalise_inside=False):
+    """One separable filter pass along voxel axis `axis` of ``(C, X, Y, Z)`` volumes.
+
+    ``out = sum_k taps[k] * in[i + k - radius]`` with edge replication; ``normalise_inside``
+    divides by the sum of the taps that fall inside the volume instead (box means without edge
+    bias). Returns a new array of the same shape and kind.
+    """
+    shape, on_device = _check_volumes(volumes, "volumes", 4)
+    if isinstance(axis, bool) or axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
+    values = _check_taps(taps)
+    if not on_device:
+        return _C.filter_axis(volumes, int(axis), values, bool(normalise_inside))
+    out = _empty(volumes, shape, True)
+    device, stream = launch_target(("volumes", volumes))
+    _C.filter_axis_cuda(_ptr(volumes), _ptr(out), shape[0], shape[1:], int(axis), values, bool(normalise_inside),
+                        device, stream)
+    return out
+
+
+def lncc(i, j, means, eps):
+    """Per-voxel local NCC of `i` and `j` (X, Y, Z) and its derivatives by `i` and `j`, from the
+    five box means ``(5, X, Y, Z)`` = mean i, j, i*i, j*j, i*j. Returns ``(cc, d_i, d_j)``."""
+    shape_i, dev_i = _check_volumes(i, "i", 3)
+    shape_j, dev_j = _check_volumes(j, "j", 3)
+    shape_m, dev_m = _check_volumes(means, "means", 4)
+    on_device = _check_same_kind([("i", dev_i), ("j", dev_j), ("means", dev_m)])
+    if shape_j != shape_i or shape_m != (5,) + tuple(shape_i):
+        raise ValueError(f"i and j must share one grid and means must be (5, *grid), got shapes "
+                         f"{tuple(shape_i)}, {tuple(shape_j)} and {tuple(shape_m)}")
+    if not on_device:
+        return _C.lncc(i, j, means, float(eps))
+    outs = [_empty(i, shape_i, True) for _ in range(3)]
+    device, stream = launch_target(("i", i), ("j", j), ("means", means))
+    _C.lncc_cuda(_ptr(i), _ptr(j), _ptr(means), *[_ptr(o) for o in outs], shape_i, float(eps), device, stream)
+    return tuple(outs)
+
+
+def image_gradient(volume):
+    """Central differences (one-sided at the border) of a volume (X, Y, Z): ``(3, X, Y, Z)``."""
+    shape, on_device = _check_volumes(volume, "volume", 3)
+    if not on_device:
+        return _C.image_gradient(volume)
+    out = _empty(volume, (3,) + tuple(shape), True)
+    device, stream = launch_target(("volume", volume))
+    _C.image_gradient_cuda(_ptr(volume), _ptr(out), shape, device, stream)
+    return out
+
+
+AFFINE_SUMS = int(_C.AFFINE_SUMS)
+
+
+def affine_ncc_sums(fixed, mask, moving, matrix, *, workspace=None, out=None):
+    """The sums of the masked NCC of `fixed` and `moving` read through a voxel map, and their
+    derivatives by the 12 entries of the 3x4 matrix (``AFFINE_SUMS`` float64 values; layout in
+    csrc/registration/registration_math.h).
+
+    The CPU sums are reduced in a fixed order, so they do not depend on the thread count.
+    For CUDA arrays nothing is copied to the host: the sums are written, asynchronously, into
+    `out` (a device float64 array of ``AFFINE_SUMS`` values, allocated when None), using
+    `workspace` (float64 device array of ``_C.affine_ncc_workspace_size(fixed voxels)`` values,
+    allocated when None); pass both to reuse them across the evaluations of an optimiser and
+    read `out` once per evaluation. Returns a float64 numpy array (CPU) or `out` (CUDA).
+    """
+    fixed_shape, fixed_dev = _check_volumes(fixed, "fixed", 3)
+    moving_shape, moving_dev = _check_volumes(moving, "moving", 3)
+    kinds = [("fixed", fixed_dev), ("moving", moving_dev)]
+    if mask is not None:
+        mask_shape, mask_dev = _check_volumes(mask, "mask", 3)
+        if tuple(mask_shape) != tuple(fixed_shape):
+            raise ValueError(f"mask must have the fixed grid's shape {tuple(fixed_shape)}, got {tuple(mask_shape)}")
+        kinds.append(("mask", mask_dev))
+    on_device = _check_same_kind(kinds)
+    if any(n < 2 for n in moving_shape):
+        raise ValueError(f"moving must have at least 2 voxels per axis, got shape {tuple(moving_shape)}")
+    if np.shape(matrix) == (12,):  # the 3x4 row-major values, as the _C function takes them
+        matrix = np.reshape(np.asarray(matrix, dtype=np.float64), (3, 4))
+    values = _affine_values(matrix, "matrix")
+    if not on_device:
+        return np.asarray(_C.affine_ncc_sums(fixed, mask, moving, values), dtype=np.float64)
+    size = int(_C.affine_ncc_workspace_size(int(np.prod(fixed_shape))))
+    named = [("fixed", fixed), ("moving", moving)] + ([("mask", mask)] if mask is not None else [])
+    buffers = {}
+    for name, given, count in (("workspace", workspace, size), ("out", out, AFFINE_SUMS)):
+        if given is None:
+            given = _empty(fixed, (count,), True, "float64")
+        else:
+            interface = getattr(given, "__cuda_array_interface__", None)
+            if interface is None or interface["typestr"] != "<f8" or int(np.prod(interface["shape"])) < count:
+                raise ValueError(f"{name} must be a CUDA float64 array of at least {count} values")
+            named.append((name, given))
+        buffers[name] = given
+    device, stream = launch_target(*named)
+    _C.affine_ncc_sums_cuda(_ptr(fixed), _ptr(mask) if mask is not None else 0, fixed_shape, _ptr(moving),
+                            moving_shape, values, _ptr(buffers["workspace"]), _ptr(buffers["out"]), device, stream)
+    return buffers["out"]

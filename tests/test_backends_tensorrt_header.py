@@ -92,3 +92,50 @@ def test_tensorrt_import_error_is_clear():
             import_tensorrt()
     else:
         pytest.skip("tensorrt is installed here")
+
+
+# ------------------------------------------------------------------ where engines are cached
+
+
+def _default_bundle_files():
+    from smgic_rt.registrar import DEFAULT_BUNDLE_PATH
+
+    return sorted(p for p in DEFAULT_BUNDLE_PATH.iterdir() if p.is_file() and not p.name.startswith("__"))
+
+
+def test_zipped_bundle_engines_go_to_a_persistent_cache_keyed_by_bundle_id(tmp_path, monkeypatch):
+    """A zipped bundle is extracted to a new temporary folder per process (deleted at exit):
+    engines must not be cached there, or every process rebuilds them."""
+    import zipfile
+
+    from smgic_rt.backends.tensorrt import engine_dir_for
+    from smgic_rt.bundle import load_bundle
+
+    monkeypatch.delenv("SMGIC_ENGINE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    archive = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in _default_bundle_files():
+            handle.write(path, path.name)
+    first, second = load_bundle(archive), load_bundle(archive)
+    assert first.path != second.path  # two extractions, as in two processes
+    expected = tmp_path / "xdg" / "smgic_rt" / "engines" / first.id.replace(":", "-")
+    assert engine_dir_for(first) == engine_dir_for(second) == expected
+    assert not str(engine_dir_for(first)).startswith(str(first.path))
+
+
+def test_bundle_folder_with_engines_uses_them_else_the_cache(tmp_path, monkeypatch):
+    import shutil
+
+    from smgic_rt.backends.tensorrt import engine_dir_for
+    from smgic_rt.bundle import load_bundle
+
+    monkeypatch.setenv("SMGIC_ENGINE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    for path in _default_bundle_files():
+        shutil.copy(path, folder / path.name)
+    bundle = load_bundle(folder)
+    assert engine_dir_for(bundle) == tmp_path / "cache" / bundle.id.replace(":", "-")
+    (folder / "engines").mkdir()
+    assert engine_dir_for(load_bundle(folder)) == folder / "engines"

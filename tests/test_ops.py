@@ -470,3 +470,109 @@ def test_label_interpolation_is_the_argmax_of_interpolated_indicators():
         best[better], best_score[better] = value, score[better]
     assert np.array_equal(got, best)
     assert set(np.unique(got)) <= set(np.unique(labels))
+
+
+# ------------------------------------------------------------------ CUDA launches, checked on any machine
+
+
+def _launch_configs(text):
+    """The <<<...>>> launch configurations of a .cu file, each split at its top-level commas."""
+    import re
+
+    configs = []
+    for match in re.finditer(r"<<<(.*?)>>>", text, re.S):
+        parts, depth, current = [], 0, ""
+        for char in match.group(1):
+            depth += char in "(<[{"
+            depth -= char in ")>]}"
+            if char == "," and depth == 0:
+                parts.append(current.strip())
+                current = ""
+            else:
+                current += char
+        parts.append(current.strip())
+        configs.append(parts)
+    return configs
+
+
+def test_every_cuda_launch_names_a_stream():
+    from pathlib import Path
+
+    sources = sorted((Path(__file__).resolve().parent.parent / "csrc").rglob("*.cu"))
+    assert sources
+    launches = 0
+    for path in sources:
+        text = path.read_text()
+        for config in _launch_configs(text):
+            launches += 1
+            assert len(config) == 4 and "stream" in config[3], f"{path.name}: launch <<<{', '.join(config)}>>>"
+        assert "__constant__" not in text, f"{path.name}: a __constant__ symbol is shared by every host thread"
+        assert "cudaDeviceSynchronize" not in text and "cudaMemcpy(" not in text, path.name
+    assert launches >= 6  # voxel_kernel (every voxel launcher), filter, lncc, gradient, 2 affine sums
+
+
+def test_cuda_build_has_sm75_to_sm90_and_ptx():
+    import os
+
+    info = ops.build_info()
+    if not info["cuda"] or os.environ.get("SMGIC_CUDA_ARCHS"):
+        pytest.skip("a CPU-only build, or archs chosen by SMGIC_CUDA_ARCHS")
+    assert info["cuda_archs"] == "sm_75,sm_80,sm_86,sm_89,sm_90,compute_90"
+
+
+class _FakeInterface:
+    """An object exposing only a CUDA Array Interface dict (no memory behind it)."""
+
+    def __init__(self, **fields):
+        self.__cuda_array_interface__ = {"shape": (3, 2, 2, 2), "typestr": "<f4", "data": (0, False),
+                                         "version": 3, **fields}
+
+
+def test_cuda_array_interface_stream_field_is_read_per_the_spec():
+    # v3: absent/None = no ordering needed, 1 legacy default, 2 per-thread default, else a handle;
+    # 0 is forbidden (ambiguous).
+    assert ops._stream_handle(_FakeInterface(), 0) is None
+    assert ops._stream_handle(_FakeInterface(stream=None), 0) is None
+    assert ops._stream_handle(_FakeInterface(stream=1), 0) == 1
+    assert ops._stream_handle(_FakeInterface(stream=2), 0) == 2
+    assert ops._stream_handle(_FakeInterface(stream=0x7F00DEADB000), 0) == 0x7F00DEADB000
+    with pytest.raises(ValueError, match="forbids"):
+        ops._stream_handle(_FakeInterface(stream=0), 0)
+    with pytest.raises(TypeError, match="stream"):
+        ops._stream_handle(_FakeInterface(stream="1"), 0)
+
+
+def test_device_finite_check_switch():
+    with pytest.raises(TypeError, match="bool"):
+        with ops.check_device_finite("yes"):
+            pass
+    assert ops._DEVICE_FINITE.get() is False
+    with ops.check_device_finite():
+        assert ops._DEVICE_FINITE.get() is True
+    assert ops._DEVICE_FINITE.get() is False
+    # numpy inputs are always checked.
+    with pytest.raises(ValueError, match="finite"):
+        ops.integrate_velocity(np.full((3, 4, 4, 4), np.nan, np.float32))
+
+
+def test_registration_kernel_wrappers_validate_and_match_c(rng):
+    from smgic_rt import _C
+
+    volume = rng.random((6, 7, 5), dtype=np.float32)
+    np.testing.assert_array_equal(ops.filter_axis(volume[None], 1, [0.25, 0.5, 0.25]),
+                                  _C.filter_axis(volume[None], 1, [0.25, 0.5, 0.25], False))
+    np.testing.assert_array_equal(ops.image_gradient(volume), _C.image_gradient(volume))
+    with pytest.raises(ValueError, match="axis must be 0, 1 or 2"):
+        ops.filter_axis(volume[None], 3, [1.0])
+    with pytest.raises(ValueError, match="odd"):
+        ops.filter_axis(volume[None], 0, [0.5, 0.5])
+    with pytest.raises(ValueError, match="means must be"):
+        ops.lncc(volume, volume, np.zeros((4, 6, 7, 5), np.float32), 1e-3)
+    matrix = np.hstack([np.eye(3), np.zeros((3, 1))])
+    sums = ops.affine_ncc_sums(volume, None, volume, matrix)
+    assert sums.dtype == np.float64 and sums.shape == (ops.AFFINE_SUMS,)
+    np.testing.assert_array_equal(sums, ops.affine_ncc_sums(volume, None, volume, matrix.ravel()))
+    assert sums[0] == volume.size  # every voxel inside, weight 1
+    np.testing.assert_allclose(sums[1], volume.astype(np.float64).sum(), rtol=1e-12)
+    with pytest.raises(ValueError, match="mask must have the fixed grid's shape"):
+        ops.affine_ncc_sums(volume, np.ones((2, 2, 2), np.float32), volume, matrix)

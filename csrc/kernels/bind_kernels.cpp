@@ -215,13 +215,20 @@ bool all_finite_cpu(py::array a) {
 }
 
 // ---------------- CUDA (raw device pointers from __cuda_array_interface__) ----------------
+// Every function ends with (device, stream): the device of the arrays (-1: ask CUDA which device
+// owns the output pointer) and the stream handle to enqueue on (CUDA Array Interface values:
+// 0 default, 1 legacy default, 2 per-thread default, else a cudaStream_t). smgic_rt/ops.py reads
+// both from the arrays and passes them; nothing here waits for the GPU.
 #ifdef SMGIC_WITH_CUDA
 Grid3 grid_of(const Shape5& s) { return Grid3{s[2], s[3], s[4]}; }
 const float* dptr(uintptr_t p) { return reinterpret_cast<const float*>(p); }
 float* dmut(uintptr_t p) { return reinterpret_cast<float*>(p); }
+Launch where(uintptr_t out, int device, uintptr_t stream) {
+  return Launch{device >= 0 ? device : cuda::pointer_device(out), stream};
+}
 
 void warp_cuda(uintptr_t image, const Shape5& image_shape, uintptr_t displacement, uintptr_t out,
-               const Shape5& out_shape, int interpolation, int padding) {
+               const Shape5& out_shape, int interpolation, int padding, int device, uintptr_t stream) {
   check_mode(interpolation, padding);
   WarpParams p{};
   p.image = dptr(image);
@@ -233,11 +240,11 @@ void warp_cuda(uintptr_t image, const Shape5& image_shape, uintptr_t displacemen
   p.out_grid = grid_of(out_shape);
   p.interpolation = interpolation;
   p.padding = padding;
-  cuda::warp(p);
+  cuda::warp(p, where(out, device, stream));
 }
 
 void affine_cuda(uintptr_t image, const Shape5& image_shape, const std::vector<double>& matrix, uintptr_t out,
-                 const Shape5& out_shape, int interpolation, int padding) {
+                 const Shape5& out_shape, int interpolation, int padding, int device, uintptr_t stream) {
   check_mode(interpolation, padding);
   WarpParams p = affine_params(matrix);
   p.image = dptr(image);
@@ -249,39 +256,50 @@ void affine_cuda(uintptr_t image, const Shape5& image_shape, const std::vector<d
   p.out_grid = grid_of(out_shape);
   p.interpolation = interpolation;
   p.padding = padding;
-  cuda::warp(p);
+  cuda::warp(p, where(out, device, stream));
 }
 
-void compose_cuda(uintptr_t outer, const Shape5& outer_shape, uintptr_t inner, uintptr_t out, const Shape5& shape) {
-  cuda::compose(ComposeParams{dptr(outer), dptr(inner), dmut(out), shape[0], grid_of(shape), grid_of(outer_shape), 1.0f});
+void compose_cuda(uintptr_t outer, const Shape5& outer_shape, uintptr_t inner, uintptr_t out, const Shape5& shape,
+                  int device, uintptr_t stream) {
+  cuda::compose(ComposeParams{dptr(outer), dptr(inner), dmut(out), shape[0], grid_of(shape), grid_of(outer_shape), 1.0f},
+                where(out, device, stream));
 }
 
-void integrate_cuda(uintptr_t velocity, uintptr_t out, uintptr_t scratch, const Shape5& shape, int steps) {
+void integrate_cuda(uintptr_t velocity, uintptr_t out, uintptr_t scratch, const Shape5& shape, int steps, int device,
+                    uintptr_t stream) {
   check_steps(steps);
-  cuda::integrate_velocity(dptr(velocity), dmut(out), dmut(scratch), shape[0], grid_of(shape), steps);
+  cuda::integrate_velocity(dptr(velocity), dmut(out), dmut(scratch), shape[0], grid_of(shape), steps,
+                           where(out, device, stream));
 }
 
-void upsample_cuda(uintptr_t field, const Shape5& field_shape, uintptr_t out, const Shape5& out_shape) {
-  cuda::upsample(UpsampleParams{dptr(field), dmut(out), out_shape[0], grid_of(field_shape), grid_of(out_shape)});
+void upsample_cuda(uintptr_t field, const Shape5& field_shape, uintptr_t out, const Shape5& out_shape, int device,
+                   uintptr_t stream) {
+  cuda::upsample(UpsampleParams{dptr(field), dmut(out), out_shape[0], grid_of(field_shape), grid_of(out_shape)},
+                 where(out, device, stream));
 }
 
-void haar_cuda(uintptr_t image, uintptr_t out, const Shape5& out_shape) {
-  cuda::downsample_haar(HaarParams{dptr(image), dmut(out), out_shape[0], out_shape[1], grid_of(out_shape)});
+void haar_cuda(uintptr_t image, uintptr_t out, const Shape5& out_shape, int device, uintptr_t stream) {
+  cuda::downsample_haar(HaarParams{dptr(image), dmut(out), out_shape[0], out_shape[1], grid_of(out_shape)},
+                        where(out, device, stream));
 }
 
 void affine_field_cuda(uintptr_t field, const std::vector<double>& matrix, const std::vector<double>& linear,
-                       uintptr_t out, const Shape5& shape) {
+                       uintptr_t out, const Shape5& shape, int device, uintptr_t stream) {
   AffineFieldParams p = affine_field_params(matrix, linear);
   p.field = dptr(field);
   p.out = dmut(out);
   p.batch = shape[0];
   p.grid = grid_of(shape);
-  cuda::affine_field(p);
+  cuda::affine_field(p, where(out, device, stream));
 }
 
-void jacobian_cuda(uintptr_t field, uintptr_t out, const Shape5& field_shape) {
-  cuda::jacobian_determinant(JacobianParams{dptr(field), dmut(out), field_shape[0], grid_of(field_shape)});
+void jacobian_cuda(uintptr_t field, uintptr_t out, const Shape5& field_shape, int device, uintptr_t stream) {
+  cuda::jacobian_determinant(JacobianParams{dptr(field), dmut(out), field_shape[0], grid_of(field_shape)},
+                             where(out, device, stream));
 }
+
+void stream_wait_cuda(int device, uintptr_t stream, uintptr_t other) { cuda::stream_wait(Launch{device, stream}, other); }
+void synchronize_stream_cuda(int device, uintptr_t stream) { cuda::synchronize_stream(Launch{device, stream}); }
 #endif
 
 py::dict build_info() {
@@ -356,15 +374,30 @@ void bind_kernels(py::module_& m) {
   m.def("affine_field", &affine_field_cpu, "out[n,:,x] = M@[x,1] + L@field[n,:,x], M 3x4 and L 3x3 row-major");
   m.def("jacobian_determinant", &jacobian_cpu, "det(I + grad u), central differences");
 #ifdef SMGIC_WITH_CUDA
-  // CUDA kernels: raw device pointers (from __cuda_array_interface__) and 5-D shapes.
-  m.def("warp_cuda", &warp_cuda);
-  m.def("affine_resample_cuda", &affine_cuda);
-  m.def("compose_cuda", &compose_cuda);
-  m.def("integrate_velocity_cuda", &integrate_cuda);
-  m.def("upsample_field_cuda", &upsample_cuda);
-  m.def("downsample_haar_cuda", &haar_cuda);
-  m.def("affine_field_cuda", &affine_field_cuda);
-  m.def("jacobian_determinant_cuda", &jacobian_cuda);
-  m.def("cuda_synchronize", &cuda::synchronize, "wait for all queued kernels");
+  // CUDA kernels: raw device pointers (from __cuda_array_interface__), 5-D shapes, then the
+  // device (-1: the output pointer's) and the stream handle (0: default stream).
+  const auto dev = py::arg("device") = -1;
+  const auto str = py::arg("stream") = uintptr_t{0};
+  m.def("warp_cuda", &warp_cuda, "warp on the GPU", py::arg("image"), py::arg("image_shape"), py::arg("displacement"),
+        py::arg("out"), py::arg("out_shape"), py::arg("interpolation"), py::arg("padding"), dev, str);
+  m.def("affine_resample_cuda", &affine_cuda, "affine_resample on the GPU", py::arg("image"), py::arg("image_shape"),
+        py::arg("matrix"), py::arg("out"), py::arg("out_shape"), py::arg("interpolation"), py::arg("padding"), dev, str);
+  m.def("compose_cuda", &compose_cuda, "compose on the GPU", py::arg("outer"), py::arg("outer_shape"), py::arg("inner"),
+        py::arg("out"), py::arg("shape"), dev, str);
+  m.def("integrate_velocity_cuda", &integrate_cuda, "scaling and squaring on the GPU", py::arg("velocity"),
+        py::arg("out"), py::arg("scratch"), py::arg("shape"), py::arg("steps"), dev, str);
+  m.def("upsample_field_cuda", &upsample_cuda, "upsample_field on the GPU", py::arg("field"), py::arg("field_shape"),
+        py::arg("out"), py::arg("out_shape"), dev, str);
+  m.def("downsample_haar_cuda", &haar_cuda, "downsample_haar on the GPU", py::arg("image"), py::arg("out"),
+        py::arg("out_shape"), dev, str);
+  m.def("affine_field_cuda", &affine_field_cuda, "affine_field on the GPU", py::arg("field"), py::arg("matrix"),
+        py::arg("linear"), py::arg("out"), py::arg("shape"), dev, str);
+  m.def("jacobian_determinant_cuda", &jacobian_cuda, "jacobian_determinant on the GPU", py::arg("field"),
+        py::arg("out"), py::arg("field_shape"), dev, str);
+  m.def("cuda_pointer_device", &cuda::pointer_device, "the device that owns a device pointer (RuntimeError for host memory)");
+  m.def("cuda_stream_wait", &stream_wait_cuda, "make `stream` wait on the GPU for the work queued on `other`",
+        py::arg("device"), py::arg("stream"), py::arg("other"));
+  m.def("cuda_synchronize_stream", &synchronize_stream_cuda, "host waits for one stream (not the whole device)",
+        py::arg("device"), py::arg("stream"));
 #endif
 }

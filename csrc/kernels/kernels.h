@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "common/launch.h"
 #include "common/voxel_math.h"
 
 namespace smgic {
@@ -22,19 +23,24 @@ bool all_finite(const float* data, int64_t count);
 
 #ifdef SMGIC_WITH_CUDA
 namespace cuda {
-// Every launcher enqueues on the legacy default stream and throws std::runtime_error on a
-// launch error; results are ready for any later work on that stream.
-void warp(const WarpParams& p);
-void compose(const ComposeParams& p);
+// Every launcher makes `where.device` current for the call (restoring the caller's device), enqueues
+// on `where.stream` only, never waits for the GPU, and throws CudaError (std::runtime_error)
+// naming the kernel on a launch error. Results are ready for later work on that stream.
+void warp(const WarpParams& p, const Launch& where);
+void compose(const ComposeParams& p, const Launch& where);
 void integrate_velocity(const float* velocity, float* out, float* scratch, int64_t batch, const Grid3& grid,
-                        int steps);
-void upsample(const UpsampleParams& p);
-void downsample_haar(const HaarParams& p);
-void affine_field(const AffineFieldParams& p);
-void jacobian_determinant(const JacobianParams& p);
+                        int steps, const Launch& where);
+void upsample(const UpsampleParams& p, const Launch& where);
+void downsample_haar(const HaarParams& p, const Launch& where);
+void affine_field(const AffineFieldParams& p, const Launch& where);
+void jacobian_determinant(const JacobianParams& p, const Launch& where);
 bool available();            // a driver and at least one device are present
 std::string runtime_version();
-void synchronize();
+int pointer_device(uintptr_t pointer);  // the device that owns a device (or managed) pointer
+// Makes `where.stream` wait (on the GPU, the host does not block) for the work queued so far on
+// `other`, as the CUDA Array Interface asks of a consumer whose stream differs from the producer's.
+void stream_wait(const Launch& where, uintptr_t other);
+void synchronize_stream(const Launch& where);  // host waits for `where.stream`
 }  // namespace cuda
 #endif
 }  // namespace smgic

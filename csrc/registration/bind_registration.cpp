@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/kernels.h"  // cuda::pointer_device
 #include "registration/registration.h"
 
 namespace py = pybind11;
@@ -100,34 +101,75 @@ std::vector<double> affine_sums_cpu(const py::array& fixed, py::object mask, con
 }
 
 #ifdef SMGIC_WITH_CUDA
+// As in bind_kernels.cpp, every CUDA function ends with (device, stream): device -1 asks CUDA which
+// device owns the first output pointer; stream is a CUDA Array Interface handle (0: default).
 const float* dptr(uintptr_t p) { return reinterpret_cast<const float*>(p); }
 float* dmut(uintptr_t p) { return reinterpret_cast<float*>(p); }
 Grid3 grid3(const Shape3& s) { return Grid3{s[0], s[1], s[2]}; }
+Launch where(uintptr_t out, int device, uintptr_t stream) {
+  return Launch{device >= 0 ? device : cuda::pointer_device(out), stream};
+}
+
+FilterTaps taps_struct(const std::vector<float>& taps) {
+  checked_taps(taps);
+  if (taps.size() > static_cast<size_t>(2 * kMaxFilterRadius + 1)) {
+    throw py::value_error("filter taps: at most " + std::to_string(2 * kMaxFilterRadius + 1) +
+                          " on CUDA (radius <= " + std::to_string(kMaxFilterRadius) + "), got " +
+                          std::to_string(taps.size()));
+  }
+  FilterTaps t{};
+  for (size_t k = 0; k < taps.size(); ++k) t.t[k] = taps[k];
+  return t;
+}
 
 void filter_axis_cuda(uintptr_t in, uintptr_t out, int64_t channels, const Shape3& shape, int axis,
-                      const std::vector<float>& taps, bool normalise_inside) {
-  if (axis < 0 || axis > 2) throw py::value_error("axis must be 0, 1 or 2");
-  const auto t = checked_taps(taps);
-  cuda::filter_axis(dptr(in), dmut(out), channels, grid3(shape), axis, t.data(), static_cast<int>(t.size() / 2),
-                    normalise_inside);
+                      const std::vector<float>& taps, bool normalise_inside, int device, uintptr_t stream) {
+  if (axis < 0 || axis > 2) throw py::value_error("axis must be 0, 1 or 2, got " + std::to_string(axis));
+  const FilterTaps t = taps_struct(taps);
+  cuda::filter_axis(dptr(in), dmut(out), channels, grid3(shape), axis, t, static_cast<int>(taps.size() / 2),
+                    normalise_inside, where(out, device, stream));
 }
 
 void lncc_cuda(uintptr_t i, uintptr_t j, uintptr_t means, uintptr_t cc, uintptr_t di, uintptr_t dj,
-               const Shape3& shape, float eps) {
-  cuda::lncc(dptr(i), dptr(j), dptr(means), dmut(cc), dmut(di), dmut(dj), grid3(shape), eps);
+               const Shape3& shape, float eps, int device, uintptr_t stream) {
+  cuda::lncc(dptr(i), dptr(j), dptr(means), dmut(cc), dmut(di), dmut(dj), grid3(shape), eps,
+             where(cc, device, stream));
 }
 
-void gradient_cuda(uintptr_t in, uintptr_t out, const Shape3& shape) {
-  cuda::image_gradient(dptr(in), dmut(out), grid3(shape));
+void gradient_cuda(uintptr_t in, uintptr_t out, const Shape3& shape, int device, uintptr_t stream) {
+  cuda::image_gradient(dptr(in), dmut(out), grid3(shape), where(out, device, stream));
 }
 
-std::vector<double> affine_sums_cuda(uintptr_t fixed, uintptr_t mask, const Shape3& fixed_shape, uintptr_t moving,
-                                     const Shape3& moving_shape, const std::vector<float>& matrix) {
-  if (matrix.size() != 12) throw py::value_error("matrix must have 12 values (3x4 row-major)");
-  std::vector<double> sums(kAffineSums);
-  cuda::affine_ncc_sums(dptr(fixed), mask ? dptr(mask) : nullptr, grid3(fixed_shape), dptr(moving),
-                        grid3(moving_shape), matrix.data(), sums.data());
-  return sums;
+std::vector<float> matrix12(const std::vector<float>& matrix) {
+  if (matrix.size() != 12) {
+    throw py::value_error("matrix must have 12 values (3x4 row-major), got " + std::to_string(matrix.size()));
+  }
+  return matrix;
+}
+
+// With `workspace` and `sums` (device buffers the caller keeps across evaluations: kAffineSums
+// and affine_ncc_workspace_size doubles) it only enqueues and returns None; without them (0) it
+// returns the sums as a list, through buffers cached per (device, stream), waiting for that
+// stream only.
+py::object affine_sums_cuda(uintptr_t fixed, uintptr_t mask, const Shape3& fixed_shape, uintptr_t moving,
+                            const Shape3& moving_shape, const std::vector<float>& matrix, uintptr_t workspace,
+                            uintptr_t sums, int device, uintptr_t stream) {
+  const auto m = matrix12(matrix);
+  if ((workspace == 0) != (sums == 0)) throw py::value_error("pass both workspace and sums, or neither");
+  const Launch at = where(workspace ? sums : fixed, device, stream);
+  if (sums) {
+    cuda::affine_ncc_sums(dptr(fixed), mask ? dptr(mask) : nullptr, grid3(fixed_shape), dptr(moving),
+                          grid3(moving_shape), m.data(), reinterpret_cast<double*>(workspace),
+                          reinterpret_cast<double*>(sums), at);
+    return py::none();
+  }
+  std::vector<double> host(kAffineSums);
+  {
+    py::gil_scoped_release release;
+    cuda::affine_ncc_sums_to_host(dptr(fixed), mask ? dptr(mask) : nullptr, grid3(fixed_shape), dptr(moving),
+                                  grid3(moving_shape), m.data(), host.data(), at);
+  }
+  return py::cast(host);
 }
 #endif
 
@@ -141,10 +183,21 @@ void bind_registration(pybind11::module_& m) {
   m.def("lncc", &lncc_cpu, "per-voxel local NCC and its derivatives from five box means");
   m.def("image_gradient", &gradient_cpu, "central-difference gradient (3, X, Y, Z) of a volume");
   m.def("affine_ncc_sums", &affine_sums_cpu, "sums for the masked NCC of fixed and moving through a 3x4 voxel map");
+  m.def("affine_ncc_workspace_size", [](int64_t voxels) { return affine_sum_blocks(voxels) * kAffineSums; },
+        "doubles of device workspace that affine_ncc_sums_cuda needs for a fixed grid of `voxels`");
 #ifdef SMGIC_WITH_CUDA
-  m.def("filter_axis_cuda", &filter_axis_cuda);
-  m.def("lncc_cuda", &lncc_cuda);
-  m.def("image_gradient_cuda", &gradient_cuda);
-  m.def("affine_ncc_sums_cuda", &affine_sums_cuda);
+  const auto dev = py::arg("device") = -1;
+  const auto str = py::arg("stream") = uintptr_t{0};
+  m.def("filter_axis_cuda", &filter_axis_cuda, "filter_axis on the GPU into `out`", py::arg("volumes"), py::arg("out"),
+        py::arg("channels"), py::arg("shape"), py::arg("axis"), py::arg("taps"), py::arg("normalise_inside"), dev, str);
+  m.def("lncc_cuda", &lncc_cuda, "lncc on the GPU into cc, d_i, d_j", py::arg("i"), py::arg("j"), py::arg("means"),
+        py::arg("cc"), py::arg("d_i"), py::arg("d_j"), py::arg("shape"), py::arg("eps"), dev, str);
+  m.def("image_gradient_cuda", &gradient_cuda, "image_gradient on the GPU into `out`", py::arg("volume"),
+        py::arg("out"), py::arg("shape"), dev, str);
+  m.def("affine_ncc_sums_cuda", &affine_sums_cuda,
+        "affine NCC sums on the GPU: into device float64 `sums` asynchronously, or (workspace = sums = 0) "
+        "returned as a list", py::arg("fixed"), py::arg("mask"), py::arg("fixed_shape"), py::arg("moving"),
+        py::arg("moving_shape"), py::arg("matrix"), py::arg("workspace") = uintptr_t{0},
+        py::arg("sums") = uintptr_t{0}, dev, str);
 #endif
 }

@@ -3,9 +3,18 @@
 
 #include <vector>
 
+#include "common/launch.h"
 #include "registration/registration_math.h"
 
 namespace smgic {
+
+// Filter taps travel by value in the kernel's arguments (no __constant__ symbol shared by every
+// host thread and stream): radius <= kMaxFilterRadius.
+constexpr int kMaxFilterRadius = 64;
+struct FilterTaps {
+  float t[2 * kMaxFilterRadius + 1];
+};
+
 namespace cpu {
 // One separable filter pass along `axis` for `channels` volumes of grid g.
 void filter_axis(const float* in, float* out, int64_t channels, const Grid3& g, int axis, const float* taps,
@@ -15,20 +24,29 @@ void lncc(const float* i, const float* j, const float* means, float* cc, float* 
           float eps);
 // Central differences (one-sided at the border) of one volume: out (3, X, Y, Z).
 void image_gradient(const float* in, float* out, const Grid3& g);
-// The kAffineSums sums of affine_ncc_terms over the fixed grid.
+// The kAffineSums sums of affine_ncc_terms over the fixed grid, in a fixed order (kAffineSumSlabs).
 void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
                      const float* matrix, double* sums);
 }  // namespace cpu
 
 #ifdef SMGIC_WITH_CUDA
 namespace cuda {
-void filter_axis(const float* in, float* out, int64_t channels, const Grid3& g, int axis, const float* taps,
-                 int radius, bool normalise_inside);
+// As the CPU functions, on `where.stream` of `where.device`, asynchronous; launch errors throw.
+void filter_axis(const float* in, float* out, int64_t channels, const Grid3& g, int axis, const FilterTaps& taps,
+                 int radius, bool normalise_inside, const Launch& where);
 void lncc(const float* i, const float* j, const float* means, float* cc, float* d_i, float* d_j, const Grid3& g,
-          float eps);
-void image_gradient(const float* in, float* out, const Grid3& g);
+          float eps, const Launch& where);
+void image_gradient(const float* in, float* out, const Grid3& g, const Launch& where);
+// `workspace`: affine_sum_blocks(fg.voxels()) * kAffineSums doubles, `sums`: kAffineSums doubles,
+// both device memory the caller keeps (no allocation and no host copy here: the caller reads
+// `sums` when it needs the numbers).
 void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
-                     const float* matrix, double* sums);
+                     const float* matrix, double* workspace, double* sums, const Launch& where);
+// The same, returned to `host_sums` (kAffineSums doubles): the device buffers are cached per
+// (device, stream) and reused, so there is no allocation per call once they are large enough;
+// the host waits for `where.stream` only (the values are needed on the host).
+void affine_ncc_sums_to_host(const float* fixed, const float* mask, const Grid3& fg, const float* moving,
+                             const Grid3& mg, const float* matrix, double* host_sums, const Launch& where);
 }  // namespace cuda
 #endif
 }  // namespace smgic

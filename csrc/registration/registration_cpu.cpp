@@ -88,23 +88,29 @@ void image_gradient(const float* in, float* out, const Grid3& g) {
 
 void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
                      const float* matrix, double* sums) {
-  for (int k = 0; k < kAffineSums; ++k) sums[k] = 0.0;
-#pragma omp parallel
-  {
+  // Fixed-order reduction (registration_math.h, kAffineSumSlabs): the result does not depend on
+  // the thread count or on which thread ran which slab.
+  const int64_t rows = fg.nx * fg.ny;
+  const int64_t slabs = rows < kAffineSumSlabs ? (rows > 0 ? rows : 1) : kAffineSumSlabs;
+  std::vector<double> partial(static_cast<size_t>(slabs) * kAffineSums, 0.0);
+#pragma omp parallel for schedule(static)
+  for (int64_t slab = 0; slab < slabs; ++slab) {
     double local[kAffineSums] = {0.0};
     double terms[kAffineSums];
-#pragma omp for collapse(2) schedule(static)
-    for (int64_t x = 0; x < fg.nx; ++x) {
-      for (int64_t y = 0; y < fg.ny; ++y) {
-        for (int64_t z = 0; z < fg.nz; ++z) {
-          if (affine_ncc_terms(fixed, mask, fg, moving, mg, matrix, x, y, z, terms)) {
-            for (int k = 0; k < kAffineSums; ++k) local[k] += terms[k];
-          }
+    const int64_t end = slab_begin(rows, slabs, slab + 1);
+    for (int64_t row = slab_begin(rows, slabs, slab); row < end; ++row) {
+      const int64_t x = row / fg.ny, y = row % fg.ny;
+      for (int64_t z = 0; z < fg.nz; ++z) {
+        if (affine_ncc_terms(fixed, mask, fg, moving, mg, matrix, x, y, z, terms)) {
+          for (int k = 0; k < kAffineSums; ++k) local[k] += terms[k];
         }
       }
     }
-#pragma omp critical
-    for (int k = 0; k < kAffineSums; ++k) sums[k] += local[k];
+    for (int k = 0; k < kAffineSums; ++k) partial[slab * kAffineSums + k] = local[k];
+  }
+  for (int k = 0; k < kAffineSums; ++k) sums[k] = 0.0;
+  for (int64_t slab = 0; slab < slabs; ++slab) {
+    for (int k = 0; k < kAffineSums; ++k) sums[k] += partial[slab * kAffineSums + k];
   }
 }
 

@@ -1,26 +1,26 @@
 // CUDA launches of the registration kernels: one thread per voxel, arithmetic in
 // registration_math.h (shared with registration_cpu.cpp). Pointers are device pointers; every
-// launcher enqueues on the legacy default stream and throws on a launch error.
+// launcher makes the arrays' device current, enqueues on the caller's stream, never waits for
+// the GPU and throws CudaError naming the kernel on a launch error.
 #include "registration/registration.h"
 
 #include <cuda_runtime.h>
 
-#include <stdexcept>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
+
+#include "common/cuda_check.cuh"
 
 namespace smgic {
 namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kMaxTaps = 129;  // radius <= 64
-__constant__ float c_taps[kMaxTaps];
+static_assert(kThreads == kAffineThreads, "the affine workspace is sized for kAffineThreads per block");
 
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
-}
-
-int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
+unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 __device__ void unflatten(int64_t v, const Grid3& g, int64_t& x, int64_t& y, int64_t& z) {
   z = v % g.nz;
@@ -28,15 +28,15 @@ __device__ void unflatten(int64_t v, const Grid3& g, int64_t& x, int64_t& y, int
   x = v / (g.nz * g.ny);
 }
 
-__global__ void filter_axis_kernel(const float* in, float* out, int64_t channels, Grid3 g, int axis, int radius,
-                                   bool normalise_inside) {
+__global__ void filter_axis_kernel(const float* in, float* out, int64_t channels, Grid3 g, int axis, FilterTaps taps,
+                                   int radius, bool normalise_inside) {
   const int64_t cs = g.voxels();
   const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (t >= channels * cs) return;
   const int64_t c = t / cs, v = t % cs;
   int64_t x, y, z;
   unflatten(v, g, x, y, z);
-  out[t] = filter_axis_voxel(in + c * cs, g, axis, c_taps, radius, normalise_inside, x, y, z);
+  out[t] = filter_axis_voxel(in + c * cs, g, axis, taps.t, radius, normalise_inside, x, y, z);
 }
 
 __global__ void lncc_kernel(const float* i, const float* j, const float* means, float* cc, float* d_i, float* d_j,
@@ -66,9 +66,10 @@ struct Matrix12 {
   float m[12];
 };
 
-// Each block reduces its threads' terms in shared memory, then adds its totals to `sums`.
-__global__ void affine_sums_kernel(const float* fixed, const float* mask, Grid3 fg, const float* moving, Grid3 mg,
-                                   Matrix12 matrix, double* sums) {
+// Each block reduces its threads' terms in shared memory (a fixed tree) and writes its totals to
+// its own workspace row: no atomics, so the result is the same from run to run.
+__global__ void affine_block_sums_kernel(const float* fixed, const float* mask, Grid3 fg, const float* moving,
+                                         Grid3 mg, Matrix12 matrix, double* workspace) {
   __shared__ double partial[kThreads];
   const int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   double terms[kAffineSums];
@@ -85,47 +86,110 @@ __global__ void affine_sums_kernel(const float* fixed, const float* mask, Grid3 
       if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
       __syncthreads();
     }
-    if (threadIdx.x == 0) atomicAdd(sums + k, partial[0]);
+    if (threadIdx.x == 0) workspace[blockIdx.x * static_cast<int64_t>(kAffineSums) + k] = partial[0];
     __syncthreads();
   }
 }
 
+// One thread per sum: the block rows added in block order.
+__global__ void affine_total_kernel(const double* workspace, int64_t blocks, double* sums) {
+  const int k = threadIdx.x;
+  if (k >= kAffineSums) return;
+  double total = 0.0;
+  for (int64_t b = 0; b < blocks; ++b) total += workspace[b * kAffineSums + k];
+  sums[k] = total;
+}
+
 }  // namespace
 
-void filter_axis(const float* in, float* out, int64_t channels, const Grid3& g, int axis, const float* taps,
-                 int radius, bool normalise_inside) {
-  if (2 * radius + 1 > kMaxTaps) throw std::runtime_error("filter radius above 64 is not supported on CUDA");
-  check(cudaMemcpyToSymbol(c_taps, taps, sizeof(float) * (2 * radius + 1)), "filter taps");
-  filter_axis_kernel<<<blocks_for(channels * g.voxels()), kThreads>>>(in, out, channels, g, axis, radius,
-                                                                      normalise_inside);
-  check(cudaGetLastError(), "filter_axis launch");
+void filter_axis(const float* in, float* out, int64_t channels, const Grid3& g, int axis, const FilterTaps& taps,
+                 int radius, bool normalise_inside, const Launch& where) {
+  if (radius < 0 || radius > kMaxFilterRadius) {
+    throw CudaError("filter_axis: radius must be in [0, " + std::to_string(kMaxFilterRadius) + "] on CUDA, got " +
+                    std::to_string(radius));
+  }
+  const int64_t total = channels * g.voxels();
+  if (total == 0) return;
+  DeviceGuard guard(where.device);
+  filter_axis_kernel<<<blocks_for(total), kThreads, 0, stream_of(where)>>>(in, out, channels, g, axis, taps, radius,
+                                                                           normalise_inside);
+  check_launch("filter_axis");
 }
 
 void lncc(const float* i, const float* j, const float* means, float* cc, float* d_i, float* d_j, const Grid3& g,
-          float eps) {
-  lncc_kernel<<<blocks_for(g.voxels()), kThreads>>>(i, j, means, cc, d_i, d_j, g, eps);
-  check(cudaGetLastError(), "lncc launch");
+          float eps, const Launch& where) {
+  if (g.voxels() == 0) return;
+  DeviceGuard guard(where.device);
+  lncc_kernel<<<blocks_for(g.voxels()), kThreads, 0, stream_of(where)>>>(i, j, means, cc, d_i, d_j, g, eps);
+  check_launch("lncc");
 }
 
-void image_gradient(const float* in, float* out, const Grid3& g) {
-  gradient_kernel<<<blocks_for(g.voxels()), kThreads>>>(in, out, g);
-  check(cudaGetLastError(), "image_gradient launch");
+void image_gradient(const float* in, float* out, const Grid3& g, const Launch& where) {
+  if (g.voxels() == 0) return;
+  DeviceGuard guard(where.device);
+  gradient_kernel<<<blocks_for(g.voxels()), kThreads, 0, stream_of(where)>>>(in, out, g);
+  check_launch("image_gradient");
 }
 
 void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
-                     const float* matrix, double* sums) {
+                     const float* matrix, double* workspace, double* sums, const Launch& where) {
+  DeviceGuard guard(where.device);
+  const int64_t blocks = affine_sum_blocks(fg.voxels());
+  if (blocks == 0) {
+    check(cudaMemsetAsync(sums, 0, sizeof(double) * kAffineSums, stream_of(where)), "affine_ncc_sums (clear)");
+    return;
+  }
   Matrix12 m;
   for (int k = 0; k < 12; ++k) m.m[k] = matrix[k];
-  double* device_sums = nullptr;
-  check(cudaMalloc(&device_sums, sizeof(double) * kAffineSums), "affine sums alloc");
-  check(cudaMemset(device_sums, 0, sizeof(double) * kAffineSums), "affine sums clear");
-  affine_sums_kernel<<<blocks_for(fg.voxels()), kThreads>>>(fixed, mask, fg, moving, mg, m, device_sums);
-  cudaError_t status = cudaGetLastError();
-  if (status == cudaSuccess) {
-    status = cudaMemcpy(sums, device_sums, sizeof(double) * kAffineSums, cudaMemcpyDeviceToHost);
+  affine_block_sums_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream_of(where)>>>(fixed, mask, fg, moving,
+                                                                                              mg, m, workspace);
+  check_launch("affine_ncc_sums (blocks)");
+  affine_total_kernel<<<1, 64, 0, stream_of(where)>>>(workspace, blocks, sums);
+  check_launch("affine_ncc_sums (total)");
+}
+
+namespace {
+// Device workspace + sums and a pinned host copy, one set per (device, stream), grown on demand
+// and kept for the life of the process (a few kB at registration grid sizes). The mutex of a
+// set is held from the launch to the host read, so two host threads sharing a stream cannot
+// overwrite each other's sums.
+struct AffineBuffers {
+  std::mutex mutex;
+  double* device = nullptr;  // workspace, then kAffineSums sums
+  double* pinned = nullptr;
+  int64_t capacity = 0;      // doubles of `device`
+};
+
+AffineBuffers& buffers_for(const Launch& where) {
+  static std::mutex registry_mutex;
+  static std::map<std::pair<int, uintptr_t>, AffineBuffers> registry;
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  return registry[{where.device, where.stream}];  // std::map never moves its elements
+}
+}  // namespace
+
+void affine_ncc_sums_to_host(const float* fixed, const float* mask, const Grid3& fg, const float* moving,
+                             const Grid3& mg, const float* matrix, double* host_sums, const Launch& where) {
+  DeviceGuard guard(where.device);
+  AffineBuffers& buffers = buffers_for(where);
+  std::lock_guard<std::mutex> lock(buffers.mutex);
+  const int64_t needed = affine_sum_blocks(fg.voxels()) * kAffineSums + kAffineSums;
+  if (buffers.capacity < needed) {
+    // The old buffer may still be read by work queued on this stream: wait before freeing it.
+    check(cudaStreamSynchronize(stream_of(where)), "affine_ncc_sums (grow workspace)");
+    if (buffers.device) cudaFree(buffers.device);
+    buffers.device = nullptr;
+    buffers.capacity = 0;
+    check(cudaMalloc(&buffers.device, sizeof(double) * needed), "affine_ncc_sums (workspace)");
+    buffers.capacity = needed;
+    if (!buffers.pinned) check(cudaMallocHost(&buffers.pinned, sizeof(double) * kAffineSums), "affine_ncc_sums (host)");
   }
-  cudaFree(device_sums);
-  check(status, "affine_ncc_sums");
+  double* sums = buffers.device + (needed - kAffineSums);
+  affine_ncc_sums(fixed, mask, fg, moving, mg, matrix, buffers.device, sums, where);
+  check(cudaMemcpyAsync(buffers.pinned, sums, sizeof(double) * kAffineSums, cudaMemcpyDeviceToHost, stream_of(where)),
+        "affine_ncc_sums (copy)");
+  check(cudaStreamSynchronize(stream_of(where)), "affine_ncc_sums");
+  for (int k = 0; k < kAffineSums; ++k) host_sums[k] = buffers.pinned[k];
 }
 
 }  // namespace cuda

@@ -12,6 +12,27 @@ namespace smgic {
 // the 12 entries k of the 3x4 voxel matrix (row-major): sum dm_k, sum f dm_k, sum m dm_k.
 constexpr int kAffineSums = 6 + 3 * 12;
 
+// Fixed-order reduction of the affine sums, the same for any thread count (issue 15): the
+// (x, y) rows of the fixed grid are cut into kAffineSumSlabs contiguous slabs, each slab is
+// summed sequentially in row order, and the slab totals are added in slab order. Threads only
+// decide who computes which slab. The first `rows % slabs` slabs get one row more: exactly how
+// OpenMP's static schedule split the rows between 2 threads before, so 2 slabs reproduce, bit
+// for bit, the 2-thread results every published number was measured with (the affine stage's
+// L-BFGS amplifies a last-bit change of these sums: on the demo pair 64 slabs moved warp.nii.gz by
+// up to 0.87 mm, as 1 thread did before, by 0.32 mm). The price: this kernel uses at most 2
+// threads; more slabs scale further and change results by rounding, once.
+constexpr int kAffineSumSlabs = 2;
+SMGIC_HOST_DEVICE int64_t slab_begin(int64_t rows, int64_t slabs, int64_t slab) {
+  const int64_t base = rows / slabs, extra = rows % slabs;
+  return slab * base + (slab < extra ? slab : extra);
+}
+
+// CUDA: one thread per fixed voxel in blocks of kAffineThreads; each block writes its totals to
+// a workspace row, and one pass sums the rows in block order (no atomics, so the GPU sums are
+// also the same from run to run). Workspace: affine_sum_blocks(voxels) * kAffineSums doubles.
+constexpr int kAffineThreads = 256;
+SMGIC_HOST_DEVICE int64_t affine_sum_blocks(int64_t voxels) { return (voxels + kAffineThreads - 1) / kAffineThreads; }
+
 // One axis of a separable filter at voxel (x, y, z): out = sum_k taps[k] * in[i + k - radius],
 // indices clamped to the volume (edge replication). A box mean is taps = 1 / (2 radius + 1) with
 // `normalise_inside` true, which divides by the in-bounds taps instead (no edge bias).

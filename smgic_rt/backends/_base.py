@@ -7,6 +7,18 @@ import numpy as np
 from ..bundle import LEVEL_INPUT_NAMES, Bundle
 
 
+def _is_float32(dtype) -> bool:
+    """numpy/cupy dtypes and torch's ``torch.float32`` (which is not equal to np.float32)."""
+    if dtype is None:
+        return False
+    try:
+        if dtype == np.float32:
+            return True
+    except TypeError:
+        pass
+    return str(dtype) in ("float32", "torch.float32")
+
+
 class Backend:
     """Runs one level's network: ``run_level(k, fixed, moving, velocity) -> velocity``.
 
@@ -19,6 +31,9 @@ class Backend:
     name = "base"
     #: where run_level's arrays live: "cpu" (numpy) or "cuda" (device arrays)
     device = "cpu"
+    #: for device == "cuda": the array library of run_level's arrays, "cupy" or "torch"
+    #: (`smgic_rt.network` keeps the level loop in that library, on one stream)
+    array_module = "cupy"
 
     def __init__(self, bundle: Bundle):
         if not isinstance(bundle, Bundle):
@@ -38,7 +53,7 @@ class Backend:
             dtype = getattr(array, "dtype", None)
             if len(shape) != 5:
                 raise ValueError(f"level {level} input {name!r} must be (N, C, X, Y, Z), got shape {shape}")
-            if dtype != np.float32:
+            if not _is_float32(dtype):
                 raise ValueError(
                     f"level {level} input {name!r} must be float32, got {dtype}; "
                     "convert with .astype(np.float32)"

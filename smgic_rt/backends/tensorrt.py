@@ -40,6 +40,8 @@ __all__ = [
     "engine_file_name",
     "import_tensorrt",
     "import_cupy",
+    "default_cache_dir",
+    "engine_dir_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -218,21 +220,41 @@ def build_engine(onnx_path, *, profile: dict, precision: str = "fp32", workspace
 
 
 def default_cache_dir(bundle: Bundle) -> Path:
+    """The persistent per-bundle engine folder: ``$SMGIC_ENGINE_CACHE/<bundle id>``, else
+    ``$XDG_CACHE_HOME/smgic_rt/engines/<bundle id>`` (``~/.cache`` when XDG_CACHE_HOME is unset).
+    Keyed by the bundle id (a hash of its files), so a zipped bundle, which is extracted to a new
+    temporary folder in every process, finds the engines an earlier process built."""
     root = os.environ.get("SMGIC_ENGINE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "smgic_rt", "engines")
     return Path(root) / bundle.id.replace(":", "-")
 
 
+def engine_dir_for(bundle: Bundle) -> Path:
+    """Where `TensorRTBackend` keeps engines by default: ``engines/`` inside a bundle FOLDER that
+    ships one, else `default_cache_dir`. Never a folder inside an extracted zip: that folder is
+    deleted when the process exits, and engines built there would be rebuilt every time."""
+    source = Path(getattr(bundle, "source", bundle.path))
+    inside = bundle.path / "engines"
+    if source.is_dir() and inside.is_dir():
+        return inside
+    return default_cache_dir(bundle)
+
+
 class TensorRTBackend(Backend):
     """Runs each level as a TensorRT engine with device (CuPy) buffers.
 
-    Engines are looked up in `engine_dir` (default: ``engines/`` inside the bundle if present,
-    else a per-bundle folder under ``$SMGIC_ENGINE_CACHE`` or ``~/.cache/smgic_rt/engines``);
+    Engines are looked up in `engine_dir` (default `engine_dir_for`: ``engines/`` inside a bundle
+    folder if present, else a persistent per-bundle folder under ``$SMGIC_ENGINE_CACHE`` or
+    ``$XDG_CACHE_HOME/smgic_rt/engines``, also for zipped bundles);
     an engine whose header does not match this GPU, TensorRT version, precision and bundle is
     never loaded: it is rebuilt from the bundle's ONNX graph and the cache entry replaced.
 
     ``run_level`` accepts numpy or CuPy arrays and returns a CuPy array, so the level loop in
-    `smgic_rt.network` keeps everything on the GPU between levels.
+    `smgic_rt.network` keeps everything on the GPU between levels. It enqueues on cupy's CURRENT
+    stream, the one the level loop runs on (`smgic_rt.network` makes it the registration's
+    stream), so the warp that wrote `moving` is ordered before the engine reads it, and the
+    engine's output before the kernels that read it, without any host synchronisation; input
+    uploads (numpy) and the output allocation go on that stream too.
     """
 
     name = "tensorrt"
@@ -245,12 +267,8 @@ class TensorRTBackend(Backend):
         self._cupy = cupy = import_cupy()
         self.precision = "fp16" if fp16 else "fp32"
         self.platform = runtime_platform()
-        if engine_dir is None:
-            inside = bundle.path / "engines"
-            engine_dir = inside if inside.is_dir() else default_cache_dir(bundle)
-        self.engine_dir = Path(engine_dir)
+        self.engine_dir = Path(engine_dir_for(bundle) if engine_dir is None else engine_dir)
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self._stream = cupy.cuda.Stream(non_blocking=True)
         self._engines, self._contexts = [], []
         self.rebuilt_levels = []
         for level in range(1, bundle.num_levels + 1):
@@ -284,19 +302,26 @@ class TensorRTBackend(Backend):
     def _run_level_impl(self, level, fixed, moving, velocity):
         cupy = self._cupy
         context = self._contexts[level - 1]
-        with self._stream:
-            inputs = {}
-            for name, array in zip(LEVEL_INPUT_NAMES, (fixed, moving, velocity)):
-                device_array = cupy.ascontiguousarray(cupy.asarray(array, dtype=np.float32))
-                inputs[name] = device_array
-                context.set_input_shape(name, tuple(device_array.shape))
-                context.set_tensor_address(name, int(device_array.data.ptr))
-            out_shape = tuple(context.get_tensor_shape(LEVEL_OUTPUT_NAME))
-            output = cupy.empty(out_shape, dtype=np.float32)
-            context.set_tensor_address(LEVEL_OUTPUT_NAME, int(output.data.ptr))
-            if not context.execute_async_v3(self._stream.ptr):
-                raise RuntimeError(f"TensorRT execution of level {level} failed")
-        # The next consumer (a _C kernel on the default stream) must see finished results.
-        self._stream.synchronize()
+        stream = cupy.cuda.get_current_stream()  # the level loop's stream (see the class doc)
+        inputs = {}
+        for name, array in zip(LEVEL_INPUT_NAMES, (fixed, moving, velocity)):
+            device_array = cupy.ascontiguousarray(cupy.asarray(array, dtype=np.float32))
+            inputs[name] = device_array
+            shape = tuple(int(n) for n in device_array.shape)
+            if not context.set_input_shape(name, shape):
+                raise RuntimeError(f"TensorRT level {level} refused input {name!r} of shape {shape} "
+                                   f"(outside the engine's optimisation profile?)")
+            if not context.set_tensor_address(name, int(device_array.data.ptr)):
+                raise RuntimeError(f"TensorRT level {level} refused the address of input {name!r}")
+        out_shape = tuple(context.get_tensor_shape(LEVEL_OUTPUT_NAME))
+        if any(n < 0 for n in out_shape):
+            raise RuntimeError(f"TensorRT level {level} could not infer its output shape, got {out_shape}")
+        output = cupy.empty(out_shape, dtype=np.float32)
+        if not context.set_tensor_address(LEVEL_OUTPUT_NAME, int(output.data.ptr)):
+            raise RuntimeError(f"TensorRT level {level} refused the address of its output")
+        if not context.execute_async_v3(stream.ptr):
+            raise RuntimeError(f"TensorRT execution of level {level} failed")
+        # The inputs may be freed now: cupy's pool hands their memory out again only to work
+        # queued later on the same stream, i.e. after this engine has read them.
         del inputs
         return output
