@@ -1,0 +1,294 @@
+"""Pairs that flag themselves: ``assess(result) -> {"flag": "ok"|"warn"|"fail", "flag_reasons": [...]}``.
+
+    >>> from smgic_rt import Registrar, flags
+    >>> result = Registrar().register("fixed.nii.gz", "moving.nii.gz")           # doctest: +SKIP
+    >>> verdict = flags.assess(result, moving_labels="labels.nii.gz")           # doctest: +SKIP
+    >>> verdict["flag"], verdict["flag_reasons"]                                 # doctest: +SKIP
+    ('warn', ['similarity after registration 0.412 is below 0.45 (warn)'])
+
+What is measured (`measure`), all on a coarse grid (the fixed image's voxels taken every
+``spacing_mm``, 3 mm by default) so that a 1 mm pair costs a small fraction of a second:
+
+- ``lncc``: local NCC (5x5x5 windows on that grid, the refinement's NCC formula `_C.lncc`)
+  between the fixed image and the warped moving image, inside the fixed image's foreground;
+- ``lncc_affine`` and ``lncc_gain``: the same for the moving image resampled through the affine
+  stage alone (`result.affine_matrix`), and what the deformable stages added to it;
+- ``folding_fraction``, ``inverse_consistency_voxels_brain_mean``: from `result.stats`;
+- ``affine_scale_min/max``, ``affine_determinant``: singular values and determinant of the
+  affine's linear part (fixed world -> moving world);
+- ``mask_dice`` and ``foreground_volume_ratio``: Dice of the two foregrounds (fixed, warped) and
+  the warped foreground's volume over the fixed one's; a skull-stripped brain on a head covers
+  about half the head, a head on a brain twice it (``brain_vs_head``);
+- with `moving_labels`: ``labels_in_image`` (fraction of labelled voxels inside the moving
+  image's grid) and ``labels_on_foreground`` (fraction of them on its foreground);
+- ``mirror_margin``: local NCC of the affine-aligned moving image minus that of its left-right
+  reflection about the fixed image's mid-sagittal plane (negative: the reflection fits better).
+
+Thresholds (`THRESHOLDS`) come from measured distributions; see `CALIBRATION` below for the
+numbers, the cases and the command that measured them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["assess", "measure", "judge", "Threshold", "THRESHOLDS", "FLAGS", "local_ncc", "CALIBRATION"]
+
+logger = logging.getLogger("smgic_rt")
+
+FLAGS = ("ok", "warn", "fail")
+
+# Foreground: above this fraction of the 99th percentile of the positive voxels (after a light
+# smoothing on the measurement grid). Heads' noisy background stays below it, as do a stripped
+# brain's exact zeros.
+FOREGROUND_FRACTION = 0.1
+LNCC_RADIUS = 2          # window (2 r + 1)^3 voxels of the measurement grid: 15 mm at 3 mm
+LNCC_EPS = 1e-3          # variance floor, images scaled to about [0, 1] (as the refinement's)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A rule on one measurement: `warn` and `fail` limits, `below` (True: small values are bad)."""
+
+    measurement: str
+    description: str
+    warn: float
+    fail: float | None
+    below: bool
+
+    def level(self, value) -> str:
+        if value is None or not np.isfinite(value):
+            return "ok"
+        worse = (lambda limit: value < limit) if self.below else (lambda limit: value > limit)
+        if self.fail is not None and worse(self.fail):
+            return "fail"
+        return "warn" if worse(self.warn) else "ok"
+
+    def reason(self, value, level: str) -> str:
+        limit = self.fail if level == "fail" else self.warn
+        relation = "below" if self.below else "above"
+        return f"{self.description} {_fmt(value)} is {relation} {_fmt(limit)} ({level})"
+
+
+def _fmt(value) -> str:
+    value = float(value)
+    if value == 0 or 1e-3 <= abs(value) < 1e4:
+        return f"{value:.3g}" if abs(value) < 1 else f"{value:.4g}"
+    return f"{value:.2e}"
+
+
+# The rules. Each limit's origin is in CALIBRATION (measured values of good and bad pairs).
+THRESHOLDS = (
+    Threshold("lncc", "similarity after registration (local NCC)", warn=0.45, fail=0.30, below=True),
+    Threshold("lncc_gain", "similarity gain over the affine stage", warn=-0.02, fail=-0.10, below=True),
+    Threshold("folding_fraction", "folding fraction (det J <= 0)", warn=1e-4, fail=1e-2, below=False),
+    Threshold("inverse_consistency_voxels_brain_mean", "inverse consistency in the brain (voxels)",
+              warn=0.10, fail=0.30, below=False),
+    Threshold("affine_scale_min", "smallest affine scale", warn=0.75, fail=0.5, below=True),
+    Threshold("affine_scale_max", "largest affine scale", warn=1.33, fail=2.0, below=False),
+    Threshold("affine_determinant", "affine determinant", warn=0.5, fail=0.0, below=True),
+    Threshold("mask_dice", "brain-mask overlap (Dice of the foregrounds)", warn=0.85, fail=0.70, below=True),
+    Threshold("foreground_volume_ratio_low", "warped/fixed foreground volume (a brain on a head?)",
+              warn=0.80, fail=0.65, below=True),
+    Threshold("foreground_volume_ratio_high", "warped/fixed foreground volume (a head on a brain?)",
+              warn=1.25, fail=1.5, below=False),
+    Threshold("labels_in_image", "fraction of labels inside the moving image's grid", warn=0.99, fail=0.5, below=True),
+    Threshold("labels_on_foreground", "fraction of labels on the moving image's foreground",
+              warn=0.95, fail=0.5, below=True),
+)
+
+CALIBRATION = """(filled in from the measured distributions)"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+def local_ncc(first: np.ndarray, second: np.ndarray, mask: np.ndarray | None = None,
+              radius: int = LNCC_RADIUS) -> float:
+    """Mean local NCC of two volumes of one shape over `mask` (all voxels if None), windows of
+    (2 radius + 1)^3 voxels: the refinement's per-voxel formula (`_C.lncc`)."""
+    from . import _C
+    from ._filters import box_mean
+
+    first = np.ascontiguousarray(first, dtype=np.float32)
+    second = np.ascontiguousarray(second, dtype=np.float32)
+    if first.shape != second.shape or first.ndim != 3:
+        raise ValueError(f"local_ncc needs two 3-D volumes of one shape, got {first.shape} and {second.shape}")
+    means = box_mean(np.stack([first, second, first * first, second * second, first * second]), radius)
+    cc = _C.lncc(first, second, means, LNCC_EPS)[0]
+    if mask is None:
+        return float(cc.mean(dtype=np.float64))
+    if mask.shape != cc.shape:
+        raise ValueError(f"mask must have shape {cc.shape}, got {mask.shape}")
+    return float(cc[mask].mean(dtype=np.float64)) if mask.any() else float("nan")
+
+
+def _measurement_grid(shape, affine, spacing_mm: float):
+    """(shape, index matrix, grid affine): the fixed voxels every about `spacing_mm` mm."""
+    sizes = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+    stride = np.maximum(1, np.round(spacing_mm / sizes)).astype(int)
+    grid_shape = tuple(int(np.ceil(n / s)) for n, s in zip(shape, stride))
+    index = np.diag([*stride.astype(float), 1.0])
+    return grid_shape, index, np.asarray(affine, dtype=np.float64) @ index
+
+
+def _sample(data: np.ndarray, matrix: np.ndarray, shape) -> np.ndarray:
+    """`data` (X, Y, Z) read at `matrix` @ [x, 1] of each output voxel, zeros outside, then a
+    light smoothing (the point samples of a 1 mm image every 3 mm are noisy)."""
+    from . import ops
+    from ._filters import smooth
+
+    volume = np.ascontiguousarray(np.asarray(data, dtype=np.float32)[None])
+    sampled = ops.affine_resample(volume, np.asarray(matrix, dtype=np.float64), shape)
+    return smooth(sampled, 0.7)[0]
+
+
+def _scaled(volume: np.ndarray) -> np.ndarray:
+    positive = volume[volume > 0]
+    top = float(np.percentile(positive, 99)) if positive.size else 1.0
+    return (volume / (top if top > 0 else 1.0)).astype(np.float32)
+
+
+def _foreground(volume: np.ndarray) -> np.ndarray:
+    return volume > FOREGROUND_FRACTION
+
+
+def _data(image) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(image.dataobj, dtype=np.float32), np.asarray(image.affine, dtype=np.float64)
+
+
+def _mirror_matrix(fixed_scaled: np.ndarray, grid_affine: np.ndarray):
+    """Grid-index map of the reflection x -> 2 c - x (RAS x) about the fixed image's mid-sagittal
+    plane, c chosen among the foreground's centroid +- 12 mm as the most self-similar."""
+    from . import ops
+
+    mask = _foreground(fixed_scaled)
+    if not mask.any():
+        return None
+    centroid = grid_affine @ np.r_[np.argwhere(mask).mean(axis=0), 1.0]
+    inverse = np.linalg.inv(grid_affine)
+    best = None
+    for offset in np.arange(-12.0, 12.5, 3.0):
+        c = centroid[0] + offset
+        reflect = np.diag([-1.0, 1.0, 1.0, 1.0])
+        reflect[0, 3] = 2.0 * c
+        matrix = inverse @ reflect @ grid_affine
+        mirrored = ops.affine_resample(fixed_scaled[None], matrix, fixed_scaled.shape)[0]
+        score = local_ncc(fixed_scaled, mirrored, mask)
+        if best is None or score > best[0]:
+            best = (score, matrix)
+    return best[1]
+
+
+def _label_overlap(labels, moving_data: np.ndarray, moving_affine: np.ndarray, spacing_mm: float):
+    """(fraction of labelled voxels inside the moving grid, fraction on its foreground)."""
+    from . import io, ops
+
+    volume = labels if isinstance(labels, io.Volume) else io.load_label_map(labels, name="moving labels")
+    shape, index, grid_affine = _measurement_grid(volume.shape, volume.affine, spacing_mm)
+    labelled = ops.affine_resample(np.ascontiguousarray((volume.data != 0).astype(np.float32)[None]), index, shape,
+                                   interpolation="nearest")[0] > 0.5
+    if not labelled.any():
+        return None, None
+    to_moving = np.linalg.inv(moving_affine) @ grid_affine
+    inside = ops.affine_resample(np.ones((1, *moving_data.shape), np.float32), to_moving, shape,
+                                 interpolation="nearest")[0] > 0.5
+    foreground = ops.affine_resample(np.ascontiguousarray(_foreground(_scaled(moving_data)).astype(np.float32)[None]),
+                                     to_moving, shape)[0] > 0.5
+    count = float(labelled.sum())
+    return float((labelled & inside).sum() / count), float((labelled & foreground).sum() / count)
+
+
+def measure(result, *, moving_labels=None, spacing_mm: float = 3.0) -> dict:
+    """The QC measurements of one `RegistrationResult` (see the module docstring); JSON-safe."""
+    if not spacing_mm > 0:
+        raise ValueError(f"spacing_mm must be a positive number of mm, got {spacing_mm!r}")
+    for attribute in ("fixed_image", "moving_image", "warped"):
+        if getattr(result, attribute, None) is None:
+            raise ValueError(f"result.{attribute} is needed to assess a registration, got None")
+    fixed, fixed_affine = _data(result.fixed_image)
+    moving, moving_affine = _data(result.moving_image)
+    warped, _ = _data(result.warped)
+    shape, index, grid_affine = _measurement_grid(fixed.shape, fixed_affine, spacing_mm)
+    fixed_c = _scaled(_sample(fixed, index, shape))
+    warped_c = _scaled(_sample(warped, index, shape))
+    fixed_mask, warped_mask = _foreground(fixed_c), _foreground(warped_c)
+    stats = result.stats or {}
+    out = {
+        "grid_shape": list(shape),
+        "lncc": local_ncc(fixed_c, warped_c, fixed_mask),
+        "folding_fraction": stats.get("folding_fraction"),
+        "inverse_consistency_voxels_brain_mean": stats.get("inverse_consistency_voxels_brain_mean"),
+    }
+    volume_fixed, volume_warped = int(fixed_mask.sum()), int(warped_mask.sum())
+    out["mask_dice"] = (2.0 * float((fixed_mask & warped_mask).sum()) / (volume_fixed + volume_warped)
+                        if volume_fixed + volume_warped else None)
+    out["foreground_volume_ratio"] = volume_warped / volume_fixed if volume_fixed else None
+    out["foreground_volume_ratio_low"] = out["foreground_volume_ratio_high"] = out["foreground_volume_ratio"]
+
+    matrix = getattr(result, "affine_matrix", None)
+    if matrix is not None:
+        matrix = np.asarray(matrix, dtype=np.float64)
+        scales = np.linalg.svd(matrix[:3, :3], compute_uv=False)
+        out["affine_scale_min"], out["affine_scale_max"] = float(scales.min()), float(scales.max())
+        out["affine_determinant"] = float(np.linalg.det(matrix[:3, :3]))
+        to_moving = np.linalg.inv(moving_affine) @ matrix @ grid_affine
+    else:
+        out["affine_scale_min"] = out["affine_scale_max"] = out["affine_determinant"] = None
+        to_moving = np.linalg.inv(moving_affine) @ grid_affine  # the headers' alignment
+    affine_c = _scaled(_sample(moving, to_moving, shape))
+    out["lncc_affine"] = local_ncc(fixed_c, affine_c, fixed_mask)
+    out["lncc_gain"] = out["lncc"] - out["lncc_affine"]
+    mirror = _mirror_matrix(fixed_c, grid_affine)
+    if mirror is not None:
+        from . import ops
+
+        mirrored = ops.affine_resample(affine_c[None], mirror, shape)[0]
+        out["mirror_margin"] = out["lncc_affine"] - local_ncc(fixed_c, mirrored, fixed_mask)
+    else:
+        out["mirror_margin"] = None
+    if moving_labels is not None:
+        out["labels_in_image"], out["labels_on_foreground"] = _label_overlap(moving_labels, moving, moving_affine, spacing_mm)
+    else:
+        out["labels_in_image"] = out["labels_on_foreground"] = None
+    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in out.items()}
+
+
+def judge(measurements: dict, thresholds=THRESHOLDS) -> dict:
+    """``{"flag", "flag_reasons"}`` from `measurements` (as `measure` returns them): the worst
+    level over the rules; one sentence per rule that is not ok, worst first."""
+    reasons = []
+    for rule in thresholds:
+        value = measurements.get(rule.measurement)
+        level = rule.level(value)
+        if level != "ok":
+            reasons.append((FLAGS.index(level), rule.reason(value, level)))
+    reasons.sort(key=lambda item: -item[0])
+    worst = max((level for level, _ in reasons), default=0)
+    return {"flag": FLAGS[worst], "flag_reasons": [text for _, text in reasons]}
+
+
+def assess(result, *, moving_labels=None, thresholds=THRESHOLDS, spacing_mm: float = 3.0) -> dict:
+    """Flag one registration: ``{"flag", "flag_reasons", "qc_measurements"}``, ready to merge into
+    report.json (``result.stats.update(assess(result))``).
+
+    Parameters
+    ----------
+    result : smgic_rt.RegistrationResult
+        Needs ``fixed_image``, ``moving_image`` and ``warped`` (as `Registrar.register` returns).
+    moving_labels : path, nibabel image, `io.Volume` or None
+        The label map that goes with the moving image; checked against the moving image.
+    thresholds : sequence of `Threshold`
+    spacing_mm : float
+        Spacing of the measurement grid.
+    """
+    measurements = measure(result, moving_labels=moving_labels, spacing_mm=spacing_mm)
+    verdict = judge(measurements, thresholds)
+    if verdict["flag"] != "ok":
+        logger.debug("QC flag %s: %s", verdict["flag"], "; ".join(verdict["flag_reasons"]))
+    return {**verdict, "qc_measurements": measurements}
