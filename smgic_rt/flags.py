@@ -92,9 +92,9 @@ THRESHOLDS = (
     Threshold("affine_scale_max", "largest affine scale", warn=1.33, fail=2.0, below=False),
     Threshold("affine_determinant", "affine determinant", warn=0.5, fail=0.0, below=True),
     Threshold("mask_dice", "brain-mask overlap (Dice of the foregrounds)", warn=0.85, fail=0.70, below=True),
-    Threshold("foreground_volume_ratio_low", "warped/fixed foreground volume (a brain on a head?)",
+    Threshold("foreground_volume_ratio", "warped/fixed foreground volume (a brain on a head?)",
               warn=0.80, fail=0.65, below=True),
-    Threshold("foreground_volume_ratio_high", "warped/fixed foreground volume (a head on a brain?)",
+    Threshold("foreground_volume_ratio", "warped/fixed foreground volume (a head on a brain?)",
               warn=1.25, fail=1.5, below=False),
     Threshold("labels_in_image", "fraction of labels inside the moving image's grid", warn=0.99, fail=0.5, below=True),
     Threshold("labels_on_foreground", "fraction of labels on the moving image's foreground",
@@ -129,23 +129,30 @@ def local_ncc(first: np.ndarray, second: np.ndarray, mask: np.ndarray | None = N
 
 
 def _measurement_grid(shape, affine, spacing_mm: float):
-    """(shape, index matrix, grid affine): the fixed voxels every about `spacing_mm` mm."""
+    """Where to sample an image for a measurement grid of about `spacing_mm` over its voxels.
+
+    Returns (fine shape, fine index matrix, coarse grid affine): the image is read at every
+    ``stride / 2`` voxels (the fine grid, `fine index matrix` maps its indices to the image's)
+    and the fine samples are averaged 2x2x2 (`ops.downsample_haar`) onto the coarse grid, so that
+    a 1 mm image measured at 4 mm is not aliased; coarse voxel i sits at fine 2i + 0.5.
+    """
     sizes = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
-    stride = np.maximum(1, np.round(spacing_mm / sizes)).astype(int)
-    grid_shape = tuple(int(np.ceil(n / s)) for n, s in zip(shape, stride))
-    index = np.diag([*stride.astype(float), 1.0])
-    return grid_shape, index, np.asarray(affine, dtype=np.float64) @ index
+    half = np.maximum(0.5, np.round(spacing_mm / sizes / 2.0))  # fine step, voxels (0.5: upsampled)
+    fine_shape = tuple(2 * max(1, int(np.ceil(n / (2.0 * h)))) for n, h in zip(shape, half))
+    fine = np.diag([*half, 1.0])
+    haar = np.diag([2.0, 2.0, 2.0, 1.0])
+    haar[:3, 3] = 0.5
+    return fine_shape, fine, np.asarray(affine, dtype=np.float64) @ fine @ haar
 
 
-def _sample(data: np.ndarray, matrix: np.ndarray, shape) -> np.ndarray:
-    """`data` (X, Y, Z) read at `matrix` @ [x, 1] of each output voxel, zeros outside, then a
-    light smoothing (the point samples of a 1 mm image every 3 mm are noisy)."""
+def _sample(data: np.ndarray, matrix: np.ndarray, fine_shape) -> np.ndarray:
+    """`data` (X, Y, Z) read (trilinear, zeros outside) at `matrix` @ [x, 1] of each fine-grid
+    voxel, then averaged 2x2x2 onto the measurement grid."""
     from . import ops
-    from ._filters import smooth
 
     volume = np.ascontiguousarray(np.asarray(data, dtype=np.float32)[None])
-    sampled = ops.affine_resample(volume, np.asarray(matrix, dtype=np.float64), shape)
-    return smooth(sampled, 0.7)[0]
+    sampled = ops.affine_resample(volume, np.asarray(matrix, dtype=np.float64), fine_shape)
+    return ops.downsample_haar(sampled)[0]
 
 
 def _scaled(volume: np.ndarray) -> np.ndarray:
@@ -164,7 +171,8 @@ def _data(image) -> tuple[np.ndarray, np.ndarray]:
 
 def _mirror_matrix(fixed_scaled: np.ndarray, grid_affine: np.ndarray):
     """Grid-index map of the reflection x -> 2 c - x (RAS x) about the fixed image's mid-sagittal
-    plane, c chosen among the foreground's centroid +- 12 mm as the most self-similar."""
+    plane, c chosen among the foreground's centroid +- 12 mm (3 mm steps) as the one whose
+    reflection correlates best with the image itself."""
     from . import ops
 
     mask = _foreground(fixed_scaled)
@@ -172,39 +180,46 @@ def _mirror_matrix(fixed_scaled: np.ndarray, grid_affine: np.ndarray):
         return None
     centroid = grid_affine @ np.r_[np.argwhere(mask).mean(axis=0), 1.0]
     inverse = np.linalg.inv(grid_affine)
+    values = fixed_scaled[mask] - fixed_scaled[mask].mean()
     best = None
     for offset in np.arange(-12.0, 12.5, 3.0):
-        c = centroid[0] + offset
         reflect = np.diag([-1.0, 1.0, 1.0, 1.0])
-        reflect[0, 3] = 2.0 * c
+        reflect[0, 3] = 2.0 * (centroid[0] + offset)
         matrix = inverse @ reflect @ grid_affine
-        mirrored = ops.affine_resample(fixed_scaled[None], matrix, fixed_scaled.shape)[0]
-        score = local_ncc(fixed_scaled, mirrored, mask)
+        mirrored = ops.affine_resample(fixed_scaled[None], matrix, fixed_scaled.shape)[0][mask]
+        score = float(values @ (mirrored - mirrored.mean()))  # correlation up to a positive factor
         if best is None or score > best[0]:
             best = (score, matrix)
     return best[1]
 
 
 def _label_overlap(labels, moving_data: np.ndarray, moving_affine: np.ndarray, spacing_mm: float):
-    """(fraction of labelled voxels inside the moving grid, fraction on its foreground)."""
+    """(fraction of labelled voxels inside the moving grid, fraction on its foreground), counted
+    on the labels' own measurement grid."""
     from . import io, ops
 
     volume = labels if isinstance(labels, io.Volume) else io.load_label_map(labels, name="moving labels")
-    shape, index, grid_affine = _measurement_grid(volume.shape, volume.affine, spacing_mm)
-    labelled = ops.affine_resample(np.ascontiguousarray((volume.data != 0).astype(np.float32)[None]), index, shape,
+    fine_shape, fine, _ = _measurement_grid(volume.shape, volume.affine, spacing_mm)
+    labelled = ops.affine_resample(np.ascontiguousarray((volume.data != 0).astype(np.float32)[None]), fine, fine_shape,
                                    interpolation="nearest")[0] > 0.5
     if not labelled.any():
         return None, None
-    to_moving = np.linalg.inv(moving_affine) @ grid_affine
-    inside = ops.affine_resample(np.ones((1, *moving_data.shape), np.float32), to_moving, shape,
-                                 interpolation="nearest")[0] > 0.5
-    foreground = ops.affine_resample(np.ascontiguousarray(_foreground(_scaled(moving_data)).astype(np.float32)[None]),
-                                     to_moving, shape)[0] > 0.5
+    # inside the moving grid: each labelled point's moving voxel coordinate within [-0.5, n - 0.5]
+    points = np.argwhere(labelled).T.astype(np.float64)
+    to_moving = np.linalg.inv(moving_affine) @ volume.affine @ fine
+    coordinates = to_moving[:3, :3] @ points + to_moving[:3, 3:4]
+    limits = np.asarray(moving_data.shape, dtype=np.float64)[:, None] - 0.5
+    inside_count = float(np.all((coordinates >= -0.5) & (coordinates <= limits), axis=0).sum())
+    # on the foreground: the moving image's foreground on its own measurement grid, read there
+    moving_fine_shape, moving_fine, moving_grid = _measurement_grid(moving_data.shape, moving_affine, spacing_mm)
+    foreground_moving = _foreground(_scaled(_sample(moving_data, moving_fine, moving_fine_shape))).astype(np.float32)
+    to_grid = np.linalg.inv(moving_grid) @ volume.affine @ fine
+    foreground = ops.affine_resample(np.ascontiguousarray(foreground_moving[None]), to_grid, fine_shape)[0] > 0.5
     count = float(labelled.sum())
-    return float((labelled & inside).sum() / count), float((labelled & foreground).sum() / count)
+    return inside_count / count, float((labelled & foreground).sum() / count)
 
 
-def measure(result, *, moving_labels=None, spacing_mm: float = 3.0) -> dict:
+def measure(result, *, moving_labels=None, spacing_mm: float = 4.0) -> dict:
     """The QC measurements of one `RegistrationResult` (see the module docstring); JSON-safe."""
     if not spacing_mm > 0:
         raise ValueError(f"spacing_mm must be a positive number of mm, got {spacing_mm!r}")
@@ -214,9 +229,10 @@ def measure(result, *, moving_labels=None, spacing_mm: float = 3.0) -> dict:
     fixed, fixed_affine = _data(result.fixed_image)
     moving, moving_affine = _data(result.moving_image)
     warped, _ = _data(result.warped)
-    shape, index, grid_affine = _measurement_grid(fixed.shape, fixed_affine, spacing_mm)
-    fixed_c = _scaled(_sample(fixed, index, shape))
-    warped_c = _scaled(_sample(warped, index, shape))
+    fine_shape, fine, grid_affine = _measurement_grid(fixed.shape, fixed_affine, spacing_mm)
+    fixed_c = _scaled(_sample(fixed, fine, fine_shape))
+    warped_c = _scaled(_sample(warped, fine, fine_shape))
+    shape = fixed_c.shape
     fixed_mask, warped_mask = _foreground(fixed_c), _foreground(warped_c)
     stats = result.stats or {}
     out = {
@@ -229,7 +245,6 @@ def measure(result, *, moving_labels=None, spacing_mm: float = 3.0) -> dict:
     out["mask_dice"] = (2.0 * float((fixed_mask & warped_mask).sum()) / (volume_fixed + volume_warped)
                         if volume_fixed + volume_warped else None)
     out["foreground_volume_ratio"] = volume_warped / volume_fixed if volume_fixed else None
-    out["foreground_volume_ratio_low"] = out["foreground_volume_ratio_high"] = out["foreground_volume_ratio"]
 
     matrix = getattr(result, "affine_matrix", None)
     if matrix is not None:
@@ -237,11 +252,10 @@ def measure(result, *, moving_labels=None, spacing_mm: float = 3.0) -> dict:
         scales = np.linalg.svd(matrix[:3, :3], compute_uv=False)
         out["affine_scale_min"], out["affine_scale_max"] = float(scales.min()), float(scales.max())
         out["affine_determinant"] = float(np.linalg.det(matrix[:3, :3]))
-        to_moving = np.linalg.inv(moving_affine) @ matrix @ grid_affine
     else:
         out["affine_scale_min"] = out["affine_scale_max"] = out["affine_determinant"] = None
-        to_moving = np.linalg.inv(moving_affine) @ grid_affine  # the headers' alignment
-    affine_c = _scaled(_sample(moving, to_moving, shape))
+        matrix = np.eye(4)  # no affine stage: the headers' alignment
+    affine_c = _scaled(_sample(moving, np.linalg.inv(moving_affine) @ matrix @ fixed_affine @ fine, fine_shape))
     out["lncc_affine"] = local_ncc(fixed_c, affine_c, fixed_mask)
     out["lncc_gain"] = out["lncc"] - out["lncc_affine"]
     mirror = _mirror_matrix(fixed_c, grid_affine)
@@ -273,7 +287,7 @@ def judge(measurements: dict, thresholds=THRESHOLDS) -> dict:
     return {"flag": FLAGS[worst], "flag_reasons": [text for _, text in reasons]}
 
 
-def assess(result, *, moving_labels=None, thresholds=THRESHOLDS, spacing_mm: float = 3.0) -> dict:
+def assess(result, *, moving_labels=None, thresholds=THRESHOLDS, spacing_mm: float = 4.0) -> dict:
     """Flag one registration: ``{"flag", "flag_reasons", "qc_measurements"}``, ready to merge into
     report.json (``result.stats.update(assess(result))``).
 

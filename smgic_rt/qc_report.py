@@ -17,7 +17,8 @@ For a cohort, `write_cohort_report(out_root, records)` writes ``out_root/report.
 distribution plots (inline SVG, each pair a dot linking to its section) of similarity, folding,
 inverse consistency and time, a table that sorts (click a header; ``report.html#sort=lncc:asc``
 opens sorted) and filters, flagged pairs first, and a section per pair with its thumbnail, its
-reasons and links to its qc.html and files. Everything is relative to ``out_root``: the folder
+reasons and links to its qc.html and files; thumbnails load as their sections near the view
+(``report.html?images=all`` loads them all at once, for printing). Everything is relative to ``out_root``: the folder
 opens offline from disk, with no server. Thumbnails are the pairs' ``qc_thumb.png`` when there
 is one, else made once from the pair's outputs into ``out_root/.smgic-report/`` (a name no pair
 id can take); the page itself holds no images, so it stays small for thousands of pairs.
@@ -308,15 +309,11 @@ def _measurements_html(measurements: dict | None, thresholds=flags.THRESHOLDS) -
     if not measurements:
         return '<p class="muted">No QC measurements in this report.</p>'
     rules = _thresholds_by_measurement(thresholds)
-    # foreground_volume_ratio_low/_high are one value judged by two rules: shown once
-    base = {key: key.rsplit("_", 1)[0] if key.endswith(("_low", "_high")) and key.rsplit("_", 1)[0] in measurements
-            else key for key in list(rules) + list(measurements)}
-    order = list(dict.fromkeys([base[key] for key in rules if base[key] in measurements]
-                               + [base[key] for key in measurements]))
+    order = [key for key in rules if key in measurements] + [key for key in measurements if key not in rules]
     rows = []
     for key in order:
         value = measurements[key]
-        related = [rule for name, group in rules.items() if base[name] == key for rule in group]
+        related = rules.get(key, [])
         levels = [rule.level(value) for rule in related if isinstance(value, (int, float))]
         worst = max((flags.FLAGS.index(level) for level in levels), default=0)
         css = {2: ' class="num bad"', 1: ' class="num meh"'}.get(worst, ' class="num"')
@@ -589,17 +586,49 @@ document.querySelectorAll('#pairs-table th').forEach(th => th.addEventListener('
   sortTable(th.dataset.key, again);
 }));
 document.querySelectorAll('.flag-filter, #filter-text').forEach(el => el.addEventListener('input', filterTable));
-window.addEventListener('load', () => {
+function showImage(img) {
+  if (!img.getAttribute('src') && img.dataset.src) img.src = img.dataset.src;
+}
+function settled(img) {
+  return img.complete ? Promise.resolve() : new Promise(done => {
+    img.addEventListener('load', done, {once: true});
+    img.addEventListener('error', done, {once: true});
+  });
+}
+function recordImages() {
+  // Into the DOM, for people and for tests (chromium --dump-dom): how many images are in the page
+  // and how many of those whose loading started have really loaded.
   const images = Array.from(document.images);
-  const broken = images.filter(img => !(img.complete && img.naturalWidth > 0));
-  const root = document.documentElement.dataset;
-  root.imagesTotal = images.length;
-  root.imagesLoaded = images.length - broken.length;
-  root.brokenImages = broken.map(img => img.getAttribute('src')).join(' ');
+  const started = images.filter(img => img.getAttribute('src'));
+  return Promise.all(started.map(settled)).then(() => {
+    const broken = started.filter(img => !(img.complete && img.naturalWidth > 0));
+    const root = document.documentElement.dataset;
+    root.imagesTotal = images.length;
+    root.imagesStarted = started.length;
+    root.imagesLoaded = started.length - broken.length;
+    root.brokenImages = broken.map(img => img.getAttribute('src')).join(' ');
+  });
+}
+function loadAllImages() {
+  document.querySelectorAll('img[data-src]').forEach(showImage);
+  return recordImages();
+}
+if (new URLSearchParams(location.search).get('images') === 'all' || !('IntersectionObserver' in window)) {
+  loadAllImages();
+} else {
+  const observer = new IntersectionObserver(entries => entries.forEach(entry => {
+    if (entry.isIntersecting) { showImage(entry.target); observer.unobserve(entry.target); }
+  }), {rootMargin: '1000px 0px'});
+  document.querySelectorAll('img[data-src]').forEach(img => observer.observe(img));
+}
+window.addEventListener('load', () => {
   const match = /^#sort=([A-Za-z_]+):(asc|desc)$/.exec(location.hash);
   if (match) sortTable(match[1], match[2] === 'desc');
-  const nav = performance.getEntriesByType('navigation')[0];
-  root.loadMs = nav ? Math.round(nav.loadEventStart) : '';
+  recordImages().then(() => {
+    const nav = performance.getEntriesByType('navigation')[0];
+    document.documentElement.dataset.loadMs = nav ? Math.round(nav.loadEventStart) : '';
+    document.documentElement.dataset.readyMs = Math.round(performance.now());
+  });
 });
 """
 
@@ -622,10 +651,12 @@ def _cohort_html(rows: list[dict], thumbs: dict, title: str, summary: dict | Non
                     + "".join(f'<td class="num">{_number(row[key], 4)}</td>' for key, _, _ in _COLUMNS)
                     + f"<td>{_e(reasons)}</td></tr>")
         thumb = thumbs.get(row["id"])
-        picture = (f'<a href="{_e(row["link"])}/{PAGE_NAME}"><img class="thumb" src="{_e(thumb)}" alt="{_e(row["id"])} overlay" '
-                   f'decoding="async"></a>' if thumb and (row["folder"] / PAGE_NAME).is_file() else
-                   f'<img class="thumb" src="{_e(thumb)}" alt="{_e(row["id"])} overlay" decoding="async">' if thumb else
-                   '<p class="muted">no picture</p>')
+        # data-src: the page's script sets src when the section nears the viewport, so that a
+        # page of 1,000 pairs does not decode 1,000 thumbnails before it shows (see _SCRIPT).
+        image = f'<img class="thumb" data-src="{_e(thumb)}" alt="{_e(row["id"])} overlay" decoding="async">' if thumb else ""
+        if image and (row["folder"] / PAGE_NAME).is_file():
+            image = f'<a href="{_e(row["link"])}/{PAGE_NAME}">{image}</a>'
+        picture = image or '<p class="muted">no picture</p>'
         links = [f'<a href="{_e(row["link"])}/{name}">{name}</a>' for name in (PAGE_NAME, "qc.png", "report.json")
                  if (row["folder"] / name).is_file()]
         facts = (f'similarity {_number(row["lncc"])}, folding {_number(row["folding_fraction"])}, '

