@@ -530,7 +530,7 @@ def _strip_plot(rows: list[dict], key: str, heading: str, scale: str) -> str:
             parts.append(f'<line x1="{x_of(value):.1f}" y1="24" x2="{x_of(value):.1f}" y2="{height - 28}" '
                          f'stroke="{colour}" stroke-dasharray="4 3"/>')
     for tick in np.linspace(low + pad, high - pad, 5):
-        label = (f"{10 ** tick:.0e}" if tick > math.log10(_LOG_FLOOR) + 1e-9 else "0") if scale == "log" else f"{tick:.3g}"
+        label = (f"{10 ** tick:.2g}" if tick > math.log10(_LOG_FLOOR) + 1e-9 else "0") if scale == "log" else f"{tick:.3g}"
         x = left + (tick - low) / (high - low) * (width - left - right)
         parts.append(f'<text x="{x:.1f}" y="{height - 12}" font-size="11" text-anchor="middle" fill="#555">{_e(label)}</text>')
     rng = np.random.default_rng(0)  # jitter seeded: the same cohort gives the same picture

