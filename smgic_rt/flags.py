@@ -32,7 +32,6 @@ Thresholds (`THRESHOLDS`) come from the measured distributions in `CALIBRATION`.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import numpy as np

@@ -42,8 +42,8 @@ import numpy as np
 
 from . import atomic, flags, qc
 
-__all__ = ["write_pair_page", "write_pair_images", "write_cohort_report", "png_bytes", "REPORT_NAME",
-           "PAGE_NAME", "THUMB_NAME", "REPORT_ASSETS"]
+__all__ = ["write_pair_page", "write_pair_images", "write_cohort_report", "png_bytes", "REPORT_NAME", "PAGE_NAME",
+           "OVERLAY_NAME", "JACOBIAN_NAME", "THUMB_NAME", "REPORT_ASSETS"]
 
 logger = logging.getLogger("smgic_rt")
 
