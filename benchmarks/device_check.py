@@ -510,7 +510,8 @@ def _median_stages(results):
 def _median_network(results):
     levels = {}
     for result in results:
-        for name, seconds in (result.stats.get("network_seconds") or {}).items():
+        network = result.stats["stages"]["network"]["stats"] or {}  # per level, when the network ran
+        for name, seconds in (network.get("seconds") or {}).items():
             if isinstance(seconds, (int, float)):
                 levels.setdefault(name, []).append(float(seconds))
     return {name: statistics.median(values) for name, values in levels.items()}
