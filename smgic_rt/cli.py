@@ -7,7 +7,8 @@
 
 From a checkout: ``python -m smgic_rt.cli register ...`` / ``python -m smgic_rt.cli apply ...``.
 Progress goes to stderr through logging. The exit status is 0 only on success: 1 for bad input
-or a failed run (with a one-line reason), 2 for a malformed command line. Outputs are written
+or a failed run (with a one-line reason), 2 for a malformed command line, 3 with --fail-on-flag
+when the registration's QC flag (report.json) is warn or fail. Outputs are written
 into a staging folder beside OUTDIR and renamed into place, so a failure leaves nothing;
 --overwrite replaces only a folder that smgic wrote and that holds nothing else
 (`smgic_rt.outputs`).
@@ -25,6 +26,7 @@ logger = logging.getLogger("smgic_rt")
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2  # argparse's own code
+EXIT_FLAGGED = 3  # --fail-on-flag: outputs written, but the QC flag is warn or fail
 
 
 def _configure_logging(program: str, verbosity: int) -> None:
@@ -67,7 +69,9 @@ def _add_register_arguments(parser: argparse.ArgumentParser) -> None:
                         help="grid of warp.nii.gz / inverse_warp.nii.gz: the model lattice over each image "
                              "(compact, default) or each image's own grid (native, several times larger)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all cores, or OMP_NUM_THREADS)")
-    parser.add_argument("--qc", action="store_true", help="also write qc.png")
+    parser.add_argument("--qc", action="store_true", help="also write qc.png and qc.html")
+    parser.add_argument("--fail-on-flag", action="store_true",
+                        help="exit 3 (outputs written) when the QC flag is warn or fail; default: a warning, exit 0")
     parser.add_argument("--overwrite", action="store_true", help="replace OUTDIR if it exists")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument("-q", "--quiet", action="store_true")
@@ -120,8 +124,13 @@ def _run_register(args) -> int:
     outdir = job.check_output(pair, args.outdir, overwrite=args.overwrite)
     registrar = registrar_from_args(args)
     logger.info("backend %s, bundle %s", registrar.backend, registrar.bundle.id)
-    job.run_pair(registrar, pair, outdir, overwrite=args.overwrite, qc=args.qc)
+    result = job.run_pair(registrar, pair, outdir, overwrite=args.overwrite, qc=args.qc)
     logger.info("wrote %s", outdir)
+    flag = result.stats["flag"]
+    if flag != "ok":
+        logger.warning("QC flag %s: %s", flag, "; ".join(result.stats["flag_reasons"]))
+        if args.fail_on_flag:
+            return EXIT_FLAGGED
     return EXIT_OK
 
 

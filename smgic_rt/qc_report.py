@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic, flags, qc
+from .pipeline import STAGE_ORDER
 
 __all__ = ["write_pair_page", "write_pair_images", "write_cohort_report", "png_bytes", "REPORT_NAME", "PAGE_NAME",
            "OVERLAY_NAME", "JACOBIAN_NAME", "THUMB_NAME", "REPORT_ASSETS"]
@@ -328,9 +329,8 @@ def _measurements_html(measurements: dict | None, thresholds=flags.THRESHOLDS) -
             + "".join(rows) + "</table>")
 
 
-# The pipeline's order (report.json stores its keys sorted).
-_STAGE_ORDER = ("load", "preprocess_fixed", "affine", "preprocess_moving", "network", "refine", "integrate",
-                "native_fields", "resample", "jacobian", "warp_labels")
+# The pipeline's order (report.json stores its keys sorted), then what saving adds.
+_STAGE_ORDER = (*STAGE_ORDER, "flags", "warp_labels")
 
 
 def _seconds_html(seconds: dict | None, total=None) -> str:
@@ -367,8 +367,10 @@ def _pair_html(report: dict, images: dict, title: str) -> str:
                     f'<span>+{JACOBIAN_LOG2_RANGE}</span> (shrinkage blue, expansion red, folds J&le;0 yellow)</p>')
     if images.get("qc_png"):
         picture += f'<p><a href="{_e(images["qc_png"])}">qc.png</a> (rows of fixed, moving, warped, checkerboard, Jacobian)</p>'
-    stage_stats = "".join(f"<h3>{_e(name)}</h3>{_generic_table(report.get(name))}"
-                          for name in ("affine_stage", "network_seconds", "refine_stage") if report.get(name) is not None)
+    stages = report.get("stages") or {}
+    stage_stats = "".join(f"<h3>{_e(name)} ({_e(record.get('mode'))})</h3>{_generic_table(record.get('stats'))}"
+                          for name, record in ((n, stages[n]) for n in STAGE_ORDER if n in stages)
+                          if record.get("ran") and record.get("stats"))
     summary = {key: report.get(key) for key in _SUMMARY_KEYS if key in report}
     raw = json.dumps(report, indent=1, sort_keys=True, default=str)
     return f"""<!DOCTYPE html>

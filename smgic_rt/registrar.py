@@ -91,12 +91,12 @@ class RegistrationResult:
         return transforms.displacement_to_itk_image(*self.inverse_field)
 
     @property
-    def fixed_image(self) -> nib.Nifti1Image:
-        return self.fixed.to_nifti()
+    def fixed_image(self) -> nib.Nifti1Image | None:
+        return None if self.fixed is None else self.fixed.to_nifti()
 
     @property
-    def moving_image(self) -> nib.Nifti1Image:
-        return self.moving.to_nifti()
+    def moving_image(self) -> nib.Nifti1Image | None:
+        return None if self.moving is None else self.moving.to_nifti()
 
     def apply(self, image, interpolation: str = "linear") -> nib.Nifti1Image:
         """Bring an image (or label map) from the moving space onto the fixed grid.
@@ -116,12 +116,25 @@ class RegistrationResult:
             data = np.rint(data).astype(np.int32)
         return io.make_nifti(np.ascontiguousarray(data), self.fixed.affine)
 
+    def assess(self, moving_labels=None) -> dict:
+        """Flag this registration (`smgic_rt.flags.assess`): sets ``stats["flag"]`` ("ok", "warn"
+        or "fail"), ``stats["flag_reasons"]`` and ``stats["qc_measurements"]``; returns them."""
+        import time
+
+        from . import flags
+
+        start = time.perf_counter()
+        verdict = flags.assess(self, moving_labels=moving_labels)
+        self.stats.update(verdict)
+        self.stats.setdefault("seconds", {})["flags"] = time.perf_counter() - start
+        return verdict
+
     def save(self, outdir, *, overwrite: bool = False, moving_labels=None, qc: bool = False) -> Path:
         """Write all outputs into `outdir` atomically (a staging folder renamed into place).
 
-        Files: warped.nii.gz, warp.nii.gz (fixed -> moving, on the fixed grid),
-        inverse_warp.nii.gz (on the moving grid), jacobian.nii.gz, report.json, affine.mat
-        (when the affine stage ran), warped_labels.nii.gz (with `moving_labels`), qc.png (with
+        Files: warped.nii.gz, warp.nii.gz (fixed -> moving), inverse_warp.nii.gz,
+        jacobian.nii.gz, report.json (with the QC flag), affine.mat (when the affine stage ran),
+        warped_labels.nii.gz (with `moving_labels`), qc.png and qc.html with its pictures (with
         `qc`) and manifest.json (every file's size and sha256). Nothing is left behind when any
         step fails; `overwrite` replaces only a previous smgic output (`smgic_rt.outputs`).
         """
@@ -129,6 +142,7 @@ class RegistrationResult:
                                                                      name="moving labels")
         if labels is not None:  # before any work: labels that miss their image would warp to nothing
             io.check_overlap(labels, self.moving, name="moving labels")
+            self.assess(moving_labels=labels)  # the flag now also judges the labels against their image
         sources = (self.fixed.source, self.moving.source, None if labels is None else labels.source)
         outdir = outputs.check_output_dir(outdir, overwrite=overwrite, protected=sources)
         with atomic.atomic_dir(outdir, replace=overwrite) as staging:
@@ -157,16 +171,21 @@ class RegistrationResult:
             self.stats.setdefault("seconds", {})["warp_labels"] = time.perf_counter() - start
         if qc:
             from . import qc as qc_module
+            from . import qc_report
 
             qc_module.save_qc_png(
                 folder / "qc.png", self.fixed_image, self.moving_image, self.warped, self.jacobian,
                 title=f"bundle {self.stats.get('bundle_id')}\nbackend {self.stats.get('backend')}",  # one line overflowed
             )
             files["qc"] = "qc.png"
+            files.update(qc_html=qc_report.PAGE_NAME, qc_overlay=qc_report.OVERLAY_NAME,
+                         qc_jacobian=qc_report.JACOBIAN_NAME, qc_thumbnail=qc_report.THUMB_NAME)
         files["manifest"] = outputs.MANIFEST_NAME  # written last, over every other file
         report = dict(self.stats)
         report["files"] = files
         atomic.write_json(folder / "report.json", report)
+        if qc:
+            qc_report.write_pair_page(folder, self)
         outputs.write_manifest(folder)
 
 
@@ -278,7 +297,9 @@ class Registrar:
                           integration_steps=int(self.bundle.steps))
         with ops.cpu_threads(self.threads):
             records = run_stages(self.stages, state)
-        return self._result(state, records)
+            result = self._result(state, records)
+            result.assess()
+        return result
 
     def _result(self, state: PairState, records: dict) -> RegistrationResult:
         seconds = {name: record["seconds"] for name, record in records.items() if record["ran"]}

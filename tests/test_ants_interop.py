@@ -78,6 +78,7 @@ def test_cli_writes_every_file(registered):
     assert names == sorted([
         "warped.nii.gz", "warp.nii.gz", "inverse_warp.nii.gz", "warped_labels.nii.gz",
         "jacobian.nii.gz", "report.json", "qc.png", "affine.mat", "manifest.json",
+        "qc.html", "qc_overlay.png", "qc_jacobian.png", "qc_thumb.png",
     ])
     # No staging folders left beside the output.
     assert sorted(p.name for p in registered.parent.iterdir()) == ["out"]

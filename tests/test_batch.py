@@ -150,8 +150,13 @@ def check_first_run(summary, out, reference):
         else:
             assert record["error"] is None and record["seconds"] > 0 and record["stats"]["backend"] == "onnxruntime"
             assert_same_outputs(out / record["id"], reference / record["id"])
-    # Nothing half-written: only pair folders, the manifests and the summaries.
-    assert sorted(p.name for p in out.iterdir()) == sorted([*GOOD, ".smgic-batch", "summary.csv", "summary.json"])
+    # Nothing half-written: only pair folders, the manifests, the summaries and the QC report
+    # (with the thumbnails it made for pairs registered without --qc).
+    assert sorted(p.name for p in out.iterdir()) == sorted([*GOOD, ".smgic-batch", "summary.csv", "summary.json",
+                                                            "report.html", ".smgic-report"])
+    flags = summary["flags"]
+    assert sum(flags.values()) == 6 and all(record["stats"]["flag"] in flags for record in summary["pairs"]
+                                            if record["id"] not in BROKEN)
     with open(out / "summary.csv", newline="") as stream:
         rows = {row["id"]: row for row in csv.DictReader(stream)}
     assert set(rows) == set(GOOD) | set(BROKEN)

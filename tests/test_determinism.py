@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from smgic_rt import Registrar, ops
-from smgic_rt._filters import box_mean, gaussian_taps, smooth
+from smgic_rt._filters import box_mean, smooth
 
 THREADS = (1, 2)
 

@@ -119,7 +119,7 @@ def test_a_result_without_images_is_refused(good):
     from dataclasses import replace
 
     with pytest.raises(ValueError, match="result.fixed_image"):
-        flags.assess(replace(good, fixed_image=None))
+        flags.assess(replace(good, fixed=None))
     with pytest.raises(ValueError, match="spacing_mm"):
         flags.assess(good, spacing_mm=0)
 
@@ -237,3 +237,24 @@ def test_calibration(registrar):
         if expected is not None and verdict["flag"] != expected:
             wrong.append((name, verdict["flag"], verdict["flag_reasons"]))
     assert not wrong, wrong
+
+
+def test_smgic_register_warns_on_a_flag_and_fails_on_it_when_asked(brains, tmp_path, capfd):
+    """The flag reaches the user: a warning with the reasons (exit 0), or exit 3 with
+    --fail-on-flag; report.json carries it, and --qc writes qc.html beside qc.png."""
+    import json
+
+    from smgic_rt import cli
+
+    fixed, moving = tmp_path / "head.nii.gz", tmp_path / "brain.nii.gz"
+    nib.save(brains["head_fixed"], str(fixed))
+    nib.save(brains["brain"], str(moving))
+    args = [str(fixed), str(moving), "--threads", "2"]
+    assert cli.register_main(args + ["-o", str(tmp_path / "a"), "--qc"]) == cli.EXIT_OK
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["flag"] == "fail" and report["flag_reasons"]
+    assert f"WARNING: QC flag fail: {report['flag_reasons'][0]}" in capfd.readouterr().err
+    assert {"qc.html", "qc.png", "qc_overlay.png", "qc_jacobian.png", "qc_thumb.png"} <= {p.name for p in (tmp_path / "a").iterdir()}
+    assert set(report["files"].values()) == {p.name for p in (tmp_path / "a").iterdir()} - {"report.json"}
+    assert cli.register_main(args + ["-o", str(tmp_path / "b"), "--fail-on-flag"]) == cli.EXIT_FLAGGED
+    assert (tmp_path / "b" / "warp.nii.gz").is_file()  # outputs are written all the same

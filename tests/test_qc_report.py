@@ -112,7 +112,7 @@ def test_pair_page_shows_flag_edges_and_stages(cohort):
         assert qc_report._e(reason) in page
     for stage in report["seconds"]:
         assert f"<th>{stage}</th>" in page
-    assert "affine_stage" in page and "no edges" not in page
+    assert "<h3>affine (" in page and "no edges" not in page  # each stage's statistics under its name
     overlay = imread(out / "sub-02_brain_on_head" / qc_report.OVERLAY_NAME)[..., :3]
     yellow = (overlay[..., 0] > 0.99) & (overlay[..., 1] > 0.8) & (overlay[..., 2] < 0.05)
     red = (overlay[..., 0] > 0.99) & (overlay[..., 1] < 0.2) & (overlay[..., 2] < 0.2)

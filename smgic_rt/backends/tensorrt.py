@@ -264,7 +264,7 @@ class TensorRTBackend(Backend):
                  workspace_gb: float = 4.0, max_batch: int = 1):
         super().__init__(bundle)
         trt = import_tensorrt()
-        self._cupy = cupy = import_cupy()
+        self._cupy = import_cupy()
         self.precision = "fp16" if fp16 else "fp32"
         self.platform = runtime_platform()
         self.engine_dir = Path(engine_dir_for(bundle) if engine_dir is None else engine_dir)

@@ -47,8 +47,10 @@ def main(argv=None) -> int:
             logger.error("%s: %s", type(error).__name__, error)
         return 1
     counts = summary["counts"]
-    logger.warning("%d registered, %d skipped (complete), %d failed; summary in %s",
-                   counts["registered"], counts["skipped"], counts["failed"], Path(summary["out_root"]) / SUMMARY_CSV)
+    flags = summary["flags"]
+    logger.warning("%d registered, %d skipped (complete), %d failed; QC flags: %d ok, %d warn, %d fail; summary in %s, "
+                   "report in %s", counts["registered"], counts["skipped"], counts["failed"], flags["ok"], flags["warn"],
+                   flags["fail"], Path(summary["out_root"]) / SUMMARY_CSV, Path(summary["out_root"]) / "report.html")
     return 0 if counts["failed"] == 0 else 1
 
 

@@ -14,7 +14,7 @@ __all__ = ["PAIR_COLUMNS", "RESERVED_NAMES", "Pair", "PairsFileError", "read_pai
 
 PAIR_COLUMNS = ("fixed", "moving", "moving_labels", "fixed_mask", "moving_mask", "id")
 # Names in OUTROOT that belong to smgic-batch itself, never a pair's id.
-RESERVED_NAMES = (".smgic-batch", "summary.csv", "summary.json", "report.html")
+RESERVED_NAMES = (".smgic-batch", "summary.csv", "summary.json", "report.html", ".smgic-report")
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
 

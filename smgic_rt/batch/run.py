@@ -148,11 +148,34 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
             "pairs": [records.get(p.id, {"id": p.id, "fixed": p.fixed, "moving": p.moving, "status": "not run",
                                          "error": "the run stopped before this pair"}) for p in pair_list],
         }
+        summary["flags"] = _count_flags(summary["pairs"])
         atomic.write_json(out_root / SUMMARY_JSON, summary)
         _write_summary_csv(summary["pairs"], out_root / SUMMARY_CSV)
-    logger.info("%d registered, %d skipped (complete), %d failed in %.1f s",
-                counts["registered"], counts["skipped"], counts["failed"], summary["seconds"])
+        _write_cohort_report(out_root, summary)
+    logger.info("%d registered, %d skipped (complete), %d failed in %.1f s; QC flags: %s",
+                counts["registered"], counts["skipped"], counts["failed"], summary["seconds"], summary["flags"])
     return summary
+
+
+def _count_flags(records) -> dict:
+    """How many finished pairs carry each QC flag (a pair that failed has none)."""
+    counts = {"ok": 0, "warn": 0, "fail": 0}
+    for record in records:
+        flag = (record.get("stats") or {}).get("flag")
+        if flag in counts:
+            counts[flag] += 1
+    return counts
+
+
+def _write_cohort_report(out_root: Path, summary: dict) -> None:
+    """``OUTROOT/report.html``: a page to scroll, flagged pairs first (`smgic_rt.qc_report`). A
+    report that cannot be made is logged: the registrations and the summary stand without it."""
+    from .. import qc_report
+
+    try:
+        qc_report.write_cohort_report(out_root, summary["pairs"], summary=summary)
+    except Exception as error:  # noqa: BLE001
+        logger.error("could not write %s: %s: %s", out_root / qc_report.REPORT_NAME, type(error).__name__, error)
 
 
 def _scheduler_address(scheduler):

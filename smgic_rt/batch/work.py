@@ -17,7 +17,8 @@ __all__ = ["WorkerStartupError", "SUMMARY_STATS", "register_pair", "make_registr
 logger = logging.getLogger("smgic_rt")
 
 # Stats copied from report.json into the summary (the full report stays in the pair's folder).
-SUMMARY_STATS = ("backend", "seconds_total", "folding_fraction", "inverse_consistency_voxels_mean", "jacobian_min")
+SUMMARY_STATS = ("backend", "seconds_total", "folding_fraction", "inverse_consistency_voxels_mean", "jacobian_min",
+                 "flag", "flag_reasons")
 
 
 class WorkerStartupError(RuntimeError):
