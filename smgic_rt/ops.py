@@ -79,10 +79,8 @@ def cpu_threads(threads):
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
     previous = _C.set_num_threads(threads)
-    try:
+    with _restoring(lambda: _C.set_num_threads(previous)):
         yield
-    finally:
-        _C.set_num_threads(previous)
 
 
 def cuda_available():
@@ -105,10 +103,17 @@ def check_device_finite(enabled=True):
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
     token = _DEVICE_FINITE.set(enabled)
+    with _restoring(lambda: _DEVICE_FINITE.reset(token)):
+        yield
+
+
+@contextlib.contextmanager
+def _restoring(undo):
+    """Run `undo` when the block ends, however it ends."""
     try:
         yield
     finally:
-        _DEVICE_FINITE.reset(token)
+        undo()
 
 
 # ---------------------------------------------------------------- validation helpers
