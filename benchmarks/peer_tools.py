@@ -21,6 +21,7 @@ Threads: Greedy's ``-threads``; ITK's ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -44,6 +45,21 @@ def greedy_commands(fixed, moving, outdir, moving_labels=None, threads: int = 2)
     return commands
 
 
+@contextlib.contextmanager
+def _stdout_to_devnull():
+    """Greedy's optimisers print from C to file descriptor 1 whatever `out` says: silence it."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as quiet:
+        os.dup2(quiet.fileno(), 1)
+        try:
+            yield quiet
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def run_greedy(fixed, moving, outdir, moving_labels=None, threads: int = 2) -> dict:
     """Run Greedy's brain commands; returns ``{"seconds": {step: s}, "files": {...}}``."""
     from picsl_greedy import Greedy3D
@@ -54,7 +70,7 @@ def run_greedy(fixed, moving, outdir, moving_labels=None, threads: int = 2) -> d
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     seconds = {}
-    with open(os.devnull, "w") as quiet:
+    with _stdout_to_devnull() as quiet:
         for step, command in zip(("affine", "deformable", "reslice"),
                                  greedy_commands(fixed, moving, outdir, moving_labels, threads)):
             start = time.perf_counter()
