@@ -108,7 +108,7 @@ def run_ants_syn(fixed, moving, outdir, moving_labels=None, threads: int = 2) ->
                                    interpolator="linear")
     ants.image_write(warped, str(outdir / "warped.nii.gz"))
     files = {"warped": outdir / "warped.nii.gz",
-             "warp": Path([f for f in registration["fwdtransforms"] if f.endswith(".nii.gz")][0]),
+             "warp": Path(next(f for f in registration["fwdtransforms"] if f.endswith(".nii.gz"))),
              "transforms": [Path(f) for f in registration["fwdtransforms"]]}
     if moving_labels is not None:
         labels = ants.image_read(str(moving_labels))

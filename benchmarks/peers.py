@@ -42,7 +42,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -170,7 +169,8 @@ def run_tool(tool: str, pair: dict, outdir: Path, smgic_command: str = "module",
     with tempfile.TemporaryDirectory(prefix="launcher_") as launcher_dir, tempfile.TemporaryFile() as output:
         measured = Path(launcher_dir) / "rusage.json"
         completed = subprocess.run([sys.executable, "-S", "-c", LAUNCHER, str(measured), *command], stdout=output,
-                                   stderr=subprocess.STDOUT, env=tool_environment(), cwd=str(common.REPO_ROOT))
+                                   stderr=subprocess.STDOUT, env=tool_environment(), cwd=str(common.REPO_ROOT),
+                                   check=False)
         usage = json.loads(measured.read_text()) if measured.is_file() else {"exit_code": completed.returncode}
         if completed.returncode != 0 or usage["exit_code"] != 0:
             output.seek(0)

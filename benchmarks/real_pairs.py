@@ -43,7 +43,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402  (puts the repository on sys.path)
+import common  # noqa: E402,F401  (puts the repository on sys.path)
 from smgic_rt.demo import package_file  # noqa: E402
 
 STRUCTURES_CSV = Path(__file__).resolve().with_name("structures.csv")
@@ -251,7 +251,7 @@ def _halve_resolution_onto(data, affine, target_affine, target_shape) -> np.ndar
     return ndimage.map_coordinates(smooth, source, order=1, mode="constant").reshape(target_shape).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_brain(name: str):
     """``(image, labels)`` of a brain at 1 mm, the labels in common ids on the image's grid."""
     if name not in BRAINS:
@@ -399,4 +399,3 @@ if __name__ == "__main__":  # python benchmarks/real_pairs.py: the mapping and t
     for row in check_structure_names():
         print(*row, sep="\t")
     print(json.dumps(independence_report(), indent=1))
-    _ = common  # imported for its sys.path set-up

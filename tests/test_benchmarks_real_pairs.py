@@ -71,7 +71,7 @@ def test_structure_dice_counts_voxels():
 
 def test_misplacement_changes_the_header_only():
     _require_data()
-    image, labels = real_pairs.load_brain("cat12")
+    image, _ = real_pairs.load_brain("cat12")
     moved, misplacement = real_pairs.misplace(image, np.random.default_rng(3))
     assert np.array_equal(np.asarray(moved.dataobj), np.asarray(image.dataobj))
     assert np.allclose(moved.affine, misplacement.matrix @ image.affine)
