@@ -194,7 +194,7 @@ def run(pairs, tools, runs: int, smgic_command: str = "module", workdir=None, sm
     report = {"runs": runs, "threads": THREADS, "tools": list(tools), "pairs": {},
               "smgic_command": " ".join(tool_command("smgic", {"fixed": "F", "moving": "M", "moving_labels": "L"},
                                                      Path("OUT"), smgic_command, smgic_args)),
-              "cpu_count": os.cpu_count(), "load_average_start": list(os.getloadavg())}
+              "cpu_count": os.cpu_count(), "load_average_start": [round(v, 2) for v in os.getloadavg()]}
     with tempfile.TemporaryDirectory(prefix="smgic_peers_", dir=workdir) as scratch:
         scratch = Path(scratch)
         for name in pairs:
@@ -226,7 +226,7 @@ def run(pairs, tools, runs: int, smgic_command: str = "module", workdir=None, sm
                         ratios[f"smgic/{peer}"] = summary["smgic"]["seconds_median"] / summary[peer]["seconds_median"]
             description = {k: v for k, v in pair.items() if k not in ("fixed", "moving", "fixed_labels", "moving_labels")}
             report["pairs"][name] = {"pair": description, "summary": summary, "time_ratios": ratios, "per_run": results}
-    report["load_average_end"] = list(os.getloadavg())
+    report["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     return report
 
 
@@ -265,6 +265,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     report = run(pairs, tools, args.runs, args.smgic_command, args.workdir, args.smgic_args.split())
     print(table(report))
+    print(f"\n{report['cpu_count']} CPUs; load average (1, 5, 15 min) at the start {report['load_average_start']}, "
+          f"at the end {report['load_average_end']}")
     if args.json:
         common.write_json_atomic(report, args.json)
     else:
