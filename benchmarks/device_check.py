@@ -420,7 +420,6 @@ def _max_difference(got, expected, tolerance):
 
 
 def _kernels(args, arrays, deadline):
-    import numpy as np
 
     shape = tuple(args.shape) if args.shape else ((80, 96, 80) if args.cpu else (160, 192, 160))
     host = _kernel_inputs(shape)

@@ -286,6 +286,9 @@ def test_worker_that_cannot_start_stops_the_run(cohort, bundle, tmp_path):
     ("fixed,moving,id\na.nii.gz,b.nii.gz,x\nc.nii.gz,d.nii.gz,x\n", "rows 2 and 3: ids must be unique, got 'x' twice"),
     ("fixed,moving,id\na.nii.gz,b.nii.gz,../escape\n", "id must be a plain file name"),
     ("fixed,moving,id\na.nii.gz,b.nii.gz,summary.csv\n", "reserved"),
+    ("fixed,moving,id\na.nii.gz,b.nii.gz,report.html\n", "reserved"),
+    # A field beyond the header was dropped silently before (issue 15).
+    ("fixed,moving\na.nii.gz,b.nii.gz,labels.nii.gz\n", r"row 2: expected 2 fields \(fixed,moving\), got 3: extra \['labels.nii.gz'\]"),
 ])
 def test_bad_pairs_tables(tmp_path, text, message):
     (tmp_path / "pairs.csv").write_text(text)

@@ -4,6 +4,7 @@ Models are tiny (32^3 grid, 8 channels); the parity pair is two real brain templ
 data packages, preprocessed with smgic_rt.preprocess.
 """
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -197,3 +198,30 @@ def test_tensorrt_engines_build_with_headers(random_bundle, tmp_path):
         header = read_engine_header(path)
         assert header["level"] == level and header["bundle_id"] == random_bundle.id
         assert header["gpu_name"] == platform["gpu_name"] and header["precision"] == "fp32"
+
+
+def test_an_unreadable_checkpoint_or_weights_file_says_so_without_torchs_advice(tmp_path):
+    """torch.load(weights_only=True) on a file that is not plain weights suggests retrying with
+    weights_only=False, i.e. running the file's code; we say what is wrong instead (issue 15)."""
+    import fractions
+    import pickle
+
+    from export.model_adapter import load_checkpoint_model
+    from smgic_rt.backends.torch import TorchBackend
+    from smgic_rt.bundle import BundleError, load_bundle, write_checksums
+
+    path = tmp_path / "foreign.pt"  # a class torch does not allow: loading needs weights_only=False
+    path.write_bytes(pickle.dumps({"model": fractions.Fraction(1, 3)}))
+    with pytest.raises(ValueError, match="could not be read as a smgic_rt training checkpoint") as error:
+        load_checkpoint_model(path)
+    assert "weights_only" not in str(error.value)
+    bundle = tmp_path / "bundle"
+    export.write_random_bundle(bundle, seed=0)
+    (bundle / "weights.pt").write_bytes(path.read_bytes())
+    config = json.loads((bundle / "config.json").read_text())
+    config["files"]["weights.pt"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (bundle / "config.json").write_text(json.dumps(config))
+    write_checksums(bundle)  # a consistently sealed bundle whose weights are not weights
+    with pytest.raises(BundleError, match="weights.pt holds no weights for this model") as error:
+        TorchBackend(load_bundle(bundle))
+    assert "weights_only" not in str(error.value)
