@@ -19,6 +19,7 @@ if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
 from smgic_rt import atomic  # noqa: E402
+from smgic_rt.affine import rotation_matrix  # noqa: E402
 from smgic_rt.demo import package_file  # noqa: E402  (finds data files without importing packages)
 from smgic_rt.metrics import folding_fraction, mean_dice  # noqa: E402,F401  (re-exported for the benchmarks)
 
@@ -66,14 +67,6 @@ def load_labelled_brain(name: str = "colin27_aal", resolution: float = 2.0):
             nib.Nifti1Image(label_data.reshape(shape).astype(np.int32), out_affine))
 
 
-def _rotation(angles_deg) -> np.ndarray:
-    ax, ay, az = np.deg2rad(angles_deg)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def make_pairs(count: int, resolution: float = 2.0, seed: int = 0, max_rotation_deg: float = 20.0,
                max_translation_mm: float = 20.0, nonlinear_sigma_mm: float = 3.0,
                control_spacing_mm: float = 24.0, max_scale_change: float = 0.1, intensity_change: bool = True,
@@ -105,7 +98,7 @@ def make_pairs(count: int, resolution: float = 2.0, seed: int = 0, max_rotation_
         angles = rng.uniform(-max_rotation_deg, max_rotation_deg, 3)
         scales = rng.uniform(1.0 - max_scale_change, 1.0 + max_scale_change, 3)
         translation = rng.uniform(-max_translation_mm, max_translation_mm, 3)
-        linear = _rotation(angles) @ np.diag(scales)
+        linear = rotation_matrix(np.deg2rad(angles)) @ np.diag(scales)
         control_shape = tuple(max(2, int(np.ceil(n * resolution / control_spacing_mm)) + 1) for n in shape)
         control = rng.normal(0.0, nonlinear_sigma_mm, (3, *control_shape))
         nonlinear = np.stack([ndimage.zoom(c, np.asarray(shape) / np.asarray(control_shape), order=3, mode="nearest")[

@@ -198,10 +198,10 @@ def export_bundle(model, output_dir, *, opset: int = 20, fp16_weights: bool = Fa
         raise FileExistsError(f"output folder {output_dir} exists; pass overwrite=True (--overwrite) to replace it")
 
     model = model.eval()
-    config = model_adapter.model_config_dict(model)
-    grid_shape = [int(n) for n in model_adapter.grid_shape(model)]
-    spacing = [float(s) for s in model_adapter.spacing(model)]
-    steps = int(model_adapter.integration_steps(model))
+    config = model.config.to_dict()
+    grid_shape = [int(n) for n in model.config.grid_shape]
+    spacing = [float(s) for s in model.config.spacing]
+    steps = int(model.config.integration_steps)
 
     if pair is None:
         from .pair import load_parity_pair

@@ -11,24 +11,8 @@ import numpy as np
 
 from smgic_rt.backends.torch_model import ModelConfig, SMGICNet, integrate_velocity
 
-__all__ = ["model_config_dict", "grid_shape", "spacing", "integration_steps", "build_model", "level_modules", "record_levels", "load_checkpoint_model",
+__all__ = ["build_model", "level_modules", "record_levels", "load_checkpoint_model",
            "random_model_from_config_file", "torch_final_displacement"]
-
-
-def model_config_dict(model: SMGICNet) -> dict:
-    return model.config.to_dict()
-
-
-def grid_shape(model: SMGICNet) -> list:
-    return list(model.config.grid_shape)
-
-
-def spacing(model: SMGICNet) -> list:
-    return list(model.config.spacing)
-
-
-def integration_steps(model: SMGICNet) -> int:
-    return int(model.config.integration_steps)
 
 
 def build_model(config_dict: dict) -> SMGICNet:

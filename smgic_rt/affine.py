@@ -22,7 +22,7 @@ import numpy as np
 from . import _C, ops, preprocess
 from ._filters import box_mean
 
-__all__ = ["AffineOptions", "AffineResult", "register_affine", "ncc_and_gradient"]
+__all__ = ["AffineOptions", "AffineResult", "register_affine", "ncc_and_gradient", "rotation_matrix"]
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,9 @@ def _nearest_rotation(linear):
     return u @ np.diag([1.0, 1.0, d]) @ vt
 
 
-def _rotation(angles):
+def rotation_matrix(angles):
+    """The 3x3 rotation ``Rz Ry Rx`` by `angles` (radians about x, y, z): the one formula that the
+    affine stage, training's augmentation, the benchmarks and the tests share."""
     (cx, cy, cz), (sx, sy, sz) = np.cos(angles), np.sin(angles)
     rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
@@ -160,7 +162,7 @@ def _rotation(angles):
 def _update(theta, centre, radius):
     """U(theta) about `centre`: translation theta[0:3] mm, rotation angles theta[3:6] / radius,
     and with 12 parameters log-scales theta[6:9] / radius and shears theta[9:12] / radius."""
-    linear = _rotation(theta[3:6] / radius)
+    linear = rotation_matrix(theta[3:6] / radius)
     if len(theta) == 12:
         shear = np.eye(3)
         shear[0, 1], shear[0, 2], shear[1, 2] = theta[9:12] / radius

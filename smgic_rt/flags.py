@@ -312,11 +312,17 @@ def measure(result, *, moving_labels=None, spacing_mm: float = 4.0) -> dict:
         out["mirror_margin"] = out["lncc_affine"] - local_ncc(fixed_c, mirrored, fixed_mask)
     else:
         out["mirror_margin"] = None
-    if moving_labels is not None:
-        out["labels_in_image"], out["labels_on_foreground"] = _label_overlap(moving_labels, moving, moving_affine, spacing_mm)
-    else:
-        out["labels_in_image"] = out["labels_on_foreground"] = None
+    out.update(measure_labels(result, moving_labels, spacing_mm=spacing_mm))
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in out.items()}
+
+
+def measure_labels(result, moving_labels, *, spacing_mm: float = 4.0) -> dict:
+    """The label measurements of `measure` alone (None without labels)."""
+    if moving_labels is None:
+        return {"labels_in_image": None, "labels_on_foreground": None}
+    moving, moving_affine = _data(result.moving_image)
+    inside, on_foreground = _label_overlap(moving_labels, moving, moving_affine, spacing_mm)
+    return {"labels_in_image": inside, "labels_on_foreground": on_foreground}
 
 
 def judge(measurements: dict, thresholds=THRESHOLDS) -> dict:
@@ -334,7 +340,7 @@ def judge(measurements: dict, thresholds=THRESHOLDS) -> dict:
 
 
 def assess(result, *, moving_labels=None, same_subject: bool = False, thresholds=THRESHOLDS,
-           spacing_mm: float = 4.0) -> dict:
+           spacing_mm: float = 4.0, measured: dict | None = None) -> dict:
     """Flag one registration: ``{"flag", "flag_reasons", "qc_measurements"}``, ready to merge into
     report.json (``result.stats.update(assess(result))``).
 
@@ -350,10 +356,16 @@ def assess(result, *, moving_labels=None, same_subject: bool = False, thresholds
     thresholds : sequence of `Threshold`
     spacing_mm : float
         Spacing of the measurement grid.
+    measured : dict, optional
+        `measure`'s result for this `result` at this spacing, taken earlier without labels: only
+        the label measurements are then taken (saving with labels judges the pair again).
     """
     if not isinstance(same_subject, bool):
         raise TypeError(f"same_subject must be True or False, got {same_subject!r}")
-    measurements = measure(result, moving_labels=moving_labels, spacing_mm=spacing_mm)
+    if measured is None:
+        measurements = measure(result, moving_labels=moving_labels, spacing_mm=spacing_mm)
+    else:
+        measurements = {**measured, **measure_labels(result, moving_labels, spacing_mm=spacing_mm)}
     verdict = judge(measurements, tuple(thresholds) + ((MIRROR_RULE,) if same_subject else ()))
     if verdict["flag"] != "ok":
         logger.debug("QC flag %s: %s", verdict["flag"], "; ".join(verdict["flag_reasons"]))

@@ -135,7 +135,7 @@ def check_output_dir(outdir, *, overwrite: bool = False, protected=()) -> Path:
         raise PermissionError(f"cannot create output directory '{outdir}': parent folder '{parent}' is not writable "
                               f"({error.strerror})") from None
     probe.rmdir()
-    remove_stale_staging(outdir)
+    remove_stale_staging(parent, [outdir.name])
     return outdir
 
 
@@ -149,20 +149,21 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_staging(outdir) -> list[Path]:
-    """Remove the staging and trash folders beside `outdir` that a killed run of ours left.
+def remove_stale_staging(parent, names) -> list[Path]:
+    """Remove the staging and trash folders that killed runs of ours left in `parent` beside the
+    output folders `names` (one scan of `parent`, however many names: a cohort's pairs).
 
     Only folders that hold `atomic.STAGING_MARKER` naming this host and a process that is gone
     are removed; anything else, whatever its name, is left alone. Returns what was removed.
     """
-    outdir = Path(outdir)
+    prefixes = tuple(f".{name}." for name in names)
     removed = []
     try:
-        entries = list(outdir.parent.iterdir())
+        entries = list(Path(parent).iterdir())
     except OSError:
         return removed
     for entry in entries:
-        if not entry.name.startswith(f".{outdir.name}.") or entry.is_symlink() or not entry.is_dir():
+        if not prefixes or not entry.name.startswith(prefixes) or entry.is_symlink() or not entry.is_dir():
             continue
         marker = atomic.read_staging_marker(entry)
         if marker is None or marker["host"] != socket.gethostname() or _process_alive(marker["pid"]):

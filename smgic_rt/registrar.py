@@ -124,7 +124,8 @@ class RegistrationResult:
         from . import flags
 
         start = time.perf_counter()
-        verdict = flags.assess(self, moving_labels=moving_labels)
+        # A registration is measured once; labels given later add only their own measurements.
+        verdict = flags.assess(self, moving_labels=moving_labels, measured=self.stats.get("qc_measurements"))
         self.stats.update(verdict)
         self.stats.setdefault("seconds", {})["flags"] = time.perf_counter() - start
         return verdict

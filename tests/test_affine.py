@@ -9,13 +9,7 @@ from smgic_rt import _C, ops, preprocess
 from smgic_rt.affine import AffineOptions, _Level, _pyramid, ncc_and_gradient, register_affine
 from smgic_rt.demo import package_file
 
-
-def _rotation(degrees):
-    ax, ay, az = np.deg2rad(degrees)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
+from test_registrar_support import rotation_degrees
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +26,7 @@ def brain():
 
 def _true_map(data, grid, degrees, shift, scales):
     centre = preprocess.foreground_centre(data, grid)
-    linear = _rotation(degrees) @ np.diag(scales)
+    linear = rotation_degrees(degrees) @ np.diag(scales)
     world = np.eye(4)
     world[:3, :3] = linear
     world[:3, 3] = centre + np.asarray(shift) - linear @ centre
@@ -124,7 +118,7 @@ def test_ncc_gradient_matches_finite_differences(brain):
     moving = _Level(fixed.image, fixed.grid)
     world = np.eye(4)
     world[:3, 3] = [2.0, -1.5, 1.0]
-    world[:3, :3] = _rotation((3, -2, 4))
+    world[:3, :3] = rotation_degrees((3, -2, 4))
     _, grad = ncc_and_gradient(fixed, moving, world)
     for (i, j), h in (((0, 3), 0.05), ((1, 3), 0.05), ((2, 1), 5e-4), ((0, 0), 5e-4)):
         plus, minus = world.copy(), world.copy()
@@ -157,7 +151,7 @@ def test_cuda_affine_sums_match_cpu(brain):
     data, grid = brain
     fixed = np.ascontiguousarray(data / data.max(), dtype=np.float32)
     mask = (fixed > 0.05).astype(np.float32)
-    matrix = np.hstack([_rotation((4, -3, 2)), [[1.5], [-2.0], [0.5]]]).astype(np.float32).ravel().tolist()
+    matrix = np.hstack([rotation_degrees((4, -3, 2)), [[1.5], [-2.0], [0.5]]]).astype(np.float32).ravel().tolist()
     cpu = np.asarray(_C.affine_ncc_sums(fixed, mask, fixed, matrix))
     f, m = cupy.asarray(fixed), cupy.asarray(mask)
     gpu = np.asarray(_C.affine_ncc_sums_cuda(f.data.ptr, m.data.ptr, fixed.shape, f.data.ptr, fixed.shape, matrix))

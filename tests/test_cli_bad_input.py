@@ -3,10 +3,8 @@
 These cases fail during validation, before any model is loaded, so they need no bundle.
 """
 
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -15,6 +13,8 @@ import pytest
 
 from smgic_rt import cli
 from smgic_rt.io import make_nifti
+
+from test_registrar_support import unwritable_folder
 
 REPO = Path(__file__).resolve().parents[1]
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
@@ -95,21 +95,8 @@ def test_existing_output_dir_is_kept(tmp_path, capsys, good):
     _assert_nothing_written(tmp_path, {"out"})
 
 
-def _unwritable_parent(tmp_path):
-    if os.geteuid() != 0:
-        folder = tmp_path / "readonly"
-        folder.mkdir()
-        folder.chmod(0o500)
-        return folder
-    try:
-        os.rmdir(tempfile.mkdtemp(dir="/sys"))
-    except OSError:
-        return Path("/sys")
-    pytest.skip("no unwritable folder available to this (root) process")
-
-
 def test_unwritable_output_dir(tmp_path, capsys, good):
-    parent = _unwritable_parent(tmp_path)
+    parent = unwritable_folder(tmp_path)
     status, err = _run_register([good, good, "-o", str(parent / "smgic_out")], capsys)
     assert status == 1
     assert "not writable" in err

@@ -16,6 +16,8 @@ import pytest
 from smgic_rt import Registrar, ops
 from smgic_rt._filters import box_mean, smooth
 
+from test_registrar_support import rotation_degrees
+
 THREADS = (1, 2)
 
 
@@ -55,18 +57,10 @@ def _assert_bit_identical(results, what):
     assert differing == 0, f"{what}: {differing} bytes differ between {THREADS[0]} and {THREADS[1]} threads"
 
 
-def _rotation(degrees):
-    ax, ay, az = np.deg2rad(degrees)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def _voxel_matrix(shape):
     """A rotation by a few degrees about the grid centre plus a shift, fixed voxel -> moving voxel."""
     centre = (np.asarray(shape) - 1) / 2.0
-    rotation = _rotation((4.0, -3.0, 2.0))
+    rotation = rotation_degrees((4.0, -3.0, 2.0))
     return np.hstack([rotation, (centre - rotation @ centre + [1.5, -2.0, 0.5])[:, None]])
 
 

@@ -4,7 +4,6 @@ code before `smgic_rt.outputs` existed, where `--overwrite` removed whatever the
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +12,7 @@ import pytest
 from smgic_rt import atomic, batch, cli, outputs
 from smgic_rt.io import OutputExistsError
 
-from test_registrar_support import block_downsample, make_tiny_bundle, package_file
+from test_registrar_support import block_downsample, make_tiny_bundle, package_file, unwritable_folder
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +30,13 @@ def images(tmp_path_factory):
 
 
 def _register(bundle, images, out, *extra, cwd=None, env=None):
-    return cli.register_main([str(images / "fixed.nii.gz"), str(images / "moving.nii.gz"), "-o", str(out),
-                              "--bundle", str(bundle), "--backend", "onnxruntime", "--affine", "off",
-                              "--refine", "off", "-q", *extra]) if cwd is None else subprocess.run(
-        [sys.executable, "-m", "smgic_rt.cli", "register", str(images / "fixed.nii.gz"), str(images / "moving.nii.gz"),
-         "-o", str(out), "--bundle", str(bundle), "--backend", "onnxruntime", "--affine", "off", "--refine", "off",
-         *extra], cwd=cwd, env=env, capture_output=True, text=True)
+    """smgic-register in this process (its exit status), or with `cwd` in a subprocess there."""
+    args = [str(images / "fixed.nii.gz"), str(images / "moving.nii.gz"), "-o", str(out), "--bundle", str(bundle),
+            "--backend", "onnxruntime", "--affine", "off", "--refine", "off", *extra]
+    if cwd is None:
+        return cli.register_main([*args, "-q"])
+    return subprocess.run([sys.executable, "-m", "smgic_rt.cli", "register", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
 
 
 def test_overwrite_replaces_a_previous_output_of_ours(bundle, images, tmp_path):
@@ -131,23 +131,8 @@ def test_batch_refuses_a_pair_folder_it_did_not_write_and_keeps_lookalikes(bundl
     assert sorted(p.name for p in (out / "sub01").iterdir()) == ["notes.txt"]
 
 
-def _unwritable_folder(tmp_path):
-    """A folder this process cannot create entries in: chmod 500 for users, /sys for root."""
-    if os.geteuid() != 0:
-        folder = tmp_path / "readonly"
-        folder.mkdir()
-        folder.chmod(0o500)
-        return folder
-    try:
-        probe = tempfile.mkdtemp(dir="/sys")
-    except OSError:
-        return Path("/sys")
-    os.rmdir(probe)
-    pytest.skip("no unwritable folder available to this (root) process")
-
-
 def test_unwritable_parent(tmp_path):
-    parent = _unwritable_folder(tmp_path)
+    parent = unwritable_folder(tmp_path)
     try:
         with pytest.raises(PermissionError, match="not writable"):
             outputs.check_output_dir(parent / "smgic_out")

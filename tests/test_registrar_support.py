@@ -83,3 +83,28 @@ def zero_network_bundle(source: Path, folder: Path) -> Path:
 
     write_checksums(folder)  # an edited bundle is another bundle: seal it as such
     return folder
+
+
+def rotation_degrees(degrees) -> np.ndarray:
+    """`smgic_rt.affine.rotation_matrix` of angles given in degrees."""
+    from smgic_rt.affine import rotation_matrix
+
+    return rotation_matrix(np.deg2rad(degrees))
+
+
+def unwritable_folder(tmp_path) -> Path:
+    """A folder this process cannot create entries in: chmod 500 for users, /sys for root
+    (skips when even /sys takes a new entry)."""
+    import os
+    import tempfile
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "readonly"
+        folder.mkdir()
+        folder.chmod(0o500)
+        return folder
+    try:
+        os.rmdir(tempfile.mkdtemp(dir="/sys"))
+    except OSError:
+        return Path("/sys")
+    pytest.skip("no unwritable folder available to this (root) process")

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from smgic_rt import ops, preprocess
+from smgic_rt.affine import rotation_matrix
 from smgic_rt.demo import package_file  # finds data files without importing the packages
 
 __all__ = ["TRAINING_TEMPLATES", "TRAINING_HEADS", "VALIDATION_TEMPLATE", "Brain", "Augment", "PairSource",
@@ -98,18 +99,9 @@ class Augment:
         return dict(self.__dict__)
 
 
-def _rotation(angles):
-    cx, cy, cz = np.cos(angles)
-    sx, sy, sz = np.sin(angles)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def random_world_affine(rng, augment: Augment, centre) -> np.ndarray:
     """4x4 world map moving a brain around `centre`: rotation, scale, shear, then translation."""
-    linear = _rotation(np.deg2rad(rng.uniform(-augment.rotation_deg, augment.rotation_deg, 3)))
+    linear = rotation_matrix(np.deg2rad(rng.uniform(-augment.rotation_deg, augment.rotation_deg, 3)))
     linear = linear @ np.diag(1.0 + rng.uniform(-augment.scale, augment.scale, 3))
     shear = np.eye(3)
     shear[np.triu_indices(3, 1)] = rng.uniform(-augment.shear, augment.shear, 3)

@@ -31,13 +31,6 @@ def _positive_int(value, name: str):
     return value
 
 
-def _remove_stale_staging(out_root: Path, pairs) -> None:
-    """Staging folders that killed runs of ours left beside the pairs' folders (recognised by
-    their marker, never by name alone: see `smgic_rt.outputs.remove_stale_staging`)."""
-    for pair in pairs:
-        outputs.remove_stale_staging(out_root / pair.id)
-
-
 def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", workers: int | None = None,
                   scheduler=None, threads_per_worker: int | None = None, affine="auto", network="auto",
                   refine="auto",
@@ -97,7 +90,8 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
     out_root = Path(os.fspath(out_root)).expanduser().absolute()
     out_root.mkdir(parents=True, exist_ok=True)
 
-    _remove_stale_staging(out_root, pair_list)
+    # What killed runs of ours left beside the pairs' folders (marked, never judged by name).
+    outputs.remove_stale_staging(out_root, [pair.id for pair in pair_list])
     options = {"bundle_id": str(loaded.id), **registrar_options, "qc": bool(qc)}
     records, todo = {}, []
     for pair in pair_list:
@@ -137,7 +131,7 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
             run_dask(todo, out_root, options, qc, loaded, scheduler, threads, registrar_options, on_record)
     finally:
         bar.close()
-        _remove_stale_staging(out_root, pair_list)
+        outputs.remove_stale_staging(out_root, [pair.id for pair in pair_list])
         wall = time.perf_counter() - started
         summary = {
             "out_root": str(out_root),
