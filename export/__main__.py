@@ -1,10 +1,11 @@
-"""``python -m export {bundle,checksums,tensorrt,trtexec-cmd}``: see ``python -m export --help``."""
+"""``python -m export {bundle,checksums,profile,tensorrt,trtexec-cmd}``: see ``python -m export --help``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def _shape_triplet(text: str) -> int:
@@ -38,6 +39,18 @@ def _parser() -> argparse.ArgumentParser:
                     "checksums.sha256 existed, or after deliberately editing config.json (the id changes).",
     )
     s.add_argument("bundle", help="bundle folder")
+
+    p = sub.add_parser(
+        "profile",
+        help="record in BUNDLE how many network levels pay for their time on a device, from a measurement",
+        description="Writes config.json's profiles[DEVICE] = {levels, measurement} from a report of "
+                    "benchmarks/network_levels.py (its chosen_levels and per-set Dice and seconds), then reseals the "
+                    "bundle (checksums.sha256; the bundle id changes). Registrar(network='auto') runs that many "
+                    "levels on that device.",
+    )
+    p.add_argument("bundle", help="bundle folder")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--from", dest="report", required=True, help="benchmarks/network_levels.py --json report")
 
     t = sub.add_parser("tensorrt", help="build one TensorRT engine per level (needs TensorRT and a GPU)")
     t.add_argument("bundle")
@@ -87,6 +100,15 @@ def main(argv=None) -> int:
             bundle_id = write_checksums(args.bundle)
             load_bundle(args.bundle, expected_id=bundle_id)  # what was written verifies as a whole
             sys.stdout.write(f"wrote {args.bundle}/checksums.sha256 ({bundle_id})\n")
+        elif args.command == "profile":
+            from .bundle_export import record_profile
+
+            bundle_id, levels = record_profile(args.bundle, args.device, args.report)
+            sys.stdout.write(f"{args.bundle}: {args.device} profile runs {levels} level(s); bundle id {bundle_id}\n")
+            from smgic_rt import models
+
+            if Path(args.bundle).resolve() == models.default_bundle_path().resolve():
+                sys.stdout.write(f"this is the default bundle: set smgic_rt.models.DEFAULT_BUNDLE_ID = {bundle_id!r}\n")
         elif args.command == "tensorrt":
             from .tensorrt_build import build_engines
 

@@ -286,3 +286,36 @@ def export_bundle(model, output_dir, *, opset: int = 20, fp16_weights: bool = Fa
         bundle_id = write_checksums(temp_dir)
         log.info("bundle id %s", bundle_id)
     return output_dir
+
+
+def record_profile(bundle_dir, device: str, report_path) -> tuple[str, int]:
+    """Write ``profiles[device]`` into the bundle folder's config.json from a
+    benchmarks/network_levels.py report, then reseal it; returns ``(new bundle id, levels)``.
+
+    The report must have measured this very bundle (its ``bundle_id``): a profile measured on
+    another model says nothing about this one. For the shipped default bundle, pin the new id in
+    `smgic_rt.models.DEFAULT_BUNDLE_ID`.
+    """
+    from smgic_rt.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)  # verified as it stands
+    report = json.loads(Path(report_path).read_text())
+    if report.get("bundle_id") != bundle.id:
+        raise ValueError(f"{report_path} measured bundle {report.get('bundle_id')!r}, not this one ({bundle.id})")
+    levels = int(report["chosen_levels"])
+    config = json.loads((Path(bundle_dir) / CONFIG_NAME).read_text())
+    config.setdefault("profiles", {})[device] = {
+        "levels": levels,
+        "measured_with": "benchmarks/network_levels.py",
+        "rule": "k levels pay when, on every set, the network alone scores at least the affine stage and k levels "
+                "plus the refinement score at least the refinement alone less 0.002 in less time",
+        "reasons": report["reasons"],
+        "sets": {name: {"pairs": s["pairs"],
+                        "dice_mean": {m: round(v["dice_mean"], 4) for m, v in s["methods"].items()},
+                        "seconds_mean": {m: round(v["seconds_mean"], 3) for m, v in s["methods"].items()}}
+                 for name, s in report["sets"].items()},
+        "threads": report.get("threads"),
+        "date": datetime.date.today().isoformat(),
+    }
+    atomic.write_text(Path(bundle_dir) / CONFIG_NAME, json.dumps(config, indent=1) + "\n")
+    return write_checksums(bundle_dir), levels  # validates the new config.json and every file

@@ -58,6 +58,8 @@ CHECKSUM_NAME = "checksums.sha256"
 # velocity is "velocity_out" while its input is "velocity".
 LEVEL_INPUT_NAMES = ("fixed", "moving", "velocity")
 LEVEL_OUTPUT_NAME = "velocity_out"
+# Devices a bundle's optional "profiles" entry may name (see Bundle.profile_levels).
+PROFILE_DEVICES = ("cpu", "cuda")
 
 _REQUIRED_KEYS = (
     "schema_version",
@@ -121,6 +123,15 @@ class Bundle:
     @property
     def num_levels(self) -> int:
         return len(self.config["levels"])
+
+    def profile_levels(self, device: str) -> int:
+        """How many levels (1..k, coarsest first) ``network="auto"`` runs on `device` ("cpu" or
+        "cuda"): config.json's measured ``profiles[device]["levels"]``, every level where the
+        bundle records no profile. 0: on that device the network does not pay for its time."""
+        if device not in PROFILE_DEVICES:
+            raise ValueError(f"device must be one of {list(PROFILE_DEVICES)}, got {device!r}")
+        profile = (self.config.get("profiles") or {}).get(device)
+        return self.num_levels if profile is None else int(profile["levels"])
 
     @property
     def level_paths(self) -> tuple[Path, ...]:
@@ -200,6 +211,15 @@ def _validate_config(config, source) -> tuple[str, ...]:
                 f"{list(inputs) if isinstance(inputs, dict) else inputs!r}"
             )
         names.append(entry["file"])
+    profiles = config.get("profiles", {})
+    if not isinstance(profiles, dict) or set(profiles) - set(PROFILE_DEVICES):
+        raise BundleError(f"{source}: config.json 'profiles' must map devices {list(PROFILE_DEVICES)} to profiles, "
+                          f"got {profiles!r}")
+    for device, profile in profiles.items():
+        count = profile.get("levels") if isinstance(profile, dict) else None
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= len(levels):
+            raise BundleError(f"{source}: config.json profiles[{device!r}]['levels'] must be an int in "
+                              f"0..{len(levels)}, got {count!r}")
     for name in files:
         # Only plain names: a bundle must never point outside its own folder.
         if not isinstance(name, str) or name != Path(name).name or name in ("", ".", ".."):

@@ -165,8 +165,12 @@ def _arrays_for(backend):
     return _CupyArrays()
 
 
-def predict_velocity(backend, bundle: Bundle, fixed, moving) -> NetworkResult:
+def predict_velocity(backend, bundle: Bundle, fixed, moving, levels: int | None = None) -> NetworkResult:
     """Run the level loop; returns ``(velocity (3, X, Y, Z) float32, timings)``.
+
+    ``levels``: run levels 1..levels only (None: all); the last one's velocity is then upsampled
+    to the model grid (`smgic_rt.ops.upsample_field`, level by level), which is what the finer
+    levels would have received as their start.
 
     Parameters
     ----------
@@ -186,6 +190,9 @@ def predict_velocity(backend, bundle: Bundle, fixed, moving) -> NetworkResult:
                          "create it with smgic_rt.backends.create(name, bundle)")
     fixed = _check_image("fixed", fixed, bundle.grid_shape)
     moving = _check_image("moving", moving, bundle.grid_shape)
+    run_levels = bundle.num_levels if levels is None else levels
+    if not isinstance(run_levels, int) or isinstance(run_levels, bool) or not 1 <= run_levels <= bundle.num_levels:
+        raise ValueError(f"levels must be an int in 1..{bundle.num_levels} or None, got {levels!r}")
     steps = bundle.steps
     arrays = _arrays_for(backend)
     on_gpu = not isinstance(arrays, _HostArrays)
@@ -204,7 +211,7 @@ def predict_velocity(backend, bundle: Bundle, fixed, moving) -> NetworkResult:
         # on the GPU they are events on the loop's stream, read after the final wait.
         marks = [arrays.mark()]
         velocity = displacement = None
-        for level in range(1, bundle.num_levels + 1):
+        for level in range(1, run_levels + 1):
             shape = tuple(fixed_levels[level - 1].shape[1:])
             if velocity is None:
                 velocity_up = arrays.zeros((3, *shape))
@@ -219,13 +226,15 @@ def predict_velocity(backend, bundle: Bundle, fixed, moving) -> NetworkResult:
                                     arrays.contiguous(velocity_up)[None])
             marks.append(arrays.mark())
             velocity = arrays.contiguous(out[0])
-            if level < bundle.num_levels:
+            if level < run_levels:
                 displacement = ops.integrate_velocity(velocity, steps)
+        for finer in range(run_levels + 1, bundle.num_levels + 1):
+            velocity = ops.upsample_field(velocity, tuple(fixed_levels[finer - 1].shape[1:]))
         marks.append(arrays.mark())
         result, intervals = arrays.finish(velocity, marks)
     # intervals alternate: preparation of level 1, network 1, integration + preparation of 2, ...
     between = sum(intervals[0::2])
-    for level in range(1, bundle.num_levels + 1):
+    for level in range(1, run_levels + 1):
         timings[f"level{level}"] = intervals[2 * level - 1]
     timings["between_levels"] = between
     timings["total"] = time.perf_counter() - start

@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from . import __version__, atomic, io, outputs, transforms
-from .pipeline import (AffineStage, FieldsStage, IntegrateStage, LoadStage, NetworkStage, PairState,
+from .pipeline import (AffineStage, FieldsStage, IntegrateStage, LoadStage, NetworkOptions, NetworkStage, PairState,
                        PreprocessStage, QualityStage, RefineStage, ResampleStage, check_mode, run_stages,
                        volume_or_load)
 
@@ -213,8 +213,12 @@ class Registrar:
     affine, network, refine : {"auto", "on", "off"}
         Switch the global affine stage (`smgic_rt.affine`), the network and the per-pair
         refinement (`smgic_rt.refine`, warm-started from the network's velocity) on or off;
-        "auto" lets each stage decide (today: all run).
+        "auto" lets each stage decide: the affine stage and the refinement run; the network runs
+        the levels that the bundle's measured profile for this hardware says pay for their time
+        (``Bundle.profile_levels``: "cuda" when a GPU is usable, else "cpu"; every level when the
+        bundle has no profile), and none when that profile holds 0. "on" runs every level.
     affine_options : smgic_rt.affine.AffineOptions, optional
+    network_options : smgic_rt.pipeline.NetworkOptions, optional
     refine_options : smgic_rt.refine.RefineOptions, optional
     fields_options : smgic_rt.pipeline.FieldsOptions, optional
         The stages' options (resolutions, iterations, the grids of the written fields, ...);
@@ -228,7 +232,7 @@ class Registrar:
     """
 
     def __init__(self, bundle=None, backend: str = "auto", *, affine="auto", network="auto", refine="auto",
-                 affine_options=None, refine_options=None, fields_options=None, threads=None):
+                 affine_options=None, network_options=None, refine_options=None, fields_options=None, threads=None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
@@ -239,8 +243,22 @@ class Registrar:
         self.threads = threads
         self.bundle = self._load_bundle(bundle)
         network_mode = check_mode(network, "network")
+        # "auto" runs the levels the bundle's profile for this hardware measured to pay for
+        # themselves (all where it has none); "on" runs every level.
+        from . import ops
+
+        profile = "cuda" if ops.cuda_available() else "cpu"
+        network_options = NetworkOptions() if network_options is None else network_options
+        if not isinstance(network_options, NetworkOptions):
+            raise TypeError(f"network_options must be a smgic_rt.pipeline.NetworkOptions, got "
+                            f"{type(network_options).__name__}")
+        levels = network_options.levels
+        if levels is None:
+            levels = self.bundle.num_levels if network_mode == "on" else self.bundle.profile_levels(profile)
+        elif levels > self.bundle.num_levels:
+            raise ValueError(f"network levels must be at most the bundle's {self.bundle.num_levels}, got {levels}")
         self._backend = None
-        if network_mode != "off":
+        if network_mode == "on" or (network_mode == "auto" and levels > 0):
             from . import backends
 
             # TensorRT runs on the GPU; every other backend may fall back to (or run on) the CPU.
@@ -252,7 +270,7 @@ class Registrar:
             LoadStage(),
             AffineStage(affine, affine_options),
             PreprocessStage(normalization=self.bundle.config.get("normalization")),
-            NetworkStage(network_mode, backend=self._backend, bundle=self.bundle),
+            NetworkStage(network_mode, backend=self._backend, bundle=self.bundle, levels=levels, profile=profile),
             RefineStage(refine, refine_options),
             IntegrateStage(),
             FieldsStage(options=fields_options),

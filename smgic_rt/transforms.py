@@ -42,6 +42,9 @@ __all__ = [
     "apply_displacement_field",
     "displacement_on_grid",
     "field_jacobian_determinant",
+    "quantize",
+    "FIELD_QUANTUM_MM",
+    "JACOBIAN_QUANTUM",
     "write_itk_affine",
     "read_itk_affine",
     "INTERPOLATIONS",
@@ -406,6 +409,27 @@ def apply_displacement_field(field, image, *, interpolation: str = "linear", ref
         displacement = displacement_on_grid(displacement, field_affine, shape, affine)
         _check_maps_into(displacement, affine, image, name=name, reference_name="reference image")
     return warp_image(image.data, image.affine, displacement, affine, interpolation), affine
+
+
+# What the written fields and Jacobian are rounded to. A float32 displacement holds about 24
+# significant bits, most of them below any registration's accuracy, and those noisy low bits
+# are what gzip cannot compress: rounded to multiples of 2^-10 mm (error <= 0.0005 mm, a fiftieth
+# of the 0.01 mm to which compact and native fields agree) the two fields of a 1 mm pair shrink
+# from 36 to 21 MB. Powers of two keep the values exact float32 numbers that every reader
+# reads as they are (|d| < 2^14 mm); the Jacobian is rounded to 2^-14 (6e-5).
+FIELD_QUANTUM_MM = 2.0 ** -10
+JACOBIAN_QUANTUM = 2.0 ** -14
+
+
+def quantize(array: np.ndarray, quantum: float) -> np.ndarray:
+    """`array` (float32) rounded in place to the nearest multiple of `quantum`, a power of two
+    (so that scaling by it is exact); returns it."""
+    if np.log2(quantum) != round(np.log2(quantum)) or array.dtype != np.float32:
+        raise ValueError(f"quantize needs a power-of-two quantum and a float32 array, got {quantum} and {array.dtype}")
+    np.multiply(array, np.float32(1.0 / quantum), out=array)
+    np.rint(array, out=array)
+    np.multiply(array, np.float32(quantum), out=array)
+    return array
 
 
 def field_jacobian_determinant(displacement_ras_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:

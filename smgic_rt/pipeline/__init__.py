@@ -28,13 +28,13 @@ import time
 
 import numpy as np
 
-from .stages import (STAGE_MODES, AffineStage, FieldsOptions, FieldsStage, covering_lattice, IntegrateStage, LoadStage, NetworkStage,
+from .stages import (STAGE_MODES, AffineStage, FieldsOptions, FieldsStage, covering_lattice, IntegrateStage, LoadStage, NetworkOptions, NetworkStage,
                      PreprocessStage, QualityStage, RefineStage, ResampleStage, Stage, check_mode,
                      volume_or_load)
 from .state import PairState
 
 __all__ = ["PairState", "Stage", "STAGE_ORDER", "STAGE_MODES", "SWITCHABLE_STAGES", "run_stages", "jsonable",
-           "check_mode", "volume_or_load", "FieldsOptions", "covering_lattice", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage",
+           "check_mode", "volume_or_load", "FieldsOptions", "covering_lattice", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage", "NetworkOptions",
            "RefineStage", "IntegrateStage", "FieldsStage", "ResampleStage", "QualityStage"]
 
 logger = logging.getLogger("smgic_rt")
@@ -53,6 +53,8 @@ def run_stages(stages, state: PairState) -> dict:
     for stage in stages:
         if not stage.enabled:
             records[stage.name] = {"mode": stage.mode, "ran": False, "seconds": 0.0, "stats": None}
+            if getattr(stage, "not_run_reason", None):  # "auto" decided against it: say why
+                records[stage.name]["reason"] = stage.not_run_reason
             continue
         logger.info("%s ...", stage.name)
         start = time.perf_counter()

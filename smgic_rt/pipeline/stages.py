@@ -5,7 +5,8 @@ Every stage has the same interface (FireANTs-style): ``Stage(mode, options)``, `
 statistics (JSON-safe after `jsonable`). The runner (`smgic_rt.pipeline.run_stages`) times each
 stage and records ``{"mode", "ran", "seconds", "stats"}`` for every one, in one shape.
 Stages that may be switched off (affine, network, refine) take ``"auto" | "on" | "off"``;
-``"auto"`` lets the stage decide from the bundle and the hardware (today all three run).
+``"auto"`` lets the stage decide from the bundle and the hardware (the network: the levels its
+bundle's profile for this hardware measured to pay for themselves, maybe none).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from .. import io, transforms
 from .state import PairState
 
-__all__ = ["STAGE_MODES", "Stage", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage", "FieldsOptions", "covering_lattice",
+__all__ = ["STAGE_MODES", "Stage", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage", "NetworkOptions", "FieldsOptions", "covering_lattice",
            "RefineStage", "IntegrateStage", "FieldsStage", "ResampleStage", "QualityStage",
            "check_mode"]
 
@@ -132,23 +133,52 @@ class PreprocessStage(Stage):
         return {"grid_shape": list(shape), "spacing_mm": list(spacing)}
 
 
+@dataclass(frozen=True)
+class NetworkOptions:
+    """``levels``: run the network's levels 1..levels (coarsest first) and upsample the last
+    velocity to the model grid; None: the bundle's measured profile for this hardware under
+    ``network="auto"``, every level under ``"on"``."""
+
+    levels: int | None = None
+
+    def __post_init__(self):
+        if self.levels is not None and (not isinstance(self.levels, int) or isinstance(self.levels, bool)
+                                        or self.levels < 1):
+            raise ValueError(f"network levels must be a positive int or None, got {self.levels!r}")
+
+
 class NetworkStage(Stage):
-    """The SM-GICNet levels (`smgic_rt.network`) on the chosen backend; off: zero velocity."""
+    """The SM-GICNet levels (`smgic_rt.network`) on the chosen backend; off: zero velocity.
+
+    ``levels``: how many levels run (1..k, coarsest first; the Registrar takes them from the
+    bundle's measured profile for this hardware under "auto", all of them under "on"). A profile
+    of 0 levels means the network does not pay for its time here: under "auto" the stage then
+    does not run, and says why (`not_run_reason`).
+    """
 
     name = "network"
     switchable = True
     default_mode = "auto"
 
-    def __init__(self, mode=None, *, backend=None, bundle=None):
+    def __init__(self, mode=None, *, backend=None, bundle=None, levels=None, profile=None):
         super().__init__(mode)  # its options are the backend's, chosen when the Registrar is made
-        self.backend, self.bundle = backend, bundle
+        self.backend, self.bundle, self.levels, self.profile = backend, bundle, levels, profile
+        self.not_run_reason = None
+        if self.mode == "auto" and levels == 0:
+            self.not_run_reason = (f"the bundle's {profile} profile runs no levels: measured, the network does not "
+                                   "pay for its time on this hardware (network='on' runs it)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off" and self.not_run_reason is None
 
     def run(self, state):
         from .. import network
 
-        velocity, timings = network.predict_velocity(self.backend, self.bundle, state.fixed_model, state.moving_model)
+        velocity, timings = network.predict_velocity(self.backend, self.bundle, state.fixed_model, state.moving_model,
+                                                     levels=self.levels)
         state.velocity = as_field(velocity, "network velocity")
-        return {"seconds": timings}
+        return {"seconds": timings, "levels": self.levels, "profile": self.profile}
 
 
 class RefineStage(Stage):
@@ -239,7 +269,7 @@ class FieldsStage(Stage):
         if self.options.grid == "native":
             forward_grid = (state.fixed.shape, state.fixed.affine)
             inverse_grid = (state.moving.shape, state.moving.affine)
-            state.forward_field = (state.forward_ras, state.fixed.affine)
+            state.forward_field = (state.forward_ras.copy(), state.fixed.affine)  # rounded below, not forward_ras
         else:
             forward_grid = covering_lattice(state.model_affine, state.fixed.shape, state.fixed.affine)
             # The inverse maps moving world points: its lattice covers the moving image.
@@ -249,7 +279,11 @@ class FieldsStage(Stage):
                 forward_grid[1])
         state.inverse_field = (transforms.model_to_native_displacement(
             state.inverse_model, state.model_affine, *inverse_grid, world_before=inverse_world), inverse_grid[1])
-        return {"grid": self.options.grid, "forward_grid": list(forward_grid[0]), "inverse_grid": list(inverse_grid[0])}
+        # The fields as written; forward_ras, which the resampling reads, is left unrounded in both
+        # modes, so the grids give identical warped images.
+        for field_array, _ in (state.forward_field, state.inverse_field):
+            transforms.quantize(field_array, transforms.FIELD_QUANTUM_MM)
+        return {"grid": self.options.grid, "quantum_mm": transforms.FIELD_QUANTUM_MM, "forward_grid": list(forward_grid[0]), "inverse_grid": list(inverse_grid[0])}
 
 
 class ResampleStage(Stage):
@@ -258,8 +292,9 @@ class ResampleStage(Stage):
     name = "resample"
 
     def run(self, state):
-        # forward_ras holds the float32 values of warp.nii.gz (up to the exact LPS sign flip),
-        # so files and result agree.
+        # forward_ras is warp.nii.gz on the fixed grid (up to the exact LPS sign flip) before its
+        # rounding to FIELD_QUANTUM_MM: on the native grid the file's values, on the compact one
+        # what ITK's trilinear reading of the file gives; so files and result agree.
         state.warped = transforms.warp_image(state.moving.data, state.moving.affine, state.forward_ras,
                                              state.fixed.affine)
         return {}
@@ -278,7 +313,7 @@ class QualityStage(Stage):
         composed = ops.compose(state.inverse_model, state.forward_model)
         inverse_error = np.sqrt((np.asarray(composed, dtype=np.float64) ** 2).sum(axis=0))
         brain = state.fixed_model > 0
-        state.jacobian = np.asarray(jacobian, dtype=np.float32)
+        state.jacobian = transforms.quantize(np.asarray(jacobian, dtype=np.float32), transforms.JACOBIAN_QUANTUM)
         state.quality = {
             "folding_fraction": float(np.mean(jacobian <= 0)),
             "folding_voxels": int(np.count_nonzero(jacobian <= 0)),
