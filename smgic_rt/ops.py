@@ -54,6 +54,7 @@ __all__ = [
     "build_info",
     "cpu_threads",
     "cuda_available",
+    "inputs_known_finite",
     "check_device_finite",
     "launch_target",
 ]
@@ -165,7 +166,25 @@ def _check_array(array, name, ranks):
     return shape, on_device
 
 
+_INPUTS_FINITE = contextvars.ContextVar("smgic_inputs_known_finite", default=False)
+
+
+@contextlib.contextmanager
+def inputs_known_finite():
+    """Inside the block numpy inputs are not scanned for NaN/infinity.
+
+    For inner loops whose arrays were checked once on entry and are changed only by these
+    kernels, which keep finite values finite (the refinement's iterations: a scan per call was
+    a tenth of its time). Everything else is still checked: shapes, dtypes, layout.
+    """
+    token = _INPUTS_FINITE.set(True)
+    with _restoring(lambda: _INPUTS_FINITE.reset(token)):
+        yield
+
+
 def _check_finite(array, name, on_device):
+    if not on_device and _INPUTS_FINITE.get():
+        return
     if on_device:
         if not _DEVICE_FINITE.get():
             return  # opt-in (check_device_finite): a device check blocks the host on the stream

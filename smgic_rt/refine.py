@@ -194,6 +194,30 @@ def _downsample(volume: np.ndarray, times: int) -> np.ndarray:
     return volume
 
 
+def _run_levels(fixed, moving, start_velocity, options: RefineOptions, deadline):
+    """Coarse to fine over ``options.factors``; returns (per-level records, velocity on the model grid)."""
+    levels = []
+    v_full = start_velocity.copy()
+    for factor, iterations in zip(options.factors, options.iterations):
+        times = int(round(np.log2(factor)))
+        if 2 ** times != factor or any(n % factor or n // factor < 4 for n in fixed.shape):
+            continue  # this grid does not halve that often
+        tick = time.perf_counter()
+        f, m = _downsample(fixed[None], times)[0], _downsample(moving[None], times)[0]
+        v_start = _downsample(v_full, times) / np.float32(factor)
+        v_level, record = _optimise_level(f, m, np.ascontiguousarray(v_start), iterations, options, deadline, factor)
+        if times == 0:
+            v_full = v_level
+        else:
+            delta = v_level - v_start
+            for _ in range(times):  # carry the change (not the start) up to the model grid
+                delta = ops.upsample_field(np.ascontiguousarray(delta))
+            v_full = v_full + delta
+        record.update(factor=factor, seconds=time.perf_counter() - tick)
+        levels.append(record)
+    return levels, v_full
+
+
 def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = RefineOptions()) -> RefineResult:
     """Refine `velocity` (3, X, Y, Z), voxels of the model grid, zeros when None) for this pair.
 
@@ -215,25 +239,8 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
         zero_value = _evaluate(fixed, moving, zero, options)[:2]
         if zero_value[0] < given_value[0]:
             start_velocity, start_value, start = zero, zero_value, "zero"
-    levels = []
-    v_full = start_velocity.copy()
-    for factor, iterations in zip(options.factors, options.iterations):
-        times = int(round(np.log2(factor)))
-        if 2 ** times != factor or any(n % factor or n // factor < 4 for n in fixed.shape):
-            continue  # this grid does not halve that often
-        tick = time.perf_counter()
-        f, m = _downsample(fixed[None], times)[0], _downsample(moving[None], times)[0]
-        v_start = _downsample(v_full, times) / np.float32(factor)
-        v_level, record = _optimise_level(f, m, np.ascontiguousarray(v_start), iterations, options, deadline, factor)
-        if times == 0:
-            v_full = v_level
-        else:
-            delta = v_level - v_start
-            for _ in range(times):  # carry the change (not the start) up to the model grid
-                delta = ops.upsample_field(np.ascontiguousarray(delta))
-            v_full = v_full + delta
-        record.update(factor=factor, seconds=time.perf_counter() - tick)
-        levels.append(record)
+    with ops.inputs_known_finite():  # _check made them finite; the kernels keep them so
+        levels, v_full = _run_levels(fixed, moving, start_velocity, options, deadline)
     # A last level on the model grid has already evaluated v_full.
     if levels and levels[-1]["factor"] == 1:
         end_value = (levels[-1]["objective_after"], levels[-1]["ncc_after"])

@@ -112,7 +112,7 @@ class RegistrationResult:
         volume, is_labels = _load_for_apply(image, interpolation)
         with ops.cpu_threads(self.threads):
             data = transforms.warp_image(volume.data, volume.affine, self.forward_ras, self.fixed.affine, interpolation)
-        if is_labels:
+        if is_labels and data.dtype != np.int32:  # "label" comes back as int32 already
             data = np.rint(data).astype(np.int32)
         return io.make_nifti(np.ascontiguousarray(data), self.fixed.affine)
 

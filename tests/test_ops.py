@@ -550,9 +550,16 @@ def test_device_finite_check_switch():
     with ops.check_device_finite():
         assert ops._DEVICE_FINITE.get() is True
     assert ops._DEVICE_FINITE.get() is False
-    # numpy inputs are always checked.
+    # numpy inputs are checked, except where the caller vouches for them
+    nan = np.full((3, 4, 4, 4), np.nan, np.float32)
     with pytest.raises(ValueError, match="finite"):
-        ops.integrate_velocity(np.full((3, 4, 4, 4), np.nan, np.float32))
+        ops.integrate_velocity(nan)
+    with ops.inputs_known_finite():
+        assert np.isnan(ops.integrate_velocity(nan)).all()  # not scanned: what goes in comes out
+        with pytest.raises(TypeError, match="float32"):  # the other checks stay
+            ops.integrate_velocity(nan.astype(np.float64))
+    with pytest.raises(ValueError, match="finite"):
+        ops.integrate_velocity(nan)
 
 
 def test_registration_kernel_wrappers_validate_and_match_c(rng):

@@ -16,7 +16,7 @@ _DEFAULT = Path(__file__).resolve().parent / "default"
 # default bundle this release ships. `smgic_rt.bundle.load_bundle` refuses the default folder
 # with any other id, so an edited default is refused even when its checksum file was rewritten
 # to match. Retraining the default means exporting it, then updating this line in the same commit.
-DEFAULT_BUNDLE_ID = "sha256:8ad859af741866ee393bad98d168bf6905dfd65bc8d482c666e04ad8b3ea92e9"
+DEFAULT_BUNDLE_ID = "sha256:fbd2b4e1f4b997b247362c1aea2c0feb16e857bdbbabdb8cafad8b00351f9e31"
 
 
 def default_bundle_path() -> Path:
