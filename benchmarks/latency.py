@@ -40,7 +40,7 @@ def measure_backend(name: str, bundle, fixed, moving, runs: int, warmup: int, af
     from smgic_rt import Registrar
 
     try:
-        registrar = Registrar(bundle, backend=name, affine=affine, refine=refine)
+        registrar = Registrar(bundle, backend=name, affine=affine, network="on", refine=refine)
     except Exception as error:  # noqa: BLE001  (a backend that cannot start here is reported, not fatal)
         return {"available": False, "reason": f"{type(error).__name__}: {error}"}
     samples = []

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import cli
+from smgic_rt import cli, transforms
 from smgic_rt.io import make_nifti
 from smgic_rt.pipeline import covering_lattice
 
@@ -137,7 +137,8 @@ def test_report_agrees_with_files(brains, registered):
         assert field.shape == shape + (1, 3)
         np.testing.assert_allclose(field.affine, affine, atol=1e-5)
     assert report["stages"]["fields"]["stats"] == {"grid": "compact", "forward_grid": list(warp.shape[:3]),
-                                                    "inverse_grid": list(inverse.shape[:3])}
+                                                    "inverse_grid": list(inverse.shape[:3]),
+                                                    "quantum_mm": transforms.FIELD_QUANTUM_MM}
     assert warp.header.get_intent()[0] == "vector" and warp.get_data_dtype() == np.float32
     for stage in ("load", "network", "integrate", "resample"):
         assert report["seconds"].get(stage, report["seconds"].get(stage + "_fixed", 0)) >= 0

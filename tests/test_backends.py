@@ -52,9 +52,39 @@ def test_auto_picks_a_working_backend(bundle):
         has_trt = True
     except (ImportError, OSError):
         has_trt = False
-    if not has_trt:
+    from smgic_rt import ops
+
+    if not has_trt and ops.cuda_available() and _torch_cuda():
+        assert backend.name == "torch" and backend.device == "cuda"  # a GPU machine without TensorRT
+    elif not has_trt:
         assert backend.name == "onnxruntime"
         assert backend.active_providers[-1] == "CPUExecutionProvider"
+
+
+def _torch_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _torch_cuda(), reason="needs a CUDA build of PyTorch")
+def test_torch_backend_on_cuda_matches_the_cpu_and_keeps_arrays_on_the_device(bundle, pair, reference):
+    import torch
+
+    gpu = backends.create("torch", bundle, device="cuda")
+    assert gpu.device == "cuda" and gpu.array_module == "torch"
+    velocity_gpu, timings = predict_velocity(gpu, bundle, *pair)
+    velocity_cpu, _ = predict_velocity(reference, bundle, *pair)
+    assert np.max(np.abs(velocity_gpu - velocity_cpu)) < 1e-3 * max(1.0, float(np.abs(velocity_cpu).max()))
+    assert set(timings) >= {"level1", "level4", "between_levels"}
+    shapes = [tuple(int(n) for n in bundle.level_entry(1)["inputs"][name][1:]) for name in ("fixed", "moving", "velocity")]
+    tensors = [torch.zeros((1, *shape), device="cuda") for shape in shapes]
+    assert gpu.run_level(1, *tensors).is_cuda  # the output stays on the GPU
+    with pytest.raises(TypeError, match="torch CUDA tensors"):
+        gpu.run_level(1, *(t.cpu().numpy() for t in tensors))
 
 
 def test_run_level_validates_inputs(ort, bundle):

@@ -71,7 +71,7 @@ def cohort(tmp_path_factory):
         nib.save(image, str(inputs / f"{name}.nii.gz"))
     # The refinement off keeps this fixture fast. Without it the network alone does worse than
     # the affine stage on these heads (as the README's accuracy section says), so sub-01 warns.
-    registrar = Registrar(threads=2, refine="off")
+    registrar = Registrar(threads=2, network="on", refine="off")
     out = root / "OUT"
     out.mkdir()
     records = []

@@ -52,7 +52,7 @@ def test_torch_is_loaded_only_by_the_torch_backend():
     script = (f"import importlib, sys\nfor name in {modules!r}:\n    importlib.import_module(name)\n"
               "import nibabel as nib\nfrom smgic_rt import Registrar\n"
               "image = nib.load(nib.__path__[0] + '/tests/data/anatomical.nii')\n"
-              "Registrar(backend='onnxruntime', affine='off', refine='off').register(image, image)\n"
+              "Registrar(backend='onnxruntime', affine='off', network='on', refine='off').register(image, image)\n"
               "print('torch' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -97,7 +97,7 @@ assert smgic_rt.__file__.startswith({str(site)!r}), smgic_rt.__file__
 for name in ("training", "export"):
     assert importlib.util.find_spec(name) is None, name + " is importable here"
 image = nib.load(nib.__path__[0] + "/tests/data/anatomical.nii")
-result = Registrar(backend="torch", affine="off", refine="off").register(image, image)
+result = Registrar(backend="torch", affine="off", network="on", refine="off").register(image, image)
 assert result.stats["backend"] == "torch" and result.stats["stages"]["network"]["ran"]
 for name in ("training", "export"):
     assert name not in sys.modules, name

@@ -6,9 +6,12 @@ float32 arrays (see docs/architecture.md). `create` builds one by name:
 - ``"onnxruntime"``: onnxruntime with an explicit ordered provider list (CUDA first when
   available, CPU last).
 - ``"tensorrt"``: TensorRT engines built per GPU from the bundle, device buffers throughout.
-- ``"torch"``: the PyTorch model itself (`smgic_rt.backends.torch_model`; reference and tests;
-  needs PyTorch).
-- ``"auto"``: TensorRT, then onnxruntime CUDA, then onnxruntime CPU: the first that starts.
+- ``"torch"``: the PyTorch model itself (`smgic_rt.backends.torch_model`; needs PyTorch):
+  CPU by default (reference, tests), ``device="cuda"`` on a GPU.
+- ``"auto"``: the fastest that starts here: TensorRT; else, on a GPU, torch on CUDA (what a
+  GPU machine without TensorRT has; device arrays throughout, where onnxruntime's CUDA provider
+  copies through the host at every level); else onnxruntime (CUDA provider first when it has
+  one, then CPU).
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ def _create_auto(bundle, threads=None, **options):
         return _create_tensorrt(bundle)  # on the GPU: CPU threads do not apply
     except Exception as error:  # any failure (no package, no GPU, no driver) means "not here"
         reasons.append(f"tensorrt: {error}")
+    from .. import ops
+
+    if ops.cuda_available():
+        try:
+            return _create_torch(bundle, device="cuda")
+        except Exception as error:  # no torch, a CPU-only torch, no weights.pt
+            reasons.append(f"torch cuda: {error}")
     # onnxruntime is a hard dependency, so this cannot fail for lack of a package; without a
     # working CUDA provider onnxruntime itself falls back to CPU.
     from .onnxruntime import default_providers

@@ -1,4 +1,8 @@
-"""torch backend: the PyTorch model itself, for reference and tests.
+"""torch backend: the PyTorch model itself, on the CPU (reference, tests) or on a CUDA GPU.
+
+On a GPU (``device="cuda"``) it is the first-class GPU backend wherever TensorRT is not
+installed: the level loop (`smgic_rt.network`) keeps every array a torch CUDA tensor on one
+stream, and the model runs on that stream (torch's current stream, which the loop sets).
 
 With `torch_model` (the model definition, which the runtime owns and `training/` trains), the
 only modules of `smgic_rt` that import torch. It rebuilds the model from the bundle's
@@ -25,21 +29,32 @@ def _import_torch():
 
 
 class TorchBackend(Backend):
-    """Runs each level with the PyTorch model (CPU, float32).
+    """Runs each level with the PyTorch model (float32).
 
     Parameters
     ----------
     bundle : Bundle
         Must contain ``weights.pt`` (``python -m export bundle`` writes it unless --no-weights).
     threads : int, optional
-        ``torch.set_num_threads`` value.
+        ``torch.set_num_threads`` value (CPU).
+    device : "cpu" or "cuda" (or "cuda:N")
+        Where the model runs. On "cuda" `run_level` takes and returns torch CUDA tensors
+        (``array_module = "torch"``); numpy inputs are refused there.
     """
 
     name = "torch"
+    array_module = "torch"
 
-    def __init__(self, bundle: Bundle, *, threads: int | None = None):
+    def __init__(self, bundle: Bundle, *, threads: int | None = None, device: str = "cpu"):
         super().__init__(bundle)
         torch = _import_torch()
+        target = torch.device(device)
+        if target.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+        if target.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("the torch backend was asked for CUDA, but torch sees no CUDA device")
+        self.device = target.type
+        self.torch_device = str(target)
         from .torch_model import ModelConfig, SMGICNet
 
         self._torch = torch
@@ -56,7 +71,7 @@ class TorchBackend(Backend):
         except Exception as error:  # torch's own text advises weights_only=False: running arbitrary code
             raise BundleError(f"bundle {bundle.source}: weights.pt holds no weights for this model "
                               f"({type(error).__name__}); re-export the bundle") from None
-        self.model = model.eval()
+        self.model = model.eval().to(target)
         self._levels = list(self.model.levels)
         if len(self._levels) != bundle.num_levels:
             raise ValueError(f"model has {len(self._levels)} levels, the bundle {bundle.num_levels}")
@@ -64,5 +79,14 @@ class TorchBackend(Backend):
     def _run_level_impl(self, level, fixed, moving, velocity):
         torch = self._torch
         with torch.no_grad():
+            if self.device == "cuda":
+                inputs = tuple(a if isinstance(a, torch.Tensor) and a.is_cuda else _refuse_host(a)
+                               for a in (fixed, moving, velocity))
+                return self._levels[level - 1](*inputs)  # stays on the GPU, on the current stream
             out = self._levels[level - 1](*(torch.from_numpy(np.ascontiguousarray(a)) for a in (fixed, moving, velocity)))
         return out.numpy().astype(np.float32, copy=False)
+
+
+def _refuse_host(array):
+    raise TypeError(f"the torch backend on CUDA takes torch CUDA tensors, got {type(array).__name__}; "
+                    "smgic_rt.network.predict_velocity uploads them")
