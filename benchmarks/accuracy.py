@@ -24,6 +24,8 @@ skull-stripped by their labels first. Methods, each on every pair:
 - ``refine_only``: affine stage + refinement from a zero velocity (``network="off", refine="on"``),
   i.e. what the pipeline does without the model;
 - ``full``: affine + network + refinement (``network="on", refine="on"``);
+- ``default``: ``Registrar()`` as shipped (every stage "auto": on a CPU the bundle's profile runs
+  no network level, so today this is ``refine_only``; ``--quality`` picks the preset);
 - ``greedy``: PICSL Greedy's brain commands (benchmarks/peer_tools.py), 2 threads;
 - ``ants_syn``: ``ants.registration(type_of_transform="SyN")`` with 2 ITK threads, labels warped
   with ``genericLabel`` (benchmarks/peer_tools.py).
@@ -59,8 +61,9 @@ from smgic_rt import atomic  # noqa: E402
 import peer_tools  # noqa: E402
 import real_pairs  # noqa: E402
 
-METHODS = ("none", "affine", "network", "refine_only", "full", "greedy", "ants_syn")
-SETTINGS = {"affine": dict(affine="on", network="off", refine="off"),
+METHODS = ("none", "affine", "network", "refine_only", "full", "default", "greedy", "ants_syn")
+SETTINGS = {"default": dict(),  # what Registrar() and smgic-register do, whatever that is today
+            "affine": dict(affine="on", network="off", refine="off"),
             "network": dict(affine="on", network="on", refine="off"),
             "refine_only": dict(affine="on", network="off", refine="on"),
             "full": dict(affine="on", network="on", refine="on")}
