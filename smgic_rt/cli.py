@@ -84,10 +84,13 @@ def _add_register_arguments(parser: argparse.ArgumentParser) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The Registrar's options (backend, bundle, stages), shared by smgic-register and smgic-batch."""
     from .pipeline import STAGE_MODES
+    from .quality import QUALITIES
     from .registrar import BACKENDS
 
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (default: auto)")
     parser.add_argument("--bundle", help="model bundle folder or zip (default: the installed default bundle)")
+    parser.add_argument("--quality", default="fast", choices=QUALITIES,
+                        help="preset over the stages' options (smgic_rt.quality; default: fast)")
     parser.add_argument("--affine", default="auto", choices=STAGE_MODES, help="affine stage (default: auto)")
     parser.add_argument("--network", default="auto", choices=STAGE_MODES, help="the network stage (default: auto)")
     parser.add_argument("--refine", default="auto", choices=STAGE_MODES, help="refinement (default: auto)")
@@ -114,7 +117,8 @@ def registrar_from_args(args):
     from .pipeline import FieldsOptions
 
     refine_options = None if args.refine_seconds is None else RefineOptions(max_seconds=args.refine_seconds)
-    return Registrar(args.bundle, backend=args.backend, affine=args.affine, network=args.network, refine=args.refine,
+    return Registrar(args.bundle, backend=args.backend, quality=args.quality, affine=args.affine, network=args.network,
+                     refine=args.refine,
                      refine_options=refine_options, fields_options=FieldsOptions(grid=args.fields_grid),
                      threads=args.threads)
 

@@ -59,9 +59,17 @@ class RefineOptions:
     # costs the coarse levels time to undo (on the 1 mm Colin27 head pairs of accuracy.py the
     # first CPU-trained default scored 0.58 Dice with its network, 0.65 with the affine alone).
     zero_if_better: bool = True
+    # Iterations on a grid twice finer than the model grid (1 mm for the default bundle's 2 mm),
+    # after the levels above: where Greedy and ANTs end. Each costs about 8x one on the model
+    # grid. 0: none (the fast default). The RefineStage prepares that grid's images.
+    fine_iterations: int = 0
     # A wall-clock limit in seconds (None: none). The iteration counts above are the budget;
     # with a time limit the result depends on the machine's load, so it is off by default.
     max_seconds: float | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.fine_iterations, int) or isinstance(self.fine_iterations, bool) or self.fine_iterations < 0:
+            raise ValueError(f"fine_iterations must be an int >= 0, got {self.fine_iterations!r}")
 
 
 @dataclass

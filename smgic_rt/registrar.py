@@ -210,6 +210,9 @@ class Registrar:
     backend : {"auto", "onnxruntime", "tensorrt", "torch"}
         Inference engine for the network; "auto" picks the fastest that works here.
         `Registrar.backend` says which one runs (None when the network is off).
+    quality : {"fast", "accurate"}
+        A preset over the stages' options (`smgic_rt.quality.PRESETS`); options given here
+        (``affine_options=``, ``refine_options=``) win over the preset's.
     affine, network, refine : {"auto", "on", "off"}
         Switch the global affine stage (`smgic_rt.affine`), the network and the per-pair
         refinement (`smgic_rt.refine`, warm-started from the network's velocity) on or off;
@@ -231,8 +234,9 @@ class Registrar:
         or ``OMP_NUM_THREADS``).
     """
 
-    def __init__(self, bundle=None, backend: str = "auto", *, affine="auto", network="auto", refine="auto",
-                 affine_options=None, network_options=None, refine_options=None, fields_options=None, threads=None):
+    def __init__(self, bundle=None, backend: str = "auto", *, quality: str = "fast", affine="auto", network="auto",
+                 refine="auto", affine_options=None, network_options=None, refine_options=None, fields_options=None,
+                 threads=None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
@@ -241,6 +245,11 @@ class Registrar:
             raise ValueError(f"refine must be one of ['auto', 'on', 'off'], got {refine!r}; the refinement's budget "
                              "is RefineOptions(iterations=...) (or max_seconds=..., a wall-clock limit)")
         self.threads = threads
+        from .quality import stage_options
+
+        preset = stage_options(quality, affine_options=affine_options, refine_options=refine_options)
+        affine_options, refine_options = preset["affine_options"], preset["refine_options"]
+        self.quality = quality
         self.bundle = self._load_bundle(bundle)
         network_mode = check_mode(network, "network")
         # "auto" runs the levels the bundle's profile for this hardware measured to pay for
@@ -326,6 +335,7 @@ class Registrar:
             "smgic_rt_version": __version__,
             "backend": self.backend,
             "bundle_id": str(self.bundle.id),
+            "quality": self.quality,
             "stages": records,
             "stages_run": [name for name, record in records.items() if record["ran"]],
             "seconds": seconds,

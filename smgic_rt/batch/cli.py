@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     try:
         summary = register_many(
             args.pairs, args.out_root, bundle=args.bundle, backend=args.backend, workers=args.workers,
-            scheduler=args.scheduler, threads_per_worker=args.threads_per_worker, affine=args.affine,
+            scheduler=args.scheduler, threads_per_worker=args.threads_per_worker, quality=args.quality, affine=args.affine,
             network=args.network, refine=args.refine, qc=args.qc, progress=not args.no_progress,
         )
     except KeyboardInterrupt:

@@ -32,9 +32,8 @@ def _positive_int(value, name: str):
 
 
 def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", workers: int | None = None,
-                  scheduler=None, threads_per_worker: int | None = None, affine="auto", network="auto",
-                  refine="auto",
-                  qc: bool = False, progress: bool = True, callback=None) -> dict:
+                  scheduler=None, threads_per_worker: int | None = None, quality: str = "fast", affine="auto",
+                  network="auto", refine="auto", qc: bool = False, progress: bool = True, callback=None) -> dict:
     """Register every pair into ``out_root/<id>/``; returns the summary also written to
     ``out_root/summary.json`` (and ``summary.csv``).
 
@@ -44,7 +43,7 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
         See `read_pairs`.
     out_root : path
         Created if missing. Pairs whose outputs there are complete (`pair_is_complete`) are skipped.
-    bundle, backend, affine, network, refine, qc
+    bundle, backend, quality, affine, network, refine, qc
         As for `Registrar` and ``smgic-register``.
     workers : int, optional
         Local worker processes (default: one per core, at most one per pair). Not used with
@@ -80,7 +79,11 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     # The Registrar's own checks, here so that bad options fail before any worker starts.
-    registrar_options = {"backend": backend, "affine": check_mode(affine, "affine"),
+    from ..quality import QUALITIES
+
+    if quality not in QUALITIES:
+        raise ValueError(f"quality must be one of {list(QUALITIES)}, got {quality!r}")
+    registrar_options = {"backend": backend, "quality": quality, "affine": check_mode(affine, "affine"),
                          "network": check_mode(network, "network"), "refine": check_mode(refine, "refine")}
     workers = _positive_int(workers, "workers")
     threads = _positive_int(threads_per_worker, "threads_per_worker")
