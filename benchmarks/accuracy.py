@@ -28,7 +28,10 @@ skull-stripped by their labels first. Methods, each on every pair:
   no network level, so today this is ``refine_only``; ``--quality`` picks the preset);
 - ``greedy``: PICSL Greedy's brain commands (benchmarks/peer_tools.py), 2 threads;
 - ``ants_syn``: ``ants.registration(type_of_transform="SyN")`` with 2 ITK threads, labels warped
-  with ``genericLabel`` (benchmarks/peer_tools.py).
+  with ``genericLabel`` (benchmarks/peer_tools.py);
+- ``ants_best`` (real set): ANTs at its best, ``antsRegistrationSyN[s]``, NOT run live (about 30
+  minutes a pair): read back from benchmarks/results/ants_best.json (benchmarks/ants_best.py), on
+  the pairs it holds; each such pair's row says so (``kept_from``, ``date``).
 
 Scores: mean Dice over the fixed image's labels (real set: over the shared structures, and per
 structure), fraction of voxels with det(J) <= 0 of the fixed -> moving map (Greedy and ANTs: of
@@ -61,7 +64,7 @@ from smgic_rt import atomic  # noqa: E402
 import peer_tools  # noqa: E402
 import real_pairs  # noqa: E402
 
-METHODS = ("none", "affine", "network", "refine_only", "full", "default", "greedy", "ants_syn")
+METHODS = ("none", "affine", "network", "refine_only", "full", "default", "greedy", "ants_syn", "ants_best")
 SETTINGS = {"default": dict(),  # what Registrar() and smgic-register do, whatever that is today
             "affine": dict(affine="on", network="off", refine="off"),
             "network": dict(affine="on", network="on", refine="off"),
@@ -133,6 +136,22 @@ def _score_peer(tool: str, pair, workdir: Path) -> dict:
             "seconds": seconds, "step_seconds": steps}
 
 
+def _kept_ants_best(pair):
+    """ANTs at its best on a real pair, read back from benchmarks/ants_best.py's kept results
+    (about 30 minutes a pair, so it is not run live); None where it has not run yet."""
+    import ants_best
+
+    if not isinstance(pair, real_pairs.RealPair):
+        return None
+    row = ants_best.read_results()["pairs"].get(pair.name)
+    if row is None:
+        return None
+    log.info("%s: ants_best read back from %s (run %s)", pair.name, ants_best.RESULTS, row["date"])
+    return {"dice": row["dice"], "dice_per_structure": row["dice_per_structure"],
+            "folding_fraction": row["folding_fraction"], "seconds": row["wall_seconds"],
+            "cpu_seconds": row["cpu_seconds"], "kept_from": str(ants_best.RESULTS), "date": row["date"]}
+
+
 def _make_registrars(bundle, methods, quality: str = "fast"):
     """name -> (Registrar or None, reason it is unavailable)."""
     from smgic_rt import Registrar
@@ -187,7 +206,11 @@ def run(pairs: int, resolution: float, seed: int, methods, bundle=None, brain_on
                     continue
                 log.info("%s: %s", pair.name, name)
                 try:
-                    if name == "none":
+                    if name == "ants_best":
+                        scores = _kept_ants_best(pair)
+                        if scores is None:
+                            continue  # not run on this pair yet: the summary counts the pairs it has
+                    elif name == "none":
                         scores = _score_none(pair)
                     elif name in ("greedy", "ants_syn"):
                         workdir = Path(scratch) / f"{pair.name}_{name}"
@@ -216,9 +239,9 @@ def run(pairs: int, resolution: float, seed: int, methods, bundle=None, brain_on
         if pair_set == "real":
             groups = {"raw": lambda r: r["header"] == "raw", "misplaced": lambda r: r["header"] == "misplaced",
                       "unseen": lambda r: r["unseen"], "seen": lambda r: not r["unseen"]}
-            summary[name]["groups"] = {
-                group: _summarise([r["methods"][name] for r in per_pair if keep(r) and name in r["methods"]])
-                for group, keep in groups.items()}
+            members = {group: [r["methods"][name] for r in per_pair if keep(r) and name in r["methods"]]
+                       for group, keep in groups.items()}
+            summary[name]["groups"] = {group: _summarise(values) for group, values in members.items() if values}
             per_structure = {}
             for r in per_pair:
                 for structure, dice in r["methods"].get(name, {}).get("dice_per_structure", {}).items():
@@ -256,8 +279,8 @@ def table(report: dict) -> str:
         ratio = f"{s['seconds_mean'] / ants_seconds:.3f}" if ants_seconds and name != "none" else ""
         by_group = []
         for group in groups:
-            g = s["groups"][group]
-            by_group.append(f"{g['dice_mean']:.3f} ± {g['dice_std']:.3f}" if g["pairs"] else "")
+            g = s["groups"].get(group)
+            by_group.append(f"{g['dice_mean']:.3f} ± {g['dice_std']:.3f}" if g else "")
         rows.append([name, f"{s['dice_mean']:.3f} ± {s['dice_std']:.3f}", *by_group,
                      f"{100 * s['folding_fraction_mean']:.4f}", f"{s['seconds_mean']:.2f}", ratio, f"{s['pairs']} pairs"])
     header = ["method", "mean Dice", *(f"{g} headers" if g != "unseen" else "unseen pairs" for g in groups),
