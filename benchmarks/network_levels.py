@@ -37,6 +37,9 @@ import real_pairs  # noqa: E402
 
 THREADS = 2
 DICE_TOLERANCE = 0.002
+# The rule of `choose_levels`, in words (the report carries it into the bundle's profile).
+RULE = ("k levels pay when, on every set, the network alone scores at least the affine stage and k levels "
+        f"plus the refinement score at least the refinement alone less {DICE_TOLERANCE} in less time")
 log = logging.getLogger("benchmarks.network_levels")
 
 
@@ -78,6 +81,7 @@ def measure(sets: dict, bundle=None) -> dict:
                                "dice": [r["dice"] for r in values], "seconds": [r["seconds"] for r in values]}
                         for name, values in rows.items()}}
     report["chosen_levels"], report["reasons"] = choose_levels(report)
+    report["rule"] = RULE
     return report
 
 

@@ -307,8 +307,7 @@ def record_profile(bundle_dir, device: str, report_path) -> tuple[str, int]:
     config.setdefault("profiles", {})[device] = {
         "levels": levels,
         "measured_with": "benchmarks/network_levels.py",
-        "rule": "k levels pay when, on every set, the network alone scores at least the affine stage and k levels "
-                "plus the refinement score at least the refinement alone less 0.002 in less time",
+        "rule": report["rule"],
         "reasons": report["reasons"],
         "sets": {name: {"pairs": s["pairs"],
                         "dice_mean": {m: round(v["dice_mean"], 4) for m, v in s["methods"].items()},

@@ -120,12 +120,14 @@ def test_export_profile_records_a_measurement_of_this_bundle_only(tmp_path):
     bundle = _with_profiles(tmp_path, {})
     before = load_bundle(bundle)
     sets = {"real": {"pairs": 1, "methods": {"affine": {"dice_mean": 0.7, "seconds_mean": 1.0}}}}
-    report = {"bundle_id": before.id, "chosen_levels": 1, "reasons": {"1": ["pays on every set"]}, "sets": sets}
+    report = {"bundle_id": before.id, "chosen_levels": 1, "reasons": {"1": ["pays on every set"]}, "sets": sets,
+              "rule": "the rule"}
     (tmp_path / "report.json").write_text(json.dumps(report))
     new_id, levels = record_profile(bundle, "cpu", tmp_path / "report.json")
     after = load_bundle(bundle, expected_id=new_id)
     assert levels == 1 and after.profile_levels("cpu") == 1 and new_id != before.id
     assert after.config["profiles"]["cpu"]["sets"]["real"]["dice_mean"]["affine"] == 0.7
+    assert after.config["profiles"]["cpu"]["rule"] == "the rule"
     (tmp_path / "report.json").write_text(json.dumps({**report, "bundle_id": before.id}))  # now stale
     with pytest.raises(ValueError, match="measured bundle"):
         record_profile(bundle, "cpu", tmp_path / "report.json")

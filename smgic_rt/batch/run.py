@@ -79,10 +79,9 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     # The Registrar's own checks, here so that bad options fail before any worker starts.
-    from ..quality import QUALITIES
+    from ..quality import stage_options
 
-    if quality not in QUALITIES:
-        raise ValueError(f"quality must be one of {list(QUALITIES)}, got {quality!r}")
+    stage_options(quality)  # refuses an unknown preset
     registrar_options = {"backend": backend, "quality": quality, "affine": check_mode(affine, "affine"),
                          "network": check_mode(network, "network"), "refine": check_mode(refine, "refine")}
     workers = _positive_int(workers, "workers")

@@ -123,15 +123,24 @@ class PreprocessStage(Stage):
         shape, spacing = state.grid_shape, state.spacing
         state.intensity = self.intensity
         state.model_affine = preprocess.model_grid(state.fixed_data, state.fixed.affine, shape, spacing)
-        state.fixed_model, _ = preprocess.prepare(state.fixed_data, state.fixed.affine, shape, spacing,
-                                                  grid_affine=state.model_affine, intensity=self.intensity)
-        # prepare() reads moving at world points; seeing it through `world_matrix` means handing
-        # it the affine inv(M) @ A_moving (model voxel -> M G x -> moving voxel).
-        seen = (state.moving.affine if state.world_matrix is None
-                else np.linalg.inv(state.world_matrix) @ state.moving.affine)
-        state.moving_model, _ = preprocess.prepare(state.moving_data, seen, shape, spacing,
-                                                   grid_affine=state.model_affine, intensity=self.intensity)
+        state.fixed_model, state.moving_model = images_on_grid(state, shape, spacing, state.model_affine)
         return {"grid_shape": list(shape), "spacing_mm": list(spacing)}
+
+
+def images_on_grid(state, shape, spacing, grid_affine):
+    """``(fixed, moving)`` on the grid `grid_affine` of `shape`, by `preprocess.prepare` with the
+    pair's intensity scaling; the moving image seen through the affine stage's matrix."""
+    from .. import preprocess
+
+    fixed, _ = preprocess.prepare(state.fixed_data, state.fixed.affine, shape, spacing, grid_affine=grid_affine,
+                                  intensity=state.intensity)
+    # prepare() reads moving at world points; seeing it through `world_matrix` means handing
+    # it the affine inv(M) @ A_moving (model voxel -> M G x -> moving voxel).
+    seen = (state.moving.affine if state.world_matrix is None
+            else np.linalg.inv(state.world_matrix) @ state.moving.affine)
+    moving, _ = preprocess.prepare(state.moving_data, seen, shape, spacing, grid_affine=grid_affine,
+                                   intensity=state.intensity)
+    return fixed, moving
 
 
 @dataclass(frozen=True)
@@ -213,12 +222,7 @@ class RefineStage(Stage):
         spacing = tuple(s / 2.0 for s in state.spacing)
         centre = state.model_affine[:3, :3] @ ((np.asarray(state.grid_shape) - 1) / 2.0) + state.model_affine[:3, 3]
         grid = preprocess.grid_around(centre, shape, spacing)
-        intensity = state.intensity  # the preprocess stage's (the bundle's) scaling
-        fixed, _ = preprocess.prepare(state.fixed_data, state.fixed.affine, shape, spacing, grid_affine=grid,
-                                      intensity=intensity)
-        seen = (state.moving.affine if state.world_matrix is None
-                else np.linalg.inv(state.world_matrix) @ state.moving.affine)
-        moving, _ = preprocess.prepare(state.moving_data, seen, shape, spacing, grid_affine=grid, intensity=intensity)
+        fixed, moving = images_on_grid(state, shape, spacing, grid)
         # Twice as many voxels per mm: the velocity doubles and one more squaring keeps the
         # first step as small.
         steps = state.integration_steps + 1
