@@ -16,7 +16,11 @@ is checked against the start on the model grid: the refinement never returns a v
 its objective than the one it was given.
 
 The per-voxel work (box means, local NCC and its derivatives, gradients, Gaussian filters,
-warps, scaling and squaring) runs in `smgic_rt._C`.
+warps, scaling and squaring) runs in `smgic_rt._C` through `smgic_rt.ops`; the whole-array
+arithmetic between the kernels is written once against the inputs' namespace
+(`ops.array_namespace`: numpy, or cupy for CUDA arrays), so a GPU refinement is this very code
+with every array on the device. The host reads back one number per evaluation of the
+objective (the line search compares it) and the largest force per iteration (the step's scale).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _C, ops
+from . import ops
 from ._filters import box_mean, smooth
 
 __all__ = ["RefineOptions", "RefineResult", "refine_velocity", "objective"]
@@ -78,13 +82,15 @@ class RefineResult:
     stats: dict = field(default_factory=dict)
 
 
-def _gradient_energy(v: np.ndarray) -> float:
-    return float(sum(np.mean(np.square(np.diff(v, axis=a))) for a in (1, 2, 3)))
+def _gradient_energy(v) -> float:
+    xp = ops.array_namespace(v)
+    return float(sum(xp.mean(xp.square(xp.diff(v, axis=a))) for a in (1, 2, 3)))
 
 
-def _laplacian(v: np.ndarray) -> np.ndarray:
+def _laplacian(v):
     """Discrete Laplacian of each channel (edge-replicated borders)."""
-    padded = np.pad(v, ((0, 0), (1, 1), (1, 1), (1, 1)), mode="edge")
+    xp = ops.array_namespace(v)
+    padded = xp.pad(v, ((0, 0), (1, 1), (1, 1), (1, 1)), mode="edge")
     core = (slice(None), slice(1, -1), slice(1, -1), slice(1, -1))
     out = -6.0 * padded[core]
     for axis in (1, 2, 3):
@@ -95,8 +101,9 @@ def _laplacian(v: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _boundary_weight(shape, width: int) -> np.ndarray | None:
-    """1 inside, falling linearly to 0 on the faces over `width` voxels (None when width is 0)."""
+def _boundary_weight(shape, width: int, xp=np):
+    """1 inside, falling linearly to 0 on the faces over `width` voxels (None when width is 0);
+    made on the host (a few small arrays), handed over in `xp`."""
     if width <= 0:
         return None
     distance = np.full(shape, np.inf, np.float32)
@@ -104,7 +111,7 @@ def _boundary_weight(shape, width: int) -> np.ndarray | None:
         index = np.arange(n, dtype=np.float32)
         along = np.minimum(index, n - 1 - index).reshape([-1 if a == axis else 1 for a in range(len(shape))])
         distance = np.minimum(distance, along)
-    return np.minimum(distance / np.float32(width), np.float32(1.0))
+    return xp.asarray(np.minimum(distance / np.float32(width), np.float32(1.0)))
 
 
 def _half_steps(options: RefineOptions, factor: int) -> int:
@@ -116,14 +123,15 @@ def _half_steps(options: RefineOptions, factor: int) -> int:
 
 def _evaluate(fixed, moving, v, options: RefineOptions, factor: int = 1):
     """Objective and what the next update needs (warped images and their NCC derivatives)."""
-    half = np.ascontiguousarray(v * np.float32(0.5))
+    xp = ops.array_namespace(fixed, moving, v)
+    half = xp.ascontiguousarray(v * np.float32(0.5))
     steps = _half_steps(options, factor)
     fixed_w = ops.warp(fixed[None], ops.integrate_velocity(-half, steps))[0]
     moving_w = ops.warp(moving[None], ops.integrate_velocity(half, steps))[0]
-    means = box_mean(np.stack([fixed_w, moving_w, fixed_w * fixed_w, moving_w * moving_w, fixed_w * moving_w]),
+    means = box_mean(xp.stack([fixed_w, moving_w, fixed_w * fixed_w, moving_w * moving_w, fixed_w * moving_w]),
                      options.radius)
-    cc, d_fixed, d_moving = _C.lncc(fixed_w, moving_w, means, options.eps)
-    ncc = float(cc.mean(dtype=np.float64))
+    cc, d_fixed, d_moving = ops.lncc(fixed_w, moving_w, means, options.eps)
+    ncc = float(cc.mean(dtype=np.float64))  # the host's one read of this evaluation (and the energy's)
     value = -ncc + options.reg * _gradient_energy(v)
     return value, ncc, (fixed_w, moving_w, d_fixed, d_moving)
 
@@ -139,20 +147,21 @@ def _optimise_level(fixed, moving, v, iterations, options: RefineOptions, deadli
     record = {"shape": list(fixed.shape), "objective_before": value, "ncc_before": ncc, "iterations": 0,
               "accepted": 0, "stop": "iterations"}
     step, history = options.step, [value]
-    weight = _boundary_weight(fixed.shape, options.boundary)
+    xp = ops.array_namespace(fixed, moving, v)
+    weight = _boundary_weight(fixed.shape, options.boundary, xp)
     for _ in range(iterations):
         if deadline is not None and time.perf_counter() > deadline:
             record["stop"] = "budget"
             break
         fixed_w, moving_w, d_fixed, d_moving = cache
         # d(ncc)/dv: moving_w = M(x + v/2 ...) moves with +grad M, fixed_w with -grad F.
-        force = d_moving[None] * _C.image_gradient(moving_w) - d_fixed[None] * _C.image_gradient(fixed_w)
+        force = d_moving[None] * ops.image_gradient(moving_w) - d_fixed[None] * ops.image_gradient(fixed_w)
         # Descent direction of the whole objective: smoothed NCC force plus the regulariser's
         # own gradient (-d/dv of reg |grad v|^2 is 2 reg times the Laplacian of v).
         force = smooth(force, options.fluid_sigma) + np.float32(2 * options.reg) * _laplacian(v)
         if weight is not None:
             force *= weight
-        peak = float(np.sqrt(np.square(force).sum(axis=0)).max())
+        peak = float(xp.sqrt(xp.square(force).sum(axis=0)).max())
         if not peak > 0:
             record["stop"] = "no force"
             break
@@ -180,30 +189,33 @@ def _optimise_level(fixed, moving, v, iterations, options: RefineOptions, deadli
 
 
 def _check(fixed, moving, velocity):
-    fixed = np.asarray(fixed)
-    moving = np.asarray(moving)
+    xp = ops.array_namespace(fixed, moving, velocity)
+    fixed = xp.asarray(fixed)
+    moving = xp.asarray(moving)
     if fixed.ndim != 3 or moving.shape != fixed.shape:
         raise ValueError(f"fixed and moving must be 3-D images of one shape, got {fixed.shape} and {moving.shape}")
     if min(fixed.shape) < 4:
         raise ValueError(f"images must have at least 4 voxels per axis, got shape {fixed.shape}")
-    velocity = np.zeros((3, *fixed.shape), np.float32) if velocity is None else np.asarray(velocity)
+    velocity = xp.zeros((3, *fixed.shape), np.float32) if velocity is None else xp.asarray(velocity)
     if velocity.shape != (3, *fixed.shape):
         raise ValueError(f"velocity must have shape {(3, *fixed.shape)}, got {velocity.shape}")
-    arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in (fixed, moving, velocity)]
+    arrays = [xp.ascontiguousarray(a, dtype=np.float32) for a in (fixed, moving, velocity)]
     for name, array in zip(("fixed", "moving", "velocity"), arrays):
-        if not np.all(np.isfinite(array)):
+        if not bool(xp.all(xp.isfinite(array))):
             raise ValueError(f"{name} holds NaN or infinite values")
     return arrays
 
 
-def _downsample(volume: np.ndarray, times: int) -> np.ndarray:
+def _downsample(volume, times: int):
+    xp = ops.array_namespace(volume)
     for _ in range(times):
-        volume = ops.downsample_haar(np.ascontiguousarray(volume))
+        volume = ops.downsample_haar(xp.ascontiguousarray(volume))
     return volume
 
 
 def _run_levels(fixed, moving, start_velocity, options: RefineOptions, deadline):
     """Coarse to fine over ``options.factors``; returns (per-level records, velocity on the model grid)."""
+    xp = ops.array_namespace(fixed, moving, start_velocity)
     levels = []
     v_full = start_velocity.copy()
     for factor, iterations in zip(options.factors, options.iterations):
@@ -213,13 +225,13 @@ def _run_levels(fixed, moving, start_velocity, options: RefineOptions, deadline)
         tick = time.perf_counter()
         f, m = _downsample(fixed[None], times)[0], _downsample(moving[None], times)[0]
         v_start = _downsample(v_full, times) / np.float32(factor)
-        v_level, record = _optimise_level(f, m, np.ascontiguousarray(v_start), iterations, options, deadline, factor)
+        v_level, record = _optimise_level(f, m, xp.ascontiguousarray(v_start), iterations, options, deadline, factor)
         if times == 0:
             v_full = v_level
         else:
             delta = v_level - v_start
             for _ in range(times):  # carry the change (not the start) up to the model grid
-                delta = ops.upsample_field(np.ascontiguousarray(delta))
+                delta = ops.upsample_field(xp.ascontiguousarray(delta))
             v_full = v_full + delta
         record.update(factor=factor, seconds=time.perf_counter() - tick)
         levels.append(record)
@@ -229,11 +241,13 @@ def _run_levels(fixed, moving, start_velocity, options: RefineOptions, deadline)
 def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = RefineOptions()) -> RefineResult:
     """Refine `velocity` (3, X, Y, Z), voxels of the model grid, zeros when None) for this pair.
 
-    `fixed`, `moving`: model-grid images (X, Y, Z), intensities about [0, 1]. The budget is
+    `fixed`, `moving`: model-grid images (X, Y, Z), intensities about [0, 1]; all numpy or
+    all cupy (then the refinement runs on their GPU and returns a cupy velocity). The budget is
     ``options.iterations`` per level; ``options.max_seconds`` optionally stops the refinement
     where it is (its best so far) after that much wall-clock time.
     """
     fixed, moving, start_velocity = _check(fixed, moving, velocity)
+    xp = ops.array_namespace(fixed, moving, start_velocity)
     budget = options.max_seconds
     if budget is not None and not budget > 0:
         raise ValueError(f"max_seconds must be a positive number of seconds or None, got {budget!r}")
@@ -242,8 +256,8 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
     # The objective is judged on the model grid.
     start_value = given_value = _evaluate(fixed, moving, start_velocity, options)[:2]
     start = "given"
-    if options.zero_if_better and np.any(start_velocity):
-        zero = np.zeros_like(start_velocity)
+    if options.zero_if_better and bool(xp.any(start_velocity)):
+        zero = xp.zeros_like(start_velocity)
         zero_value = _evaluate(fixed, moving, zero, options)[:2]
         if zero_value[0] < given_value[0]:
             start_velocity, start_value, start = zero, zero_value, "zero"
@@ -265,4 +279,4 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
         "iterations": int(sum(r["iterations"] for r in levels)),
         "seconds": time.perf_counter() - started,
     }
-    return RefineResult(np.ascontiguousarray(v_full if kept else start_velocity, dtype=np.float32), stats)
+    return RefineResult(xp.ascontiguousarray(v_full if kept else start_velocity, dtype=np.float32), stats)
