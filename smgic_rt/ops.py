@@ -58,6 +58,7 @@ __all__ = [
     "check_device_finite",
     "launch_target",
     "array_namespace",
+    "to_host",
 ]
 
 _INTERPOLATION = {"linear": 0, "nearest": 1, "label": 2}
@@ -143,6 +144,16 @@ def array_namespace(*arrays):
 
         return cupy
     return np
+
+
+def to_host(array):
+    """A numpy array of `array`: a copy from the GPU for cupy (on the array's stream, which the
+    host then waits for: the deliberate synchronisation of a device run), numpy as it is."""
+    if array is None or isinstance(array, np.ndarray):
+        return array
+    if array_namespace(array) is not np:
+        return array.get()
+    return np.asarray(array)
 
 
 def _library(array):

@@ -23,7 +23,7 @@ import numpy as np
 from . import __version__, atomic, io, outputs, transforms
 from .pipeline import (AffineStage, FieldsStage, IntegrateStage, LoadStage, NetworkOptions, NetworkStage, PairState,
                        PreprocessStage, QualityStage, RefineStage, ResampleStage, check_mode, run_stages,
-                       to_host, volume_or_load)
+                       volume_or_load)
 
 __all__ = ["Registrar", "RegistrationResult", "BACKENDS", "DEFAULT_BUNDLE_PATH", "NoDefaultBundleError"]
 
@@ -227,11 +227,11 @@ class Registrar:
         The stages' options (resolutions, iterations, the grids of the written fields, ...);
         None: their defaults.
     device : {"cpu", "cuda"}
-        Where the pair's arrays live from the model grid on: "cuda" runs the network, the
-        refinement, the integration, the fields, the resampling and the Jacobian on the current
-        CUDA device (cupy arrays, one stream: cupy's current one), the host loading, running the
-        affine stage and the model-grid resampling, and saving; "cpu" (the default) keeps
-        everything in numpy. The same code runs either way (`smgic_rt.ops.array_namespace`).
+        Where the pair's arrays live once loaded: "cuda" runs every stage on the current CUDA
+        device (cupy arrays, on cupy's current stream), the host loading, saving, stepping the
+        affine stage's optimiser (42 sums read back per evaluation) and handing the network
+        backend its inputs; "cpu" (the default) keeps everything in numpy. The same code runs
+        either way (`smgic_rt.ops.array_namespace`).
     threads : positive int or None
         CPU threads for one registration: the network on onnxruntime or torch, and the `_C`
         kernels that `register` calls (for the calling thread only, so several Registrars may
@@ -358,6 +358,8 @@ class Registrar:
         logger.info("registered in %.2f s: folding %.5f, inverse consistency %.3f voxels",
                     stats["seconds_total"], stats["folding_fraction"], stats["inverse_consistency_voxels_mean"])
         # The host saves: what a device run made comes back here, once.
+        from .ops import to_host
+
         return RegistrationResult(
             warped=io.make_nifti(to_host(state.warped).astype(np.float32), state.fixed.affine),
             jacobian=io.make_nifti(to_host(state.jacobian), state.fixed.affine),

@@ -30,12 +30,12 @@ import numpy as np
 
 from .stages import (STAGE_MODES, AffineStage, FieldsOptions, FieldsStage, covering_lattice, IntegrateStage, LoadStage, NetworkOptions, NetworkStage,
                      PreprocessStage, QualityStage, RefineStage, ResampleStage, Stage, check_mode,
-                     to_host, volume_or_load)
+                     volume_or_load)
 from .state import PairState
 
 __all__ = ["PairState", "Stage", "STAGE_ORDER", "STAGE_MODES", "SWITCHABLE_STAGES", "run_stages", "jsonable",
            "check_mode", "volume_or_load", "FieldsOptions", "covering_lattice", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage", "NetworkOptions",
-           "RefineStage", "IntegrateStage", "FieldsStage", "ResampleStage", "QualityStage", "to_host"]
+           "RefineStage", "IntegrateStage", "FieldsStage", "ResampleStage", "QualityStage"]
 
 logger = logging.getLogger("smgic_rt")
 

@@ -21,7 +21,7 @@ from .state import PairState
 
 __all__ = ["STAGE_MODES", "Stage", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage", "NetworkOptions", "FieldsOptions", "covering_lattice",
            "RefineStage", "IntegrateStage", "FieldsStage", "ResampleStage", "QualityStage",
-           "check_mode", "as_field", "to_host"]
+           "check_mode", "as_field"]
 
 STAGE_MODES = ("auto", "on", "off")
 
@@ -81,9 +81,12 @@ class LoadStage(Stage):
         if inputs.get("moving_mask") is not None:
             state.moving_mask = volume_or_load(inputs["moving_mask"], io.load_mask, like=state.moving,
                                                name="moving mask")
-        state.fixed_data = state.fixed.data if state.fixed_mask is None else state.fixed.data * state.fixed_mask.data
-        state.moving_data = (state.moving.data if state.moving_mask is None
-                             else state.moving.data * state.moving_mask.data)
+        # The host -> device boundary of a GPU run (`state.xp` cupy): every later stage works on
+        # these (and, to resample it once, on the moving image's own data).
+        xp = state.xp
+        fixed, moving = xp.asarray(state.fixed.data), xp.asarray(state.moving.data)
+        state.fixed_data = fixed if state.fixed_mask is None else fixed * xp.asarray(state.fixed_mask.data)
+        state.moving_data = moving if state.moving_mask is None else moving * xp.asarray(state.moving_mask.data)
         return {"fixed_mask": state.fixed_mask is not None, "moving_mask": state.moving_mask is not None}
 
 
@@ -184,12 +187,12 @@ class NetworkStage(Stage):
         return self.mode != "off" and self.not_run_reason is None
 
     def run(self, state):
-        from .. import network
+        from .. import network, ops
 
         # The backends take host arrays (the torch-CUDA and TensorRT ones upload them themselves).
-        velocity, timings = network.predict_velocity(self.backend, self.bundle, to_host(state.fixed_model),
-                                                     to_host(state.moving_model), levels=self.levels)
-        state.velocity = as_field(state.xp.asarray(to_host(velocity)), "network velocity")
+        velocity, timings = network.predict_velocity(self.backend, self.bundle, ops.to_host(state.fixed_model),
+                                                     ops.to_host(state.moving_model), levels=self.levels)
+        state.velocity = as_field(state.xp.asarray(ops.to_host(velocity)), "network velocity")
         return {"seconds": timings, "levels": self.levels, "profile": self.profile}
 
 
@@ -335,8 +338,8 @@ class ResampleStage(Stage):
         # forward_ras is warp.nii.gz on the fixed grid (up to the exact LPS sign flip) before its
         # rounding to FIELD_QUANTUM_MM: on the native grid the file's values, on the compact one
         # what ITK's trilinear reading of the file gives; so files and result agree.
-        state.warped = transforms.warp_image(state.xp.asarray(state.moving.data), state.moving.affine,
-                                             state.forward_ras, state.fixed.affine)
+        moving = state.moving_data if state.moving_mask is None else state.xp.asarray(state.moving.data)
+        state.warped = transforms.warp_image(moving, state.moving.affine, state.forward_ras, state.fixed.affine)
         return {}
 
 
@@ -378,17 +381,6 @@ def as_field(array, name: str):
     if array.ndim != 4 or array.shape[0] != 3:
         raise RuntimeError(f"{name} must have shape (3, X, Y, Z) or (1, 3, X, Y, Z), got {array.shape}")
     return xp.ascontiguousarray(array, dtype=np.float32)
-
-
-def to_host(array):
-    """A numpy array of `array` (a copy from the GPU for cupy; numpy arrays pass as they are)."""
-    if array is None or isinstance(array, np.ndarray):
-        return array
-    from .. import ops
-
-    if ops.array_namespace(array) is not np:
-        return array.get()  # cupy: copies on the array's stream and waits for it
-    return np.asarray(array)
 
 
 def volume_or_load(image, loader, **kwargs) -> io.Volume:
