@@ -4,7 +4,7 @@ Symmetric and diffeomorphic: the stationary velocity ``v`` is optimised so that 
 pulled half-way back, ``F o exp(-v/2)``, and the moving image pulled half-way forward,
 ``M o exp(v/2)``, agree in local NCC at the midpoint; ``exp(v)`` then registers moving onto fixed
 and ``exp(-v)`` is its inverse, as for the network. Updates are the local-NCC forces of both
-images (the exact gradient, `_ncc_derivatives`), Gaussian-smoothed (SyN-style "fluid"
+images (`RefineOptions.gradient`), Gaussian-smoothed (SyN-style "fluid"
 regularisation) plus the optional regulariser's gradient, taken as normalised steps with a
 backtracking line search on the objective ``-mean LNCC + reg * |grad v|^2``, the velocity
 smoothed after each step ("elastic"), coarse to fine (1/4, 1/2 of the model grid and the grid
@@ -34,7 +34,10 @@ import numpy as np
 from . import ops
 from ._filters import box_mean, smooth
 
-__all__ = ["RefineOptions", "RefineResult", "refine_velocity", "objective"]
+__all__ = ["RefineOptions", "RefineResult", "refine_velocity", "objective", "GRADIENTS"]
+
+
+GRADIENTS = ("window", "exact")
 
 
 @dataclass(frozen=True)
@@ -44,12 +47,11 @@ class RefineOptions:
     # 0.865 to 0.907 (benchmarks/accuracy.py); at 2 mm the gain is smaller (about +0.015).
     factors: tuple = (4, 2, 1)
     iterations: tuple = (60, 40, 8)       # at most, per factor
-    # Measured with the exact NCC gradient (mean Dice; real-pair set: 6 directed pairs, raw
-    # headers, network off; heads: benchmarks/accuracy.py's 1 mm synthetic set): these values
-    # 0.7120 and 0.9266; Greedy's brain window and smoothing (radius 2, fluid 1.732, elastic
-    # 0.707, no |grad v|^2 term) 0.7129 on the real pairs but 0.9052 on the heads, radius 2 alone
-    # 0.7123 and 0.9187. With the accurate preset (smgic_rt.quality) Greedy's gave 0.7134
-    # against 0.7129 with these: no clear gain, so the preset keeps these too.
+    # Measured on the real-pair set (6 directed pairs, raw headers, network off; mean Dice) and
+    # on benchmarks/accuracy.py's 1 mm synthetic heads: these values 0.7086 and 0.9289; Greedy's
+    # brain window and smoothing (radius 2, fluid 1.732, elastic 0.707, no |grad v|^2 term)
+    # 0.7117 on the real pairs but 0.9052 (with the exact gradient) on the heads, radius 2 alone
+    # 0.7113 and 0.9187 (exact). So the heads keep these.
     radius: int = 1                       # local NCC window (2 radius + 1)^3
     fluid_sigma: float = 1.5              # Gaussian on each update, voxels of the level
     elastic_sigma: float = 0.0            # Gaussian on the whole velocity after each step (0: none;
@@ -57,6 +59,14 @@ class RefineOptions:
     step: float = 0.5                     # initial largest update, voxels of the level
     min_step: float = 0.02                # below this the level stops (no step helps)
     reg: float = 0.05                     # weight of |grad v|^2 in the objective
+    # The NCC force: "window" takes each voxel's derivative through its own window only (as
+    # ANTs' CC does); "exact" sums it over every window that holds the voxel (`_ncc_derivatives`).
+    # Measured (mean Dice): real pairs 0.7086 -> 0.7120, but the 256^3 pair of benchmarks/peers.py
+    # 0.7582 -> 0.7519, the heads 0.9289 -> 0.9266, and +1.2 s on that pair (7.2 s against 6.0,
+    # 5 alternating runs); with the accurate preset real pairs 0.7104 -> 0.7129 but the 256^3
+    # pair 0.7625 -> 0.7574 (+11 s). Better on four pairs, worse on both MNI152/CAT12 ones: no
+    # clear gain, so neither preset takes it; it stays an option.
+    gradient: str = "window"
     plateau: float = 1e-4                 # stop when 5 iterations gain less than this
     steps: int = 7                        # scaling-and-squaring steps for v on the model grid
     eps: float = 1e-3                     # NCC variance floor (images are in [0, 1])
@@ -79,6 +89,8 @@ class RefineOptions:
     max_seconds: float | None = None
 
     def __post_init__(self):
+        if self.gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {list(GRADIENTS)}, got {self.gradient!r}")
         if not isinstance(self.fine_iterations, int) or isinstance(self.fine_iterations, bool) or self.fine_iterations < 0:
             raise ValueError(f"fine_iterations must be an int >= 0, got {self.fine_iterations!r}")
 
@@ -137,10 +149,10 @@ def _evaluate(fixed, moving, v, options: RefineOptions, factor: int = 1):
     moving_w = ops.warp(moving[None], ops.integrate_velocity(half, steps))[0]
     means = box_mean(xp.stack([fixed_w, moving_w, fixed_w * fixed_w, moving_w * moving_w, fixed_w * moving_w]),
                      options.radius)
-    cc = ops.lncc(fixed_w, moving_w, means, options.eps)[0]
+    cc, d_fixed, d_moving = ops.lncc(fixed_w, moving_w, means, options.eps)
     ncc = float(cc.mean(dtype=np.float64))  # the host's one read of this evaluation (and the energy's)
     value = -ncc + options.reg * _gradient_energy(v)
-    return value, ncc, (fixed_w, moving_w, means)
+    return value, ncc, (fixed_w, moving_w, means, d_fixed, d_moving)
 
 
 def _ncc_derivatives(fixed_w, moving_w, means, options: RefineOptions):
@@ -150,9 +162,8 @@ def _ncc_derivatives(fixed_w, moving_w, means, options: RefineOptions):
     windows' terms: with ``a = 1 / sqrt(var_f var_m)`` and ``b_f = a cov / var_f`` (the same
     eps-floored statistics as `ops.lncc`), ``d/dm(y) = f(y) <a> - <a mean_f> - m(y) <b_m> +
     <b_m mean_m>``, ``<.>`` the box mean around y. ANTs' CC (and this refinement before)
-    keeps only y's own window; the full sum gave +0.003 mean Dice on the real-pair set
-    (benchmarks/accuracy.py --set real), at one more box mean per iteration: only the accepted
-    step needs it, so the line search's evaluations do not pay for it.
+    keeps only y's own window (``gradient="window"``). One more box mean of 7 channels per
+    iteration: only the accepted step needs it, the line search's evaluations do not.
     """
     xp = ops.array_namespace(fixed_w, moving_w, means)
     mean_f, mean_m, mean_ff, mean_mm, mean_fm = means
@@ -184,8 +195,9 @@ def _optimise_level(fixed, moving, v, iterations, options: RefineOptions, deadli
         if deadline is not None and time.perf_counter() > deadline:
             record["stop"] = "budget"
             break
-        fixed_w, moving_w, means = cache
-        d_fixed, d_moving = _ncc_derivatives(fixed_w, moving_w, means, options)
+        fixed_w, moving_w, means, d_fixed, d_moving = cache
+        if options.gradient == "exact":
+            d_fixed, d_moving = _ncc_derivatives(fixed_w, moving_w, means, options)
         # d(ncc)/dv: moving_w = M(x + v/2 ...) moves with +grad M, fixed_w with -grad F.
         force = d_moving[None] * ops.image_gradient(moving_w) - d_fixed[None] * ops.image_gradient(fixed_w)
         # Descent direction of the whole objective: smoothed NCC force plus the regulariser's
