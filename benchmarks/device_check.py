@@ -532,8 +532,11 @@ def _registration(args, out, deadline):
         return {"status": "skipped", "reason": str(error)}
     runs = []
     forward = {}
-    # The network on whatever the bundle's profile for this hardware says: this check times it.
-    for label, options in (("full", {"network": "on"}), ("no_refine", {"network": "on", "refine": "off"})):
+    # The whole pair on the GPU where cupy is there (Registrar(device="cuda")); --cpu: numpy.
+    device = "cpu" if args.cpu or importlib.util.find_spec("cupy") is None else "cuda"
+    # The network on every level: this check times it.
+    for label, options in (("full", {"network": "on", "device": device}),
+                           ("no_refine", {"network": "on", "refine": "off", "device": device})):
         registrar = Registrar(**options)
         results, walls, warmup_kept = [], [], False
         for repeat in range(args.repeats + 1):  # run 0 is the warm-up
@@ -559,10 +562,10 @@ def _registration(args, out, deadline):
                      "wall_seconds": statistics.median(walls) if walls else None})
     parity = None
     auto_backend = runs[0]["backend"] if runs else None
-    if auto_backend not in (None, "onnxruntime") and "full" in forward and deadline.left() > 60:
+    if (auto_backend not in (None, "onnxruntime") or device != "cpu") and "full" in forward and deadline.left() > 60:
         cpu_result = Registrar(backend="onnxruntime", network="on").register(pair["fixed"], pair["moving"])
         reference = np.asarray(cpu_result.forward_transform.dataobj, dtype=np.float32)
-        parity = {"against": "onnxruntime (CPU)", "backend": auto_backend,
+        parity = {"against": "onnxruntime and numpy (CPU)", "backend": auto_backend, "device": device,
                   "forward_warp_max_abs_difference_mm": float(np.max(np.abs(forward["full"] - reference)))}
     complete = all(run["repeats"] > 0 for run in runs)
     return {"status": "ok" if complete else "partial", "pair_mm": args.pair_mm, "pair": pair, "runs": runs,

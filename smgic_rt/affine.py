@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _C, ops, preprocess
+from . import ops, preprocess
 from ._filters import box_mean
 
 __all__ = ["AffineOptions", "AffineResult", "register_affine", "ncc_and_gradient", "rotation_matrix"]
@@ -52,7 +52,8 @@ class _Level:
 
 
 def _check(data, affine, name):
-    data = np.asarray(data)
+    xp = ops.array_namespace(data)
+    data = xp.asarray(data)
     if data.ndim != 3:
         raise ValueError(f"{name} image must be 3-D, got shape {data.shape}")
     if min(data.shape) < 2:
@@ -60,8 +61,8 @@ def _check(data, affine, name):
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise ValueError(f"{name} affine must be a finite, invertible 4x4 matrix")
-    data = np.asarray(data, dtype=np.float32)
-    if not np.all(np.isfinite(data)):
+    data = xp.asarray(data, dtype=np.float32)
+    if not bool(xp.all(xp.isfinite(data))):
         raise ValueError(f"{name} image holds NaN or infinite values")
     if float(data.max()) == float(data.min()):
         raise ValueError(f"{name} image is constant: nothing to align")
@@ -89,7 +90,7 @@ def _block_means(data, affine, spacing):
     (at 1 mm, filtering the full image for 4 mm took most of this stage's time)."""
     while np.linalg.norm(affine[:3, :3], axis=0).max() * 2 <= spacing and min(data.shape) >= 4:
         even = tuple(n - n % 2 for n in data.shape)
-        block = np.ascontiguousarray(data[: even[0], : even[1], : even[2]], dtype=np.float32)
+        block = ops.array_namespace(data).ascontiguousarray(data[: even[0], : even[1], : even[2]], dtype=np.float32)
         data, affine = ops.downsample_haar(block[None])[0], affine @ _HALVING
     return data, affine
 
@@ -97,6 +98,7 @@ def _block_means(data, affine, spacing):
 def _pyramid(data, affine, resolutions, with_mask):
     """Images resampled to each resolution (fine first, each from the previous), normalised."""
     out = {}
+    xp = ops.array_namespace(data)
     source, source_affine = _block_means(data, affine, min(resolutions))
     for spacing in sorted(resolutions):
         shape, grid = _covering_grid(data.shape, affine, spacing)
@@ -108,15 +110,17 @@ def _pyramid(data, affine, resolutions, with_mask):
             # The foreground and a rim of ~8 mm around it: the edge of the brain carries signal.
             radius = max(1, int(round(8.0 / spacing)))
             mask = (box_mean((image > 0.05).astype(np.float32)[None], radius)[0] > 0).astype(np.float32)
-        out[spacing] = _Level(np.ascontiguousarray(image), grid, mask)
+        out[spacing] = _Level(xp.ascontiguousarray(image), grid, mask)
     return out
 
 
 def ncc_and_gradient(fixed: _Level, moving: _Level, world: np.ndarray):
     """NCC of fixed and moving through `world` (4x4) and its gradient by the 4x4 world matrix."""
     voxel = np.linalg.solve(moving.grid, world @ fixed.grid)  # fixed voxel -> moving voxel
-    sums = np.asarray(_C.affine_ncc_sums(fixed.image, fixed.mask, moving.image,
-                                         voxel[:3].astype(np.float32).ravel().tolist()))
+    # The 3x4 map as the kernel takes it (float32, as it computes); on the GPU the 42 sums are
+    # this evaluation's one read back to the host.
+    sums = ops.to_host(ops.affine_ncc_sums(fixed.image, fixed.mask, moving.image,
+                                              voxel[:3].astype(np.float32).astype(np.float64)))
     s, sf, sm, sff, smm, sfm = sums[:6]
     if s < 10:
         return -1.0, np.zeros((4, 4))
@@ -203,8 +207,10 @@ def _optimise(fixed, moving, start, centre, iterations, options, rigid):
 def _moments(level: _Level):
     """Intensity-weighted centroid (world) and covariance of the foreground."""
     image = level.image
-    index = np.argwhere(image > 0.05)
-    weights = image[tuple(index.T)].astype(np.float64)
+    xp = ops.array_namespace(image)
+    index = xp.argwhere(image > 0.05)
+    weights = ops.to_host(image[tuple(index.T)].astype(np.float64))
+    index = ops.to_host(index)
     points = index @ level.grid[:3, :3].T + level.grid[:3, 3]
     centre = np.average(points, axis=0, weights=weights)
     spread = points - centre

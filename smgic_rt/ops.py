@@ -57,6 +57,8 @@ __all__ = [
     "inputs_known_finite",
     "check_device_finite",
     "launch_target",
+    "array_namespace",
+    "to_host",
 ]
 
 _INTERPOLATION = {"linear": 0, "nearest": 1, "label": 2}
@@ -124,6 +126,34 @@ _BUILT_WITH_CUDA = bool(_C.build_info()["cuda"])
 
 def _is_device(array):
     return not isinstance(array, np.ndarray) and hasattr(array, "__cuda_array_interface__")
+
+
+def array_namespace(*arrays):
+    """The array library the stages do their whole-array arithmetic in: numpy for host arrays,
+    cupy for CUDA ones (its API is numpy's, so one stage's code serves both). All arrays must
+    be of one kind. A torch CUDA tensor is refused here, not copied: hand it over as
+    ``cupy.from_dlpack(tensor)`` (no copy) -- the kernels above take torch tensors directly."""
+    kinds = {_library(a) if _is_device(a) else "numpy" for a in arrays if a is not None}
+    if kinds - {"numpy", "cupy"}:
+        raise TypeError(f"the pipeline's arrays must be numpy or cupy, got {sorted(kinds)}; pass a torch CUDA "
+                        "tensor as cupy.from_dlpack(tensor)")
+    if len(kinds) > 1:
+        raise TypeError("arrays of one call must all be numpy (host) or all cupy (device), got both")
+    if kinds == {"cupy"}:
+        import cupy
+
+        return cupy
+    return np
+
+
+def to_host(array):
+    """A numpy array of `array`: a copy from the GPU for cupy (on the array's stream, which the
+    host then waits for: the deliberate synchronisation of a device run), numpy as it is."""
+    if array is None or isinstance(array, np.ndarray):
+        return array
+    if array_namespace(array) is not np:
+        return array.get()
+    return np.asarray(array)
 
 
 def _library(array):

@@ -68,7 +68,7 @@ def intensity_parameters(normalization: dict | None) -> IntensityScaling:
 
 
 def _check_volume(data, affine):
-    data = np.asarray(data)
+    data = ops.array_namespace(data).asarray(data)
     if data.ndim != 3:
         raise ValueError(f"image must be 3-D, got shape {data.shape}")
     affine = np.asarray(affine, dtype=np.float64)
@@ -89,18 +89,19 @@ def _three(value, name, cast):
 def foreground_centre(data, affine) -> np.ndarray:
     """World (RAS+ mm) centre of mass of the foreground mask."""
     data, affine = _check_volume(data, affine)
+    xp = ops.array_namespace(data)
     # A strided view keeps this cheap on 1 mm heads; the centre moves by well under a voxel.
     step = max(1, int(round((data.size / 2e6) ** (1 / 3))))
-    sample = np.asarray(data[::step, ::step, ::step], dtype=np.float32)
-    finite = sample[np.isfinite(sample)]
+    sample = xp.asarray(data[::step, ::step, ::step], dtype=np.float32)
+    finite = sample[xp.isfinite(sample)]
     if finite.size == 0:
         raise ValueError("image has no finite voxels")
-    mask = sample > FOREGROUND_FRACTION * np.percentile(finite, 99)
-    if not mask.any():
+    mask = sample > FOREGROUND_FRACTION * xp.percentile(finite, 99)
+    if not bool(mask.any()):
         mask = sample > finite.min()
-    if not mask.any():
+    if not bool(mask.any()):
         raise ValueError("image is constant: no foreground to centre the model grid on")
-    index = np.argwhere(mask).mean(axis=0) * step
+    index = np.array([float(c) for c in xp.argwhere(mask).mean(axis=0)]) * step
     return affine[:3, :3] @ index + affine[:3, 3]
 
 
@@ -132,7 +133,7 @@ def antialias(data, affine, spacing) -> np.ndarray:
     sigmas = np.sqrt(np.maximum(ratio ** 2 - 1.0, 0.0)) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
     # Below 0.3 voxel the filter would barely differ from the identity: leave that axis alone.
     sigmas = np.where(sigmas < 0.3, 0.0, sigmas)
-    return smooth(np.ascontiguousarray(data, dtype=np.float32)[None], sigmas)[0]
+    return smooth(ops.array_namespace(data).ascontiguousarray(data, dtype=np.float32)[None], sigmas)[0]
 
 
 def resample(data, affine, grid_affine, shape, interpolation="linear", smooth=True) -> np.ndarray:
@@ -144,7 +145,7 @@ def resample(data, affine, grid_affine, shape, interpolation="linear", smooth=Tr
     data, affine = _check_volume(data, affine)
     shape = _three(shape, "shape", int)
     grid_affine = np.asarray(grid_affine, dtype=np.float64)
-    volume = np.ascontiguousarray(data, dtype=np.float32)
+    volume = ops.array_namespace(data).ascontiguousarray(data, dtype=np.float32)
     if interpolation == "linear" and smooth:
         volume = antialias(volume, affine, np.linalg.norm(grid_affine[:3, :3], axis=0))
     matrix = np.linalg.solve(affine, grid_affine)  # grid voxel -> data voxel
@@ -153,19 +154,20 @@ def resample(data, affine, grid_affine, shape, interpolation="linear", smooth=Tr
 
 def normalize_intensity(data, scaling: IntensityScaling = IntensityScaling()) -> np.ndarray:
     """Robust scaling to [0, 1]: foreground percentiles (0.5 and 99.5 by default) map to 0 and 1,
-    clipped."""
-    data = np.asarray(data, dtype=np.float32)
-    if not np.all(np.isfinite(data)):
+    clipped. numpy or cupy in, the same out."""
+    xp = ops.array_namespace(data)
+    data = xp.asarray(data, dtype=np.float32)
+    if not bool(xp.all(xp.isfinite(data))):
         raise ValueError("image holds NaN or infinite values")
-    high_all = np.percentile(data, 99) if data.size else 0.0
+    high_all = float(xp.percentile(data, 99)) if data.size else 0.0
     foreground = data[data > scaling.foreground_fraction * high_all] if high_all > 0 else data[data > data.min()]
     if foreground.size == 0:
         raise ValueError("image is constant: intensities cannot be normalised")
-    low, high = np.percentile(foreground, [scaling.low_percentile, scaling.high_percentile])
-    low = min(float(low), 0.0) if data.min() >= 0 else float(low)
+    low, high = (float(q) for q in xp.percentile(foreground, [scaling.low_percentile, scaling.high_percentile]))
+    low = min(low, 0.0) if float(data.min()) >= 0 else low
     if not high > low:
         raise ValueError("image is constant: intensities cannot be normalised")
-    return np.clip((data - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    return xp.clip((data - low) / (np.float64(high) - low), 0.0, 1.0).astype(np.float32)
 
 
 def prepare(data, affine, shape, spacing, grid_affine=None, intensity: IntensityScaling = IntensityScaling()):

@@ -226,6 +226,12 @@ class Registrar:
     fields_options : smgic_rt.pipeline.FieldsOptions, optional
         The stages' options (resolutions, iterations, the grids of the written fields, ...);
         None: their defaults.
+    device : {"cpu", "cuda"}
+        Where the pair's arrays live once loaded: "cuda" runs every stage on the current CUDA
+        device (cupy arrays, on cupy's current stream), the host loading, saving, stepping the
+        affine stage's optimiser (42 sums read back per evaluation) and handing the network
+        backend its inputs; "cpu" (the default) keeps everything in numpy. The same code runs
+        either way (`smgic_rt.ops.array_namespace`).
     threads : positive int or None
         CPU threads for one registration: the network on onnxruntime or torch, and the `_C`
         kernels that `register` calls (for the calling thread only, so several Registrars may
@@ -236,7 +242,7 @@ class Registrar:
 
     def __init__(self, bundle=None, backend: str = "auto", *, quality: str = "fast", affine="auto", network="auto",
                  refine="auto", affine_options=None, network_options=None, refine_options=None, fields_options=None,
-                 threads=None):
+                 threads=None, device: str = "cpu"):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
@@ -245,6 +251,8 @@ class Registrar:
             raise ValueError(f"refine must be one of ['auto', 'on', 'off'], got {refine!r}; the refinement's budget "
                              "is RefineOptions(iterations=...) (or max_seconds=..., a wall-clock limit)")
         self.threads = threads
+        self.device = device
+        self._xp = _array_module(device)
         from .quality import stage_options
 
         preset = stage_options(quality, affine_options=affine_options, refine_options=refine_options)
@@ -322,7 +330,7 @@ class Registrar:
         state = PairState(inputs={"fixed": fixed, "moving": moving, "fixed_mask": fixed_mask, "moving_mask": moving_mask},
                           grid_shape=tuple(int(n) for n in self.bundle.grid_shape),
                           spacing=tuple(float(s) for s in self.bundle.spacing),
-                          integration_steps=int(self.bundle.steps))
+                          integration_steps=int(self.bundle.steps), xp=self._xp)
         with ops.cpu_threads(self.threads):
             records = run_stages(self.stages, state)
             result = self._result(state, records)
@@ -349,18 +357,44 @@ class Registrar:
         }
         logger.info("registered in %.2f s: folding %.5f, inverse consistency %.3f voxels",
                     stats["seconds_total"], stats["folding_fraction"], stats["inverse_consistency_voxels_mean"])
+        # The host saves: what a device run made comes back here, once.
+        from .ops import to_host
+
         return RegistrationResult(
-            warped=io.make_nifti(state.warped.astype(np.float32), state.fixed.affine),
-            jacobian=io.make_nifti(state.jacobian, state.fixed.affine),
+            warped=io.make_nifti(to_host(state.warped).astype(np.float32), state.fixed.affine),
+            jacobian=io.make_nifti(to_host(state.jacobian), state.fixed.affine),
             stats=stats,
             affine_matrix=state.world_matrix,
             fixed=state.fixed,
             moving=state.moving,
-            forward_field=state.forward_field,
-            inverse_field=state.inverse_field,
-            forward_ras=state.forward_ras,
+            forward_field=(to_host(state.forward_field[0]), state.forward_field[1]),
+            inverse_field=(to_host(state.inverse_field[0]), state.inverse_field[1]),
+            forward_ras=to_host(state.forward_ras),
             threads=self.threads,
         )
+
+
+DEVICES = ("cpu", "cuda")
+
+
+def _array_module(device: str):
+    """numpy for "cpu"; cupy for "cuda", once it is sure to run (a clear error otherwise)."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return np
+    from . import ops
+
+    if not ops.build_info()["cuda"]:
+        raise RuntimeError("device='cuda' needs smgic_rt._C built with CUDA (nvcc found at install time)")
+    if not ops.cuda_available():
+        raise RuntimeError("device='cuda' needs a CUDA GPU, and none answers here (ops.cuda_available() is False)")
+    try:
+        import cupy
+    except ImportError as error:
+        raise RuntimeError("device='cuda' keeps the pair's arrays in cupy: pip install cupy-cuda12x "
+                           "(or the build for this machine's CUDA)") from error
+    return cupy
 
 
 def _describe(volume: io.Volume) -> dict:

@@ -279,8 +279,9 @@ def _ops():
 _IDENTITY_3X4 = np.hstack([np.eye(3), np.zeros((3, 1))])
 
 
-def _float32(array: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(array, dtype=np.float32)
+def _float32(array):
+    """A C-contiguous float32 array in `array`'s own namespace (numpy, or cupy on the GPU)."""
+    return _ops().array_namespace(array).ascontiguousarray(array, dtype=np.float32)
 
 
 def model_to_native_displacement(
@@ -303,7 +304,6 @@ def model_to_native_displacement(
     affine stage's fixed-world -> moving-world matrix after the forward deformation, or its
     inverse before the inverse deformation.
     """
-    model_displacement = np.asarray(model_displacement)
     if model_displacement.ndim != 4 or model_displacement.shape[0] != 3:
         raise ValueError(f"model_displacement must have shape (3, X, Y, Z), got {model_displacement.shape}")
     native_affine = np.asarray(native_affine, dtype=np.float64)
@@ -421,14 +421,15 @@ FIELD_QUANTUM_MM = 2.0 ** -10
 JACOBIAN_QUANTUM = 2.0 ** -14
 
 
-def quantize(array: np.ndarray, quantum: float) -> np.ndarray:
-    """`array` (float32) rounded in place to the nearest multiple of `quantum`, a power of two
-    (so that scaling by it is exact); returns it."""
+def quantize(array, quantum: float):
+    """`array` (float32, numpy or cupy) rounded in place to the nearest multiple of `quantum`, a
+    power of two (so that scaling by it is exact); returns it."""
     if np.log2(quantum) != round(np.log2(quantum)) or array.dtype != np.float32:
         raise ValueError(f"quantize needs a power-of-two quantum and a float32 array, got {quantum} and {array.dtype}")
-    np.multiply(array, np.float32(1.0 / quantum), out=array)
-    np.rint(array, out=array)
-    np.multiply(array, np.float32(quantum), out=array)
+    xp = _ops().array_namespace(array)
+    xp.multiply(array, np.float32(1.0 / quantum), out=array)
+    xp.rint(array, out=array)
+    xp.multiply(array, np.float32(quantum), out=array)
     return array
 
 

@@ -173,3 +173,49 @@ def test_cuda_filters_lncc_and_gradient_match_cpu(brain):
     gradient = cupy.empty((3, *brain.shape), dtype=cupy.float32)
     _C.image_gradient_cuda(i.data.ptr, gradient.data.ptr, brain.shape)
     np.testing.assert_allclose(cupy.asnumpy(gradient), _C.image_gradient(brain), atol=1e-6)
+
+
+def _local_ncc_sum(f, m, centre, radius, eps):
+    """Sum of cc(x) over the windows x that hold voxel `centre`, in float64, straight from the
+    definition (the kernel's eps-floored statistics): the part of the objective one voxel moves."""
+    total = 0.0
+    r = radius
+    for x in np.ndindex(*(2 * r + 1,) * 3):
+        x = tuple(c - r + o for c, o in zip(centre, x))
+        window = tuple(slice(c - r, c + r + 1) for c in x)
+        a, b = f[window].astype(np.float64), m[window].astype(np.float64)
+        var_a = max(np.mean(a * a) - np.mean(a) ** 2, 0.0) + eps
+        var_b = max(np.mean(b * b) - np.mean(b) ** 2, 0.0) + eps
+        total += (np.mean(a * b) - np.mean(a) * np.mean(b) + eps) / np.sqrt(var_a * var_b)
+    return total
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_the_exact_ncc_gradient_matches_finite_differences(radius):
+    from smgic_rt.refine import _ncc_derivatives
+
+    rng = np.random.default_rng(radius)
+    f = np.ascontiguousarray(box_mean(rng.random((1, 14, 15, 13)).astype(np.float32), 1)[0])
+    m = np.ascontiguousarray((0.6 * f + 0.4 * box_mean(rng.random((1, 14, 15, 13)).astype(np.float32), 1)[0]))
+    options = RefineOptions(radius=radius, gradient="exact")
+    means = box_mean(np.stack([f, m, f * f, m * m, f * m]), radius)
+    d_fixed, d_moving = _ncc_derivatives(f, m, means, options)
+    h = 1e-3
+    for y in [(6, 7, 6), (7, 6, 7), (5, 8, 6)]:  # at least 2 radius from every face
+        for image, derivative in ((m, d_moving), (f, d_fixed)):
+            up, down = image.astype(np.float64), image.astype(np.float64)
+            up[y] += h
+            down[y] -= h
+            if image is m:
+                numeric = (_local_ncc_sum(f, up, y, radius, options.eps) - _local_ncc_sum(f, down, y, radius, options.eps))
+            else:
+                numeric = (_local_ncc_sum(up, m, y, radius, options.eps) - _local_ncc_sum(down, m, y, radius, options.eps))
+            assert derivative[y] == pytest.approx(numeric / (2 * h), rel=2e-3, abs=1e-3)
+    # and it is not the own-window approximation (which the "window" gradient takes)
+    _, _, approx_moving = _C.lncc(f, m, means, options.eps)
+    assert np.abs(approx_moving - d_moving).max() > 1e-2
+
+
+def test_an_unknown_gradient_is_refused():
+    with pytest.raises(ValueError, match=r"gradient must be one of \['window', 'exact'\]"):
+        RefineOptions(gradient="sobel")

@@ -17,6 +17,21 @@ def test_unknown_backend_lists_the_valid_ones():
         Registrar(backend="cuda")
 
 
+def test_unknown_device_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"device must be one of \['cpu', 'cuda'\], got 'gpu'"):
+        Registrar(device="gpu")
+
+
+def test_a_cuda_device_without_a_gpu_says_what_is_missing():
+    from smgic_rt import ops
+
+    if ops.cuda_available():
+        pytest.skip("a GPU answers here")
+    expected = "needs a CUDA GPU" if ops.build_info()["cuda"] else "needs smgic_rt._C built with CUDA"
+    with pytest.raises(RuntimeError, match=expected):
+        Registrar(device="cuda")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"affine": "sometimes"}, "affine must be one of"),
     ({"refine": "maybe"}, "refine must be one of"),

@@ -21,7 +21,7 @@ from .state import PairState
 
 __all__ = ["STAGE_MODES", "Stage", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage", "NetworkOptions", "FieldsOptions", "covering_lattice",
            "RefineStage", "IntegrateStage", "FieldsStage", "ResampleStage", "QualityStage",
-           "check_mode"]
+           "check_mode", "as_field"]
 
 STAGE_MODES = ("auto", "on", "off")
 
@@ -81,9 +81,12 @@ class LoadStage(Stage):
         if inputs.get("moving_mask") is not None:
             state.moving_mask = volume_or_load(inputs["moving_mask"], io.load_mask, like=state.moving,
                                                name="moving mask")
-        state.fixed_data = state.fixed.data if state.fixed_mask is None else state.fixed.data * state.fixed_mask.data
-        state.moving_data = (state.moving.data if state.moving_mask is None
-                             else state.moving.data * state.moving_mask.data)
+        # The host -> device boundary of a GPU run (`state.xp` cupy): every later stage works on
+        # these (and, to resample it once, on the moving image's own data).
+        xp = state.xp
+        fixed, moving = xp.asarray(state.fixed.data), xp.asarray(state.moving.data)
+        state.fixed_data = fixed if state.fixed_mask is None else fixed * xp.asarray(state.fixed_mask.data)
+        state.moving_data = moving if state.moving_mask is None else moving * xp.asarray(state.moving_mask.data)
         return {"fixed_mask": state.fixed_mask is not None, "moving_mask": state.moving_mask is not None}
 
 
@@ -140,7 +143,8 @@ def images_on_grid(state, shape, spacing, grid_affine):
             else np.linalg.inv(state.world_matrix) @ state.moving.affine)
     moving, _ = preprocess.prepare(state.moving_data, seen, shape, spacing, grid_affine=grid_affine,
                                    intensity=state.intensity)
-    return fixed, moving
+    # From here on the pair's arrays live in `state.xp` (on the GPU for a device run).
+    return state.xp.asarray(fixed), state.xp.asarray(moving)
 
 
 @dataclass(frozen=True)
@@ -183,11 +187,12 @@ class NetworkStage(Stage):
         return self.mode != "off" and self.not_run_reason is None
 
     def run(self, state):
-        from .. import network
+        from .. import network, ops
 
-        velocity, timings = network.predict_velocity(self.backend, self.bundle, state.fixed_model, state.moving_model,
-                                                     levels=self.levels)
-        state.velocity = as_field(velocity, "network velocity")
+        # The backends take host arrays (the torch-CUDA and TensorRT ones upload them themselves).
+        velocity, timings = network.predict_velocity(self.backend, self.bundle, ops.to_host(state.fixed_model),
+                                                     ops.to_host(state.moving_model), levels=self.levels)
+        state.velocity = as_field(state.xp.asarray(ops.to_host(velocity)), "network velocity")
         return {"seconds": timings, "levels": self.levels, "profile": self.profile}
 
 
@@ -228,7 +233,7 @@ class RefineStage(Stage):
         steps = state.integration_steps + 1
         options = dataclasses.replace(self.options, factors=(1,), iterations=(self.options.fine_iterations,),
                                       steps=steps, zero_if_better=False, fine_iterations=0)
-        velocity = ops.upsample_field(np.ascontiguousarray(state.velocity), shape)
+        velocity = ops.upsample_field(state.xp.ascontiguousarray(state.velocity), shape)
         refined = refine_velocity(fixed, moving, velocity, options=options)
         state.velocity = as_field(refined.velocity, "refined velocity (finer grid)")
         state.grid_shape, state.spacing, state.model_affine = shape, spacing, grid
@@ -247,9 +252,9 @@ class IntegrateStage(Stage):
         velocity = state.velocity
         if velocity is None:  # neither the network nor the refinement ran: the identity
             velocity = state.xp.zeros((3, *state.grid_shape), np.float32)
-        steps = state.integration_steps
-        state.forward_model = ops.integrate_velocity(np.ascontiguousarray(velocity, dtype=np.float32), steps=steps)
-        state.inverse_model = ops.integrate_velocity(np.ascontiguousarray(-velocity, dtype=np.float32), steps=steps)
+        steps, xp = state.integration_steps, state.xp
+        state.forward_model = ops.integrate_velocity(xp.ascontiguousarray(velocity, dtype=np.float32), steps=steps)
+        state.inverse_model = ops.integrate_velocity(xp.ascontiguousarray(-velocity, dtype=np.float32), steps=steps)
         return {"steps": steps}
 
 
@@ -333,8 +338,8 @@ class ResampleStage(Stage):
         # forward_ras is warp.nii.gz on the fixed grid (up to the exact LPS sign flip) before its
         # rounding to FIELD_QUANTUM_MM: on the native grid the file's values, on the compact one
         # what ITK's trilinear reading of the file gives; so files and result agree.
-        state.warped = transforms.warp_image(state.moving.data, state.moving.affine, state.forward_ras,
-                                             state.fixed.affine)
+        moving = state.moving_data if state.moving_mask is None else state.xp.asarray(state.moving.data)
+        state.warped = transforms.warp_image(moving, state.moving.affine, state.forward_ras, state.fixed.affine)
         return {}
 
 
@@ -347,31 +352,35 @@ class QualityStage(Stage):
     def run(self, state):
         from .. import ops
 
+        xp = state.xp
         jacobian = transforms.field_jacobian_determinant(state.forward_ras, state.fixed.affine)
         composed = ops.compose(state.inverse_model, state.forward_model)
-        inverse_error = np.sqrt((np.asarray(composed, dtype=np.float64) ** 2).sum(axis=0))
+        inverse_error = xp.sqrt((composed.astype(np.float64) ** 2).sum(axis=0))
         brain = state.fixed_model > 0
-        state.jacobian = transforms.quantize(np.asarray(jacobian, dtype=np.float32), transforms.JACOBIAN_QUANTUM)
+        jacobian = state.jacobian = transforms.quantize(jacobian, transforms.JACOBIAN_QUANTUM)  # as written
         state.quality = {
-            "folding_fraction": float(np.mean(jacobian <= 0)),
-            "folding_voxels": int(np.count_nonzero(jacobian <= 0)),
+            "folding_fraction": float(xp.mean(jacobian <= 0)),
+            "folding_voxels": int(xp.count_nonzero(jacobian <= 0)),
             "jacobian_min": float(jacobian.min()),
             "jacobian_max": float(jacobian.max()),
             "inverse_consistency_voxels_mean": float(inverse_error.mean()),
-            "inverse_consistency_voxels_brain_mean": float(inverse_error[brain].mean()) if brain.any() else None,
+            "inverse_consistency_voxels_brain_mean": float(inverse_error[brain].mean()) if bool(brain.any()) else None,
             "inverse_consistency_voxels_max": float(inverse_error.max()),
         }
         return {}
 
 
-def as_field(array, name: str) -> np.ndarray:
-    """A (3, X, Y, Z) float32 field from a backend's (1, 3, ...) or (3, ...) output."""
-    array = np.asarray(array)
+def as_field(array, name: str):
+    """A (3, X, Y, Z) float32 field, in the array's own namespace, from a (1, 3, ...) or (3, ...) one."""
+    from .. import ops
+
+    xp = ops.array_namespace(array)
+    array = xp.asarray(array)
     if array.ndim == 5 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 4 or array.shape[0] != 3:
         raise RuntimeError(f"{name} must have shape (3, X, Y, Z) or (1, 3, X, Y, Z), got {array.shape}")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return xp.ascontiguousarray(array, dtype=np.float32)
 
 
 def volume_or_load(image, loader, **kwargs) -> io.Volume:
