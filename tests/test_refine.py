@@ -34,14 +34,16 @@ def _inside(brain):
     return brain > 0.1
 
 
-def test_known_smooth_deformation_is_recovered(brain):
+@pytest.mark.parametrize("gradient, symmetric", [("window", True), ("exact", False)])  # the two presets' ways
+def test_known_smooth_deformation_is_recovered(brain, gradient, symmetric):
     v_true = _smooth_velocity(0, 8.0)
     moving = ops.warp(brain[None], ops.integrate_velocity(v_true))[0]  # moving(x) = fixed(x + u_true(x))
     # The answer pulls moving back onto fixed: exp(-v_true).
     expected = ops.integrate_velocity(-v_true)
     before = np.sqrt(np.sum(expected ** 2, axis=0))[_inside(brain)]
     # Sub-voxel accuracy needs the model grid itself as the last level.
-    result = refine_velocity(brain, moving, None, options=RefineOptions(factors=(4, 2, 1), iterations=(60, 40, 20)))
+    options = RefineOptions(factors=(4, 2, 1), iterations=(60, 40, 20), gradient=gradient, symmetric=symmetric)
+    result = refine_velocity(brain, moving, None, options=options)
     error = np.sqrt(np.sum((ops.integrate_velocity(result.velocity) - expected) ** 2, axis=0))[_inside(brain)]
     assert np.median(before) > 2.0          # several voxels to recover
     assert np.median(error) < 0.5, (np.median(before), np.median(error))
