@@ -65,8 +65,9 @@ class RefineOptions:
     # Measured (mean Dice): real pairs 0.7086 -> 0.7120, but the 256^3 pair of benchmarks/peers.py
     # 0.7582 -> 0.7519, the heads 0.9289 -> 0.9266, and +1.2 s on that pair (7.2 s against 6.0,
     # 5 alternating runs); with the accurate preset real pairs 0.7104 -> 0.7129 but the 256^3
-    # pair 0.7625 -> 0.7574 (+11 s). Better on four pairs, worse on both MNI152/CAT12 ones: no
-    # clear gain, so neither preset takes it; it stays an option.
+    # pair 0.7625 -> 0.7574 (+11 s). Better on four pairs, worse on both MNI152/CAT12 ones, so
+    # the fast default does not take it; the accurate preset does, with symmetric=False below
+    # (together 0.7160 on the real pairs, smgic_rt.quality).
     gradient: str = "window"
     # True: both images move half-way and meet at the midpoint (unbiased towards either grid);
     # False: the moving image alone moves, through exp(v), onto the fixed image as it is, as
