@@ -10,7 +10,7 @@ A preset is nothing but options for the stages; options passed explicitly
   ``symmetric=False``; `smgic_rt.refine.RefineOptions` says what each does). What each sets is
   `PRESETS` below. Measured on the real-pair set (6 directed pairs, raw headers; 2 threads):
   mean Dice 0.7086 (fast) -> 0.7104 with the longer, finer refinement alone -> 0.7160 with both
-  (Greedy 0.7168), about 50 s a pair on this machine instead of 5; the affine stage also at
+  (Greedy 0.7168), 35-50 s a pair on this machine today instead of 4-5; the affine stage also at
   2 mm changed nothing (0.7110 without it, earlier), 25 iterations on the fine grid nothing
   either (0.7105), so neither is in the preset.
 """
