@@ -90,7 +90,7 @@ def _block_means(data, affine, spacing):
     (at 1 mm, filtering the full image for 4 mm took most of this stage's time)."""
     while np.linalg.norm(affine[:3, :3], axis=0).max() * 2 <= spacing and min(data.shape) >= 4:
         even = tuple(n - n % 2 for n in data.shape)
-        block = ops.array_namespace(data).ascontiguousarray(data[: even[0], : even[1], : even[2]], dtype=np.float32)
+        block = ops.contiguous_float32(data[: even[0], : even[1], : even[2]])
         data, affine = ops.downsample_haar(block[None])[0], affine @ _HALVING
     return data, affine
 

@@ -59,6 +59,7 @@ __all__ = [
     "launch_target",
     "array_namespace",
     "to_host",
+    "contiguous_float32",
 ]
 
 _INTERPOLATION = {"linear": 0, "nearest": 1, "label": 2}
@@ -144,6 +145,11 @@ def array_namespace(*arrays):
 
         return cupy
     return np
+
+
+def contiguous_float32(array):
+    """`array` as a C-contiguous float32 array of its own namespace (a copy only where needed)."""
+    return array_namespace(array).ascontiguousarray(array, dtype=np.float32)
 
 
 def to_host(array):

@@ -101,7 +101,7 @@ def foreground_centre(data, affine) -> np.ndarray:
         mask = sample > finite.min()
     if not bool(mask.any()):
         raise ValueError("image is constant: no foreground to centre the model grid on")
-    index = np.array([float(c) for c in xp.argwhere(mask).mean(axis=0)]) * step
+    index = ops.to_host(xp.argwhere(mask).mean(axis=0)) * step
     return affine[:3, :3] @ index + affine[:3, 3]
 
 
@@ -133,7 +133,7 @@ def antialias(data, affine, spacing) -> np.ndarray:
     sigmas = np.sqrt(np.maximum(ratio ** 2 - 1.0, 0.0)) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
     # Below 0.3 voxel the filter would barely differ from the identity: leave that axis alone.
     sigmas = np.where(sigmas < 0.3, 0.0, sigmas)
-    return smooth(ops.array_namespace(data).ascontiguousarray(data, dtype=np.float32)[None], sigmas)[0]
+    return smooth(ops.contiguous_float32(data)[None], sigmas)[0]
 
 
 def resample(data, affine, grid_affine, shape, interpolation="linear", smooth=True) -> np.ndarray:
@@ -145,7 +145,7 @@ def resample(data, affine, grid_affine, shape, interpolation="linear", smooth=Tr
     data, affine = _check_volume(data, affine)
     shape = _three(shape, "shape", int)
     grid_affine = np.asarray(grid_affine, dtype=np.float64)
-    volume = ops.array_namespace(data).ascontiguousarray(data, dtype=np.float32)
+    volume = ops.contiguous_float32(data)
     if interpolation == "linear" and smooth:
         volume = antialias(volume, affine, np.linalg.norm(grid_affine[:3, :3], axis=0))
     matrix = np.linalg.solve(affine, grid_affine)  # grid voxel -> data voxel

@@ -280,8 +280,7 @@ _IDENTITY_3X4 = np.hstack([np.eye(3), np.zeros((3, 1))])
 
 
 def _float32(array):
-    """A C-contiguous float32 array in `array`'s own namespace (numpy, or cupy on the GPU)."""
-    return _ops().array_namespace(array).ascontiguousarray(array, dtype=np.float32)
+    return _ops().contiguous_float32(array)
 
 
 def model_to_native_displacement(

@@ -192,7 +192,7 @@ class NetworkStage(Stage):
         # The backends take host arrays (the torch-CUDA and TensorRT ones upload them themselves).
         velocity, timings = network.predict_velocity(self.backend, self.bundle, ops.to_host(state.fixed_model),
                                                      ops.to_host(state.moving_model), levels=self.levels)
-        state.velocity = as_field(state.xp.asarray(ops.to_host(velocity)), "network velocity")
+        state.velocity = as_field(state.xp.asarray(velocity), "network velocity")  # a host array
         return {"seconds": timings, "levels": self.levels, "profile": self.profile}
 
 
