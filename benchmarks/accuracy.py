@@ -26,6 +26,8 @@ skull-stripped by their labels first. Methods, each on every pair:
 - ``full``: affine + network + refinement (``network="on", refine="on"``);
 - ``default``: ``Registrar()`` as shipped (every stage "auto": on a CPU the bundle's profile runs
   no network level, so today this is ``refine_only``; ``--quality`` picks the preset);
+- ``fast``, ``accurate``: ``Registrar(quality=...)`` with that preset whatever ``--quality`` says,
+  so that one run scores both presets beside the peers;
 - ``greedy``: PICSL Greedy's brain commands (benchmarks/peer_tools.py), 2 threads;
 - ``ants_syn``: ``ants.registration(type_of_transform="SyN")`` with 2 ITK threads, labels warped
   with ``genericLabel`` (benchmarks/peer_tools.py);
@@ -64,8 +66,12 @@ from smgic_rt import atomic  # noqa: E402
 import peer_tools  # noqa: E402
 import real_pairs  # noqa: E402
 
-METHODS = ("none", "affine", "network", "refine_only", "full", "default", "greedy", "ants_syn", "ants_best")
+METHODS = ("none", "affine", "network", "refine_only", "full", "default", "fast", "accurate", "greedy", "ants_syn",
+           "ants_best")
 SETTINGS = {"default": dict(),  # what Registrar() and smgic-register do, whatever that is today
+            # the two presets whatever --quality says, so that one run holds both beside the peers
+            "fast": dict(quality="fast"),
+            "accurate": dict(quality="accurate"),
             "affine": dict(affine="on", network="off", refine="off"),
             "network": dict(affine="on", network="on", refine="off"),
             "refine_only": dict(affine="on", network="off", refine="on"),
@@ -101,6 +107,8 @@ def _score_smgic(registrar, pair) -> dict:
     return {
         **_score_labels(pair, warped_labels),
         "folding_fraction": float(result.stats["folding_fraction"]),
+        # |exp(-v) o exp(v) - id| in the fixed brain, model-grid voxels
+        "inverse_consistency_voxels": result.stats.get("inverse_consistency_voxels_brain_mean"),
         "seconds": seconds,
         "stage_seconds": result.stats.get("seconds"),
         # "given" (the network's velocity) or "zero" (dropped: it scored worse than none)
@@ -161,7 +169,8 @@ def _make_registrars(bundle, methods, quality: str = "fast"):
         if name not in SETTINGS:
             continue
         try:
-            registrar = Registrar(bundle, backend="onnxruntime", quality=quality, threads=THREADS, **SETTINGS[name])
+            settings = {"quality": quality, **SETTINGS[name]}
+            registrar = Registrar(bundle, backend="onnxruntime", threads=THREADS, **settings)
             made[name] = (registrar, None)
         except Exception as error:  # noqa: BLE001  (reported in the table, not hidden)
             made[name] = (None, f"{type(error).__name__}: {error}")
@@ -180,7 +189,14 @@ def _pair_row(pair) -> dict:
 def _summarise(values) -> dict:
     dice = np.array([v["dice"] for v in values])
     return {"pairs": len(values), "dice_mean": float(dice.mean()), "dice_std": float(dice.std()),
-            "dice": dice.tolist(), "seconds_mean": float(np.mean([v["seconds"] for v in values]))}
+            "dice": dice.tolist(), "seconds_mean": float(np.mean([v["seconds"] for v in values])),
+            # smgic rows only (the peers' inverses are not exp(-v) of one field)
+            "inverse_consistency_voxels_mean": _mean_or_none([v.get("inverse_consistency_voxels") for v in values])}
+
+
+def _mean_or_none(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def run(pairs: int, resolution: float, seed: int, methods, bundle=None, brain_only: bool = False,
@@ -274,17 +290,19 @@ def table(report: dict) -> str:
     groups = ("raw", "misplaced", "unseen") if real else ()
     for name, s in report["summary"].items():
         if not s["available"]:
-            rows.append([name, "unavailable", *("" for _ in groups), "", "", "", s["reason"][:80]])
+            rows.append([name, "unavailable", *("" for _ in groups), "", "", "", "", s["reason"][:80]])
             continue
         ratio = f"{s['seconds_mean'] / ants_seconds:.3f}" if ants_seconds and name != "none" else ""
         by_group = []
         for group in groups:
             g = s["groups"].get(group)
             by_group.append(f"{g['dice_mean']:.3f} ± {g['dice_std']:.3f}" if g else "")
-        rows.append([name, f"{s['dice_mean']:.3f} ± {s['dice_std']:.3f}", *by_group,
-                     f"{100 * s['folding_fraction_mean']:.4f}", f"{s['seconds_mean']:.2f}", ratio, f"{s['pairs']} pairs"])
+        consistency = s.get("inverse_consistency_voxels_mean")
+        rows.append([name, f"{s['dice_mean']:.4f} ± {s['dice_std']:.3f}", *by_group,
+                     f"{100 * s['folding_fraction_mean']:.4f}", "" if consistency is None else f"{consistency:.3f}",
+                     f"{s['seconds_mean']:.2f}", ratio, f"{s['pairs']} pairs"])
     header = ["method", "mean Dice", *(f"{g} headers" if g != "unseen" else "unseen pairs" for g in groups),
-              "% |J|<=0", "s / pair", "time / ANTs", "note"]
+              "% |J|<=0", "inverse consistency (vox, brain)", "s / pair", "time / ANTs", "note"]
     return common.markdown_table(header, rows)
 
 

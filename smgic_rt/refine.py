@@ -27,6 +27,7 @@ objective (the line search compares it) and the largest force per iteration (the
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -35,10 +36,14 @@ import numpy as np
 from . import ops
 from ._filters import box_mean, smooth
 
-__all__ = ["RefineOptions", "RefineResult", "refine_velocity", "objective", "GRADIENTS"]
+__all__ = ["RefineOptions", "RefineResult", "refine_velocity", "objective", "level_options", "GRADIENTS", "PER_LEVEL"]
 
 
 GRADIENTS = ("window", "exact")
+# Options that may hold one value per level (a tuple as long as `factors`, coarsest first) instead
+# of one for all; a finer grid after the levels (`fine_iterations`) takes the last level's value.
+# Each level's record in the stats says the values it ran with.
+PER_LEVEL = ("fluid_sigma", "reg", "symmetric", "gradient")
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,12 @@ class RefineOptions:
     max_seconds: float | None = None
 
     def __post_init__(self):
-        if self.gradient not in GRADIENTS:
+        for name in PER_LEVEL:
+            value = getattr(self, name)
+            if isinstance(value, tuple) and len(value) != len(self.factors):
+                raise ValueError(f"{name} must be one value or one per level ({len(self.factors)}, as factors), "
+                                 f"got {value!r}")
+        if any(g not in GRADIENTS for g in (self.gradient if isinstance(self.gradient, tuple) else (self.gradient,))):
             raise ValueError(f"gradient must be one of {list(GRADIENTS)}, got {self.gradient!r}")
         if not isinstance(self.fine_iterations, int) or isinstance(self.fine_iterations, bool) or self.fine_iterations < 0:
             raise ValueError(f"fine_iterations must be an int >= 0, got {self.fine_iterations!r}")
@@ -177,7 +187,8 @@ def _ncc_derivatives(fixed_w, moving_w, means, options: RefineOptions):
     eps-floored statistics as `ops.lncc`), ``d/dm(y) = f(y) <a> - <a mean_f> - m(y) <b_m> +
     <b_m mean_m>``, ``<.>`` the box mean around y. ANTs' CC (and this refinement before)
     keeps only y's own window (``gradient="window"``). One more box mean of 7 channels per
-    iteration: only the accepted step needs it, the line search's evaluations do not.
+    iteration (4 when only the moving image moves, ``symmetric=False``: ``d_fixed`` is then
+    None): only the accepted step needs it, the line search's evaluations do not.
     """
     xp = ops.array_namespace(fixed_w, moving_w, means)
     mean_f, mean_m, mean_ff, mean_mm, mean_fm = means
@@ -185,7 +196,11 @@ def _ncc_derivatives(fixed_w, moving_w, means, options: RefineOptions):
     var_m = xp.maximum(mean_mm - mean_m * mean_m, np.float32(0)) + np.float32(options.eps)
     cov = mean_fm - mean_f * mean_m + np.float32(options.eps)
     a = np.float32(1) / xp.sqrt(var_f * var_m)
-    b_f, b_m = a * cov / var_f, a * cov / var_m
+    b_m = a * cov / var_m
+    if not options.symmetric:  # the fixed image does not move: its derivative is not needed
+        sums = box_mean(xp.stack([a, a * mean_f, b_m, b_m * mean_m]), options.radius)
+        return None, fixed_w * sums[0] - sums[1] - moving_w * sums[2] + sums[3]
+    b_f = a * cov / var_f
     sums = box_mean(xp.stack([a, a * mean_f, a * mean_m, b_m, b_m * mean_m, b_f, b_f * mean_f]), options.radius)
     d_moving = fixed_w * sums[0] - sums[1] - moving_w * sums[3] + sums[4]
     d_fixed = moving_w * sums[0] - sums[2] - fixed_w * sums[5] + sums[6]
@@ -193,9 +208,10 @@ def _ncc_derivatives(fixed_w, moving_w, means, options: RefineOptions):
 
 
 def objective(fixed, moving, velocity, options: RefineOptions = RefineOptions()) -> float:
-    """The refinement's objective (lower is better) for `velocity` on this pair."""
+    """The refinement's objective (lower is better) for `velocity` on this pair, as its last
+    level defines it."""
     fixed, moving, velocity = _check(fixed, moving, velocity)
-    return _evaluate(fixed, moving, velocity, options)[0]
+    return _evaluate(fixed, moving, velocity, level_options(options, -1))[0]
 
 
 def _optimise_level(fixed, moving, v, iterations, options: RefineOptions, deadline, factor):
@@ -267,6 +283,12 @@ def _check(fixed, moving, velocity):
     return arrays
 
 
+def level_options(options: RefineOptions, index: int) -> RefineOptions:
+    """`options` with each `PER_LEVEL` option at its value for level `index` (-1: the last)."""
+    return dataclasses.replace(options, **{name: getattr(options, name)[index] for name in PER_LEVEL
+                                           if isinstance(getattr(options, name), tuple)})
+
+
 def _downsample(volume, times: int):
     xp = ops.array_namespace(volume)
     for _ in range(times):
@@ -279,14 +301,16 @@ def _run_levels(fixed, moving, start_velocity, options: RefineOptions, deadline)
     xp = ops.array_namespace(fixed, moving, start_velocity)
     levels = []
     v_full = start_velocity.copy()
-    for factor, iterations in zip(options.factors, options.iterations):
+    for index, (factor, iterations) in enumerate(zip(options.factors, options.iterations)):
         times = int(round(np.log2(factor)))
         if 2 ** times != factor or any(n % factor or n // factor < 4 for n in fixed.shape):
             continue  # this grid does not halve that often
         tick = time.perf_counter()
         f, m = _downsample(fixed[None], times)[0], _downsample(moving[None], times)[0]
         v_start = _downsample(v_full, times) / np.float32(factor)
-        v_level, record = _optimise_level(f, m, xp.ascontiguousarray(v_start), iterations, options, deadline, factor)
+        settings = level_options(options, index)
+        v_level, record = _optimise_level(f, m, xp.ascontiguousarray(v_start), iterations, settings, deadline,
+                                          factor)
         if times == 0:
             v_full = v_level
         else:
@@ -294,7 +318,8 @@ def _run_levels(fixed, moving, start_velocity, options: RefineOptions, deadline)
             for _ in range(times):  # carry the change (not the start) up to the model grid
                 delta = ops.upsample_field(xp.ascontiguousarray(delta))
             v_full = v_full + delta
-        record.update(factor=factor, seconds=time.perf_counter() - tick)
+        record.update(factor=factor, seconds=time.perf_counter() - tick,
+                      **{name: getattr(settings, name) for name in PER_LEVEL})
         levels.append(record)
     return levels, v_full
 
@@ -314,12 +339,13 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
         raise ValueError(f"max_seconds must be a positive number of seconds or None, got {budget!r}")
     started = time.perf_counter()
     deadline = None if budget is None else started + float(budget)
-    # The objective is judged on the model grid.
-    start_value = given_value = _evaluate(fixed, moving, start_velocity, options)[:2]
+    # The objective is judged on the model grid, as the last level defines it.
+    judged = level_options(options, -1)
+    start_value = given_value = _evaluate(fixed, moving, start_velocity, judged)[:2]
     start = "given"
     if options.zero_if_better and bool(xp.any(start_velocity)):
         zero = xp.zeros_like(start_velocity)
-        zero_value = _evaluate(fixed, moving, zero, options)[:2]
+        zero_value = _evaluate(fixed, moving, zero, judged)[:2]
         if zero_value[0] < given_value[0]:
             start_velocity, start_value, start = zero, zero_value, "zero"
     with ops.inputs_known_finite():  # _check made them finite; the kernels keep them so
@@ -328,7 +354,7 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
     if levels and levels[-1]["factor"] == 1:
         end_value = (levels[-1]["objective_after"], levels[-1]["ncc_after"])
     else:
-        end_value = _evaluate(fixed, moving, v_full, options) if levels else start_value
+        end_value = _evaluate(fixed, moving, v_full, judged) if levels else start_value
     kept = end_value[0] < start_value[0]
     stats = {
         "levels": levels,

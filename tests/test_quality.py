@@ -19,12 +19,15 @@ from test_registrar_support import block_downsample, package_file
 
 def test_the_presets_set_exactly_this():
     assert QUALITIES == ("fast", "accurate")
-    assert PRESETS["fast"] == {"affine_options": AffineOptions(), "refine_options": RefineOptions()}
+    fast = PRESETS["fast"]
+    assert fast["affine_options"] == AffineOptions()
+    assert fast["refine_options"] == RefineOptions(iterations=(60, 40, 16), symmetric=(True, True, False),
+                                                   gradient=("window", "window", "exact"))
+    assert fast["refine_options"].factors == (4, 2, 1) and fast["refine_options"].fine_iterations == 0
     accurate = PRESETS["accurate"]
     assert accurate["affine_options"] == AffineOptions()
     assert accurate["refine_options"] == RefineOptions(iterations=(60, 40, 16), fine_iterations=10, gradient="exact",
                                                        symmetric=False)
-    assert RefineOptions().fine_iterations == 0  # the fast default never leaves the model grid
 
 
 def test_explicit_options_win_over_the_preset_and_nonsense_is_refused():

@@ -2,6 +2,8 @@
 stays put, the objective never ends above its start, reruns are identical, bad input is refused;
 the CUDA kernels match the CPU ones where a GPU exists."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -99,6 +101,35 @@ def test_the_grid_faces_stay_put_unless_the_boundary_is_freed(brain):
     assert np.abs(kept.velocity).max() > 1.0  # the inside did move
     freed = refine_velocity(brain, moving, None, options=RefineOptions(boundary=0))
     assert np.abs(_faces(freed.velocity)).max() > 0.5
+
+
+def test_per_level_options_run_each_level_with_its_own_value(brain):
+    moving = ops.warp(brain[None], ops.integrate_velocity(_smooth_velocity(2, 3.0)))[0]
+    mixed = RefineOptions(iterations=(10, 5, 3), fluid_sigma=(2.0, 1.5, 1.0), reg=(0.05, 0.05, 0.02),
+                          symmetric=(True, True, False), gradient=("window", "window", "exact"))
+    result = refine_velocity(brain, moving, None, options=mixed)
+    ran = [{name: level[name] for name in ("fluid_sigma", "reg", "symmetric", "gradient")}
+           for level in result.stats["levels"]]
+    assert ran == [{"fluid_sigma": 2.0, "reg": 0.05, "symmetric": True, "gradient": "window"},
+                   {"fluid_sigma": 1.5, "reg": 0.05, "symmetric": True, "gradient": "window"},
+                   {"fluid_sigma": 1.0, "reg": 0.02, "symmetric": False, "gradient": "exact"}]
+    # The result is judged by the last level's objective: the refinement never ends above its
+    # start by it, and `objective` reads the same one.
+    last = RefineOptions(fluid_sigma=1.0, reg=0.02, symmetric=False, gradient="exact")
+    assert objective(brain, moving, result.velocity, mixed) == objective(brain, moving, result.velocity, last)
+    assert result.stats["objective_after"] == pytest.approx(objective(brain, moving, result.velocity, last), abs=1e-6)
+    assert result.stats["objective_after"] < objective(brain, moving, np.zeros_like(result.velocity), last)
+    # One value per level, or the same value for all, gives the same result.
+    same = refine_velocity(brain, moving, None, options=RefineOptions(iterations=(10, 5, 3), fluid_sigma=(1.5,) * 3))
+    plain = refine_velocity(brain, moving, None, options=RefineOptions(iterations=(10, 5, 3)))
+    assert np.array_equal(same.velocity, plain.velocity)
+
+
+@pytest.mark.parametrize("name, value", [("fluid_sigma", (1.5, 1.0)), ("symmetric", (True,) * 4),
+                                         ("gradient", ("window", "sobel", "exact"))])
+def test_per_level_options_of_the_wrong_length_or_kind_are_refused(name, value):
+    with pytest.raises(ValueError, match=name):
+        RefineOptions(**{name: value})
 
 
 def test_budget_stops_early(brain):
@@ -213,6 +244,10 @@ def test_the_exact_ncc_gradient_matches_finite_differences(radius):
             else:
                 numeric = (_local_ncc_sum(up, m, y, radius, options.eps) - _local_ncc_sum(down, m, y, radius, options.eps))
             assert derivative[y] == pytest.approx(numeric / (2 * h), rel=2e-3, abs=1e-3)
+    # when only the moving image moves, its derivative alone is computed, and it is the same
+    none, moving_only = _ncc_derivatives(f, m, means, dataclasses.replace(options, symmetric=False))
+    assert none is None
+    np.testing.assert_allclose(moving_only, d_moving, rtol=1e-5, atol=1e-6)
     # and it is not the own-window approximation (which the "window" gradient takes)
     _, _, approx_moving = _C.lncc(f, m, means, options.eps)
     assert np.abs(approx_moving - d_moving).max() > 1e-2

@@ -221,7 +221,7 @@ class RefineStage(Stage):
         import dataclasses
 
         from .. import ops, preprocess
-        from ..refine import refine_velocity
+        from ..refine import level_options, refine_velocity
 
         shape = tuple(2 * n for n in state.grid_shape)
         spacing = tuple(s / 2.0 for s in state.spacing)
@@ -231,7 +231,8 @@ class RefineStage(Stage):
         # Twice as many voxels per mm: the velocity doubles and one more squaring keeps the
         # first step as small.
         steps = state.integration_steps + 1
-        options = dataclasses.replace(self.options, factors=(1,), iterations=(self.options.fine_iterations,),
+        # the options of the last level on the model grid, carried on to this one
+        options = dataclasses.replace(level_options(self.options, -1), factors=(1,), iterations=(self.options.fine_iterations,),
                                       steps=steps, zero_if_better=False, fine_iterations=0)
         velocity = ops.upsample_field(state.xp.ascontiguousarray(state.velocity), shape)
         refined = refine_velocity(fixed, moving, velocity, options=options)
