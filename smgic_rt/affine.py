@@ -236,27 +236,30 @@ def register_affine(fixed, fixed_affine, moving, moving_affine, *, options: Affi
         for signs in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1)):
             rotation = _nearest_rotation(axes_m @ np.diag(signs) @ axes_f.T)
             candidates[f"principal_axes{signs}"] = (rotation, centre_m - centre_f)
-    scores = {name: ncc_and_gradient(fixed_levels[coarse], moving_levels[coarse],
-                                     _compose(lin, t, centre_f))[0] for name, (lin, t) in candidates.items()}
-    best = max(scores, key=scores.get)
-    matrix = _compose(*candidates[best], centre_f)
+    # The inputs were checked finite and the pyramid is made by our kernels, which keep them so:
+    # the optimiser's many small kernel calls need not scan them again.
+    with ops.inputs_known_finite():
+        scores = {name: ncc_and_gradient(fixed_levels[coarse], moving_levels[coarse],
+                                         _compose(lin, t, centre_f))[0] for name, (lin, t) in candidates.items()}
+        best = max(scores, key=scores.get)
+        matrix = _compose(*candidates[best], centre_f)
 
-    stages = []
-    for spacing, rigid_its, affine_its in zip(options.resolutions, options.rigid_iterations,
-                                              options.affine_iterations):
-        tick = time.perf_counter()
-        for rigid, its in ((True, rigid_its), (False, affine_its)):
-            if its:
-                matrix, record = _optimise(fixed_levels[spacing], moving_levels[spacing], matrix, centre_f, its,
-                                           options, rigid)
-                record.update(resolution_mm=spacing, seconds=time.perf_counter() - tick)
-                stages.append(record)
+        stages = []
+        for spacing, rigid_its, affine_its in zip(options.resolutions, options.rigid_iterations,
+                                                  options.affine_iterations):
+            tick = time.perf_counter()
+            for rigid, its in ((True, rigid_its), (False, affine_its)):
+                if its:
+                    matrix, record = _optimise(fixed_levels[spacing], moving_levels[spacing], matrix, centre_f, its,
+                                               options, rigid)
+                    record.update(resolution_mm=spacing, seconds=time.perf_counter() - tick)
+                    stages.append(record)
 
-    # Never worse than the start: compare with the initial candidates at the finest resolution.
-    finest = options.resolutions[-1]
-    final_ncc = ncc_and_gradient(fixed_levels[finest], moving_levels[finest], matrix)[0]
-    start_ncc = {name: ncc_and_gradient(fixed_levels[finest], moving_levels[finest],
-                                        _compose(lin, t, centre_f))[0] for name, (lin, t) in candidates.items()}
+        # Never worse than the start: compare with the initial candidates at the finest resolution.
+        finest = options.resolutions[-1]
+        final_ncc = ncc_and_gradient(fixed_levels[finest], moving_levels[finest], matrix)[0]
+        start_ncc = {name: ncc_and_gradient(fixed_levels[finest], moving_levels[finest],
+                                            _compose(lin, t, centre_f))[0] for name, (lin, t) in candidates.items()}
     fallback = max(start_ncc, key=start_ncc.get)
     kept = final_ncc >= start_ncc[fallback]
     if not kept:

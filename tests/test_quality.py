@@ -21,7 +21,7 @@ def test_the_presets_set_exactly_this():
     assert QUALITIES == ("fast", "accurate")
     fast = PRESETS["fast"]
     assert fast["affine_options"] == AffineOptions()
-    assert fast["refine_options"] == RefineOptions(iterations=(60, 40, 16), symmetric=(True, True, False),
+    assert fast["refine_options"] == RefineOptions(iterations=(60, 40, 12), symmetric=(True, True, False),
                                                    gradient=("window", "window", "exact"))
     assert fast["refine_options"].factors == (4, 2, 1) and fast["refine_options"].fine_iterations == 0
     accurate = PRESETS["accurate"]

@@ -1,0 +1,119 @@
+"""Refinement variants over the accuracy sets, in one process: where the presets come from.
+
+    python benchmarks/refine_sweep.py --variants defaults,fast --sets real6,heads1,brain2,conformed256
+    python benchmarks/refine_sweep.py --list
+
+Each variant is `RefineOptions` for ``Registrar(network="off", refine_options=...)`` (the
+affine stage and everything else as shipped, onnxruntime, 2 threads), scored as
+benchmarks/accuracy.py scores its smgic rows (mean Dice of the warped labels, the largest
+folding fraction, registration seconds). Sets: ``real6`` the 6 directed real pairs with raw
+headers (benchmarks/real_pairs.py), ``heads1`` accuracy.py's 5 synthetic 1 mm heads,
+``brain2`` its 5 brain-only 2 mm pairs, ``conformed256`` the 256^3 pair of benchmarks/peers.py.
+Pairs are built once per run. Dice does not depend on the machine's load (the budgets are
+iteration counts); seconds do.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import accuracy  # noqa: E402
+import common  # noqa: E402
+import peers  # noqa: E402
+import real_pairs  # noqa: E402
+from smgic_rt.quality import PRESETS  # noqa: E402
+from smgic_rt.refine import RefineOptions  # noqa: E402
+
+_EXACT = dict(symmetric=False, gradient="exact")  # the moving image alone moves, exact NCC gradient
+_LAST_LEVEL_EXACT = dict(symmetric=(True, True, False), gradient=("window", "window", "exact"))
+VARIANTS = {
+    "defaults": RefineOptions(),  # RefineOptions' own defaults (the fast preset before 2026-12-05)
+    "fast": PRESETS["fast"]["refine_options"],
+    "exact_everywhere": RefineOptions(**_EXACT),
+    "exact_everywhere_fluid1": RefineOptions(**_EXACT, fluid_sigma=1.0),
+    "exact_everywhere_fluid1_reg002": RefineOptions(**_EXACT, fluid_sigma=1.0, reg=0.02),
+    "exact_everywhere_fluid075": RefineOptions(**_EXACT, fluid_sigma=0.75),
+    "last_level_exact_8": RefineOptions(**_LAST_LEVEL_EXACT),
+    "last_level_exact_12": RefineOptions(**_LAST_LEVEL_EXACT, iterations=(60, 40, 12)),
+    "last_level_exact_16_fluid1_reg002": RefineOptions(**_LAST_LEVEL_EXACT, iterations=(60, 40, 16),
+                                                       fluid_sigma=(1.5, 1.5, 1.0), reg=(0.05, 0.05, 0.02)),
+}
+SETS = ("real6", "heads1", "brain2", "conformed256")
+
+
+def make_set(name: str) -> list:
+    if name == "real6":
+        return real_pairs.make_real_pairs(directions="all", headers=("raw",))
+    if name == "heads1":
+        return common.make_pairs(5, resolution=1.0, seed=0)
+    if name == "brain2":
+        return [common.brain_only(pair) for pair in common.make_pairs(5, resolution=2.0, seed=0)]
+    if name == "conformed256":
+        folder = Path(tempfile.mkdtemp(prefix="smgic_sweep_"))
+        files = peers.write_pair("conformed256", folder)
+        structures = [s for s in real_pairs.read_structures() if s.name in files["structures"]]
+        image = {role: nib.load(files[role]) for role in ("fixed", "fixed_labels", "moving", "moving_labels")}
+        # loaded into memory: the folder may go
+        image = {role: nib.Nifti1Image(np.asarray(im.dataobj), im.affine) for role, im in image.items()}
+        return [real_pairs.RealPair("cat12_conformed256_to_mni152", "mni152", "cat12", "raw", image["fixed"],
+                                    image["fixed_labels"], image["moving"], image["moving_labels"], structures, True,
+                                    None)]
+    raise ValueError(f"set must be one of {list(SETS)}, got {name!r}")
+
+
+def run(variants, sets) -> dict:
+    from smgic_rt import Registrar
+
+    pairs = {name: make_set(name) for name in sets}
+    report = {}
+    for variant in variants:
+        registrar = Registrar(backend="onnxruntime", threads=accuracy.THREADS, network="off",
+                              refine_options=VARIANTS[variant])
+        report[variant] = {}
+        for name in sets:
+            scores = [accuracy._score_smgic(registrar, pair) for pair in pairs[name]]
+            report[variant][name] = {"dice_mean": float(np.mean([s["dice"] for s in scores])),
+                                     "dice": [s["dice"] for s in scores],
+                                     "folding_fraction_max": float(max(s["folding_fraction"] for s in scores)),
+                                     "seconds_mean": float(np.mean([s["seconds"] for s in scores]))}
+            print(variant, name, json.dumps({k: v for k, v in report[variant][name].items() if k != "dice"}),
+                  flush=True)
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", default="defaults,fast", help="comma-separated names (--list shows them)")
+    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated subset of {','.join(SETS)}")
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--list", action="store_true", help="print the variants and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, options in VARIANTS.items():
+            print(f"{name}: {options}")
+        return 0
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    if set(variants) - set(VARIANTS) or set(sets) - set(SETS):
+        parser.error(f"unknown variants {sorted(set(variants) - set(VARIANTS))} or sets {sorted(set(sets) - set(SETS))}")
+    report = run(variants, sets)
+    if args.json:
+        common.write_json_atomic(report, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
