@@ -9,7 +9,8 @@ images (`RefineOptions.gradient`), Gaussian-smoothed (SyN-style "fluid"
 regularisation) plus the optional regulariser's gradient, taken as normalised steps with a
 backtracking line search on the objective ``-mean LNCC + reg * |grad v|^2``, the velocity
 smoothed after each step ("elastic"), coarse to fine (1/4, 1/2 of the model grid and the grid
-itself by default). ``exp(+-v/2)`` is integrated with one scaling-and-squaring step fewer than
+itself by default; the smoothing, the regulariser's weight, symmetry and the force may differ
+per level, `PER_LEVEL`). ``exp(+-v/2)`` is integrated with one scaling-and-squaring step fewer than
 ``exp(v)`` (and one fewer again per halving of the grid), which keeps the first step as small.
 As in ANTs' SyN the boundary is stationary: updates fade to zero at the grid's faces.
 A warm start that scores worse than no deformation at all is dropped (the refinement then starts
@@ -59,28 +60,30 @@ class RefineOptions:
     # 0.7117 on the real pairs but 0.9052 (with the exact gradient) on the heads, radius 2 alone
     # 0.7113 and 0.9187 (exact). So the heads keep these.
     radius: int = 1                       # local NCC window (2 radius + 1)^3
-    fluid_sigma: float = 1.5              # Gaussian on each update, voxels of the level
+    fluid_sigma: float | tuple = 1.5      # Gaussian on each update, voxels of the level
     elastic_sigma: float = 0.0            # Gaussian on the whole velocity after each step (0: none;
                                           # the |grad v|^2 term regularises instead)
     step: float = 0.5                     # initial largest update, voxels of the level
     min_step: float = 0.02                # below this the level stops (no step helps)
-    reg: float = 0.05                     # weight of |grad v|^2 in the objective
+    reg: float | tuple = 0.05             # weight of |grad v|^2 in the objective
     # The NCC force: "window" takes each voxel's derivative through its own window only (as
     # ANTs' CC does); "exact" sums it over every window that holds the voxel (`_ncc_derivatives`).
     # Measured (mean Dice): real pairs 0.7086 -> 0.7120, but the 256^3 pair of benchmarks/peers.py
     # 0.7582 -> 0.7519, the heads 0.9289 -> 0.9266, and +1.2 s on that pair (7.2 s against 6.0,
     # 5 alternating runs); with the accurate preset real pairs 0.7104 -> 0.7129 but the 256^3
     # pair 0.7625 -> 0.7574 (+11 s). Better on four pairs, worse on both MNI152/CAT12 ones, so
-    # the fast default does not take it; the accurate preset does, with symmetric=False below
-    # (together 0.7160 on the real pairs, smgic_rt.quality).
-    gradient: str = "window"
+    # it is not the default; the accurate preset takes it on every level, with symmetric=False
+    # below (together 0.7160 on the real pairs), the fast preset on the model grid's level only
+    # (real pairs 0.7147, the rest unchanged; smgic_rt.quality). One value or one per level.
+    gradient: str | tuple = "window"
     # True: both images move half-way and meet at the midpoint (unbiased towards either grid);
     # False: the moving image alone moves, through exp(v), onto the fixed image as it is, as
     # Greedy does: nothing blurs the fixed image, on whose grid labels are compared. Measured
     # (mean Dice, exact gradient): real pairs 0.7120 -> 0.7153 (fast), 0.7129 -> 0.7160
     # (accurate); the 1 mm synthetic heads 0.9289 -> 0.9195 (window gradient, fast). So the
-    # fast default stays symmetric; the accurate preset (smgic_rt.quality) is not.
-    symmetric: bool = True
+    # coarse levels stay symmetric in the fast preset, its last level and the accurate preset
+    # are not (smgic_rt.quality). One value or one per level.
+    symmetric: bool | tuple = True
     plateau: float = 1e-4                 # stop when 5 iterations gain less than this
     steps: int = 7                        # scaling-and-squaring steps for v on the model grid
     eps: float = 1e-3                     # NCC variance floor (images are in [0, 1])

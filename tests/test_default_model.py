@@ -95,6 +95,25 @@ def test_accuracy_benchmark_no_registration_row_writes_json(tmp_path, capsys):
         accuracy.main(["--methods", "none,magic"])
 
 
+def test_accuracy_benchmark_scores_both_presets_in_one_run_whatever_quality_says(tmp_path, capsys):
+    import accuracy
+
+    out = tmp_path / "acc.json"
+    assert accuracy.main(["--pairs", "1", "--resolution", "4", "--methods", "affine,fast,accurate", "--quality",
+                          "accurate", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["per_pair"][0]["methods"]
+    # each preset row ran its own preset: only the accurate one moved to the finer grid
+    registrars = accuracy._make_registrars(None, ["fast", "accurate"], quality="accurate")
+    assert registrars["fast"][0].quality == "fast" and registrars["accurate"][0].quality == "accurate"
+    for name in ("fast", "accurate"):
+        assert report["summary"][name]["available"] and 0 < rows[name]["dice"] <= 1
+        assert rows[name]["inverse_consistency_voxels"] >= 0
+        assert report["summary"][name]["inverse_consistency_voxels_mean"] == rows[name]["inverse_consistency_voxels"]
+    assert report["summary"]["affine"]["inverse_consistency_voxels_mean"] == 0  # no deformation: exp(0)
+    assert "| accurate |" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(not models.has_default_bundle(), reason="no trained default bundle in smgic_rt/models/default")
 def test_latency_benchmark_times_every_stage_of_the_demo_pair(tmp_path, capsys):
     import latency

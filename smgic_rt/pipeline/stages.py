@@ -232,8 +232,9 @@ class RefineStage(Stage):
         # first step as small.
         steps = state.integration_steps + 1
         # the options of the last level on the model grid, carried on to this one
-        options = dataclasses.replace(level_options(self.options, -1), factors=(1,), iterations=(self.options.fine_iterations,),
-                                      steps=steps, zero_if_better=False, fine_iterations=0)
+        options = dataclasses.replace(level_options(self.options, -1), factors=(1,),
+                                      iterations=(self.options.fine_iterations,), steps=steps, zero_if_better=False,
+                                      fine_iterations=0)
         velocity = ops.upsample_field(state.xp.ascontiguousarray(state.velocity), shape)
         refined = refine_velocity(fixed, moving, velocity, options=options)
         state.velocity = as_field(refined.velocity, "refined velocity (finer grid)")
