@@ -22,6 +22,7 @@ os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import dataclasses  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -50,6 +51,33 @@ VARIANTS = {
     "last_level_exact_12": RefineOptions(**_LAST_LEVEL_EXACT, iterations=(60, 40, 12)),
     "last_level_exact_16_fluid1_reg002": RefineOptions(**_LAST_LEVEL_EXACT, iterations=(60, 40, 16),
                                                        fluid_sigma=(1.5, 1.5, 1.0), reg=(0.05, 0.05, 0.02)),
+    # 2026-12-05, second sweep (refine_sweep_2026-12-05b.md): the last level's smoothing and
+    # |grad v|^2 weight, from last_level_exact_12 (the fast preset before it took reg 0.01 there)
+    **{f"last_level_exact_12_{name}": RefineOptions(**_LAST_LEVEL_EXACT, iterations=(60, 40, 12), **change)
+       for name, change in {
+           "reg0": dict(reg=(0.05, 0.05, 0.0)),
+           "reg0005": dict(reg=(0.05, 0.05, 0.005)),
+           "reg001": dict(reg=(0.05, 0.05, 0.01)),  # the fast preset
+           "reg002": dict(reg=(0.05, 0.05, 0.02)),
+           "reg003": dict(reg=(0.05, 0.05, 0.03)),
+           "fluid1": dict(fluid_sigma=(1.5, 1.5, 1.0)),
+           "fluid1_reg008": dict(fluid_sigma=(1.5, 1.5, 1.0), reg=(0.05, 0.05, 0.08)),
+           "fluid1_reg012": dict(fluid_sigma=(1.5, 1.5, 1.0), reg=(0.05, 0.05, 0.12)),
+           "fluid1_reg02": dict(fluid_sigma=(1.5, 1.5, 1.0), reg=(0.05, 0.05, 0.2)),
+           "fluid12": dict(fluid_sigma=(1.5, 1.5, 1.2)),
+           "fluid12_reg001": dict(fluid_sigma=(1.5, 1.5, 1.2), reg=(0.05, 0.05, 0.01)),
+           "fluid12_reg003": dict(fluid_sigma=(1.5, 1.5, 1.2), reg=(0.05, 0.05, 0.03)),
+           "fluid12_reg0": dict(fluid_sigma=(1.5, 1.5, 1.2), reg=(0.05, 0.05, 0.0)),
+           "fluid13_reg001": dict(fluid_sigma=(1.5, 1.5, 1.3), reg=(0.05, 0.05, 0.01)),
+           "fluid16_reg0": dict(fluid_sigma=(1.5, 1.5, 1.6), reg=(0.05, 0.05, 0.0)),
+           "radius2": dict(radius=2),
+           "fine2": dict(fine_iterations=2),
+           "fine3": dict(fine_iterations=3),
+       }.items()},
+    "last_level_exact_16_reg001": RefineOptions(**_LAST_LEVEL_EXACT, iterations=(60, 40, 16), reg=(0.05, 0.05, 0.01)),
+    "accurate": PRESETS["accurate"]["refine_options"],
+    "accurate_reg001": dataclasses.replace(PRESETS["accurate"]["refine_options"], reg=(0.05, 0.05, 0.01)),
+    "accurate_reg005": dataclasses.replace(PRESETS["accurate"]["refine_options"], reg=0.05),  # the preset before
 }
 SETS = ("real6", "heads1", "brain2", "conformed256")
 
