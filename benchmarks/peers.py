@@ -195,6 +195,8 @@ def run(pairs, tools, runs: int, smgic_command: str = "module", workdir=None, sm
               "smgic_command": " ".join(tool_command("smgic", {"fixed": "F", "moving": "M", "moving_labels": "L"},
                                                      Path("OUT"), smgic_command, smgic_args)),
               "cpu_count": os.cpu_count(), "load_average_start": [round(v, 2) for v in os.getloadavg()]}
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="smgic_peers_", dir=workdir) as scratch:
         scratch = Path(scratch)
         for name in pairs:

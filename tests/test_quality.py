@@ -53,6 +53,11 @@ def test_the_cli_and_batch_pass_the_quality_on(tmp_path):
     cli._add_register_arguments(parser)
     args = parser.parse_args(["F", "M", "-o", "OUT", "--quality", "accurate", "--network", "off"])
     assert cli.registrar_from_args(args).stages[4].options == PRESETS["accurate"]["refine_options"]
+    # a time limit keeps the preset's refinement, adding the limit alone
+    args = parser.parse_args(["F", "M", "-o", "OUT", "--quality", "accurate", "--network", "off",
+                              "--refine-seconds", "7.5"])
+    assert cli.registrar_from_args(args).stages[4].options == dataclasses.replace(
+        PRESETS["accurate"]["refine_options"], max_seconds=7.5)
     with pytest.raises(SystemExit):
         parser.parse_args(["F", "M", "-o", "OUT", "--quality", "slow"])
     (tmp_path / "pairs.csv").write_text("fixed,moving\na.nii.gz,b.nii.gz\n")
