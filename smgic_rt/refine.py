@@ -65,7 +65,8 @@ class RefineOptions:
                                           # the |grad v|^2 term regularises instead)
     step: float = 0.5                     # initial largest update, voxels of the level
     min_step: float = 0.02                # below this the level stops (no step helps)
-    reg: float | tuple = 0.05             # weight of |grad v|^2 in the objective
+    reg: float | tuple = 0.05             # weight of |grad v|^2 in the objective (both presets weaken
+                                          # it on the last levels: smgic_rt.quality)
     # The NCC force: "window" takes each voxel's derivative through its own window only (as
     # ANTs' CC does); "exact" sums it over every window that holds the voxel (`_ncc_derivatives`).
     # Measured (mean Dice): real pairs 0.7086 -> 0.7120, but the 256^3 pair of benchmarks/peers.py
@@ -74,7 +75,7 @@ class RefineOptions:
     # pair 0.7625 -> 0.7574 (+11 s). Better on four pairs, worse on both MNI152/CAT12 ones, so
     # it is not the default; the accurate preset takes it on every level, with symmetric=False
     # below (together 0.7160 on the real pairs), the fast preset on the model grid's level only
-    # (real pairs 0.7147, the rest unchanged; smgic_rt.quality). One value or one per level.
+    # (real pairs 0.7147 then, the rest unchanged; smgic_rt.quality). One value or one per level.
     gradient: str | tuple = "window"
     # True: both images move half-way and meet at the midpoint (unbiased towards either grid);
     # False: the moving image alone moves, through exp(v), onto the fixed image as it is, as
