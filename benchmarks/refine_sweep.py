@@ -52,12 +52,12 @@ VARIANTS = {
     "last_level_exact_16_fluid1_reg002": RefineOptions(**_LAST_LEVEL_EXACT, iterations=(60, 40, 16),
                                                        fluid_sigma=(1.5, 1.5, 1.0), reg=(0.05, 0.05, 0.02)),
     # 2026-12-05, second sweep (refine_sweep_2026-12-05b.md): the last level's smoothing and
-    # |grad v|^2 weight, from last_level_exact_12 (the fast preset before it took reg 0.01 there)
+    # |grad v|^2 weight, from last_level_exact_12 (the fast preset)
     **{f"last_level_exact_12_{name}": RefineOptions(**_LAST_LEVEL_EXACT, iterations=(60, 40, 12), **change)
        for name, change in {
            "reg0": dict(reg=(0.05, 0.05, 0.0)),
            "reg0005": dict(reg=(0.05, 0.05, 0.005)),
-           "reg001": dict(reg=(0.05, 0.05, 0.01)),  # the fast preset
+           "reg001": dict(reg=(0.05, 0.05, 0.01)),  # tried as the fast preset, not kept (smgic_rt.quality)
            "reg002": dict(reg=(0.05, 0.05, 0.02)),
            "reg003": dict(reg=(0.05, 0.05, 0.03)),
            "fluid1": dict(fluid_sigma=(1.5, 1.5, 1.0)),
