@@ -29,6 +29,8 @@ A preset is nothing but options for the stages; options passed explicitly
   voxel on the 1 mm synthetic heads, where 0.02 gives 0.9350 and no fold), about 6x the fast
   preset's time; the affine stage also at 2 mm changed nothing (earlier), 25 iterations on the
   fine grid nothing either (0.7105 against 0.7104 with reg 0.05), so neither is in the preset.
+  Its compact fields are on a 1 mm lattice: on tests/test_fields.py's pair its compact inverse
+  is within 0.058 mm of the native one at the 95th percentile inside the brain (0.043 at reg 0.05).
 """
 
 from __future__ import annotations
