@@ -146,12 +146,10 @@ def test_report_agrees_with_files(brains, registered):
 
 
 def _jacobian_of_warp_file(path, stencil):
-    """det(I + grad u) of an ITK warp file (LPS mm) on its own grid, each derivative by
-    `stencil`: weights of the neighbours at offsets -k..k along the axis."""
-    image = nib.load(str(path))
-    lps = np.moveaxis(np.asarray(image.dataobj)[..., 0, :].astype(np.float64), -1, 0)
-    ras = lps * np.array([-1.0, -1.0, 1.0])[:, None, None, None]
-    u = np.einsum("ij,j...->i...", np.linalg.inv(image.affine[:3, :3]), ras)  # voxels
+    """det(I + grad u) of an ITK warp file on its own grid, each derivative by `stencil`:
+    weights of the neighbours at offsets -k..k along the axis."""
+    ras, affine = transforms.itk_image_to_displacement(path)
+    u = np.einsum("ij,j...->i...", np.linalg.inv(affine[:3, :3]), ras.astype(np.float64))  # voxels
     half = len(stencil) // 2
     grad = np.stack([np.stack([sum(w * np.roll(u[c], -k, axis=axis) for k, w in zip(range(-half, half + 1), stencil))
                                for axis in range(3)]) for c in range(3)])
