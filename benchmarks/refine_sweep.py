@@ -7,7 +7,8 @@ Each variant is `RefineOptions` for ``Registrar(network="off", refine_options=..
 affine stage and everything else as shipped, onnxruntime, 2 threads), scored as
 benchmarks/accuracy.py scores its smgic rows (mean Dice of the warped labels, the largest
 folding fraction, registration seconds). Sets: ``real6`` the 6 directed real pairs with raw
-headers (benchmarks/real_pairs.py), ``heads1`` accuracy.py's 5 synthetic 1 mm heads,
+headers (benchmarks/real_pairs.py), ``cycle`` accuracy.py's real-pair set (3 raw + 3
+misplaced pairs, ``--set real --directions cycle``), ``heads1`` accuracy.py's 5 synthetic 1 mm heads,
 ``brain2`` its 5 brain-only 2 mm pairs, ``conformed256`` the 256^3 pair of benchmarks/peers.py.
 Pairs are built once per run. Dice does not depend on the machine's load (the budgets are
 iteration counts); seconds do.
@@ -80,13 +81,35 @@ VARIANTS = {
     "accurate": PRESETS["accurate"]["refine_options"],
     "accurate_reg001": dataclasses.replace(PRESETS["accurate"]["refine_options"], reg=(0.05, 0.05, 0.01)),
     "accurate_reg005": dataclasses.replace(PRESETS["accurate"]["refine_options"], reg=0.05),  # the preset before
+    # 2026-12-05, third sweep (refine_sweep_2026-12-05c.md): which level costs the fast preset
+    # Dice on the real pairs, and the step size; each from the fast preset with one change
+    **{f"fast_{name}": dataclasses.replace(PRESETS["fast"]["refine_options"], **change) for name, change in {
+        "8mm_only": dict(iterations=(60, 0, 0)),
+        "no_4mm": dict(iterations=(60, 0, 12)),
+        "4mm_3_iterations": dict(iterations=(60, 3, 12)),
+        "no_8mm": dict(factors=(2, 1), iterations=(60, 12), symmetric=(True, False), gradient=("window", "exact"),
+                       fluid_sigma=1.5, reg=0.05),
+        "4mm_exact": dict(symmetric=(True, False, False), gradient=("window", "exact", "exact")),
+        "4mm_fluid3": dict(fluid_sigma=(1.5, 3.0, 1.5)),
+        "step075": dict(step=0.75),
+        "step1": dict(step=1.0),
+        "step15": dict(step=1.5),
+        "step2": dict(step=2.0),
+        "elastic05": dict(elastic_sigma=0.5),
+        "eps001": dict(eps=0.01),
+        "eps003": dict(eps=0.03),
+        "fine4": dict(fine_iterations=4),
+        "fine4_reg0": dict(fine_iterations=4, reg=(0.05, 0.05, 0.0)),
+    }.items()},
 }
-SETS = ("real6", "heads1", "brain2", "conformed256")
+SETS = ("real6", "cycle", "heads1", "brain2", "conformed256")
 
 
 def make_set(name: str) -> list:
     if name == "real6":
         return real_pairs.make_real_pairs(directions="all", headers=("raw",))
+    if name == "cycle":  # benchmarks/accuracy.py's real-pair set (--directions cycle)
+        return real_pairs.make_real_pairs(directions="cycle")
     if name == "heads1":
         return common.make_pairs(5, resolution=1.0, seed=0)
     if name == "brain2":
