@@ -300,15 +300,22 @@ def _downsample(volume, times: int):
     return volume
 
 
+def _level_fits(factor: int, shape) -> bool:
+    """Whether a level `factor` times coarser than the model grid exists for this grid: the
+    factor a power of 2, and the grid halving that often (even sizes, at least 4 voxels left)."""
+    times = int(round(np.log2(factor)))
+    return 2 ** times == factor and not any(n % factor or n // factor < 4 for n in shape)
+
+
 def _run_levels(fixed, moving, start_velocity, options: RefineOptions, deadline):
     """Coarse to fine over ``options.factors``; returns (per-level records, velocity on the model grid)."""
     xp = ops.array_namespace(fixed, moving, start_velocity)
     levels = []
     v_full = start_velocity.copy()
     for index, (factor, iterations) in enumerate(zip(options.factors, options.iterations)):
+        if not _level_fits(factor, fixed.shape):
+            continue
         times = int(round(np.log2(factor)))
-        if 2 ** times != factor or any(n % factor or n // factor < 4 for n in fixed.shape):
-            continue  # this grid does not halve that often
         tick = time.perf_counter()
         f, m = _downsample(fixed[None], times)[0], _downsample(moving[None], times)[0]
         v_start = _downsample(v_full, times) / np.float32(factor)
@@ -345,15 +352,25 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
     deadline = None if budget is None else started + float(budget)
     # The objective is judged on the model grid, as the last level defines it.
     judged = level_options(options, -1)
-    start_value = given_value = _evaluate(fixed, moving, start_velocity, judged)[:2]
     start = "given"
-    if options.zero_if_better and bool(xp.any(start_velocity)):
+    choose_start = options.zero_if_better and bool(xp.any(start_velocity))
+    # A first level on the model grid with the judged options evaluates the start itself, and its
+    # record says what it found: one evaluation fewer (on the accurate preset's 1 mm grid, about
+    # 0.6 s on 2 cores). Otherwise the start is evaluated here.
+    fitting = [index for index, factor in enumerate(options.factors) if _level_fits(factor, fixed.shape)]
+    start_in_first_level = (not choose_start and bool(fitting) and options.factors[fitting[0]] == 1
+                            and level_options(options, fitting[0]) == judged)
+    if not start_in_first_level:
+        start_value = given_value = _evaluate(fixed, moving, start_velocity, judged)[:2]
+    if choose_start:
         zero = xp.zeros_like(start_velocity)
         zero_value = _evaluate(fixed, moving, zero, judged)[:2]
         if zero_value[0] < given_value[0]:
             start_velocity, start_value, start = zero, zero_value, "zero"
     with ops.inputs_known_finite():  # _check made them finite; the kernels keep them so
         levels, v_full = _run_levels(fixed, moving, start_velocity, options, deadline)
+    if start_in_first_level:
+        start_value = given_value = (levels[0]["objective_before"], levels[0]["ncc_before"])
     # A last level on the model grid has already evaluated v_full.
     if levels and levels[-1]["factor"] == 1:
         end_value = (levels[-1]["objective_after"], levels[-1]["ncc_after"])

@@ -85,6 +85,24 @@ def test_a_warm_start_worse_than_zero_is_dropped_and_a_good_one_kept(brain):
     assert kept.stats["objective_before"] == kept.stats["objective_given"]
 
 
+def test_a_start_evaluated_by_the_first_level_is_the_one_objective_reports(brain):
+    # A single level on the model grid with the judged options (the accurate preset's 1 mm grid)
+    # takes the start's objective from that level instead of evaluating it twice: the numbers
+    # reported and the result must be the ones a separate evaluation gives.
+    v_true = _smooth_velocity(0, 4.0)
+    moving = ops.warp(brain[None], ops.integrate_velocity(v_true))[0]
+    start = np.ascontiguousarray(-0.5 * v_true)
+    single = RefineOptions(factors=(1,), iterations=(3,), zero_if_better=False, gradient="exact", symmetric=False)
+    result = refine_velocity(brain, moving, start, options=single)
+    assert result.stats["objective_before"] == objective(brain, moving, start, single)
+    assert result.stats["objective_given"] == result.stats["objective_before"]
+    assert result.stats["objective_after"] == objective(brain, moving, result.velocity, single)
+    # The same level after a coarser level that runs no iteration: the start is then evaluated
+    # apart from the levels; the model grid's level must end at the same velocity.
+    two = dataclasses.replace(single, factors=(2, 1), iterations=(0, 3))
+    assert np.array_equal(refine_velocity(brain, moving, start, options=two).velocity, result.velocity)
+
+
 def _faces(field):
     return np.concatenate([field[:, i].ravel() for i in (0, -1)] + [field[:, :, i].ravel() for i in (0, -1)]
                           + [field[:, :, :, i].ravel() for i in (0, -1)])
