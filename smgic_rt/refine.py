@@ -356,7 +356,7 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
     choose_start = options.zero_if_better and bool(xp.any(start_velocity))
     # A first level on the model grid with the judged options evaluates the start itself, and its
     # record says what it found: one evaluation fewer (on the accurate preset's 1 mm grid, about
-    # 0.6 s on 2 cores). Otherwise the start is evaluated here.
+    # 0.35 s on 2 cores). Otherwise the start is evaluated here.
     fitting = [index for index, factor in enumerate(options.factors) if _level_fits(factor, fixed.shape)]
     start_in_first_level = (not choose_start and bool(fitting) and options.factors[fitting[0]] == 1
                             and level_options(options, fitting[0]) == judged)
