@@ -43,6 +43,7 @@ __all__ = [
     "displacement_on_grid",
     "field_jacobian_determinant",
     "quantize",
+    "linear_quasi_interpolant",
     "FIELD_QUANTUM_MM",
     "JACOBIAN_QUANTUM",
     "write_itk_affine",
@@ -430,6 +431,42 @@ def quantize(array, quantum: float):
     xp.rint(array, out=array)
     xp.multiply(array, np.float32(quantum), out=array)
     return array
+
+
+def linear_quasi_interpolant(samples):
+    """Lattice values whose trilinear interpolation follows a smooth field better than its own
+    samples do: ``f - (1/12) sum_axis (f[i-1] - 2 f[i] + f[i+1])`` (float32 (C, X, Y, Z), numpy or
+    cupy; along each axis its first and last points take no correction from that axis).
+
+    Linear interpolation between samples of f lies off f by ``h^2 t (1 - t) f''/2`` (h the step,
+    t the fraction of it), all on one side for a curved f, up to ``h^2 f''/8`` at mid-step. Values
+    lowered by ``h^2 f''/12`` centre that error (zero on average over the step: the least-squares
+    values to second order), and the largest becomes ``h^2 f''/12``, at the lattice points: a
+    third less. A field on its own lattice (the compact forward field: trilinear on the model
+    lattice) is exact as sampled and does not need this; the compact inverse field lies in the
+    moving image's world, where it is not trilinear on its lattice: there this took the 95th
+    percentile of the distance from the native inverse inside the brain from 0.078 to 0.058 mm
+    (the largest from 0.67 to 0.44) on the 256^3 pair of benchmarks/peers.py
+    (`benchmarks/refine_sweep.py --variants fast --sets conformed256 --inverse`). Affine parts
+    (zero second differences) are left as they are.
+    """
+    if samples.ndim != 4 or samples.dtype != np.float32:
+        raise ValueError(f"samples must be a float32 (C, X, Y, Z) array, got {samples.dtype} {samples.shape}")
+    out = samples.copy()
+    for axis in (1, 2, 3):
+        if samples.shape[axis] < 3:
+            continue
+
+        def along(part, axis=axis):
+            index = [slice(None)] * 4
+            index[axis] = part
+            return tuple(index)
+
+        second = samples[along(slice(0, -2))] + samples[along(slice(2, None))]
+        second -= np.float32(2) * samples[along(slice(1, -1))]
+        second *= np.float32(1 / 12)
+        out[along(slice(1, -1))] -= second
+    return out
 
 
 def field_jacobian_determinant(displacement_ras_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:

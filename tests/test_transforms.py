@@ -213,3 +213,66 @@ def test_field_jacobian_of_an_affine_map():
     displacement = transforms._apply_matrix(matrix, points) - points
     jacobian = transforms.field_jacobian_determinant(displacement, FIXED_AFFINE)
     np.testing.assert_allclose(jacobian, np.linalg.det(matrix[:3, :3]), rtol=1e-4)
+
+
+def _trilinear(values, points):
+    """Trilinear reading of (C, X, Y, Z) lattice values at voxel points (3, N): as ITK reads a
+    displacement field file (scipy's, not ours)."""
+    from scipy import ndimage
+
+    return np.stack([ndimage.map_coordinates(channel.astype(np.float64), points, order=1) for channel in values])
+
+
+def test_quasi_interpolant_centres_the_error_of_linear_interpolation_on_a_parabola():
+    # f = a x^2 along each axis in turn: between samples linear interpolation overshoots by
+    # a t (1 - t) (mean a/6, largest a/4 at mid-step); the quasi-interpolant's values, lowered by
+    # f''/12 = a/6, leave a mean error of 0 and a largest of a/6 (at the lattice points).
+    a, shape = 0.3, (12, 13, 14)
+    t = np.linspace(0.0, 1.0, 41)
+    for axis in range(3):
+        coordinate = np.indices(shape, dtype=np.float64)[axis]
+        samples = (a * coordinate ** 2).astype(np.float32)[None]
+        values = transforms.linear_quasi_interpolant(samples)
+        # points inside the cells between interior lattice points along `axis`, mid-lattice elsewhere
+        along = (np.arange(2, shape[axis] - 3)[:, None] + t[None]).ravel()
+        points = np.full((3, along.size), 6.0)
+        points[axis] = along
+        truth = a * along ** 2
+        plain = _trilinear(samples, points)[0] - truth
+        quasi = _trilinear(values, points)[0] - truth
+        np.testing.assert_allclose(plain.mean(), a / 6, rtol=0.05)
+        np.testing.assert_allclose(np.abs(plain).max(), a / 4, rtol=1e-3)
+        assert abs(quasi.mean()) < 0.01 * a
+        np.testing.assert_allclose(np.abs(quasi).max(), a / 6, rtol=1e-3)
+
+
+def test_quasi_interpolant_leaves_affine_fields_and_faces_alone():
+    rng = np.random.default_rng(3)
+    shape = (9, 10, 11)
+    index = np.indices(shape, dtype=np.float64).reshape(3, -1)
+    matrix = rng.normal(size=(3, 3))
+    field = (matrix @ index + rng.normal(size=(3, 1))).reshape(3, *shape).astype(np.float32)
+    np.testing.assert_allclose(transforms.linear_quasi_interpolant(field), field, atol=1e-5)
+    curved = (field ** 2).astype(np.float32)
+    values = transforms.linear_quasi_interpolant(curved)
+    # a corner takes no correction from any axis
+    np.testing.assert_array_equal(values[:, 0, 0, 0], curved[:, 0, 0, 0])
+    np.testing.assert_array_equal(values[:, -1, -1, -1], curved[:, -1, -1, -1])
+    with pytest.raises(ValueError, match="float32"):
+        transforms.linear_quasi_interpolant(field.astype(np.float64))
+
+
+def test_quasi_interpolant_halves_the_mean_error_on_a_smooth_3d_field():
+    # The displacement of _smooth_displacement sampled on a 2 mm lattice, read between lattice
+    # points (random points, away from the faces): the error of the trilinear reading falls
+    # (measured: mean 0.40x, 95th percentile 0.48x).
+    shape = (30, 32, 28)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    lattice = transforms.world_points(shape, affine)
+    samples = _smooth_displacement(lattice).astype(np.float32)
+    points = np.random.default_rng(0).uniform(1.0, np.array(shape)[:, None] - 2.0, (3, 4000))
+    truth = _smooth_displacement(affine[:3, :3] @ points)
+    plain = np.sqrt(((_trilinear(samples, points) - truth) ** 2).sum(axis=0))
+    quasi = np.sqrt(((_trilinear(transforms.linear_quasi_interpolant(samples), points) - truth) ** 2).sum(axis=0))
+    assert quasi.mean() < 0.5 * plain.mean()
+    assert np.percentile(quasi, 95) < 0.6 * np.percentile(plain, 95)

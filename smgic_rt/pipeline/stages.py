@@ -271,8 +271,8 @@ class FieldsOptions:
     extended over each image's field of view. The forward field there is exact: its affine part
     is linear and its deformable part trilinear on that very lattice, so the trilinear
     interpolation that ITK/ANTs apply reproduces it. The inverse lattice lies in the moving
-    image's world, where the deformable part is not trilinear on it: an approximation, measured
-    in tests/test_fields.py. ``"native"``: each field on the native grid of the image it maps
+    image's world, where the deformable part is not trilinear on it: an approximation (its values
+    `transforms.linear_quasi_interpolant` of the samples), measured in tests/test_fields.py. ``"native"``: each field on the native grid of the image it maps
     from (the 1 mm inverse of a 256^3 head is 180 MB).
     """
 
@@ -322,8 +322,11 @@ class FieldsStage(Stage):
             state.forward_field = (transforms.model_to_native_displacement(
                 state.forward_model, state.model_affine, *forward_grid, world_after=state.world_matrix),
                 forward_grid[1])
-        state.inverse_field = (transforms.model_to_native_displacement(
-            state.inverse_model, state.model_affine, *inverse_grid, world_before=inverse_world), inverse_grid[1])
+        inverse = transforms.model_to_native_displacement(state.inverse_model, state.model_affine, *inverse_grid,
+                                                          world_before=inverse_world)
+        if self.options.grid == "compact":  # not the lattice the inverse is trilinear on
+            inverse = transforms.linear_quasi_interpolant(inverse)
+        state.inverse_field = (inverse, inverse_grid[1])
         # The fields as written; forward_ras, which the resampling reads, is left unrounded in both
         # modes, so the grids give identical warped images.
         for field_array, _ in (state.forward_field, state.inverse_field):
