@@ -9,7 +9,9 @@ benchmarks/accuracy.py scores its smgic rows (mean Dice of the warped labels, th
 folding fraction, registration seconds). Sets: ``real6`` the 6 directed real pairs with raw
 headers (benchmarks/real_pairs.py), ``cycle`` accuracy.py's real-pair set (3 raw + 3
 misplaced pairs, ``--set real --directions cycle``), ``heads1`` accuracy.py's 5 synthetic 1 mm heads,
-``brain2`` its 5 brain-only 2 mm pairs, ``conformed256`` the 256^3 pair of benchmarks/peers.py.
+``brain2`` its 5 brain-only 2 mm pairs, ``conformed256`` the 256^3 pair of benchmarks/peers.py
+(with ``--inverse`` also the written inverse field's distance from the native one inside its
+moving brain: a rougher velocity is held less well by the compact lattice).
 Pairs are built once per run. Dice does not depend on the machine's load (the budgets are
 iteration counts); seconds do.
 """
@@ -41,6 +43,19 @@ from smgic_rt.refine import RefineOptions  # noqa: E402
 
 _EXACT = dict(symmetric=False, gradient="exact")  # the moving image alone moves, exact NCC gradient
 _LAST_LEVEL_EXACT = dict(symmetric=(True, True, False), gradient=("window", "window", "exact"))
+# The fast preset until 2026-12-05's fourth sweep (reg 0.05 on its last level, since 0.01): the
+# third and fourth sweeps' "fast_*" variants are it with one change
+_FAST_REG005 = RefineOptions(**_LAST_LEVEL_EXACT, iterations=(60, 40, 12))
+
+
+def _split_model_level(first: int, second: int, fluid: float, reg: float = 0.05) -> dict:
+    """The (reg 0.05) fast preset's model-grid level as two: `first` iterations as the preset smooths them
+    (fluid 1.5), then `second` with `fluid` and `reg`; both exact, the moving image alone moving."""
+    return dict(factors=(4, 2, 1, 1), iterations=(60, 40, first, second), fluid_sigma=(1.5, 1.5, 1.5, fluid),
+                reg=(0.05, 0.05, 0.05, reg), symmetric=(True, True, False, False),
+                gradient=("window", "window", "exact", "exact"))
+
+
 VARIANTS = {
     "defaults": RefineOptions(),  # RefineOptions' own defaults (the fast preset before 2026-12-05)
     "fast": PRESETS["fast"]["refine_options"],
@@ -82,8 +97,9 @@ VARIANTS = {
     "accurate_reg001": dataclasses.replace(PRESETS["accurate"]["refine_options"], reg=(0.05, 0.05, 0.01)),
     "accurate_reg005": dataclasses.replace(PRESETS["accurate"]["refine_options"], reg=0.05),  # the preset before
     # 2026-12-05, third sweep (refine_sweep_2026-12-05c.md): which level costs the fast preset
-    # Dice on the real pairs, and the step size; each from the fast preset with one change
-    **{f"fast_{name}": dataclasses.replace(PRESETS["fast"]["refine_options"], **change) for name, change in {
+    # Dice on the real pairs, and the step size; each from the fast preset (then at reg 0.05)
+    # with one change
+    **{f"fast_{name}": dataclasses.replace(_FAST_REG005, **change) for name, change in {
         "8mm_only": dict(iterations=(60, 0, 0)),
         "no_4mm": dict(iterations=(60, 0, 12)),
         "4mm_3_iterations": dict(iterations=(60, 3, 12)),
@@ -99,6 +115,22 @@ VARIANTS = {
         "eps003": dict(eps=0.03),
         "fine4": dict(fine_iterations=4),
         "fine4_reg0": dict(fine_iterations=4, reg=(0.05, 0.05, 0.0)),
+    }.items()},
+    # 2026-12-05, fourth sweep (refine_sweep_2026-12-05d.md): the smoothing of the updates on the
+    # model grid (fluid_sigma), on its whole level or on a second level on that grid after the
+    # preset's 12 iterations ("split": factors 4, 2, 1, 1); each from the fast preset as it was
+    # (reg 0.05)
+    **{f"fast_{name}": dataclasses.replace(_FAST_REG005, **change) for name, change in {
+        "fluid_last1": dict(fluid_sigma=(1.5, 1.5, 1.0)),
+        "fluid_last075": dict(fluid_sigma=(1.5, 1.5, 0.75)),
+        "fluid_last05": dict(fluid_sigma=(1.5, 1.5, 0.5)),
+        "last_30_iterations": dict(iterations=(60, 40, 30)),
+        "split_12_4_fluid05": _split_model_level(12, 4, 0.5),
+        "split_12_8_fluid05": _split_model_level(12, 8, 0.5),
+        "split_12_8_fluid05_reg002": _split_model_level(12, 8, 0.5, reg=0.02),
+        "split_12_8_fluid075_reg01": _split_model_level(12, 8, 0.75, reg=0.1),
+        "split_6_6_fluid05": _split_model_level(6, 6, 0.5),
+        "split_4_8_fluid05": _split_model_level(4, 8, 0.5),
     }.items()},
 }
 SETS = ("real6", "cycle", "heads1", "brain2", "conformed256")
@@ -126,7 +158,24 @@ def make_set(name: str) -> list:
     raise ValueError(f"set must be one of {list(SETS)}, got {name!r}")
 
 
-def run(variants, sets) -> dict:
+def compact_inverse_error(options: RefineOptions, pair) -> dict:
+    """How far the written (compact, 2 mm lattice) inverse field is from the native one inside the
+    moving brain (its nonzero voxels), mm: what tests/test_fields.py bounds (p95 < 0.1 mm on its
+    2 mm pair). A rougher velocity is less well held by the lattice, which lies in the moving
+    image's world and so is not the one the velocity is trilinear on."""
+    from smgic_rt import Registrar, transforms
+    from smgic_rt.pipeline import FieldsOptions
+
+    made = {grid: Registrar(backend="onnxruntime", threads=accuracy.THREADS, network="off", refine_options=options,
+                            fields_options=FieldsOptions(grid=grid)).register(pair.fixed, pair.moving)
+            for grid in ("compact", "native")}
+    moving = pair.moving
+    resampled = transforms.displacement_on_grid(*made["compact"].inverse_field, moving.shape, moving.affine)
+    error = np.sqrt(((resampled - made["native"].inverse_field[0]) ** 2).sum(axis=0))[np.asarray(moving.dataobj) > 0]
+    return {"inverse_p95_mm": float(np.percentile(error, 95)), "inverse_max_mm": float(error.max())}
+
+
+def run(variants, sets, inverse: bool = False) -> dict:
     from smgic_rt import Registrar
 
     pairs = {name: make_set(name) for name in sets}
@@ -141,6 +190,8 @@ def run(variants, sets) -> dict:
                                      "dice": [s["dice"] for s in scores],
                                      "folding_fraction_max": float(max(s["folding_fraction"] for s in scores)),
                                      "seconds_mean": float(np.mean([s["seconds"] for s in scores]))}
+            if inverse and name == "conformed256":
+                report[variant][name].update(compact_inverse_error(VARIANTS[variant], pairs[name][0]))
             print(variant, name, json.dumps({k: v for k, v in report[variant][name].items() if k != "dice"}),
                   flush=True)
     return report
@@ -150,6 +201,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", default="defaults,fast", help="comma-separated names (--list shows them)")
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated subset of {','.join(SETS)}")
+    parser.add_argument("--inverse", action="store_true",
+                        help="on conformed256, also the compact inverse field's distance from the native one")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
     args = parser.parse_args(argv)
@@ -161,7 +214,7 @@ def main(argv=None) -> int:
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     if set(variants) - set(VARIANTS) or set(sets) - set(SETS):
         parser.error(f"unknown variants {sorted(set(variants) - set(VARIANTS))} or sets {sorted(set(sets) - set(SETS))}")
-    report = run(variants, sets)
+    report = run(variants, sets, inverse=args.inverse)
     if args.json:
         common.write_json_atomic(report, args.json)
     return 0
