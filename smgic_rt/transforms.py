@@ -445,10 +445,11 @@ def linear_quasi_interpolant(samples):
     third less. A field on its own lattice (the compact forward field: trilinear on the model
     lattice) is exact as sampled and does not need this; the compact inverse field lies in the
     moving image's world, where it is not trilinear on its lattice: there this took the 95th
-    percentile of the distance from the native inverse inside the brain from 0.078 to 0.058 mm
-    (the largest from 0.67 to 0.44) on the 256^3 pair of benchmarks/peers.py
-    (`benchmarks/refine_sweep.py --variants fast --sets conformed256 --inverse`). Affine parts
-    (zero second differences) are left as they are.
+    percentile of the distance from the native inverse inside the brain from 0.127 to 0.080 mm on
+    tests/test_fields.py's pair with the fast preset, and from 0.078 to 0.058 mm (the largest
+    from 0.67 to 0.44) on the 256^3 pair of benchmarks/peers.py with the fast preset before it
+    weakened its |grad v|^2 (`benchmarks/refine_sweep.py --variants last_level_exact_12 --sets
+    conformed256 --inverse`). Affine parts (zero second differences) are left as they are.
     """
     if samples.ndim != 4 or samples.dtype != np.float32:
         raise ValueError(f"samples must be a float32 (C, X, Y, Z) array, got {samples.dtype} {samples.shape}")
