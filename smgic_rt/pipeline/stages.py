@@ -272,8 +272,9 @@ class FieldsOptions:
     is linear and its deformable part trilinear on that very lattice, so the trilinear
     interpolation that ITK/ANTs apply reproduces it. The inverse lattice lies in the moving
     image's world, where the deformable part is not trilinear on it: an approximation (its values
-    `transforms.linear_quasi_interpolant` of the samples), measured in tests/test_fields.py. ``"native"``: each field on the native grid of the image it maps
-    from (the 1 mm inverse of a 256^3 head is 180 MB).
+    `transforms.linear_quasi_interpolant` of the samples), measured in tests/test_fields.py.
+    ``"native"``: each field on the native grid of the image it maps from (the 1 mm inverse of a
+    256^3 head is 180 MB).
     """
 
     grid: str = "compact"
