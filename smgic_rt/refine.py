@@ -65,8 +65,8 @@ class RefineOptions:
                                           # the |grad v|^2 term regularises instead)
     step: float = 0.5                     # initial largest update, voxels of the level
     min_step: float = 0.02                # below this the level stops (no step helps)
-    reg: float | tuple = 0.05             # weight of |grad v|^2 in the objective (the accurate
-                                          # preset weakens it on its last grids: smgic_rt.quality)
+    reg: float | tuple = 0.05             # weight of |grad v|^2 in the objective (both presets
+                                          # weaken it on their last grids: smgic_rt.quality)
     # The NCC force: "window" takes each voxel's derivative through its own window only (as
     # ANTs' CC does); "exact" sums it over every window that holds the voxel (`_ncc_derivatives`).
     # Measured (mean Dice): real pairs 0.7086 -> 0.7120, but the 256^3 pair of benchmarks/peers.py
