@@ -45,7 +45,12 @@ _EXACT = dict(symmetric=False, gradient="exact")  # the moving image alone moves
 _LAST_LEVEL_EXACT = dict(symmetric=(True, True, False), gradient=("window", "window", "exact"))
 # The fast preset until 2026-12-05's fourth sweep (reg 0.05 on its last level, since 0.01): the
 # third and fourth sweeps' "fast_*" variants are it with one change
-_FAST_REG005 = RefineOptions(**_LAST_LEVEL_EXACT, iterations=(60, 40, 12))
+_FAST_REG005 = RefineOptions(**_LAST_LEVEL_EXACT, iterations=(60, 40, 12), antialias=1.0)
+# The fast preset from then until the fifth sweep (reg 0.01 on its last level)
+_FAST_D = dataclasses.replace(_FAST_REG005, reg=(0.05, 0.05, 0.01))
+# The accurate preset from the second sweep until the fifth
+_ACCURATE_D = RefineOptions(iterations=(60, 40, 16), fine_iterations=10, gradient="exact", symmetric=False,
+                            reg=(0.05, 0.05, 0.02), antialias=1.0)
 
 
 def _split_model_level(first: int, second: int, fluid: float, reg: float = 0.05) -> dict:
@@ -56,9 +61,10 @@ def _split_model_level(first: int, second: int, fluid: float, reg: float = 0.05)
                 gradient=("window", "window", "exact", "exact"))
 
 
-VARIANTS = {
+# The first four sweeps' variants, as they ran: on images antialiased at strength 1
+# (RefineOptions.antialias, 0.5 since the fifth sweep)
+_BEFORE_FIFTH_SWEEP = {
     "defaults": RefineOptions(),  # RefineOptions' own defaults (the fast preset before 2026-12-05)
-    "fast": PRESETS["fast"]["refine_options"],
     "exact_everywhere": RefineOptions(**_EXACT),
     "exact_everywhere_fluid1": RefineOptions(**_EXACT, fluid_sigma=1.0),
     "exact_everywhere_fluid1_reg002": RefineOptions(**_EXACT, fluid_sigma=1.0, reg=0.02),
@@ -93,9 +99,8 @@ VARIANTS = {
            "fine3": dict(fine_iterations=3),
        }.items()},
     "last_level_exact_16_reg001": RefineOptions(**_LAST_LEVEL_EXACT, iterations=(60, 40, 16), reg=(0.05, 0.05, 0.01)),
-    "accurate": PRESETS["accurate"]["refine_options"],
-    "accurate_reg001": dataclasses.replace(PRESETS["accurate"]["refine_options"], reg=(0.05, 0.05, 0.01)),
-    "accurate_reg005": dataclasses.replace(PRESETS["accurate"]["refine_options"], reg=0.05),  # the preset before
+    "accurate_reg001": dataclasses.replace(_ACCURATE_D, reg=(0.05, 0.05, 0.01)),
+    "accurate_reg005": dataclasses.replace(_ACCURATE_D, reg=0.05),  # the preset before
     # 2026-12-05, third sweep (refine_sweep_2026-12-05c.md): which level costs the fast preset
     # Dice on the real pairs, and the step size; each from the fast preset (then at reg 0.05)
     # with one change
@@ -132,6 +137,46 @@ VARIANTS = {
         "split_6_6_fluid05": _split_model_level(6, 6, 0.5),
         "split_4_8_fluid05": _split_model_level(4, 8, 0.5),
     }.items()},
+}
+VARIANTS = {
+    "fast": PRESETS["fast"]["refine_options"],
+    "accurate": PRESETS["accurate"]["refine_options"],
+    **{name: dataclasses.replace(options, antialias=1.0) for name, options in _BEFORE_FIFTH_SWEEP.items()},
+    # 2026-12-05, fifth sweep (refine_sweep_2026-12-05e.md): sharper images on the model grid
+    # (RefineOptions.antialias, until then 1), the NCC window and force on the model grid, the
+    # 4 mm level's force; from the fast preset as it was (_FAST_D) with the changes named
+    "fast_d": _FAST_D,
+    **{f"fast_d_{name}": dataclasses.replace(_FAST_D, **change) for name, change in {
+        "antialias05": dict(antialias=0.5),
+        "antialias0": dict(antialias=0.0),
+        "antialias05_r2last": dict(antialias=0.5, radius=(1, 1, 2)),
+        "antialias05_r2last_window": dict(antialias=0.5, radius=(1, 1, 2), gradient="window"),
+        "antialias05_4mm_exact": dict(antialias=0.5, gradient=("window", "exact", "exact")),
+        "antialias05_4mm_exact_moving": dict(antialias=0.5, gradient=("window", "exact", "exact"),
+                                             symmetric=(True, False, False)),
+        **{f"antialias05_4mm_exact{moving}_r2last_window{suffix}": dict(
+            antialias=0.5, gradient=("window", "exact", "window"), radius=(1, 1, 2),
+            symmetric=(True, not moving, False), **extra)
+           for moving in ("", "_moving")
+           for suffix, extra in {"": {}, "_fluid125": dict(fluid_sigma=(1.5, 1.5, 1.25)),
+                                 "_fluid135": dict(fluid_sigma=(1.5, 1.5, 1.35)),
+                                 "_reg0": dict(reg=(0.05, 0.05, 0.0)),
+                                 "_fluid135_reg0005": dict(fluid_sigma=(1.5, 1.5, 1.35), reg=(0.05, 0.05, 0.005)),
+                                 }.items()},
+    }.items()},
+    # ... and the accurate preset: as it was (antialias 1), then on the new fast preset's levels
+    "accurate_d": _ACCURATE_D,
+    "accurate_d_antialias05": dataclasses.replace(_ACCURATE_D, antialias=0.5),
+    **{f"fast_fine10_{name}": dataclasses.replace(PRESETS["fast"]["refine_options"], fine_iterations=10, **change)
+       for name, change in {
+           "16": dict(iterations=(60, 40, 16)),
+           "16_reg002": dict(iterations=(60, 40, 16), reg=(0.05, 0.05, 0.02)),
+           "16_reg002_fluid15": dict(iterations=(60, 40, 16), reg=(0.05, 0.05, 0.02), fluid_sigma=1.5),
+       }.items()},
+    **{f"fast_fine6_{name}": dataclasses.replace(PRESETS["fast"]["refine_options"], fine_iterations=6, **change)
+       for name, change in {
+           "16_reg002": dict(iterations=(60, 40, 16), reg=(0.05, 0.05, 0.02)),
+       }.items()},
 }
 SETS = ("real6", "cycle", "heads1", "brain2", "conformed256")
 

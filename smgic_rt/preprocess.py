@@ -121,33 +121,41 @@ def model_grid(data, affine, shape, spacing) -> np.ndarray:
     return grid_around(foreground_centre(data, affine), shape, spacing)
 
 
-def antialias(data, affine, spacing) -> np.ndarray:
+def antialias(data, affine, spacing, strength: float = 1.0) -> np.ndarray:
     """`data` low-pass filtered for resampling to voxels of `spacing` mm: a Gaussian whose FWHM
-    makes up the difference in voxel size, so that downsampling does not alias."""
+    makes up the difference in voxel size, so that downsampling does not alias.
+
+    `strength` scales that Gaussian's width: 1 (the default, and what training prepares its
+    images with) as above; below 1 a narrower one that keeps more of the edges (0: none). The
+    refinement takes 0.5 (`smgic_rt.refine.RefineOptions.antialias`, where it is measured).
+    """
     data, affine = _check_volume(data, affine)
+    if not 0 <= strength <= 1:
+        raise ValueError(f"antialias strength must be in [0, 1], got {strength!r}")
     spacing = np.asarray(_three(spacing, "spacing", float))
     voxel = np.linalg.norm(affine[:3, :3], axis=0)
     # Target voxel size along each data axis, in data voxels (axes may be permuted or oblique).
     directions = affine[:3, :3] / voxel
     ratio = np.sqrt((np.square(directions) * spacing[:, None] ** 2).sum(axis=0)) / voxel
-    sigmas = np.sqrt(np.maximum(ratio ** 2 - 1.0, 0.0)) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    sigmas = strength * np.sqrt(np.maximum(ratio ** 2 - 1.0, 0.0)) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
     # Below 0.3 voxel the filter would barely differ from the identity: leave that axis alone.
     sigmas = np.where(sigmas < 0.3, 0.0, sigmas)
     return smooth(ops.contiguous_float32(data)[None], sigmas)[0]
 
 
-def resample(data, affine, grid_affine, shape, interpolation="linear", smooth=True) -> np.ndarray:
+def resample(data, affine, grid_affine, shape, interpolation="linear", smooth=True,
+             antialias_strength: float = 1.0) -> np.ndarray:
     """`data` (on `affine`) resampled onto the grid `grid_affine` of `shape`; zeros outside.
 
-    Linear resampling onto coarser voxels first applies `antialias` (unless `smooth` is False
-    because the caller already did, as training does once per template).
+    Linear resampling onto coarser voxels first applies `antialias` at `antialias_strength`
+    (unless `smooth` is False because the caller already did, as training does once per template).
     """
     data, affine = _check_volume(data, affine)
     shape = _three(shape, "shape", int)
     grid_affine = np.asarray(grid_affine, dtype=np.float64)
     volume = ops.contiguous_float32(data)
     if interpolation == "linear" and smooth:
-        volume = antialias(volume, affine, np.linalg.norm(grid_affine[:3, :3], axis=0))
+        volume = antialias(volume, affine, np.linalg.norm(grid_affine[:3, :3], axis=0), antialias_strength)
     matrix = np.linalg.solve(affine, grid_affine)  # grid voxel -> data voxel
     return ops.affine_resample(volume[None], matrix, shape, interpolation=interpolation, padding="zeros")[0]
 
@@ -170,8 +178,10 @@ def normalize_intensity(data, scaling: IntensityScaling = IntensityScaling()) ->
     return xp.clip((data - low) / (np.float64(high) - low), 0.0, 1.0).astype(np.float32)
 
 
-def prepare(data, affine, shape, spacing, grid_affine=None, intensity: IntensityScaling = IntensityScaling()):
-    """``(model-grid array float32 in [0, 1], grid_affine)``: resample then normalise.
+def prepare(data, affine, shape, spacing, grid_affine=None, intensity: IntensityScaling = IntensityScaling(),
+            antialias_strength: float = 1.0):
+    """``(model-grid array float32 in [0, 1], grid_affine)``: resample (`antialias` at
+    `antialias_strength`) then normalise.
 
     `grid_affine` defaults to `model_grid` of this image; pass the fixed image's grid to put a
     moving image on the same grid.
@@ -179,5 +189,5 @@ def prepare(data, affine, shape, spacing, grid_affine=None, intensity: Intensity
     shape = _three(shape, "shape", int)
     if grid_affine is None:
         grid_affine = model_grid(data, affine, shape, spacing)
-    volume = resample(data, affine, grid_affine, shape)
+    volume = resample(data, affine, grid_affine, shape, antialias_strength=antialias_strength)
     return normalize_intensity(volume, intensity), np.asarray(grid_affine, dtype=np.float64)

@@ -50,7 +50,8 @@ QUALITIES = ("fast", "accurate")
 PRESETS = {
     "fast": {"affine_options": AffineOptions(),
              "refine_options": RefineOptions(iterations=(60, 40, 12), symmetric=(True, True, False),
-                                             gradient=("window", "window", "exact"), reg=(0.05, 0.05, 0.01))},
+                                             gradient=("window", "exact", "window"), radius=(1, 1, 2),
+                                             fluid_sigma=(1.5, 1.5, 1.35), reg=(0.05, 0.05, 0.01))},
     "accurate": {"affine_options": AffineOptions(),
                  "refine_options": RefineOptions(iterations=(60, 40, 16), fine_iterations=10, gradient="exact",
                                                  symmetric=False, reg=(0.05, 0.05, 0.02))},

@@ -44,7 +44,7 @@ GRADIENTS = ("window", "exact")
 # Options that may hold one value per level (a tuple as long as `factors`, coarsest first) instead
 # of one for all; a finer grid after the levels (`fine_iterations`) takes the last level's value.
 # Each level's record in the stats says the values it ran with.
-PER_LEVEL = ("fluid_sigma", "reg", "symmetric", "gradient")
+PER_LEVEL = ("fluid_sigma", "reg", "symmetric", "gradient", "radius")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class RefineOptions:
     # brain window and smoothing (radius 2, fluid 1.732, elastic 0.707, no |grad v|^2 term)
     # 0.7117 on the real pairs but 0.9052 (with the exact gradient) on the heads, radius 2 alone
     # 0.7113 and 0.9187 (exact). So the heads keep these.
-    radius: int = 1                       # local NCC window (2 radius + 1)^3
+    radius: int | tuple = 1               # local NCC window (2 radius + 1)^3; one value or one per level
     fluid_sigma: float | tuple = 1.5      # Gaussian on each update, voxels of the level
     elastic_sigma: float = 0.0            # Gaussian on the whole velocity after each step (0: none;
                                           # the |grad v|^2 term regularises instead)
@@ -102,6 +102,16 @@ class RefineOptions:
     # after the levels above: where Greedy and ANTs end. Each costs about 8x one on the model
     # grid. 0: none (the fast default). The RefineStage prepares that grid's images.
     fine_iterations: int = 0
+    # How much the images the refinement compares are low-passed when resampled onto the model
+    # grid: the strength of `smgic_rt.preprocess.antialias` (1: a Gaussian making up the whole
+    # difference in voxel size, as the network was trained; 0: none). The PreprocessStage makes
+    # them so (the network, when it runs, gets its own at 1). Measured with the fast preset of
+    # 2026-12-05 (network off, mean Dice; /tmp sweeps, then benchmarks/refine_sweep.py): 1 ->
+    # 0.5 -> 0 raised accuracy.py's real pairs 0.7152 -> 0.7157 -> 0.7157, the 256^3 pair of
+    # benchmarks/peers.py 0.7604 -> 0.7613 -> 0.7616, its 1 mm synthetic heads 0.9297 -> 0.9324
+    # -> 0.9326 (its 2 mm brains are 2 mm already: unchanged). 0.5 keeps most of the gain and
+    # most of the protection against aliasing.
+    antialias: float = 0.5
     # A wall-clock limit in seconds (None: none). The iteration counts above are the budget;
     # with a time limit the result depends on the machine's load, so it is off by default.
     max_seconds: float | None = None
@@ -114,6 +124,11 @@ class RefineOptions:
                                  f"got {value!r}")
         if any(g not in GRADIENTS for g in (self.gradient if isinstance(self.gradient, tuple) else (self.gradient,))):
             raise ValueError(f"gradient must be one of {list(GRADIENTS)}, got {self.gradient!r}")
+        radii = self.radius if isinstance(self.radius, tuple) else (self.radius,)
+        if any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in radii):
+            raise ValueError(f"radius must be an int >= 1 or one per level, got {self.radius!r}")
+        if not 0 <= self.antialias <= 1:
+            raise ValueError(f"antialias must be in [0, 1], got {self.antialias!r}")
         if not isinstance(self.fine_iterations, int) or isinstance(self.fine_iterations, bool) or self.fine_iterations < 0:
             raise ValueError(f"fine_iterations must be an int >= 0, got {self.fine_iterations!r}")
 

@@ -282,13 +282,16 @@ class Registrar:
             cpu_options = {} if threads is None or backend == "tensorrt" else {"threads": threads}
             self._backend = backends.create(backend, self.bundle, **cpu_options)
         self.backend = None if self._backend is None else str(getattr(self._backend, "name", backend))
+        refine_stage = RefineStage(refine, refine_options)
         # The stages, in pipeline order (smgic_rt.pipeline.STAGE_ORDER).
         self.stages = (
             LoadStage(),
             AffineStage(affine, affine_options),
-            PreprocessStage(normalization=self.bundle.config.get("normalization")),
+            # the refinement's images when it runs (the network makes its own as trained)
+            PreprocessStage(normalization=self.bundle.config.get("normalization"),
+                            antialias=refine_stage.options.antialias if refine_stage.enabled else 1.0),
             NetworkStage(network_mode, backend=self._backend, bundle=self.bundle, levels=levels, profile=profile),
-            RefineStage(refine, refine_options),
+            refine_stage,
             IntegrateStage(),
             FieldsStage(options=fields_options),
             ResampleStage(),

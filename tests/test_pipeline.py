@@ -88,3 +88,35 @@ def test_the_bundle_normalisation_is_the_one_applied_or_it_is_refused():
     default = preprocess.normalize_intensity(data)
     honoured = preprocess.normalize_intensity(data, preprocess.intensity_parameters({**record, "high_percentile": 90.0}))
     assert (honoured == 1).mean() > (default == 1).mean() + 0.05
+
+
+def test_the_refinement_compares_sharper_images_and_the_network_sees_them_as_trained(bundle, pair):
+    from smgic_rt import network
+    from smgic_rt.pipeline import PairState
+    from smgic_rt.pipeline.stages import images_on_grid
+    from smgic_rt.refine import RefineOptions
+
+    # The preprocessing low-passes the 3 mm pair onto the 6 mm grid at the refinement's strength
+    # when it runs, at 1 (as the network was trained) when it does not.
+    assert Registrar(bundle, backend="onnxruntime").stages[2].antialias == RefineOptions().antialias == 0.5
+    assert Registrar(bundle, backend="onnxruntime", refine="off").stages[2].antialias == 1.0
+    custom = Registrar(bundle, backend="onnxruntime", refine_options=RefineOptions(antialias=0.0))
+    assert custom.stages[2].antialias == 0.0
+    registrar = Registrar(bundle, backend="onnxruntime", affine="off", network="on")
+    state = PairState(inputs={"fixed": pair[0], "moving": pair[1], "fixed_mask": None, "moving_mask": None},
+                      grid_shape=registrar.bundle.grid_shape, spacing=registrar.bundle.spacing,
+                      integration_steps=registrar.bundle.steps)
+    records = run_stages(registrar.stages[:4], state)  # load, affine (off), preprocess, network
+    assert state.antialias == 0.5 and records["preprocess"]["stats"]["antialias"] == 0.5
+    trained = images_on_grid(state, state.grid_shape, state.spacing, state.model_affine, antialias=1.0)
+    sharp = images_on_grid(state, state.grid_shape, state.spacing, state.model_affine, antialias=0.5)
+    for image, as_trained, as_sharp in zip((state.fixed_model, state.moving_model), trained, sharp):
+        assert np.array_equal(image, as_sharp)
+        # sharper: more difference between neighbours than as trained
+        assert np.abs(np.diff(image, axis=0)).mean() > 1.05 * np.abs(np.diff(as_trained, axis=0)).mean()
+    # the network ran on the images as trained, not on the refinement's
+    expected, _ = network.predict_velocity(registrar._backend, registrar.bundle, *trained)
+    assert np.array_equal(state.velocity, expected)
+    on_sharp, _ = network.predict_velocity(registrar._backend, registrar.bundle, *sharp)
+    assert np.abs(on_sharp - expected).max() > 1e-4  # which it would not be from those
+

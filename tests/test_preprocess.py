@@ -66,6 +66,28 @@ def test_antialias_smooths_only_when_the_voxels_grow(anatomical):
     assert smoothed.mean() == pytest.approx(data.mean(), rel=0.02)
 
 
+def test_antialias_strength_scales_the_gaussian_width(anatomical):
+    from smgic_rt._filters import smooth
+
+    data, affine = anatomical  # 2 mm voxels: onto 6 mm, sigma = sqrt(3^2 - 1) / (2 sqrt(2 ln 2)) voxels
+    full_sigma = np.sqrt(8.0) / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+    for strength in (1.0, 0.5):
+        expected = smooth(data[None], [strength * full_sigma] * 3)[0]
+        assert np.array_equal(preprocess.antialias(data, affine, 6.0, strength), expected)
+    assert np.array_equal(preprocess.antialias(data, affine, 6.0, 0.0), data)
+    # resample and prepare pass it on: sharper (more high-frequency energy) at a lower strength
+    grid = preprocess.grid_around(preprocess.foreground_centre(data, affine), (12, 14, 9), 6.0)
+    roughness = [np.abs(np.diff(preprocess.resample(data, affine, grid, (12, 14, 9), antialias_strength=s),
+                                axis=0)).mean() for s in (1.0, 0.5, 0.0)]
+    assert roughness[0] < roughness[1] < roughness[2]
+    sharp, _ = preprocess.prepare(data, affine, (12, 14, 9), 6.0, grid_affine=grid, antialias_strength=0.5)
+    expected = preprocess.normalize_intensity(preprocess.resample(data, affine, grid, (12, 14, 9),
+                                                                  antialias_strength=0.5))
+    assert np.array_equal(sharp, expected)
+    with pytest.raises(ValueError, match="antialias strength"):
+        preprocess.antialias(data, affine, 6.0, 1.5)
+
+
 def test_normalize_intensity_is_robust_and_scale_free(anatomical):
     data, _ = anatomical
     out = preprocess.normalize_intensity(data)

@@ -22,7 +22,9 @@ def test_the_presets_set_exactly_this():
     fast = PRESETS["fast"]
     assert fast["affine_options"] == AffineOptions()
     assert fast["refine_options"] == RefineOptions(iterations=(60, 40, 12), symmetric=(True, True, False),
-                                                   gradient=("window", "window", "exact"), reg=(0.05, 0.05, 0.01))
+                                                   gradient=("window", "exact", "window"), radius=(1, 1, 2),
+                                                   fluid_sigma=(1.5, 1.5, 1.35), reg=(0.05, 0.05, 0.01))
+    assert fast["refine_options"].antialias == 0.5  # RefineOptions' default: sharper images than the network's
     assert fast["refine_options"].factors == (4, 2, 1) and fast["refine_options"].fine_iterations == 0
     accurate = PRESETS["accurate"]
     assert accurate["affine_options"] == AffineOptions()

@@ -124,16 +124,18 @@ def test_the_grid_faces_stay_put_unless_the_boundary_is_freed(brain):
 def test_per_level_options_run_each_level_with_its_own_value(brain):
     moving = ops.warp(brain[None], ops.integrate_velocity(_smooth_velocity(2, 3.0)))[0]
     mixed = RefineOptions(iterations=(10, 5, 3), fluid_sigma=(2.0, 1.5, 1.0), reg=(0.05, 0.05, 0.02),
-                          symmetric=(True, True, False), gradient=("window", "window", "exact"))
+                          symmetric=(True, True, False), gradient=("window", "window", "exact"), radius=(1, 1, 2))
     result = refine_velocity(brain, moving, None, options=mixed)
-    ran = [{name: level[name] for name in ("fluid_sigma", "reg", "symmetric", "gradient")}
+    ran = [{name: level[name] for name in ("fluid_sigma", "reg", "symmetric", "gradient", "radius")}
            for level in result.stats["levels"]]
-    assert ran == [{"fluid_sigma": 2.0, "reg": 0.05, "symmetric": True, "gradient": "window"},
-                   {"fluid_sigma": 1.5, "reg": 0.05, "symmetric": True, "gradient": "window"},
-                   {"fluid_sigma": 1.0, "reg": 0.02, "symmetric": False, "gradient": "exact"}]
+    assert ran == [{"fluid_sigma": 2.0, "reg": 0.05, "symmetric": True, "gradient": "window", "radius": 1},
+                   {"fluid_sigma": 1.5, "reg": 0.05, "symmetric": True, "gradient": "window", "radius": 1},
+                   {"fluid_sigma": 1.0, "reg": 0.02, "symmetric": False, "gradient": "exact", "radius": 2}]
     # The result is judged by the last level's objective: the refinement never ends above its
     # start by it, and `objective` reads the same one.
-    last = RefineOptions(fluid_sigma=1.0, reg=0.02, symmetric=False, gradient="exact")
+    last = RefineOptions(fluid_sigma=1.0, reg=0.02, symmetric=False, gradient="exact", radius=2)
+    assert objective(brain, moving, result.velocity, last) != objective(
+        brain, moving, result.velocity, dataclasses.replace(last, radius=1))  # the window matters
     assert objective(brain, moving, result.velocity, mixed) == objective(brain, moving, result.velocity, last)
     assert result.stats["objective_after"] == pytest.approx(objective(brain, moving, result.velocity, last), abs=1e-6)
     assert result.stats["objective_after"] < objective(brain, moving, np.zeros_like(result.velocity), last)
@@ -144,8 +146,9 @@ def test_per_level_options_run_each_level_with_its_own_value(brain):
 
 
 @pytest.mark.parametrize("name, value", [("fluid_sigma", (1.5, 1.0)), ("symmetric", (True,) * 4),
-                                         ("gradient", ("window", "sobel", "exact"))])
-def test_per_level_options_of_the_wrong_length_or_kind_are_refused(name, value):
+                                         ("gradient", ("window", "sobel", "exact")), ("radius", (1, 2)),
+                                         ("radius", 0), ("radius", (1, 1, 1.5)), ("antialias", 1.5)])
+def test_options_of_the_wrong_length_or_kind_are_refused(name, value):
     with pytest.raises(ValueError, match=name):
         RefineOptions(**{name: value})
 

@@ -109,40 +109,45 @@ class AffineStage(Stage):
 
 class PreprocessStage(Stage):
     """Both images onto the model grid with the bundle's normalisation (`smgic_rt.preprocess`,
-    the function training uses); the moving one through the affine stage's matrix."""
+    the function training uses); the moving one through the affine stage's matrix. The
+    antialiasing Gaussian at `antialias` strength: the refinement's (`RefineOptions.antialias`)
+    when it runs, else 1, as the network was trained."""
 
     name = "preprocess"
 
-    def __init__(self, mode=None, options=None, *, normalization: dict | None = None):
+    def __init__(self, mode=None, options=None, *, normalization: dict | None = None, antialias: float = 1.0):
         from ..preprocess import intensity_parameters
 
         super().__init__(mode, options)
         # The bundle records the normalisation it was trained with; refuse one we do not apply.
         self.intensity = intensity_parameters(normalization)
+        self.antialias = antialias
 
     def run(self, state):
         from .. import preprocess
 
         shape, spacing = state.grid_shape, state.spacing
-        state.intensity = self.intensity
+        state.intensity, state.antialias = self.intensity, self.antialias
         state.model_affine = preprocess.model_grid(state.fixed_data, state.fixed.affine, shape, spacing)
         state.fixed_model, state.moving_model = images_on_grid(state, shape, spacing, state.model_affine)
-        return {"grid_shape": list(shape), "spacing_mm": list(spacing)}
+        return {"grid_shape": list(shape), "spacing_mm": list(spacing), "antialias": self.antialias}
 
 
-def images_on_grid(state, shape, spacing, grid_affine):
+def images_on_grid(state, shape, spacing, grid_affine, antialias: float | None = None):
     """``(fixed, moving)`` on the grid `grid_affine` of `shape`, by `preprocess.prepare` with the
-    pair's intensity scaling; the moving image seen through the affine stage's matrix."""
+    pair's intensity scaling and antialiasing strength (or `antialias`); the moving image seen
+    through the affine stage's matrix."""
     from .. import preprocess
 
+    antialias = state.antialias if antialias is None else antialias
     fixed, _ = preprocess.prepare(state.fixed_data, state.fixed.affine, shape, spacing, grid_affine=grid_affine,
-                                  intensity=state.intensity)
+                                  intensity=state.intensity, antialias_strength=antialias)
     # prepare() reads moving at world points; seeing it through `world_matrix` means handing
     # it the affine inv(M) @ A_moving (model voxel -> M G x -> moving voxel).
     seen = (state.moving.affine if state.world_matrix is None
             else np.linalg.inv(state.world_matrix) @ state.moving.affine)
     moving, _ = preprocess.prepare(state.moving_data, seen, shape, spacing, grid_affine=grid_affine,
-                                   intensity=state.intensity)
+                                   intensity=state.intensity, antialias_strength=antialias)
     # From here on the pair's arrays live in `state.xp` (on the GPU for a device run).
     return state.xp.asarray(fixed), state.xp.asarray(moving)
 
@@ -189,9 +194,12 @@ class NetworkStage(Stage):
     def run(self, state):
         from .. import network, ops
 
+        fixed, moving = state.fixed_model, state.moving_model
+        if state.antialias != 1.0:  # sharper images made for the refinement: the network's as trained
+            fixed, moving = images_on_grid(state, state.grid_shape, state.spacing, state.model_affine, antialias=1.0)
         # The backends take host arrays (the torch-CUDA and TensorRT ones upload them themselves).
-        velocity, timings = network.predict_velocity(self.backend, self.bundle, ops.to_host(state.fixed_model),
-                                                     ops.to_host(state.moving_model), levels=self.levels)
+        velocity, timings = network.predict_velocity(self.backend, self.bundle, ops.to_host(fixed), ops.to_host(moving),
+                                                     levels=self.levels)
         state.velocity = as_field(state.xp.asarray(velocity), "network velocity")  # a host array
         return {"seconds": timings, "levels": self.levels, "profile": self.profile}
 
