@@ -3,26 +3,24 @@
 A preset is nothing but options for the stages; options passed explicitly
 (``affine_options=``, ``refine_options=``) win over the preset's.
 
-- ``"fast"`` (the default): the affine stage's defaults; the refinement's coarse levels (8 and
-  4 mm) as `RefineOptions` defaults them (symmetric, own-window NCC force), then the model grid
-  itself with 12 iterations of the moving image alone moving onto the fixed one, by the exact
-  NCC gradient, the |grad v|^2 weight 0.01 there (``symmetric=False, gradient="exact",
-  reg=0.01`` on that level only). Measured (network off, 2 threads, mean Dice;
-  benchmarks/refine_sweep.py, variants "defaults", "last_level_exact_12" and
-  "last_level_exact_12_reg001") against the refinement's defaults everywhere (8 iterations on
-  the model grid, reg 0.05): real-pair set (6 directed raw pairs) 0.7086 -> 0.7147 (exact, moving
-  alone, 12 iterations) -> 0.7163 (reg 0.01; Greedy 0.7168), accuracy.py's real set 0.7140 ->
-  0.7152 (Greedy 0.7158), 1 mm synthetic heads 0.9289 -> 0.9278 -> 0.9297, 2 mm synthetic
-  brains 0.9202 -> 0.9222 -> 0.9186, the 256^3 pair of benchmarks/peers.py 0.7582 -> 0.7582 ->
-  0.7604, in the same time. The rougher inverse of reg 0.01 is held within 0.1 mm by the
-  compact 2 mm lattice it is written on because that lattice takes the quasi-interpolant's
-  values (`smgic_rt.transforms.linear_quasi_interpolant`; 95th percentile inside the brain
-  0.080 mm on tests/test_fields.py's pair, 0.090 on the 256^3 pair; as plain samples 0.127,
-  which kept reg 0.05 until then). Settings that reach Greedy on the real pairs cost the
-  synthetic sets more than 0.005 or the compact inverse more than 0.1 mm (smaller update
-  smoothing on the model grid, refine_sweep_2026-12-05d.md). The sweeps' numbers are in
-  benchmarks/results/refine_sweep_2026-12-05*.md.
-- ``"accurate"``: the refinement twice as long on the model grid, then 10 iterations on a grid
+- ``"fast"`` (the default): the affine stage's defaults; the refinement on images made
+  sharper than the network's (`RefineOptions.antialias` 0.5, its default): 60 iterations at 8 mm
+  and 40 at 4 mm with both images moving half-way (the 4 mm level by the exact NCC gradient),
+  then 12 on the model grid itself (2 mm) with the moving image alone moving onto the fixed one,
+  a 5-voxel NCC window (radius 2) and each voxel's force through its own window, updates
+  smoothed by 1.35 voxels and the |grad v|^2 weight 0.01 there. Measured (network off, 2
+  threads, mean Dice; benchmarks/refine_sweep.py, refine_sweep_2026-12-05e.md, where each change
+  is measured alone) against the preset before (antialias 1, the window force at 4 mm, the exact
+  force with a 3-voxel window and smoothing 1.5 on the model grid): accuracy.py's real pairs
+  0.7152 -> 0.7170 (Greedy 0.7158-0.7160), the 256^3 pair of benchmarks/peers.py 0.7604 ->
+  0.7644 (Greedy 0.7642-0.7647), 1 mm synthetic heads 0.9297 -> 0.9312, 2 mm synthetic brains
+  0.9186 -> 0.9164 (the speed issue's limit 0.9152), in the same time. Smoothing 1.25 or a weaker
+  |grad v|^2 term gain a little more on the real pairs and take the brains below 0.9152. The
+  compact inverse field stays within 0.1 mm of the native one (95th percentile inside the brain:
+  0.079 mm on tests/test_fields.py's pair, 0.089 on the 256^3 pair) because its lattice takes
+  the quasi-interpolant's values (`smgic_rt.transforms.linear_quasi_interpolant`).
+- ``"accurate"``: on the same sharper images, the refinement's 8 and 4 mm levels as long as the
+  fast preset's, 16 iterations on the model grid, then 10 iterations on a grid
   twice finer (1 mm for the default bundle), where Greedy and ANTs end; the exact NCC gradient
   and the moving image alone moving onto the fixed one on every level (``gradient="exact"``,
   ``symmetric=False``), the |grad v|^2 weight 0.02 on the model grid and the finer one
@@ -35,7 +33,11 @@ A preset is nothing but options for the stages; options passed explicitly
   fine grid nothing either (0.7105 against 0.7104 with reg 0.05), so neither is in the preset.
   Its compact fields are on a 1 mm lattice: on tests/test_fields.py's pair its compact inverse
   is within 0.032 mm of the native one at the 95th percentile inside the brain (0.058 as plain
-  samples).
+  samples). Since the fast preset's changes of 2026-12-05 (fifth sweep) it is below that preset
+  on the labelled pairs (real pairs 0.7164 against 0.7170, the 256^3 pair 0.7629 against
+  0.7644) and above it on the synthetic sets (heads 0.9368, brains 0.9208): its 1 mm grid
+  raises the 256^3 pair and the synthetic sets, not the real pairs, and the fast preset's
+  window force and smoothing on that grid fold a few voxels (refine_sweep_2026-12-05e.md).
 """
 
 from __future__ import annotations

@@ -58,7 +58,10 @@ class RefineOptions:
     # on benchmarks/accuracy.py's 1 mm synthetic heads: these values 0.7086 and 0.9289; Greedy's
     # brain window and smoothing (radius 2, fluid 1.732, elastic 0.707, no |grad v|^2 term)
     # 0.7117 on the real pairs but 0.9052 (with the exact gradient) on the heads, radius 2 alone
-    # 0.7113 and 0.9187 (exact). So the heads keep these.
+    # 0.7113 and 0.9187 (exact). So the heads keep these. On sharper images (`antialias` 0.5)
+    # radius 2 on the model grid's level alone, with the window force there, raised the 256^3
+    # pair of benchmarks/peers.py 0.7613 -> 0.7634 and the heads 0.9324 -> 0.9329 (real pairs
+    # 0.7157 -> 0.7149): the fast preset takes it (refine_sweep_2026-12-05e.md).
     radius: int | tuple = 1               # local NCC window (2 radius + 1)^3; one value or one per level
     fluid_sigma: float | tuple = 1.5      # Gaussian on each update, voxels of the level
     elastic_sigma: float = 0.0            # Gaussian on the whole velocity after each step (0: none;
@@ -74,8 +77,9 @@ class RefineOptions:
     # 5 alternating runs); with the accurate preset real pairs 0.7104 -> 0.7129 but the 256^3
     # pair 0.7625 -> 0.7574 (+11 s). Better on four pairs, worse on both MNI152/CAT12 ones, so
     # it is not the default; the accurate preset takes it on every level, with symmetric=False
-    # below (together 0.7160 on the real pairs), the fast preset on the model grid's level only
-    # (real pairs 0.7147 then, the rest unchanged; smgic_rt.quality). One value or one per level.
+    # below (together 0.7160 on the real pairs); the fast preset on its 4 mm level, where it
+    # helps the real pairs, and the window force with a 5-voxel window on the model grid, where
+    # that helps the 256^3 pair (smgic_rt.quality). One value or one per level.
     gradient: str | tuple = "window"
     # True: both images move half-way and meet at the midpoint (unbiased towards either grid);
     # False: the moving image alone moves, through exp(v), onto the fixed image as it is, as
