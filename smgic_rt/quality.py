@@ -18,7 +18,10 @@ A preset is nothing but options for the stages; options passed explicitly
   |grad v|^2 term gain a little more on the real pairs and take the brains below 0.9152. The
   compact inverse field stays within 0.1 mm of the native one (95th percentile inside the brain:
   0.079 mm on tests/test_fields.py's pair, 0.089 on the 256^3 pair) because its lattice takes
-  the quasi-interpolant's values (`smgic_rt.transforms.linear_quasi_interpolant`).
+  the quasi-interpolant's values (`smgic_rt.transforms.linear_quasi_interpolant`). Open: on
+  the demo pair (heads) its 5-voxel window folds 31 voxels of the scalp and neck (none in the
+  brain; the preset before folded none); |grad v|^2 weight 0.03 or radius 1 on the model grid
+  removes them, not yet measured against the Dice they cost (README, Quality presets).
 - ``"accurate"``: on the same sharper images, the refinement's 8 and 4 mm levels as long as the
   fast preset's, 16 iterations on the model grid, then 10 iterations on a grid
   twice finer (1 mm for the default bundle), where Greedy and ANTs end; the exact NCC gradient

@@ -110,7 +110,7 @@ class RefineOptions:
     # grid: the strength of `smgic_rt.preprocess.antialias` (1: a Gaussian making up the whole
     # difference in voxel size, as the network was trained; 0: none). The PreprocessStage makes
     # them so (the network, when it runs, gets its own at 1). Measured with the fast preset of
-    # 2026-12-05 (network off, mean Dice; /tmp sweeps, then benchmarks/refine_sweep.py): 1 ->
+    # 2026-12-05 (network off, mean Dice; benchmarks/refine_sweep.py's fast_d_antialias*): 1 ->
     # 0.5 -> 0 raised accuracy.py's real pairs 0.7152 -> 0.7157 -> 0.7157, the 256^3 pair of
     # benchmarks/peers.py 0.7604 -> 0.7613 -> 0.7616, its 1 mm synthetic heads 0.9297 -> 0.9324
     # -> 0.9326 (its 2 mm brains are 2 mm already: unchanged). 0.5 keeps most of the gain and

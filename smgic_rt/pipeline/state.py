@@ -32,10 +32,11 @@ class PairState:
         4x4 fixed world -> moving world (RAS mm) of the affine stage; None when it is off.
     ``model_affine``, ``fixed_model``, ``moving_model``, ``intensity``, ``antialias``
         The model grid (voxel -> RAS mm) and both images on it, intensities in [0, 1] by the
-        bundle's `preprocess.IntensityScaling` (``intensity``), low-passed by `preprocess.antialias`
-        at strength ``antialias`` (the refinement's; the network makes its own at 1 when it
-        differs); the moving one seen through ``world_matrix`` (preprocess). A refinement on a finer grid replaces grid and images
-        (``grid_shape``, ``spacing`` and ``integration_steps`` with them).
+        bundle's `preprocess.IntensityScaling` (``intensity``), low-passed by
+        `preprocess.antialias` at strength ``antialias`` (the refinement's; the network makes its
+        own at 1 when it differs); the moving one seen through ``world_matrix`` (preprocess). A
+        refinement on a finer grid replaces grid and images (``grid_shape``, ``spacing`` and
+        ``integration_steps`` with them).
     ``velocity``
         Stationary velocity (3, X, Y, Z) on the model grid, in its voxels (network, refine).
     ``forward_model``, ``inverse_model``
