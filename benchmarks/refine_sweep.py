@@ -164,6 +164,11 @@ VARIANTS = {
                                  "_fluid135_reg0005": dict(fluid_sigma=(1.5, 1.5, 1.35), reg=(0.05, 0.05, 0.005)),
                                  }.items()},
     }.items()},
+    # the fast preset with what removes its scalp folds on the demo pair (README, Quality presets)
+    **{f"fast_{name}": dataclasses.replace(PRESETS["fast"]["refine_options"], **change) for name, change in {
+        "reg003_last": dict(reg=(0.05, 0.05, 0.03)),
+        "reg002_last": dict(reg=(0.05, 0.05, 0.02)),
+    }.items()},
     # ... and the accurate preset: as it was (antialias 1), then on the new fast preset's levels
     "accurate_d": _ACCURATE_D,
     "accurate_d_antialias05": dataclasses.replace(_ACCURATE_D, antialias=0.5),
