@@ -119,4 +119,3 @@ def test_the_refinement_compares_sharper_images_and_the_network_sees_them_as_tra
     assert np.array_equal(state.velocity, expected)
     on_sharp, _ = network.predict_velocity(registrar._backend, registrar.bundle, *sharp)
     assert np.abs(on_sharp - expected).max() > 1e-4  # which it would not be from those
-
