@@ -7,11 +7,13 @@ CPU-budget model (what ships as smgic_rt's default; see README):
         --iterations 400 400 400 150 --minutes 3 5 20 25
 A stage ends at its iterations or its minutes, whichever comes first; `--resume RUN/last.pt` goes
 on where a run stopped (a committed checkpoint too, in a later session).
+Levels 1-3 on a CPU, with the fast refinement's coarse levels as the teacher (one core; runs
+until stopped, `--resume RUN/last.pt` goes on):
+    python -m training --recipe cpu-coarse -o runs/coarse --threads 1
 Ten minutes on one GPU (H200-class), fine-tuning the shipped default with the refinement as a
 teacher (see RECIPES; options given beside --recipe override its values):
-    python -m training --recipe gpu-10min -o runs/gpu Measured on the 2-core CPU machine (1 thread, machine shared, load ~6),
-seconds per iteration of stages 1-4 at 80x96x80 / 2 mm / 16 channels: 0.18, 0.43, 2.5, 23; making
-one synthetic pair adds ~0.5 s. `python -m training.benchmark` measures your machine.
+    python -m training --recipe gpu-10min -o runs/gpu
+`python -m training.benchmark` measures the seconds per iteration of each stage on your machine.
 """
 
 from __future__ import annotations
@@ -31,13 +33,25 @@ from .train import TrainConfig, train
 # misplacements (what the network sees after the affine stage), with the runtime refinement's
 # velocity of each of 128 pooled pairs as a teacher. Its weights and budget split are a first
 # guess, not yet measured on a GPU: the first run's log says what to change.
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "smgic_rt" / "models" / "default" / "weights.pt"
+# cpu-coarse: levels 1-3 of the shipped architecture, from its weights, on what they see at run
+# time: pairs after our affine stage (a small residual misplacement), across different brains and
+# heads, a third rendered from label maps; the fast refinement's 8 and 4 mm levels as the teacher
+# (`training.teacher.coarse_options`) on a pool of pairs whose targets are computed once.
 RECIPES = {
+    "cpu-coarse": {
+        "grid": (80, 96, 80), "spacing": 2.0, "channels": 16, "stages": 3,
+        "iterations": (200, 600, 1_000_000, 0), "lr": 1e-4, "validate_every": 100, "checkpoint_every": 50,
+        "validation_pairs": 4, "max_rotation": 3.0, "max_translation": 3.0, "max_scale": 0.04, "max_shear": 0.02,
+        "teacher": "coarse", "teacher_weight": 1.0, "pair_pool": 1000, "synthetic_fraction": 0.3,
+        "spm_heads": True, "init": DEFAULT_WEIGHTS,
+    },
     "gpu-10min": {
         "grid": (80, 96, 80), "spacing": 2.0, "channels": 16,
         "iterations": (100_000, 100_000, 100_000, 100_000), "minutes": (0.5, 0.5, 2.0, 6.5),
         "lr": 1e-4, "validate_every": 200, "checkpoint_every": 100, "validation_pairs": 4,
         "max_rotation": 5.0, "max_translation": 5.0, "teacher_weight": 0.2, "pair_pool": 128,
-        "device": "cuda", "init": Path(__file__).resolve().parents[1] / "smgic_rt" / "models" / "default" / "weights.pt",
+        "device": "cuda", "init": DEFAULT_WEIGHTS,
     },
 }
 
@@ -75,6 +89,15 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, help="folder of your own T1 NIfTI/MGZ files (default: DATA.md templates)")
     parser.add_argument("--max-rotation", type=float, default=Augment.rotation_deg, help="degrees")
     parser.add_argument("--max-translation", type=float, default=Augment.translation_mm, help="mm")
+    parser.add_argument("--max-scale", type=float, default=Augment.scale, help="relative scale change per axis")
+    parser.add_argument("--max-shear", type=float, default=Augment.shear)
+    parser.add_argument("--stages", type=int, default=4, choices=(1, 2, 3, 4),
+                        help="train stages 1..STAGES (default 4: every level)")
+    parser.add_argument("--synthetic-fraction", type=float, default=0.0,
+                        help="fraction of pairs rendered from label maps with random intensities per label")
+    parser.add_argument("--spm-heads", action="store_true", help="also train on SPM's T1 templates (spm-runtime)")
+    parser.add_argument("--teacher", choices=("full", "coarse"), default="full",
+                        help="the refinement used as teacher: its default options, or the fast preset's coarse levels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int,
                         help="torch CPU threads (default: all cores). On a machine other jobs also use, give 1: "
@@ -98,6 +121,8 @@ def main(argv=None) -> int:
         if args.recipe is None:
             parser.error("--resume continues a run and --init starts a new one: give one of them")
         args.init = None  # resuming a recipe's run: its weights come from the checkpoint
+    if not 0 <= args.synthetic_fraction <= 1:
+        parser.error(f"--synthetic-fraction must be in [0, 1], got {args.synthetic_fraction}")
     if args.teacher_weight < 0 or (args.pair_pool is not None and args.pair_pool < 1):
         parser.error(f"--teacher-weight must be >= 0 and --pair-pool >= 1, got {args.teacher_weight}, {args.pair_pool}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -111,9 +136,11 @@ def main(argv=None) -> int:
                          lr_decay_start=args.lr_decay_start, lr_decay_every=args.lr_decay_every,
                          validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                          validation_pairs=args.validation_pairs, seed=args.seed, data_folder=args.data,
-                         augment=Augment(rotation_deg=args.max_rotation, translation_mm=args.max_translation),
+                         augment=Augment(rotation_deg=args.max_rotation, translation_mm=args.max_translation,
+                                         scale=args.max_scale, shear=args.max_shear),
                          threads=args.threads, device=device, init=args.init, teacher_weight=args.teacher_weight,
-                         pair_pool=args.pair_pool)
+                         teacher=args.teacher, pair_pool=args.pair_pool, stages=args.stages,
+                         spm_heads=args.spm_heads, synthetic_fraction=args.synthetic_fraction)
     logging.getLogger("training").info("model: %s, %d parameters", model_config.to_dict(),
                                        parameter_count(SMGICNet(model_config)))
     last = train(config, resume=args.resume, progress=not args.quiet)

