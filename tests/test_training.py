@@ -376,3 +376,70 @@ def test_gpu_recipe_runs_end_to_end_on_the_cpu_with_a_tiny_budget(tmp_path):
     assert [r["stage"] for r in history] == [1, 2, 3, 4]  # one step per stage in this budget
     assert all(r["teacher"] > 0 for r in history) and all("dice_after" in r for r in history)
     assert len(list((run / "teacher").glob("*.npy"))) == 1  # one pooled pair: one target, computed once
+
+
+def test_coarse_teacher_targets_are_the_fast_refinements_coarse_levels(tmp_path):
+    """The cpu-coarse teacher is the fast preset's refinement up to (not including) its model-grid
+    level: the velocity the runtime holds when that level would start, kept one grid coarser."""
+    from smgic_rt.quality import PRESETS
+    from smgic_rt.refine import refine_velocity
+    from training.teacher import TeacherCache, coarse_options
+
+    fast = PRESETS["fast"]["refine_options"]
+    pair = _colin_pair(grid=(32, 32, 32), spacing=6.0)
+    cache = TeacherCache(tmp_path / "teacher", coarse_options(), halvings=1)
+    target = cache.target(pair["fixed"], pair["moving"])
+    # The runtime's own fast refinement with no iteration on its model grid.
+    no_last_level = replace(fast, iterations=fast.iterations[:-1] + (0,))
+    velocity = refine_velocity(pair["fixed"], pair["moving"], None, options=no_last_level).velocity
+    np.testing.assert_allclose(target, ops.downsample_haar(velocity) / 2, rtol=0, atol=1e-5)
+    assert target.shape == (3, 16, 16, 16) and np.abs(target).max() > 0.05
+
+
+def test_teacher_loss_refuses_a_target_coarser_than_a_level():
+    from training.teacher import teacher_loss
+
+    with pytest.raises(ValueError, match="coarser than a level"):
+        teacher_loss([torch.zeros(2, 3, 16, 16, 16)], torch.zeros(1, 3, 8, 8, 8))
+
+
+def test_label_maps_render_pairs_of_one_anatomy_with_one_random_intensity_per_label():
+    from training.data import LABEL_MAPS, load_label_brain
+
+    tissue = load_label_brain(LABEL_MAPS[-1])  # SPM's tissue probabilities: 5 classes and air
+    assert tissue.count == 6 and set(np.unique(tissue.labels)) == set(range(6))
+    brain = load_brain(package_file("nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"), 6.0)
+    source = PairSource([brain], (32, 32, 32), 6.0, Augment(rotation_deg=3, translation_mm=3), seed=2,
+                        label_brains=[tissue], synthetic_fraction=1.0)
+    first, again, other = source.pair(0), source.pair(0), source.pair(1)
+    np.testing.assert_array_equal(first["fixed"], again["fixed"])  # pair i is the same on every run
+    assert first["names"] == (tissue.name, tissue.name)
+    # The two sides show one anatomy under one intensity table: they correlate far more than
+    # two draws of the table do.
+    same = np.corrcoef(first["fixed"].ravel(), first["moving"].ravel())[0, 1]
+    assert same > 0.5 and not np.allclose(first["fixed"], other["fixed"], atol=0.05)
+    with pytest.raises(ValueError, match="synthetic_fraction"):
+        PairSource([brain], (32, 32, 32), 6.0, synthetic_fraction=0.5)
+
+
+@pytest.mark.slow
+def test_cpu_coarse_recipe_runs_end_to_end_with_a_tiny_budget(tmp_path):
+    """`python -m training --recipe cpu-coarse` for one step of each of its three stages: a
+    checkpoint the exporter loads, levels 1-3 trained, the coarse teacher and the data it names."""
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "training", "--recipe", "cpu-coarse", "-o", str(run),
+                           "--iterations", "1", "1", "1", "0", "--validation-pairs", "1", "--pair-pool", "1",
+                           "--threads", "2", "-q"], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from export.model_adapter import load_checkpoint_model
+
+    model, provenance = load_checkpoint_model(run / "last.pt")
+    assert model.config.grid_shape == (80, 96, 80) and model.config.channels == 16
+    data = provenance["data_provenance"]
+    assert any("avg152T1" in name for name in data["training_heads"]) and len(data["label_maps"]) == 3
+    history = load_checkpoint(run / "last.pt")["history"]
+    assert [r["stage"] for r in history] == [1, 2, 3]
+    assert all(r["teacher"] > 0 and r["teacher_error"] > 0 for r in history)
+    # Targets at level 3's grid (half the model grid): the validation pair's and the pooled one.
+    targets = [np.load(p) for p in (run / "teacher").glob("*.npy")]
+    assert len(targets) == 2 and all(t.shape == (3, 40, 48, 40) for t in targets)
