@@ -9,7 +9,7 @@ On a GPU machine (PyTorch with CUDA and/or CuPy, nvcc, Python 3.12; no nibabel n
 2. builds ``smgic_rt._C`` with CUDA in place for the GPU it finds (``SMGIC_CUDA_ARCHS`` from the
    device's compute capability), log in ``DIR/build.log``;
 3. runs every ``cuda``-marked test (``pytest -m cuda``), report in ``DIR/pytest.xml``;
-4. runs every kernel of ``smgic_rt.ops`` on device arrays (cupy, else torch) on a non-blocking
+4. runs every kernel of ``smgic_rt.geometry.ops`` on device arrays (cupy, else torch) on a non-blocking
    stream and on numpy, records the largest difference, and times each on the device (median of
    10 after a warm-up);
 5. registers the demo pair (``smgic_rt.demo.demo_pair``) with the public
@@ -338,8 +338,8 @@ def _kernel_inputs(shape):
     """Smooth random volumes and fields on `shape` (coarse noise resampled by the CPU kernels)."""
     import numpy as np
 
-    from smgic_rt import ops
-    from smgic_rt._filters import box_mean
+    from smgic_rt.geometry import ops
+    from smgic_rt.geometry.filters import box_mean
 
     rng = np.random.default_rng(0)
 
@@ -374,8 +374,8 @@ def _kernel_cases(shape):
     """name -> (function of a dict of arrays, tolerance on max |device - cpu|)."""
     import numpy as np
 
-    from smgic_rt import ops
-    from smgic_rt._filters import box_mean, gaussian_taps
+    from smgic_rt.geometry import ops
+    from smgic_rt.geometry.filters import box_mean, gaussian_taps
 
     matrix = np.array([[0.97, 0.04, 0.0, 2.0], [-0.04, 1.03, 0.02, -1.5], [0.0, 0.02, 1.0, 1.0]])
     half = tuple(n // 2 for n in shape)
@@ -465,7 +465,7 @@ def _kernels(args, arrays, deadline):
                  f"{1e3 * row['median_seconds']:.3f}" if times else "-")
     return {"status": "failed" if failed else "ok", "arrays": arrays.kind, "shape": list(shape),
             "failed": failed, "kernels": rows,
-            "note": "device vs numpy results of the same smgic_rt.ops call" if arrays.kind != "numpy"
+            "note": "device vs numpy results of the same smgic_rt.geometry.ops call" if arrays.kind != "numpy"
             else "numpy on both sides (--cpu): the parity is trivial, the times are the CPU path's"}
 
 
@@ -482,7 +482,7 @@ def _demo_inputs(pair_mm, out):
     import nibabel as nib
     import numpy as np
 
-    from smgic_rt import ops
+    from smgic_rt.geometry import ops
 
     folder = out / "pair_2mm"
     folder.mkdir(exist_ok=True)

@@ -38,8 +38,8 @@ import accuracy  # noqa: E402
 import common  # noqa: E402
 import peers  # noqa: E402
 import real_pairs  # noqa: E402
-from smgic_rt.quality import PRESETS  # noqa: E402
-from smgic_rt.refine import RefineOptions  # noqa: E402
+from smgic_rt.presets import PRESETS  # noqa: E402
+from smgic_rt.methods.refine import RefineOptions  # noqa: E402
 
 _EXACT = dict(symmetric=False, gradient="exact")  # the moving image alone moves, exact NCC gradient
 _LAST_LEVEL_EXACT = dict(symmetric=(True, True, False), gradient=("window", "window", "exact"))
@@ -79,7 +79,7 @@ _BEFORE_FIFTH_SWEEP = {
        for name, change in {
            "reg0": dict(reg=(0.05, 0.05, 0.0)),
            "reg0005": dict(reg=(0.05, 0.05, 0.005)),
-           "reg001": dict(reg=(0.05, 0.05, 0.01)),  # tried as the fast preset, not kept (smgic_rt.quality)
+           "reg001": dict(reg=(0.05, 0.05, 0.01)),  # tried as the fast preset, not kept (smgic_rt.presets)
            "reg002": dict(reg=(0.05, 0.05, 0.02)),
            "reg003": dict(reg=(0.05, 0.05, 0.03)),
            "fluid1": dict(fluid_sigma=(1.5, 1.5, 1.0)),
@@ -213,7 +213,8 @@ def compact_inverse_error(options: RefineOptions, pair) -> dict:
     moving brain (its nonzero voxels), mm: what tests/test_fields.py bounds (p95 < 0.1 mm on its
     2 mm pair). A rougher velocity is less well held by the lattice, which lies in the moving
     image's world and so is not the one the velocity is trilinear on."""
-    from smgic_rt import Registrar, transforms
+    from smgic_rt import Registrar
+    from smgic_rt.geometry import transforms
     from smgic_rt.pipeline import FieldsOptions
 
     made = {grid: Registrar(backend="onnxruntime", threads=accuracy.THREADS, network="off", refine_options=options,

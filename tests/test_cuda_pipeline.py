@@ -11,8 +11,8 @@ does not, and both runs must agree on every accepted step and on the result.
 import numpy as np
 import pytest
 
-from smgic_rt import ops
-from smgic_rt.refine import RefineOptions, objective, refine_velocity
+from smgic_rt.geometry import ops
+from smgic_rt.methods.refine import RefineOptions, objective, refine_velocity
 
 pytestmark = pytest.mark.cuda
 

@@ -16,8 +16,9 @@ import threading
 import numpy as np
 import pytest
 
-from smgic_rt import _C, ops
-from smgic_rt._filters import box_mean, gaussian_taps
+from smgic_rt import _C
+from smgic_rt.geometry import ops
+from smgic_rt.geometry.filters import box_mean, gaussian_taps
 
 pytestmark = pytest.mark.cuda
 

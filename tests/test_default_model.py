@@ -20,7 +20,7 @@ from smgic_rt import demo, models, registrar  # noqa: E402
 
 
 def _missing_runtime_modules():
-    return [m for m in ("smgic_rt.preprocess", "smgic_rt.features") if importlib.util.find_spec(m) is None]
+    return [m for m in ("smgic_rt.methods.preprocess", "smgic_rt.methods.features") if importlib.util.find_spec(m) is None]
 
 
 def test_default_bundle_path_is_where_registrar_looks():

@@ -13,8 +13,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import Registrar, ops
-from smgic_rt._filters import box_mean, smooth
+from smgic_rt import Registrar
+from smgic_rt.geometry import ops
+from smgic_rt.geometry.filters import box_mean, smooth
 
 from test_registrar_support import rotation_degrees
 

@@ -4,7 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import Registrar, preprocess
+from smgic_rt import Registrar
+from smgic_rt.methods import preprocess
 from smgic_rt.pipeline import STAGE_ORDER, SWITCHABLE_STAGES, PreprocessStage, QualityStage, LoadStage, run_stages
 
 from test_registrar_support import block_downsample, make_tiny_bundle, package_file
@@ -91,10 +92,10 @@ def test_the_bundle_normalisation_is_the_one_applied_or_it_is_refused():
 
 
 def test_the_refinement_compares_sharper_images_and_the_network_sees_them_as_trained(bundle, pair):
-    from smgic_rt import network
+    from smgic_rt.methods import network
     from smgic_rt.pipeline import PairState
     from smgic_rt.pipeline.stages import images_on_grid
-    from smgic_rt.refine import RefineOptions
+    from smgic_rt.methods.refine import RefineOptions
 
     # The preprocessing low-passes the 3 mm pair onto the 6 mm grid at the refinement's strength
     # when it runs, at 1 (as the network was trained) when it does not.

@@ -8,11 +8,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from smgic_rt import Registrar, ops, preprocess
-from smgic_rt.affine import AffineOptions
+from smgic_rt import Registrar
+from smgic_rt.geometry import ops
+from smgic_rt.methods import preprocess
+from smgic_rt.methods.affine import AffineOptions
 from smgic_rt.pipeline import PairState, run_stages
-from smgic_rt.quality import PRESETS, QUALITIES, stage_options
-from smgic_rt.refine import RefineOptions, objective
+from smgic_rt.presets import PRESETS, QUALITIES, stage_options
+from smgic_rt.methods.refine import RefineOptions, objective
 
 from test_registrar_support import block_downsample, package_file
 

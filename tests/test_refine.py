@@ -1,4 +1,4 @@
-"""smgic_rt.refine on a real brain: a known smooth deformation is recovered, an aligned pair
+"""smgic_rt.methods.refine on a real brain: a known smooth deformation is recovered, an aligned pair
 stays put, the objective never ends above its start, reruns are identical, bad input is refused;
 the CUDA kernels match the CPU ones where a GPU exists."""
 
@@ -7,10 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from smgic_rt import _C, ops, preprocess
-from smgic_rt._filters import box_mean, gaussian_taps
+from smgic_rt import _C
+from smgic_rt.geometry import ops
+from smgic_rt.methods import preprocess
+from smgic_rt.geometry.filters import box_mean, gaussian_taps
 from smgic_rt.demo import package_file
-from smgic_rt.refine import RefineOptions, objective, refine_velocity
+from smgic_rt.methods.refine import RefineOptions, objective, refine_velocity
 
 SHAPE = (48, 56, 48)
 
@@ -246,7 +248,7 @@ def _local_ncc_sum(f, m, centre, radius, eps):
 
 @pytest.mark.parametrize("radius", [1, 2])
 def test_the_exact_ncc_gradient_matches_finite_differences(radius):
-    from smgic_rt.refine import _ncc_derivatives
+    from smgic_rt.methods.refine import _ncc_derivatives
 
     rng = np.random.default_rng(radius)
     f = np.ascontiguousarray(box_mean(rng.random((1, 14, 15, 13)).astype(np.float32), 1)[0])

@@ -79,15 +79,15 @@ def zero_network_bundle(source: Path, folder: Path) -> Path:
             (folder / name).write_bytes((source / name).read_bytes())
         config["files"][name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    from smgic_rt.bundle import write_checksums
+    from smgic_rt.models.bundle import write_checksums
 
     write_checksums(folder)  # an edited bundle is another bundle: seal it as such
     return folder
 
 
 def rotation_degrees(degrees) -> np.ndarray:
-    """`smgic_rt.affine.rotation_matrix` of angles given in degrees."""
-    from smgic_rt.affine import rotation_matrix
+    """`smgic_rt.methods.affine.rotation_matrix` of angles given in degrees."""
+    from smgic_rt.methods.affine import rotation_matrix
 
     return rotation_matrix(np.deg2rad(degrees))
 

@@ -1,5 +1,5 @@
 """The runtime owns its contracts: `smgic_rt` needs nothing from `training/` or `export/`, only
-`smgic_rt.atomic` renames files into place, and the torch backend runs from an installed wheel."""
+`smgic_rt.io.atomic` renames files into place, and the torch backend runs from an installed wheel."""
 
 import ast
 import os

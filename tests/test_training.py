@@ -1,5 +1,5 @@
 """training/: losses on cases with known answers, every level learns, torch twins agree with
-smgic_rt.ops, a short run on a real labelled pair registers it, checkpoints round-trip."""
+smgic_rt.geometry.ops, a short run on a real labelled pair registers it, checkpoints round-trip."""
 
 import hashlib
 import subprocess
@@ -12,8 +12,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from smgic_rt import features, ops  # noqa: E402
-from smgic_rt.metrics import mean_dice  # noqa: E402
+from smgic_rt.methods import features
+from smgic_rt.geometry import ops  # noqa: E402
+from smgic_rt.qc.metrics import mean_dice  # noqa: E402
 from training import losses  # noqa: E402
 from training.data import Augment, Brain, PairSource, folder_brains, load_brain, package_file  # noqa: E402
 from smgic_rt.backends.torch_model import (ModelConfig, SMGICNet, compose, integrate_velocity, pyramid_features,  # noqa: E402
@@ -327,7 +328,7 @@ def _colin_pair(grid=(32, 32, 32), spacing=6.0, index=0):
 
 
 def test_teacher_targets_are_what_the_refinement_returns_for_the_pair(tmp_path):
-    from smgic_rt.refine import refine_velocity
+    from smgic_rt.methods.refine import refine_velocity
     from training.teacher import TeacherCache
 
     pair = _colin_pair()

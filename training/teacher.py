@@ -1,6 +1,6 @@
 """Amortised optimisation: the runtime's refinement as a teacher for the network.
 
-For each training pair the per-pair refinement of the runtime (`smgic_rt.refine`, from zero
+For each training pair the per-pair refinement of the runtime (`smgic_rt.methods.refine`, from zero
 velocity, its default options) is run once and its velocity kept as a target beside the paper's
 losses: the network learns to predict, in one pass, what the optimiser would find for that pair.
 Targets are cached on disk (one ``.npy`` per pair, keyed by the pair's images and the refinement's
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smgic_rt import atomic
-from smgic_rt.refine import RefineOptions, refine_velocity
+from smgic_rt.io import atomic
+from smgic_rt.methods.refine import RefineOptions, refine_velocity
 
 __all__ = ["TeacherCache", "teacher_loss"]
 

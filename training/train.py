@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smgic_rt import atomic
-from smgic_rt.atomic import sha256_file
-from smgic_rt.metrics import mean_dice
+from smgic_rt.io import atomic
+from smgic_rt.io.atomic import sha256_file
+from smgic_rt.qc.metrics import mean_dice
 
 from .data import (TRAINING_HEADS, TRAINING_TEMPLATES, VALIDATION_TEMPLATE, Augment, PairSource, folder_brains,
                    load_brain, package_file)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bundle import LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, Bundle
+from ..models.bundle import LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, Bundle
 from ._base import Backend
 
 __all__ = ["OnnxRuntimeBackend", "KNOWN_PROVIDERS", "available_providers", "default_providers"]

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import atomic, outputs
+from ..io import atomic, outputs
 from .local import available_cores, run_local
 from .manifests import pair_is_complete
 from .pairs import read_pairs
@@ -79,7 +79,7 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     # The Registrar's own checks, here so that bad options fail before any worker starts.
-    from ..quality import stage_options
+    from ..presets import stage_options
 
     stage_options(quality)  # refuses an unknown preset
     registrar_options = {"backend": backend, "quality": quality, "affine": check_mode(affine, "affine"),
@@ -164,9 +164,9 @@ def _count_flags(records) -> dict:
 
 
 def _write_cohort_report(out_root: Path, summary: dict) -> None:
-    """``OUTROOT/report.html``: a page to scroll, flagged pairs first (`smgic_rt.qc_report`). A
+    """``OUTROOT/report.html``: a page to scroll, flagged pairs first (`smgic_rt.qc.report`). A
     report that cannot be made is logged: the registrations and the summary stand without it."""
-    from .. import qc_report
+    from ..qc import report as qc_report
 
     try:
         qc_report.write_cohort_report(out_root, summary["pairs"], summary=summary)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import io, transforms
+from .. import io
+from ..geometry import transforms
 from .state import PairState
 
 __all__ = ["STAGE_MODES", "Stage", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage", "NetworkOptions", "FieldsOptions", "covering_lattice",
@@ -91,15 +92,15 @@ class LoadStage(Stage):
 
 
 class AffineStage(Stage):
-    """Global affine, fixed world -> moving world (`smgic_rt.affine`, its `AffineOptions`)."""
+    """Global affine, fixed world -> moving world (`smgic_rt.methods.affine`, its `AffineOptions`)."""
 
     name = "affine"
     switchable = True
     default_mode = "auto"
-    options_class = "smgic_rt.affine:AffineOptions"
+    options_class = "smgic_rt.methods.affine:AffineOptions"
 
     def run(self, state):
-        from ..affine import register_affine
+        from ..methods.affine import register_affine
 
         result = register_affine(state.fixed_data, state.fixed.affine, state.moving_data, state.moving.affine,
                                  options=self.options)
@@ -108,7 +109,7 @@ class AffineStage(Stage):
 
 
 class PreprocessStage(Stage):
-    """Both images onto the model grid with the bundle's normalisation (`smgic_rt.preprocess`,
+    """Both images onto the model grid with the bundle's normalisation (`smgic_rt.methods.preprocess`,
     the function training uses); the moving one through the affine stage's matrix. The
     antialiasing Gaussian at `antialias` strength: the refinement's (`RefineOptions.antialias`)
     when it runs, else 1, as the network was trained."""
@@ -116,7 +117,7 @@ class PreprocessStage(Stage):
     name = "preprocess"
 
     def __init__(self, mode=None, options=None, *, normalization: dict | None = None, antialias: float = 1.0):
-        from ..preprocess import intensity_parameters
+        from ..methods.preprocess import intensity_parameters
 
         super().__init__(mode, options)
         # The bundle records the normalisation it was trained with; refuse one we do not apply.
@@ -124,7 +125,7 @@ class PreprocessStage(Stage):
         self.antialias = antialias
 
     def run(self, state):
-        from .. import preprocess
+        from ..methods import preprocess
 
         shape, spacing = state.grid_shape, state.spacing
         state.intensity, state.antialias = self.intensity, self.antialias
@@ -137,7 +138,7 @@ def images_on_grid(state, shape, spacing, grid_affine, antialias: float | None =
     """``(fixed, moving)`` on the grid `grid_affine` of `shape`, by `preprocess.prepare` with the
     pair's intensity scaling and antialiasing strength (or `antialias`); the moving image seen
     through the affine stage's matrix."""
-    from .. import preprocess
+    from ..methods import preprocess
 
     antialias = state.antialias if antialias is None else antialias
     fixed, _ = preprocess.prepare(state.fixed_data, state.fixed.affine, shape, spacing, grid_affine=grid_affine,
@@ -167,7 +168,7 @@ class NetworkOptions:
 
 
 class NetworkStage(Stage):
-    """The SM-GICNet levels (`smgic_rt.network`) on the chosen backend; off: zero velocity.
+    """The SM-GICNet levels (`smgic_rt.methods.network`) on the chosen backend; off: zero velocity.
 
     ``levels``: how many levels run (1..k, coarsest first; the Registrar takes them from the
     bundle's measured profile for this hardware under "auto", all of them under "on"). A profile
@@ -192,7 +193,8 @@ class NetworkStage(Stage):
         return self.mode != "off" and self.not_run_reason is None
 
     def run(self, state):
-        from .. import network, ops
+        from ..methods import network
+        from ..geometry import ops
 
         fixed, moving = state.fixed_model, state.moving_model
         if state.antialias != 1.0:  # sharper images made for the refinement: the network's as trained
@@ -205,16 +207,16 @@ class NetworkStage(Stage):
 
 
 class RefineStage(Stage):
-    """Per-pair refinement of the velocity (`smgic_rt.refine`, its `RefineOptions`), started
+    """Per-pair refinement of the velocity (`smgic_rt.methods.refine`, its `RefineOptions`), started
     from the network's velocity (or zero when the network is off)."""
 
     name = "refine"
     switchable = True
     default_mode = "auto"
-    options_class = "smgic_rt.refine:RefineOptions"
+    options_class = "smgic_rt.methods.refine:RefineOptions"
 
     def run(self, state):
-        from ..refine import refine_velocity
+        from ..methods.refine import refine_velocity
 
         refined = refine_velocity(state.fixed_model, state.moving_model, state.velocity, options=self.options)
         state.velocity = as_field(refined.velocity, "refined velocity")
@@ -228,8 +230,9 @@ class RefineStage(Stage):
         view; from then on the pair's grid is that one (integration, fields and quality follow)."""
         import dataclasses
 
-        from .. import ops, preprocess
-        from ..refine import level_options, refine_velocity
+        from ..geometry import ops
+        from ..methods import preprocess
+        from ..methods.refine import level_options, refine_velocity
 
         shape = tuple(2 * n for n in state.grid_shape)
         spacing = tuple(s / 2.0 for s in state.spacing)
@@ -257,7 +260,7 @@ class IntegrateStage(Stage):
     name = "integrate"
 
     def run(self, state):
-        from .. import ops
+        from ..geometry import ops
 
         velocity = state.velocity
         if velocity is None:  # neither the network nor the refinement ran: the identity
@@ -364,7 +367,7 @@ class QualityStage(Stage):
     name = "quality"
 
     def run(self, state):
-        from .. import ops
+        from ..geometry import ops
 
         xp = state.xp
         jacobian = transforms.field_jacobian_determinant(state.forward_ras, state.fixed.affine)
@@ -386,7 +389,7 @@ class QualityStage(Stage):
 
 def as_field(array, name: str):
     """A (3, X, Y, Z) float32 field, in the array's own namespace, from a (1, 3, ...) or (3, ...) one."""
-    from .. import ops
+    from ..geometry import ops
 
     xp = ops.array_namespace(array)
     array = xp.asarray(array)

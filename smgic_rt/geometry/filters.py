@@ -1,6 +1,6 @@
 """Separable filters on the kernels of `smgic_rt._C` (Gaussian smoothing, box means), shared by
 the affine stage and the refinement. numpy arrays run on the CPU, CUDA arrays (cupy, torch) on
-the GPU on their stream (`smgic_rt.ops.filter_axis`)."""
+the GPU on their stream (`smgic_rt.geometry.ops.filter_axis`)."""
 
 from __future__ import annotations
 

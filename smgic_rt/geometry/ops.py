@@ -36,7 +36,7 @@ import numbers
 
 import numpy as np
 
-from . import _C
+from .. import _C
 
 __all__ = [
     "warp",

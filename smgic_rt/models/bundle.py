@@ -32,7 +32,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import sha256_file
+from ..io.atomic import sha256_file
 
 __all__ = [
     "BundleError",
@@ -312,7 +312,7 @@ def write_checksums(folder) -> str:
     hashes = dict(config["files"])
     hashes[CONFIG_NAME] = sha256_file(config_path)
     text = _checksum_text(hashes)
-    from . import atomic
+    from ..io import atomic
 
     atomic.write_text(folder / CHECKSUM_NAME, text)
     return _bundle_id(text.encode("ascii"))
@@ -385,7 +385,7 @@ def load_bundle(path, *, expected_id: str | None = None) -> Bundle:
     >>> bundle.grid_shape, bundle.steps                 # doctest: +SKIP
     ((80, 96, 80), 7)
     """
-    from . import models
+    from .. import models
 
     source = Path(path)
     if not source.exists():

@@ -35,7 +35,7 @@ def haar_step(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def pyramid_features(image: np.ndarray) -> list[np.ndarray]:
     """Input channels per level, level 1 (coarsest) first: arrays ``(C_k, X/2^(4-k), ...)``.
 
-    `image` is a model-grid volume ``(X, Y, Z)`` (from `smgic_rt.preprocess.prepare`) whose sizes
+    `image` is a model-grid volume ``(X, Y, Z)`` (from `smgic_rt.methods.preprocess.prepare`) whose sizes
     are divisible by 8.
     """
     image = np.asarray(image)

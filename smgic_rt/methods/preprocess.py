@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ops
-from ._filters import smooth
+from ..geometry import ops
+from ..geometry.filters import smooth
 
 __all__ = ["grid_around", "model_grid", "foreground_centre", "antialias", "resample", "normalize_intensity", "prepare",
            "IntensityScaling", "intensity_parameters", "normalization_record"]
@@ -34,6 +34,7 @@ class IntensityScaling:
     high_percentile: float = 99.5
 
 
+# The name bundles record (config.json) for this scaling: kept as first written, whatever the module path.
 NORMALIZATION_FUNCTION = "smgic_rt.preprocess.normalize_intensity"
 
 
@@ -127,7 +128,7 @@ def antialias(data, affine, spacing, strength: float = 1.0) -> np.ndarray:
 
     `strength` scales that Gaussian's width: 1 (the default, and what training prepares its
     images with) as above; below 1 a narrower one that keeps more of the edges (0: none). The
-    refinement takes 0.5 (`smgic_rt.refine.RefineOptions.antialias`, where it is measured).
+    refinement takes 0.5 (`smgic_rt.methods.refine.RefineOptions.antialias`, where it is measured).
     """
     data, affine = _check_volume(data, affine)
     if not 0 <= strength <= 1:

@@ -1,6 +1,6 @@
 """HTML quality-control reports, in the manner of fMRIPrep/NiReports: one page per pair, one per cohort.
 
-    >>> from smgic_rt import qc_report
+    >>> from smgic_rt.qc import report as qc_report
     >>> qc_report.write_pair_page("out/sub01", result)                    # doctest: +SKIP
     >>> qc_report.write_cohort_report("out", summary["pairs"])            # doctest: +SKIP
 
@@ -24,7 +24,7 @@ is one, else made once from the pair's outputs into ``out_root/.smgic-report/`` 
 id can take); the page itself holds no images, so it stays small for thousands of pairs.
 
 Pictures are written with a small PNG encoder here (zlib, no matplotlib): a cohort's thumbnails
-cost milliseconds each. Every file goes through `smgic_rt.atomic`.
+cost milliseconds each. Every file goes through `smgic_rt.io.atomic`.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic, flags, qc
-from .pipeline import STAGE_ORDER
+from ..io import atomic
+from . import flags, picture as qc
+from ..pipeline import STAGE_ORDER
 
 __all__ = ["write_pair_page", "write_pair_images", "write_cohort_report", "png_bytes", "REPORT_NAME", "PAGE_NAME",
            "OVERLAY_NAME", "JACOBIAN_NAME", "THUMB_NAME", "REPORT_ASSETS"]
@@ -177,7 +178,7 @@ def _images_from_folder(folder: Path, report: dict, fixed):
         if source and Path(source).is_file():
             fixed = source
     if isinstance(fixed, (str, os.PathLike)):
-        from . import io
+        from .. import io
 
         fixed = io.load_volume(fixed, name="fixed image").to_nifti()
     return fixed, warped, jacobian

@@ -1,6 +1,6 @@
 """Output folders: smgic replaces only what it wrote, and never what it did not.
 
-A registration's outputs go into one folder, written atomically (`smgic_rt.atomic.atomic_dir`)
+A registration's outputs go into one folder, written atomically (`smgic_rt.io.atomic.atomic_dir`)
 with a manifest, ``manifest.json``, that lists every file in it with its size and sha256. An
 existing folder is replaced (``overwrite=True`` / ``--overwrite``) only when
 
@@ -11,7 +11,7 @@ existing folder is replaced (``overwrite=True`` / ``--overwrite``) only when
   not the home folder, and not a filesystem root.
 
 Otherwise `check_output_dir` refuses with the reason, before any work is done. Staging folders
-left by a killed run of ours (recognised by the marker `smgic_rt.atomic` writes into them and
+left by a killed run of ours (recognised by the marker `smgic_rt.io.atomic` writes into them and
 the dead process it names, never by their name alone) are removed at the next run.
 """
 
@@ -24,8 +24,9 @@ import socket
 import tempfile
 from pathlib import Path
 
-from . import __version__, atomic
-from .io import OutputExistsError
+from .. import __version__
+from . import atomic
+from . import OutputExistsError
 
 __all__ = ["MANIFEST_NAME", "check_output_dir", "write_manifest", "read_manifest", "remove_stale_staging",
            "OutputFolderError"]

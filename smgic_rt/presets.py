@@ -18,7 +18,7 @@ A preset is nothing but options for the stages; options passed explicitly
   |grad v|^2 term gain a little more on the real pairs and take the brains below 0.9152. The
   compact inverse field stays within 0.1 mm of the native one (95th percentile inside the brain:
   0.079 mm on tests/test_fields.py's pair, 0.089 on the 256^3 pair) because its lattice takes
-  the quasi-interpolant's values (`smgic_rt.transforms.linear_quasi_interpolant`). Open: on
+  the quasi-interpolant's values (`smgic_rt.geometry.transforms.linear_quasi_interpolant`). Open: on
   the demo pair (heads) its 5-voxel window folds 31 voxels of the scalp and neck (none in the
   brain; the preset before folded none); |grad v|^2 weight 0.03 or radius 1 on the model grid
   removes them; the weight 0.03 costs the 256^3 pair 0.0011 and the real pairs 0.0012
@@ -28,7 +28,7 @@ A preset is nothing but options for the stages; options passed explicitly
   twice finer (1 mm for the default bundle), where Greedy and ANTs end; the exact NCC gradient
   and the moving image alone moving onto the fixed one on every level (``gradient="exact"``,
   ``symmetric=False``), the |grad v|^2 weight 0.02 on the model grid and the finer one
-  (``reg=(0.05, 0.05, 0.02)``; `smgic_rt.refine.RefineOptions` says what each does). What each
+  (``reg=(0.05, 0.05, 0.02)``; `smgic_rt.methods.refine.RefineOptions` says what each does). What each
   sets is `PRESETS` below. Measured on accuracy.py's real-pair set (--directions cycle: 3 raw +
   3 misplaced pairs; 2 threads): mean Dice 0.7140 (fast at reg 0.05) -> 0.7162 with
   reg 0.05 everywhere (Greedy 0.7160) -> 0.7166 with 0.02 (0.7167 with 0.01, but that folded a
@@ -46,8 +46,8 @@ A preset is nothing but options for the stages; options passed explicitly
 
 from __future__ import annotations
 
-from .affine import AffineOptions
-from .refine import RefineOptions
+from .methods.affine import AffineOptions
+from .methods.refine import RefineOptions
 
 __all__ = ["QUALITIES", "PRESETS", "stage_options"]
 

@@ -5,7 +5,7 @@ For each level k = 1..L (1 = coarsest, 1/2^(L-1) of the model grid):
 ``moving_k = warp(moving_features_k, u_up)``, ``v_k = network_k(fixed_k, moving_k, v_up)``,
 ``u_k = integrate_velocity(v_k, steps)``. The result is ``v_L``.
 
-The networks run in the backend; warps, upsampling and integration run in `smgic_rt.ops`
+The networks run in the backend; warps, upsampling and integration run in `smgic_rt.geometry.ops`
 (`_C`). With a CUDA backend (``backend.device == "cuda"``: TensorRT with cupy arrays, or a backend
 whose ``array_module`` is ``"torch"``) every array stays on the GPU between levels, and the whole
 loop runs on ONE stream: the caller's current stream, or a new non-blocking stream when the
@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .bundle import Bundle
+from ..models.bundle import Bundle
 
 __all__ = ["predict_velocity", "NetworkResult", "level_features"]
 
@@ -40,7 +40,7 @@ def _check_image(name: str, image, grid_shape) -> np.ndarray:
     array = np.asarray(image)
     if array.shape != tuple(grid_shape):
         raise ValueError(f"{name} must be a model-grid array of shape {tuple(grid_shape)} "
-                         f"(smgic_rt.preprocess.prepare), got shape {array.shape}")
+                         f"(smgic_rt.methods.preprocess.prepare), got shape {array.shape}")
     if array.dtype != np.float32:
         raise ValueError(f"{name} must be float32, got {array.dtype}; convert with .astype(np.float32)")
     if not np.all(np.isfinite(array)):
@@ -60,7 +60,7 @@ def level_features(image: np.ndarray, bundle: Bundle) -> list[np.ndarray]:
         declared = tuple(int(n) for n in bundle.level_entry(level)["inputs"]["fixed"][1:])
         if tuple(array.shape) != declared:
             raise ValueError(f"level {level} features have shape {tuple(array.shape)}, the bundle's graph "
-                             f"expects {declared}; the bundle and smgic_rt.features disagree")
+                             f"expects {declared}; the bundle and smgic_rt.methods.features disagree")
     return [np.ascontiguousarray(a, dtype=np.float32) for a in pyramid]
 
 
@@ -169,7 +169,7 @@ def predict_velocity(backend, bundle: Bundle, fixed, moving, levels: int | None 
     """Run the level loop; returns ``(velocity (3, X, Y, Z) float32, timings)``.
 
     ``levels``: run levels 1..levels only (None: all); the last one's velocity is then upsampled
-    to the model grid (`smgic_rt.ops.upsample_field`, level by level), which is what the finer
+    to the model grid (`smgic_rt.geometry.ops.upsample_field`, level by level), which is what the finer
     levels would have received as their start.
 
     Parameters
@@ -178,12 +178,12 @@ def predict_velocity(backend, bundle: Bundle, fixed, moving, levels: int | None 
         From ``smgic_rt.backends.create(name, bundle)``.
     bundle : Bundle
     fixed, moving : ndarray, float32, shape ``bundle.grid_shape``
-        Model-grid arrays from `smgic_rt.preprocess.prepare`.
+        Model-grid arrays from `smgic_rt.methods.preprocess.prepare`.
     """
-    from . import ops
+    from ..geometry import ops
 
     if not isinstance(bundle, Bundle):
-        raise TypeError(f"bundle must be a smgic_rt.bundle.Bundle, got {type(bundle).__name__}")
+        raise TypeError(f"bundle must be a smgic_rt.models.bundle.Bundle, got {type(bundle).__name__}")
     backend_bundle_id = getattr(getattr(backend, "bundle", None), "id", None)
     if backend_bundle_id != bundle.id:
         raise ValueError(f"backend was created for bundle {backend_bundle_id!r}, not {bundle.id!r}; "

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import ops, preprocess
-from ._filters import box_mean
+from ..geometry import ops
+from . import preprocess
+from ..geometry.filters import box_mean
 
 __all__ = ["AffineOptions", "AffineResult", "register_affine", "ncc_and_gradient", "rotation_matrix"]
 

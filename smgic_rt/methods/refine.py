@@ -19,7 +19,7 @@ is checked against the start on the model grid: the refinement never returns a v
 its objective than the one it was given.
 
 The per-voxel work (box means, local NCC and its derivatives, gradients, Gaussian filters,
-warps, scaling and squaring) runs in `smgic_rt._C` through `smgic_rt.ops`; the whole-array
+warps, scaling and squaring) runs in `smgic_rt._C` through `smgic_rt.geometry.ops`; the whole-array
 arithmetic between the kernels is written once against the inputs' namespace
 (`ops.array_namespace`: numpy, or cupy for CUDA arrays), so a GPU refinement is this very code
 with every array on the device. The host reads back one number per evaluation of the
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import ops
-from ._filters import box_mean, smooth
+from ..geometry import ops
+from ..geometry.filters import box_mean, smooth
 
 __all__ = ["RefineOptions", "RefineResult", "refine_velocity", "objective", "level_options", "GRADIENTS", "PER_LEVEL"]
 
@@ -69,7 +69,7 @@ class RefineOptions:
     step: float = 0.5                     # initial largest update, voxels of the level
     min_step: float = 0.02                # below this the level stops (no step helps)
     reg: float | tuple = 0.05             # weight of |grad v|^2 in the objective (both presets
-                                          # weaken it on their last grids: smgic_rt.quality)
+                                          # weaken it on their last grids: smgic_rt.presets)
     # The NCC force: "window" takes each voxel's derivative through its own window only (as
     # ANTs' CC does); "exact" sums it over every window that holds the voxel (`_ncc_derivatives`).
     # Measured (mean Dice): real pairs 0.7086 -> 0.7120, but the 256^3 pair of benchmarks/peers.py
@@ -79,7 +79,7 @@ class RefineOptions:
     # it is not the default; the accurate preset takes it on every level, with symmetric=False
     # below (together 0.7160 on the real pairs); the fast preset on its 4 mm level, where it
     # helps the real pairs, and the window force with a 5-voxel window on the model grid, where
-    # that helps the 256^3 pair (smgic_rt.quality). One value or one per level.
+    # that helps the 256^3 pair (smgic_rt.presets). One value or one per level.
     gradient: str | tuple = "window"
     # True: both images move half-way and meet at the midpoint (unbiased towards either grid);
     # False: the moving image alone moves, through exp(v), onto the fixed image as it is, as
@@ -87,7 +87,7 @@ class RefineOptions:
     # (mean Dice, exact gradient): real pairs 0.7120 -> 0.7153 (fast), 0.7129 -> 0.7160
     # (accurate); the 1 mm synthetic heads 0.9289 -> 0.9195 (window gradient, fast). So the
     # coarse levels stay symmetric in the fast preset, its last level and the accurate preset
-    # are not (smgic_rt.quality). One value or one per level.
+    # are not (smgic_rt.presets). One value or one per level.
     symmetric: bool | tuple = True
     plateau: float = 1e-4                 # stop when 5 iterations gain less than this
     steps: int = 7                        # scaling-and-squaring steps for v on the model grid
@@ -107,7 +107,7 @@ class RefineOptions:
     # grid. 0: none (the fast default). The RefineStage prepares that grid's images.
     fine_iterations: int = 0
     # How much the images the refinement compares are low-passed when resampled onto the model
-    # grid: the strength of `smgic_rt.preprocess.antialias` (1: a Gaussian making up the whole
+    # grid: the strength of `smgic_rt.methods.preprocess.antialias` (1: a Gaussian making up the whole
     # difference in voxel size, as the network was trained; 0: none). The PreprocessStage makes
     # them so (the network, when it runs, gets its own at 1). Measured with the fast preset of
     # 2026-12-05 (network off, mean Dice; benchmarks/refine_sweep.py's fast_d_antialias*): 1 ->

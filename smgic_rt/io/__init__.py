@@ -606,7 +606,7 @@ def check_overlap(volume: Volume, like: Volume, *, name: str | None = None,
 
 
 # ---------------------------------------------------------------------------------------------
-# Writers (atomic through smgic_rt.atomic)
+# Writers (atomic through smgic_rt.io.atomic)
 
 
 def _image_suffix(path: Path) -> str:

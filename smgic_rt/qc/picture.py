@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from . import atomic
+from ..io import atomic
 
 __all__ = ["save_qc_png", "checkerboard"]
 

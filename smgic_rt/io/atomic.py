@@ -31,7 +31,7 @@ __all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "atomic_dir
 
 # Written into every staging (and trash) folder while we work in it, removed just before the
 # folder is renamed into place: a folder beside an output that holds it, naming a process that
-# is gone, was left by a killed run of ours (smgic_rt.outputs removes those).
+# is gone, was left by a killed run of ours (smgic_rt.io.outputs removes those).
 STAGING_MARKER = ".smgic-staging"
 
 
@@ -116,7 +116,7 @@ def atomic_dir(folder, *, replace: bool = False):
     """Yield a staging folder beside `folder`; on success it becomes `folder` by one rename.
 
     With ``replace=True`` an existing `folder` is moved aside first and removed after the new one
-    is in place (the caller decides whether it may be replaced: see `smgic_rt.outputs`). Without
+    is in place (the caller decides whether it may be replaced: see `smgic_rt.io.outputs`). Without
     it, a `folder` that appeared meanwhile is never replaced (FileExistsError). On any exception
     the staging folder is removed and `folder` is left as it was.
     """

@@ -24,8 +24,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from . import io
-from .io import InvalidImageError, make_nifti
+from .. import io
+from ..io import InvalidImageError, make_nifti
 
 __all__ = [
     "RAS_TO_LPS",
@@ -502,7 +502,7 @@ def write_itk_affine(matrix_ras: np.ndarray, path) -> Path:
     parameters = np.concatenate([lps[:3, :3].reshape(-1), lps[:3, 3]])
     payload = _matlab_v4_variable(_ITK_AFFINE_NAME, parameters) + _matlab_v4_variable("fixed", np.zeros(3))
     path = Path(os.fspath(path))
-    from . import atomic
+    from ..io import atomic
 
     return atomic.write_bytes(path, payload)
 

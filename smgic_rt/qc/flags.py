@@ -158,8 +158,8 @@ def local_ncc(first: np.ndarray, second: np.ndarray, mask: np.ndarray | None = N
               radius: int = LNCC_RADIUS) -> float:
     """Mean local NCC of two volumes of one shape over `mask` (all voxels if None), windows of
     (2 radius + 1)^3 voxels: the refinement's per-voxel formula (`_C.lncc`)."""
-    from . import _C
-    from ._filters import box_mean
+    from .. import _C
+    from ..geometry.filters import box_mean
 
     first = np.ascontiguousarray(first, dtype=np.float32)
     second = np.ascontiguousarray(second, dtype=np.float32)
@@ -194,7 +194,7 @@ def _measurement_grid(shape, affine, spacing_mm: float):
 def _sample(data: np.ndarray, matrix: np.ndarray, fine_shape) -> np.ndarray:
     """`data` (X, Y, Z) read (trilinear, zeros outside) at `matrix` @ [x, 1] of each fine-grid
     voxel, then averaged 2x2x2 onto the measurement grid."""
-    from . import ops
+    from ..geometry import ops
 
     volume = np.ascontiguousarray(np.asarray(data, dtype=np.float32)[None])
     sampled = ops.affine_resample(volume, np.asarray(matrix, dtype=np.float64), fine_shape)
@@ -219,7 +219,7 @@ def _mirror_matrix(fixed_scaled: np.ndarray, grid_affine: np.ndarray):
     """Grid-index map of the reflection x -> 2 c - x (RAS x) about the fixed image's mid-sagittal
     plane, c chosen among the foreground's centroid +- 12 mm (3 mm steps) as the one whose
     reflection correlates best with the image itself."""
-    from . import ops
+    from ..geometry import ops
 
     mask = _foreground(fixed_scaled)
     if not mask.any():
@@ -242,7 +242,8 @@ def _mirror_matrix(fixed_scaled: np.ndarray, grid_affine: np.ndarray):
 def _label_overlap(labels, moving_data: np.ndarray, moving_affine: np.ndarray, spacing_mm: float):
     """(fraction of labelled voxels inside the moving grid, fraction on its foreground), counted
     on the labels' own measurement grid."""
-    from . import io, ops
+    from .. import io
+    from ..geometry import ops
 
     volume = labels if isinstance(labels, io.Volume) else io.load_label_map(labels, name="moving labels")
     fine_shape, fine, _ = _measurement_grid(volume.shape, volume.affine, spacing_mm)
@@ -306,7 +307,7 @@ def measure(result, *, moving_labels=None, spacing_mm: float = 4.0) -> dict:
     out["lncc_gain"] = out["lncc"] - out["lncc_affine"]
     mirror = _mirror_matrix(fixed_c, grid_affine)
     if mirror is not None:
-        from . import ops
+        from ..geometry import ops
 
         mirrored = ops.affine_resample(affine_c[None], mirror, shape)[0]
         out["mirror_margin"] = out["lncc_affine"] - local_ncc(fixed_c, mirrored, fixed_mask)

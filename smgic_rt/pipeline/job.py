@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import io, outputs
+from .. import io
+from ..io import outputs
 
 __all__ = ["PairInputs", "load_pair", "check_output", "run_pair"]
 
@@ -52,7 +53,7 @@ def load_pair(fixed, moving, *, moving_labels=None, fixed_mask=None, moving_mask
 
 
 def check_output(pair: PairInputs, outdir, *, overwrite: bool = False) -> Path:
-    """The output folder, checked before any work (`smgic_rt.outputs.check_output_dir`)."""
+    """The output folder, checked before any work (`smgic_rt.io.outputs.check_output_dir`)."""
     return outputs.check_output_dir(outdir, overwrite=overwrite, protected=pair.sources)
 
 
