@@ -17,7 +17,6 @@ into a staging folder beside OUTDIR and renamed into place, so a failure leaves 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import sys
@@ -112,14 +111,12 @@ def _add_apply_arguments(parser: argparse.ArgumentParser) -> None:
 
 def registrar_from_args(args):
     """The `Registrar` that the command-line options ask for (smgic-register and smgic-batch)."""
+    from .methods.refine import RefineOptions
     from .pipeline import FieldsOptions
-    from .presets import stage_options
     from .registrar import Registrar
 
-    refine_options = None  # the preset's
-    if args.refine_seconds is not None:  # the preset's, with the time limit
-        refine_options = dataclasses.replace(stage_options(args.quality)["refine_options"],
-                                             max_seconds=args.refine_seconds)
+    # Only the time limit is given: every other field stays the preset's.
+    refine_options = None if args.refine_seconds is None else RefineOptions(max_seconds=args.refine_seconds)
     return Registrar(args.bundle, backend=args.backend, quality=args.quality, affine=args.affine, network=args.network,
                      refine=args.refine,
                      refine_options=refine_options, fields_options=FieldsOptions(grid=args.fields_grid),

@@ -23,16 +23,16 @@ import numpy as np
 from . import __version__, io
 from .io import atomic, outputs
 from .geometry import transforms
-from .pipeline import (AffineStage, FieldsStage, IntegrateStage, LoadStage, NetworkOptions, NetworkStage, PairState,
-                       PreprocessStage, QualityStage, RefineStage, ResampleStage, check_mode, run_stages,
-                       volume_or_load)
+from .models import default_bundle_path
+from .options import BACKENDS, check_registrar_options
+from .pipeline import (AffineStage, FieldsStage, IntegrateStage, LoadStage, NetworkStage, PairState, PreprocessOptions,
+                       PreprocessStage, QualityStage, RefineStage, ResampleStage, run_stages, volume_or_load)
 
 __all__ = ["Registrar", "RegistrationResult", "BACKENDS", "DEFAULT_BUNDLE_PATH", "NoDefaultBundleError"]
 
 logger = logging.getLogger("smgic_rt")
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
-DEFAULT_BUNDLE_PATH = Path(__file__).resolve().parent / "models" / "default"
+DEFAULT_BUNDLE_PATH = default_bundle_path()
 
 
 class NoDefaultBundleError(FileNotFoundError):
@@ -214,7 +214,7 @@ class Registrar:
         `Registrar.backend` says which one runs (None when the network is off).
     quality : {"fast", "accurate"}
         A preset over the stages' options (`smgic_rt.presets.PRESETS`); options given here
-        (``affine_options=``, ``refine_options=``) win over the preset's.
+        (``affine_options=``, ``refine_options=``) change only the fields they were given.
     affine, network, refine : {"auto", "on", "off"}
         Switch the global affine stage (`smgic_rt.methods.affine`), the network and the per-pair
         refinement (`smgic_rt.methods.refine`, warm-started from the network's velocity) on or off;
@@ -245,54 +245,41 @@ class Registrar:
     def __init__(self, bundle=None, backend: str = "auto", *, quality: str = "fast", affine="auto", network="auto",
                  refine="auto", affine_options=None, network_options=None, refine_options=None, fields_options=None,
                  threads=None, device: str = "cpu"):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
-        if isinstance(refine, (int, float)) and not isinstance(refine, bool):
-            raise ValueError(f"refine must be one of ['auto', 'on', 'off'], got {refine!r}; the refinement's budget "
-                             "is RefineOptions(iterations=...) (or max_seconds=..., a wall-clock limit)")
+        checked = check_registrar_options(backend=backend, quality=quality, affine=affine, network=network,
+                                          refine=refine, threads=threads)
         self.threads = threads
         self.device = device
         self._xp = _array_module(device)
         from .presets import stage_options
 
         preset = stage_options(quality, affine_options=affine_options, refine_options=refine_options)
-        affine_options, refine_options = preset["affine_options"], preset["refine_options"]
         self.quality = quality
         self.bundle = self._load_bundle(bundle)
-        network_mode = check_mode(network, "network")
-        # "auto" runs the levels the bundle's profile for this hardware measured to pay for
-        # themselves (all where it has none); "on" runs every level.
         from .geometry import ops
 
-        profile = "cuda" if ops.cuda_available() else "cpu"
-        network_options = NetworkOptions() if network_options is None else network_options
-        if not isinstance(network_options, NetworkOptions):
-            raise TypeError(f"network_options must be a smgic_rt.pipeline.NetworkOptions, got "
-                            f"{type(network_options).__name__}")
-        levels = network_options.levels
-        if levels is None:
-            levels = self.bundle.num_levels if network_mode == "on" else self.bundle.profile_levels(profile)
-        elif levels > self.bundle.num_levels:
-            raise ValueError(f"network levels must be at most the bundle's {self.bundle.num_levels}, got {levels}")
-        self._backend = None
-        if network_mode == "on" or (network_mode == "auto" and levels > 0):
+        def make_backend():
             from . import backends
 
             # TensorRT runs on the GPU; every other backend may fall back to (or run on) the CPU.
             cpu_options = {} if threads is None or backend == "tensorrt" else {"threads": threads}
-            self._backend = backends.create(backend, self.bundle, **cpu_options)
+            return backends.create(backend, self.bundle, **cpu_options)
+
+        refine_stage = RefineStage(checked["refine"], preset["refine_options"])
+        # the refinement's images when it runs (the network asks for its own, as trained)
+        antialias = refine_stage.options.antialias if refine_stage.enabled else 1.0
+        # "auto" runs the levels the bundle's profile for this hardware measured to pay for
+        # themselves (all where it has none); "on" runs every level.
+        network_stage = NetworkStage(checked["network"], network_options, bundle=self.bundle,
+                                     profile="cuda" if ops.cuda_available() else "cpu", make_backend=make_backend)
+        self._backend = network_stage.backend
         self.backend = None if self._backend is None else str(getattr(self._backend, "name", backend))
-        refine_stage = RefineStage(refine, refine_options)
         # The stages, in pipeline order (smgic_rt.pipeline.STAGE_ORDER).
         self.stages = (
             LoadStage(),
-            AffineStage(affine, affine_options),
-            # the refinement's images when it runs (the network makes its own as trained)
-            PreprocessStage(normalization=self.bundle.config.get("normalization"),
-                            antialias=refine_stage.options.antialias if refine_stage.enabled else 1.0),
-            NetworkStage(network_mode, backend=self._backend, bundle=self.bundle, levels=levels, profile=profile),
+            AffineStage(checked["affine"], preset["affine_options"]),
+            PreprocessStage(options=PreprocessOptions(antialias=antialias),
+                            normalization=self.bundle.config.get("normalization")),
+            network_stage,
             refine_stage,
             IntegrateStage(),
             FieldsStage(options=fields_options),
@@ -307,7 +294,7 @@ class Registrar:
                 f"no default model bundle is installed (looked in '{DEFAULT_BUNDLE_PATH}'); "
                 "pass bundle=PATH (CLI: --bundle PATH) with a bundle made by `python -m export bundle`"
             )
-        from . import bundle as bundle_module
+        from .models import bundle as bundle_module
 
         if bundle is None:
             return bundle_module.load_bundle(DEFAULT_BUNDLE_PATH)
@@ -316,6 +303,13 @@ class Registrar:
         if isinstance(bundle, bundle_module.Bundle):
             return bundle
         raise TypeError(f"bundle must be a path, a Bundle or None, got {type(bundle).__name__}")
+
+    def stage(self, name: str):
+        """The stage called `name` (`smgic_rt.pipeline.STAGE_ORDER`)."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"no stage {name!r}; the stages are {[stage.name for stage in self.stages]}")
 
     @property
     def stage_modes(self) -> dict:
@@ -353,9 +347,10 @@ class Registrar:
             "stages_run": [name for name, record in records.items() if record["ran"]],
             "seconds": seconds,
             "seconds_total": float(sum(seconds.values())),
-            **state.quality,
-            "integration_steps": state.integration_steps,
-            "model_grid": {"shape": list(state.grid_shape), "affine": np.asarray(state.model_affine).tolist()},
+            **records["quality"]["stats"],
+            "integration_steps": state.velocity_grid.integration_steps,
+            "model_grid": {"shape": list(state.velocity_grid.shape),
+                           "affine": np.asarray(state.velocity_grid.affine).tolist()},
             "fixed": _describe(state.fixed),
             "moving": _describe(state.moving),
             "affine_matrix": None if state.world_matrix is None else state.world_matrix.tolist(),

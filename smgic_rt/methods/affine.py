@@ -22,21 +22,51 @@ import numpy as np
 from ..geometry import ops
 from . import preprocess
 from ..geometry.filters import box_mean
+from ..options import check_int, check_number, records_given
 
-__all__ = ["AffineOptions", "AffineResult", "register_affine", "ncc_and_gradient", "rotation_matrix"]
+__all__ = ["AffineLevel", "AffineOptions", "AffineResult", "register_affine", "ncc_and_gradient", "rotation_matrix"]
 
 
 @dataclass(frozen=True)
+class AffineLevel:
+    """One resolution of the affine stage: images resampled to `resolution_mm`, then at most
+    `rigid_iterations` of L-BFGS on a rigid map and `affine_iterations` on a full affine one."""
+
+    resolution_mm: float
+    rigid_iterations: int = 0
+    affine_iterations: int = 0
+
+    def __post_init__(self):
+        check_number(self.resolution_mm, "affine level resolution_mm", positive=True)
+        check_int(self.rigid_iterations, "affine level rigid_iterations", minimum=0)
+        check_int(self.affine_iterations, "affine level affine_iterations", minimum=0)
+
+
+def _default_affine_levels():
+    # Rigid at 8 mm, then affine at 4 mm: a 2 mm level or a rigid pass at 4 mm cost time and
+    # gained nothing measurable (docs/tuning.md).
+    return (AffineLevel(8.0, rigid_iterations=60), AffineLevel(4.0, affine_iterations=30))
+
+
+@records_given
+@dataclass(frozen=True)
 class AffineOptions:
-    # mm, coarse to fine. A 2 mm stage adds seconds and no accuracy on the tests' misplacements
-    # (0.05-0.12 mm RMS either way), so the default stops at 4 mm.
-    resolutions: tuple = (8.0, 4.0)
-    # L-BFGS iterations, at most, per resolution: rigid at 8 mm, then affine at 4 mm. A rigid pass
-    # at 4 mm as well took 0.1-0.3 s more for the same final NCC (to 1e-4) on 1 mm Colin27 pairs.
-    rigid_iterations: tuple = (60, 0)
-    affine_iterations: tuple = (0, 30)
+    levels: tuple = field(default_factory=_default_affine_levels)   # coarse to fine
     radius_mm: float = 60.0                     # lever arm that turns angles, scales, shears into mm
     moments: bool = True                        # principal-axes candidates at the start
+
+    def __post_init__(self):
+        levels = self.levels
+        if not isinstance(levels, tuple) or not levels or not all(isinstance(lv, AffineLevel) for lv in levels):
+            raise ValueError(f"affine levels must be a non-empty tuple of AffineLevel, got {levels!r}")
+        resolutions = self.resolutions
+        if any(finer >= coarser for coarser, finer in zip(resolutions, resolutions[1:])):
+            raise ValueError(f"affine levels must run coarse to fine (resolution_mm decreasing), got {list(resolutions)}")
+        check_number(self.radius_mm, "radius_mm", positive=True)
+
+    @property
+    def resolutions(self) -> tuple:
+        return tuple(level.resolution_mm for level in self.levels)
 
 
 @dataclass
@@ -246,10 +276,10 @@ def register_affine(fixed, fixed_affine, moving, moving_affine, *, options: Affi
         matrix = _compose(*candidates[best], centre_f)
 
         stages = []
-        for spacing, rigid_its, affine_its in zip(options.resolutions, options.rigid_iterations,
-                                                  options.affine_iterations):
+        for level in options.levels:
+            spacing = level.resolution_mm
             tick = time.perf_counter()
-            for rigid, its in ((True, rigid_its), (False, affine_its)):
+            for rigid, its in ((True, level.rigid_iterations), (False, level.affine_iterations)):
                 if its:
                     matrix, record = _optimise(fixed_levels[spacing], moving_levels[spacing], matrix, centre_f, its,
                                                options, rigid)

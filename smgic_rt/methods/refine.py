@@ -5,12 +5,12 @@ pulled half-way back, ``F o exp(-v/2)``, and the moving image pulled half-way fo
 ``M o exp(v/2)``, agree in local NCC at the midpoint (or, with ``symmetric=False``, ``M o exp(v)``
 and ``F`` itself); ``exp(v)`` then registers moving onto fixed and ``exp(-v)`` is its inverse, as
 for the network. Updates are the local-NCC forces of both
-images (`RefineOptions.gradient`), Gaussian-smoothed (SyN-style "fluid"
+images (`Level.gradient`), Gaussian-smoothed (SyN-style "fluid"
 regularisation) plus the optional regulariser's gradient, taken as normalised steps with a
 backtracking line search on the objective ``-mean LNCC + reg * |grad v|^2``, the velocity
 smoothed after each step ("elastic"), coarse to fine (1/4, 1/2 of the model grid and the grid
-itself by default; the smoothing, the regulariser's weight, symmetry and the force may differ
-per level, `PER_LEVEL`). ``exp(+-v/2)`` is integrated with one scaling-and-squaring step fewer than
+itself by default: `RefineOptions.levels`, each `Level` with its own smoothing, regulariser's
+weight, symmetry and force, `PER_LEVEL`). ``exp(+-v/2)`` is integrated with one scaling-and-squaring step fewer than
 ``exp(v)`` (and one fewer again per halving of the grid), which keeps the first step as small.
 As in ANTs' SyN the boundary is stationary: updates fade to zero at the grid's faces.
 A warm start that scores worse than no deformation at all is dropped (the refinement then starts
@@ -29,6 +29,7 @@ objective (the line search compares it) and the largest force per iteration (the
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -36,105 +37,132 @@ import numpy as np
 
 from ..geometry import ops
 from ..geometry.filters import box_mean, smooth
+from ..options import check_choice, check_int, check_number, records_given
 
-__all__ = ["RefineOptions", "RefineResult", "refine_velocity", "objective", "level_options", "GRADIENTS", "PER_LEVEL"]
+__all__ = ["Level", "RefineOptions", "RefineResult", "refine_velocity", "objective", "GRADIENTS", "PER_LEVEL"]
 
 
 GRADIENTS = ("window", "exact")
-# Options that may hold one value per level (a tuple as long as `factors`, coarsest first) instead
-# of one for all; a finer grid after the levels (`fine_iterations`) takes the last level's value.
-# Each level's record in the stats says the values it ran with.
+# The fields of a `Level` that set how it optimises (not where or for how long); each level's
+# record in the stats says the values it ran with.
 PER_LEVEL = ("fluid_sigma", "reg", "symmetric", "gradient", "radius")
 
 
 @dataclass(frozen=True)
+class Level:
+    """One level of the refinement: `iterations` (at most) on a grid `factor` times coarser than
+    the model grid (1/2: twice finer; its images are made for it from the native ones).
+
+    ``radius``: local NCC window (2 radius + 1)^3. ``fluid_sigma``: Gaussian on each update, in
+    voxels of the level. ``reg``: weight of |grad v|^2 in the objective. ``symmetric``: both
+    images move half-way and meet at the midpoint (unbiased towards either grid); False: the
+    moving image alone moves onto the fixed one as it is, on whose grid labels are compared.
+    ``gradient``: the NCC force; "window" takes each voxel's derivative through its own window
+    only (as ANTs' CC), "exact" sums it over every window that holds the voxel.
+    """
+
+    factor: float
+    iterations: int
+    radius: int = 1
+    fluid_sigma: float = 1.5
+    reg: float = 0.05
+    symmetric: bool = True
+    gradient: str = "window"
+
+    def __post_init__(self):
+        exponent = math.log2(self.factor) if check_number(self.factor, "level factor", positive=True) else 0.0
+        if exponent != round(exponent) or exponent < -1:
+            raise ValueError(f"level factor must be a power of 2 from 1/2 (a grid twice finer than the model "
+                             f"grid) up, got {self.factor!r}")
+        check_int(self.iterations, "level iterations", minimum=0)
+        check_int(self.radius, "level radius", minimum=1)
+        check_number(self.fluid_sigma, "level fluid_sigma", minimum=0)
+        check_number(self.reg, "level reg", minimum=0)
+        if not isinstance(self.symmetric, bool):
+            raise ValueError(f"level symmetric must be a bool, got {self.symmetric!r}")
+        check_choice(self.gradient, "level gradient", GRADIENTS)
+
+    @property
+    def settings(self) -> tuple:
+        """What sets how the level optimises: levels with equal settings have one objective."""
+        return tuple(getattr(self, name) for name in PER_LEVEL)
+
+
+def _default_levels():
+    return (Level(4, 60), Level(2, 40), Level(1, 8))
+
+
+@records_given
+@dataclass(frozen=True)
 class RefineOptions:
-    # Coarse-to-fine, relative to the model grid. An iteration on the model grid itself (factor 1)
-    # costs about 8x one at factor 2, but on 1 mm Colin27 pairs 8 of them raised mean Dice from
-    # 0.865 to 0.907 (benchmarks/accuracy.py); at 2 mm the gain is smaller (about +0.015).
-    factors: tuple = (4, 2, 1)
-    iterations: tuple = (60, 40, 8)       # at most, per factor
-    # Measured on the real-pair set (6 directed pairs, raw headers, network off; mean Dice) and
-    # on benchmarks/accuracy.py's 1 mm synthetic heads: these values 0.7086 and 0.9289; Greedy's
-    # brain window and smoothing (radius 2, fluid 1.732, elastic 0.707, no |grad v|^2 term)
-    # 0.7117 on the real pairs but 0.9052 (with the exact gradient) on the heads, radius 2 alone
-    # 0.7113 and 0.9187 (exact). So the heads keep these. On sharper images (`antialias` 0.5)
-    # radius 2 on the model grid's level alone, with the window force there, raised the 256^3
-    # pair of benchmarks/peers.py 0.7613 -> 0.7634 and the heads 0.9324 -> 0.9329 (real pairs
-    # 0.7157 -> 0.7149): the fast preset takes it (refine_sweep_2026-12-05e.md).
-    radius: int | tuple = 1               # local NCC window (2 radius + 1)^3; one value or one per level
-    fluid_sigma: float | tuple = 1.5      # Gaussian on each update, voxels of the level
+    """The refinement: its `levels`, coarse to fine, and what every level shares.
+
+    Levels finer than the model grid (factor 1/2) run after the others, on images made for
+    their grid (`smgic_rt.pipeline.RefineStage`); `refine_velocity` itself runs the levels on the
+    grid it is given. Fields given explicitly override a preset's field by field
+    (`smgic_rt.options.merged`).
+    """
+
+    levels: tuple = field(default_factory=_default_levels)
     elastic_sigma: float = 0.0            # Gaussian on the whole velocity after each step (0: none;
                                           # the |grad v|^2 term regularises instead)
     step: float = 0.5                     # initial largest update, voxels of the level
     min_step: float = 0.02                # below this the level stops (no step helps)
-    reg: float | tuple = 0.05             # weight of |grad v|^2 in the objective (both presets
-                                          # weaken it on their last grids: smgic_rt.presets)
-    # The NCC force: "window" takes each voxel's derivative through its own window only (as
-    # ANTs' CC does); "exact" sums it over every window that holds the voxel (`_ncc_derivatives`).
-    # Measured (mean Dice): real pairs 0.7086 -> 0.7120, but the 256^3 pair of benchmarks/peers.py
-    # 0.7582 -> 0.7519, the heads 0.9289 -> 0.9266, and +1.2 s on that pair (7.2 s against 6.0,
-    # 5 alternating runs); with the accurate preset real pairs 0.7104 -> 0.7129 but the 256^3
-    # pair 0.7625 -> 0.7574 (+11 s). Better on four pairs, worse on both MNI152/CAT12 ones, so
-    # it is not the default; the accurate preset takes it on every level, with symmetric=False
-    # below (together 0.7160 on the real pairs); the fast preset on its 4 mm level, where it
-    # helps the real pairs, and the window force with a 5-voxel window on the model grid, where
-    # that helps the 256^3 pair (smgic_rt.presets). One value or one per level.
-    gradient: str | tuple = "window"
-    # True: both images move half-way and meet at the midpoint (unbiased towards either grid);
-    # False: the moving image alone moves, through exp(v), onto the fixed image as it is, as
-    # Greedy does: nothing blurs the fixed image, on whose grid labels are compared. Measured
-    # (mean Dice, exact gradient): real pairs 0.7120 -> 0.7153 (fast), 0.7129 -> 0.7160
-    # (accurate); the 1 mm synthetic heads 0.9289 -> 0.9195 (window gradient, fast). So the
-    # coarse levels stay symmetric in the fast preset, its last level and the accurate preset
-    # are not (smgic_rt.presets). One value or one per level.
-    symmetric: bool | tuple = True
     plateau: float = 1e-4                 # stop when 5 iterations gain less than this
     steps: int = 7                        # scaling-and-squaring steps for v on the model grid
     eps: float = 1e-3                     # NCC variance floor (images are in [0, 1])
     # Stationary boundary, as ANTs' SyN keeps its field's: updates fade to zero over this many
-    # voxels of each level towards the grid's faces, so the faces never move. Outside the model
-    # grid the field is read with border padding; a face that moved would drag every voxel beyond
-    # it along (on the demo's heads, 9-voxel displacements at the faces squashed the scalp
-    # outside the grid into tubes of det(J) ~ 0.35). 0: free boundary.
+    # voxels of each level towards the grid's faces. A face that moved would drag every voxel
+    # beyond it along (outside the grid the field is read with border padding). 0: free boundary.
     boundary: int = 2
     # Start from zero when the given velocity scores worse than zero: a weak network's field
-    # costs the coarse levels time to undo (on the 1 mm Colin27 head pairs of accuracy.py the
-    # first CPU-trained default scored 0.58 Dice with its network, 0.65 with the affine alone).
+    # would cost the coarse levels time to undo.
     zero_if_better: bool = True
-    # Iterations on a grid twice finer than the model grid (1 mm for the default bundle's 2 mm),
-    # after the levels above: where Greedy and ANTs end. Each costs about 8x one on the model
-    # grid. 0: none (the fast default). The RefineStage prepares that grid's images.
-    fine_iterations: int = 0
-    # How much the images the refinement compares are low-passed when resampled onto the model
-    # grid: the strength of `smgic_rt.methods.preprocess.antialias` (1: a Gaussian making up the whole
-    # difference in voxel size, as the network was trained; 0: none). The PreprocessStage makes
-    # them so (the network, when it runs, gets its own at 1). Measured with the fast preset of
-    # 2026-12-05 (network off, mean Dice; benchmarks/refine_sweep.py's fast_d_antialias*): 1 ->
-    # 0.5 -> 0 raised accuracy.py's real pairs 0.7152 -> 0.7157 -> 0.7157, the 256^3 pair of
-    # benchmarks/peers.py 0.7604 -> 0.7613 -> 0.7616, its 1 mm synthetic heads 0.9297 -> 0.9324
-    # -> 0.9326 (its 2 mm brains are 2 mm already: unchanged). 0.5 keeps most of the gain and
-    # most of the protection against aliasing.
+    # How much the images compared are low-passed when resampled onto the model grid: the
+    # strength of `smgic_rt.methods.preprocess.antialias` (1: as the network was trained; 0:
+    # none). Sharper images register better and 0.5 keeps most of the protection against
+    # aliasing (docs/tuning.md).
     antialias: float = 0.5
-    # A wall-clock limit in seconds (None: none). The iteration counts above are the budget;
-    # with a time limit the result depends on the machine's load, so it is off by default.
+    # A wall-clock limit in seconds (None: none). The iteration counts are the budget; with a
+    # time limit the result depends on the machine's load, so it is off by default.
     max_seconds: float | None = None
 
     def __post_init__(self):
-        for name in PER_LEVEL:
-            value = getattr(self, name)
-            if isinstance(value, tuple) and len(value) != len(self.factors):
-                raise ValueError(f"{name} must be one value or one per level ({len(self.factors)}, as factors), "
-                                 f"got {value!r}")
-        if any(g not in GRADIENTS for g in (self.gradient if isinstance(self.gradient, tuple) else (self.gradient,))):
-            raise ValueError(f"gradient must be one of {list(GRADIENTS)}, got {self.gradient!r}")
-        radii = self.radius if isinstance(self.radius, tuple) else (self.radius,)
-        if any(not isinstance(r, int) or isinstance(r, bool) or r < 1 for r in radii):
-            raise ValueError(f"radius must be an int >= 1 or one per level, got {self.radius!r}")
-        if not 0 <= self.antialias <= 1:
-            raise ValueError(f"antialias must be in [0, 1], got {self.antialias!r}")
-        if not isinstance(self.fine_iterations, int) or isinstance(self.fine_iterations, bool) or self.fine_iterations < 0:
-            raise ValueError(f"fine_iterations must be an int >= 0, got {self.fine_iterations!r}")
+        levels = self.levels
+        if not isinstance(levels, tuple) or not levels or not all(isinstance(lv, Level) for lv in levels):
+            raise ValueError(f"levels must be a non-empty tuple of Level, got {levels!r}")
+        factors = [level.factor for level in levels]
+        if any(finer >= coarser for coarser, finer in zip(factors, factors[1:])):
+            raise ValueError(f"levels must run coarse to fine (factors decreasing), got factors {factors}")
+        check_int(self.steps, "steps", minimum=1)
+        check_int(self.boundary, "boundary", minimum=0)
+        check_number(self.antialias, "antialias", minimum=0, maximum=1)
+        check_number(self.max_seconds, "max_seconds", positive=True, allow_none=True)
+
+    @property
+    def model_grid_levels(self) -> tuple:
+        """The levels on the model grid or coarser (factor >= 1)."""
+        return tuple(level for level in self.levels if level.factor >= 1)
+
+    def by_grid(self) -> list:
+        """``[(grid factor, options on that grid), ...]``, the model grid first (when it has
+        levels), then each finer grid: each grid's levels with factors relative to it, the
+        integration steps one more per halving, and a zero start tried on the first grid only."""
+        grids = sorted({min(level.factor, 1) for level in self.levels}, reverse=True)
+        out = []
+        for index, grid in enumerate(grids):
+            levels = tuple(dataclasses.replace(level, factor=_relative(level.factor, grid))
+                           for level in self.levels if min(level.factor, 1) == grid)
+            extra = int(round(-math.log2(grid)))
+            out.append((grid, dataclasses.replace(self, levels=levels, steps=self.steps + extra,
+                                                  zero_if_better=self.zero_if_better and index == 0)))
+        return out
+
+
+def _relative(factor, grid):
+    """`factor` relative to a grid `grid` times coarser than the model grid (an int when whole)."""
+    relative = factor / grid if grid != 1 else factor
+    return int(relative) if relative == int(relative) else relative
 
 
 @dataclass
@@ -182,10 +210,10 @@ def _half_steps(options: RefineOptions, factor: int) -> int:
     return max(1, options.steps - 1 - int(round(np.log2(factor))))
 
 
-def _evaluate(fixed, moving, v, options: RefineOptions, factor: int = 1):
+def _evaluate(fixed, moving, v, level: Level, options: RefineOptions, factor: int = 1):
     """Objective and what the next update needs (warped images and their NCC derivatives)."""
     xp = ops.array_namespace(fixed, moving, v)
-    if options.symmetric:
+    if level.symmetric:
         half = xp.ascontiguousarray(v * np.float32(0.5))
         steps = _half_steps(options, factor)
         fixed_w = ops.warp(fixed[None], ops.integrate_velocity(-half, steps))[0]
@@ -195,14 +223,14 @@ def _evaluate(fixed, moving, v, options: RefineOptions, factor: int = 1):
         fixed_w = fixed
         moving_w = ops.warp(moving[None], ops.integrate_velocity(xp.ascontiguousarray(v), steps))[0]
     means = box_mean(xp.stack([fixed_w, moving_w, fixed_w * fixed_w, moving_w * moving_w, fixed_w * moving_w]),
-                     options.radius)
+                     level.radius)
     cc, d_fixed, d_moving = ops.lncc(fixed_w, moving_w, means, options.eps)
     ncc = float(cc.mean(dtype=np.float64))  # the host's one read of this evaluation (and the energy's)
-    value = -ncc + options.reg * _gradient_energy(v)
+    value = -ncc + level.reg * _gradient_energy(v)
     return value, ncc, (fixed_w, moving_w, means, d_fixed, d_moving)
 
 
-def _ncc_derivatives(fixed_w, moving_w, means, options: RefineOptions):
+def _ncc_derivatives(fixed_w, moving_w, means, level: Level, eps: float):
     """The exact derivatives of ``mean_x cc(x)`` by each voxel of the two warped images.
 
     A voxel y lies in the window of every x within `radius` of it, so its derivative sums the
@@ -215,16 +243,16 @@ def _ncc_derivatives(fixed_w, moving_w, means, options: RefineOptions):
     """
     xp = ops.array_namespace(fixed_w, moving_w, means)
     mean_f, mean_m, mean_ff, mean_mm, mean_fm = means
-    var_f = xp.maximum(mean_ff - mean_f * mean_f, np.float32(0)) + np.float32(options.eps)
-    var_m = xp.maximum(mean_mm - mean_m * mean_m, np.float32(0)) + np.float32(options.eps)
-    cov = mean_fm - mean_f * mean_m + np.float32(options.eps)
+    var_f = xp.maximum(mean_ff - mean_f * mean_f, np.float32(0)) + np.float32(eps)
+    var_m = xp.maximum(mean_mm - mean_m * mean_m, np.float32(0)) + np.float32(eps)
+    cov = mean_fm - mean_f * mean_m + np.float32(eps)
     a = np.float32(1) / xp.sqrt(var_f * var_m)
     b_m = a * cov / var_m
-    if not options.symmetric:  # the fixed image does not move: its derivative is not needed
-        sums = box_mean(xp.stack([a, a * mean_f, b_m, b_m * mean_m]), options.radius)
+    if not level.symmetric:  # the fixed image does not move: its derivative is not needed
+        sums = box_mean(xp.stack([a, a * mean_f, b_m, b_m * mean_m]), level.radius)
         return None, fixed_w * sums[0] - sums[1] - moving_w * sums[2] + sums[3]
     b_f = a * cov / var_f
-    sums = box_mean(xp.stack([a, a * mean_f, a * mean_m, b_m, b_m * mean_m, b_f, b_f * mean_f]), options.radius)
+    sums = box_mean(xp.stack([a, a * mean_f, a * mean_m, b_m, b_m * mean_m, b_f, b_f * mean_f]), level.radius)
     d_moving = fixed_w * sums[0] - sums[1] - moving_w * sums[3] + sums[4]
     d_fixed = moving_w * sums[0] - sums[2] - fixed_w * sums[5] + sums[6]
     return d_fixed, d_moving
@@ -234,31 +262,31 @@ def objective(fixed, moving, velocity, options: RefineOptions = RefineOptions())
     """The refinement's objective (lower is better) for `velocity` on this pair, as its last
     level defines it."""
     fixed, moving, velocity = _check(fixed, moving, velocity)
-    return _evaluate(fixed, moving, velocity, level_options(options, -1))[0]
+    return _evaluate(fixed, moving, velocity, options.levels[-1], options)[0]
 
 
-def _optimise_level(fixed, moving, v, iterations, options: RefineOptions, deadline, factor):
-    value, ncc, cache = _evaluate(fixed, moving, v, options, factor)
+def _optimise_level(fixed, moving, v, level: Level, options: RefineOptions, deadline, factor):
+    value, ncc, cache = _evaluate(fixed, moving, v, level, options, factor)
     record = {"shape": list(fixed.shape), "objective_before": value, "ncc_before": ncc, "iterations": 0,
               "accepted": 0, "stop": "iterations"}
     step, history = options.step, [value]
     xp = ops.array_namespace(fixed, moving, v)
     weight = _boundary_weight(fixed.shape, options.boundary, xp)
-    for _ in range(iterations):
+    for _ in range(level.iterations):
         if deadline is not None and time.perf_counter() > deadline:
             record["stop"] = "budget"
             break
         fixed_w, moving_w, means, d_fixed, d_moving = cache
-        if options.gradient == "exact":
-            d_fixed, d_moving = _ncc_derivatives(fixed_w, moving_w, means, options)
+        if level.gradient == "exact":
+            d_fixed, d_moving = _ncc_derivatives(fixed_w, moving_w, means, level, options.eps)
         # d(ncc)/dv: moving_w = M(x + v/2 ...) moves with +grad M, fixed_w with -grad F (when
         # symmetric; otherwise the fixed image does not move).
         force = d_moving[None] * ops.image_gradient(moving_w)
-        if options.symmetric:
+        if level.symmetric:
             force = force - d_fixed[None] * ops.image_gradient(fixed_w)
         # Descent direction of the whole objective: smoothed NCC force plus the regulariser's
         # own gradient (-d/dv of reg |grad v|^2 is 2 reg times the Laplacian of v).
-        force = smooth(force, options.fluid_sigma) + np.float32(2 * options.reg) * _laplacian(v)
+        force = smooth(force, level.fluid_sigma) + np.float32(2 * level.reg) * _laplacian(v)
         if weight is not None:
             force *= weight
         peak = float(xp.sqrt(xp.square(force).sum(axis=0)).max())
@@ -270,7 +298,7 @@ def _optimise_level(fixed, moving, v, iterations, options: RefineOptions, deadli
             candidate = v + np.float32(step / peak) * force
             if options.elastic_sigma > 0:
                 candidate = smooth(candidate, options.elastic_sigma)
-            cand_value, cand_ncc, cand_cache = _evaluate(fixed, moving, candidate, options, factor)
+            cand_value, cand_ncc, cand_cache = _evaluate(fixed, moving, candidate, level, options, factor)
             if cand_value < value:
                 v, value, ncc, cache = candidate, cand_value, cand_ncc, cand_cache
                 record["accepted"] += 1
@@ -306,12 +334,6 @@ def _check(fixed, moving, velocity):
     return arrays
 
 
-def level_options(options: RefineOptions, index: int) -> RefineOptions:
-    """`options` with each `PER_LEVEL` option at its value for level `index` (-1: the last)."""
-    return dataclasses.replace(options, **{name: getattr(options, name)[index] for name in PER_LEVEL
-                                           if isinstance(getattr(options, name), tuple)})
-
-
 def _downsample(volume, times: int):
     xp = ops.array_namespace(volume)
     for _ in range(times):
@@ -327,20 +349,19 @@ def _level_fits(factor: int, shape) -> bool:
 
 
 def _run_levels(fixed, moving, start_velocity, options: RefineOptions, deadline):
-    """Coarse to fine over ``options.factors``; returns (per-level records, velocity on the model grid)."""
+    """Coarse to fine over ``options.levels``; returns (per-level records, velocity on the grid given)."""
     xp = ops.array_namespace(fixed, moving, start_velocity)
     levels = []
     v_full = start_velocity.copy()
-    for index, (factor, iterations) in enumerate(zip(options.factors, options.iterations)):
+    for level in options.levels:
+        factor = level.factor
         if not _level_fits(factor, fixed.shape):
             continue
         times = int(round(np.log2(factor)))
         tick = time.perf_counter()
         f, m = _downsample(fixed[None], times)[0], _downsample(moving[None], times)[0]
         v_start = _downsample(v_full, times) / np.float32(factor)
-        settings = level_options(options, index)
-        v_level, record = _optimise_level(f, m, xp.ascontiguousarray(v_start), iterations, settings, deadline,
-                                          factor)
+        v_level, record = _optimise_level(f, m, xp.ascontiguousarray(v_start), level, options, deadline, factor)
         if times == 0:
             v_full = v_level
         else:
@@ -349,7 +370,7 @@ def _run_levels(fixed, moving, start_velocity, options: RefineOptions, deadline)
                 delta = ops.upsample_field(xp.ascontiguousarray(delta))
             v_full = v_full + delta
         record.update(factor=factor, seconds=time.perf_counter() - tick,
-                      **{name: getattr(settings, name) for name in PER_LEVEL})
+                      **{name: getattr(level, name) for name in PER_LEVEL})
         levels.append(record)
     return levels, v_full
 
@@ -359,31 +380,33 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
 
     `fixed`, `moving`: model-grid images (X, Y, Z), intensities about [0, 1]; all numpy or
     all cupy (then the refinement runs on their GPU and returns a cupy velocity). The budget is
-    ``options.iterations`` per level; ``options.max_seconds`` optionally stops the refinement
+    ``level.iterations`` per level; ``options.max_seconds`` optionally stops the refinement
     where it is (its best so far) after that much wall-clock time.
     """
     fixed, moving, start_velocity = _check(fixed, moving, velocity)
+    if options.levels[-1].factor < 1:
+        raise ValueError(f"refine_velocity runs levels on the grid it is given (factor >= 1), got factors "
+                         f"{[level.factor for level in options.levels]}; a finer grid needs its own images "
+                         "(RefineOptions.by_grid, as the RefineStage runs them)")
     xp = ops.array_namespace(fixed, moving, start_velocity)
     budget = options.max_seconds
-    if budget is not None and not budget > 0:
-        raise ValueError(f"max_seconds must be a positive number of seconds or None, got {budget!r}")
     started = time.perf_counter()
     deadline = None if budget is None else started + float(budget)
-    # The objective is judged on the model grid, as the last level defines it.
-    judged = level_options(options, -1)
+    # The objective is judged on the grid given, as the last level defines it.
+    judged = options.levels[-1]
     start = "given"
     choose_start = options.zero_if_better and bool(xp.any(start_velocity))
     # A first level on the model grid with the judged options evaluates the start itself, and its
     # record says what it found: one evaluation fewer (on the accurate preset's 1 mm grid, about
     # 0.35 s on 2 cores). Otherwise the start is evaluated here.
-    fitting = [index for index, factor in enumerate(options.factors) if _level_fits(factor, fixed.shape)]
-    start_in_first_level = (not choose_start and bool(fitting) and options.factors[fitting[0]] == 1
-                            and level_options(options, fitting[0]) == judged)
+    fitting = [level for level in options.levels if _level_fits(level.factor, fixed.shape)]
+    start_in_first_level = (not choose_start and bool(fitting) and fitting[0].factor == 1
+                            and fitting[0].settings == judged.settings)
     if not start_in_first_level:
-        start_value = given_value = _evaluate(fixed, moving, start_velocity, judged)[:2]
+        start_value = given_value = _evaluate(fixed, moving, start_velocity, judged, options)[:2]
     if choose_start:
         zero = xp.zeros_like(start_velocity)
-        zero_value = _evaluate(fixed, moving, zero, judged)[:2]
+        zero_value = _evaluate(fixed, moving, zero, judged, options)[:2]
         if zero_value[0] < given_value[0]:
             start_velocity, start_value, start = zero, zero_value, "zero"
     with ops.inputs_known_finite():  # _check made them finite; the kernels keep them so
@@ -394,7 +417,7 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
     if levels and levels[-1]["factor"] == 1:
         end_value = (levels[-1]["objective_after"], levels[-1]["ncc_after"])
     else:
-        end_value = _evaluate(fixed, moving, v_full, judged) if levels else start_value
+        end_value = _evaluate(fixed, moving, v_full, judged, options) if levels else start_value
     kept = end_value[0] < start_value[0]
     stats = {
         "levels": levels,
