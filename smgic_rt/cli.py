@@ -123,8 +123,8 @@ def registrar_from_args(args):
                      threads=args.threads)
 
 
-# What a registration imports after its inputs are read, slowest first (scipy.optimize alone is
-# about 0.3 s of a cold start).
+# What a registration imports after its inputs are read, slowest first (scipy.optimize is a
+# large part of a cold start: docs/tuning.md).
 _REGISTRATION_MODULES = ("scipy.optimize", "smgic_rt.registrar", "smgic_rt.methods.affine", "smgic_rt.methods.refine", "smgic_rt.qc.flags")
 
 

@@ -23,14 +23,24 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _expected(kind: str, minimum, maximum, positive: bool, allow_none: bool) -> str:
+    """"a positive int", "an int >= 0", "a finite number in [0, 1] or None", ..."""
+    if positive or (kind == "int" and minimum == 1 and maximum is None):
+        words = f"a positive {kind}"
+    elif minimum is not None and maximum is not None:
+        words = f"{'an int' if kind == 'int' else 'a finite number'} in [{minimum}, {maximum}]"
+    else:
+        words = ("an int" if kind == "int" else "a finite number") + (f" >= {minimum}" if minimum is not None else "") \
+            + (f" <= {maximum}" if maximum is not None else "")
+    return words + (" or None" if allow_none else "")
+
+
 def check_int(value, name: str, *, minimum: int | None = None, maximum: int | None = None, allow_none=False):
-    """`value` when it is an int within [minimum, maximum] (or None when allowed), else ValueError."""
+    """`value` when it is an int in [minimum, maximum] (or None when allowed), else ValueError."""
     if value is None and allow_none:
         return None
     if not is_int(value) or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        bounds = [f">= {minimum}"] * (minimum is not None) + [f"<= {maximum}"] * (maximum is not None)
-        expected = " and ".join(["an int", *bounds]) + (" or None" if allow_none else "")
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+        raise ValueError(f"{name} must be {_expected('int', minimum, maximum, False, allow_none)}, got {value!r}")
     return value
 
 
@@ -41,12 +51,8 @@ def check_number(value, name: str, *, minimum: float | None = None, maximum: flo
         return None
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
-    ok = ok and (not positive or value > 0)
-    if not ok:
-        bounds = ([f">= {minimum}"] * (minimum is not None) + [f"<= {maximum}"] * (maximum is not None)
-                  + ["> 0"] * positive)
-        expected = " and ".join(["a finite number", *bounds]) + (" or None" if allow_none else "")
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    if not ok or (positive and not value > 0):
+        raise ValueError(f"{name} must be {_expected('number', minimum, maximum, positive, allow_none)}, got {value!r}")
     return value
 
 

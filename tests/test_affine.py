@@ -9,7 +9,7 @@ from smgic_rt import _C
 from smgic_rt.geometry import ops
 from smgic_rt.methods import preprocess
 from smgic_rt.methods.affine import AffineOptions, _Level, _pyramid, ncc_and_gradient, register_affine
-from smgic_rt.demo import package_file
+from conftest import package_file
 
 from test_registrar_support import rotation_degrees
 

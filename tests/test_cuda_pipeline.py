@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from smgic_rt.geometry import ops
-from smgic_rt.methods.refine import RefineOptions, objective, refine_velocity
+from smgic_rt.methods.refine import Level, RefineOptions, objective, refine_velocity
 
 pytestmark = pytest.mark.cuda
 
@@ -37,7 +37,7 @@ def _pair():
 def test_refinement_on_cupy_arrays_matches_the_cpu():
     cupy = pytest.importorskip("cupy")
     fixed, moving = _pair()
-    options = RefineOptions(factors=(2, 1), iterations=(6, 4))
+    options = RefineOptions(levels=(Level(2, 6), Level(1, 4)))
     on_cpu = refine_velocity(fixed, moving, options=options)
     stream = cupy.cuda.Stream(non_blocking=True)  # not the default stream: ordering must be explicit
     with stream:

@@ -14,16 +14,7 @@ import pytest
 
 from smgic_rt.io import make_nifti
 
-
-def package_file(package: str, relative: str) -> Path:
-    """A data file inside an installed package, or skip when the package is absent."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"data package {package} is not installed")
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.exists():
-        pytest.skip(f"{package} has no {relative}")
-    return path
+from conftest import package_file  # noqa: F401  (the tests' one data-file helper, re-exported)
 
 
 def block_downsample(image, factor: int):

@@ -69,7 +69,7 @@ class OnnxRuntimeBackend(Backend):
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle onnxruntime workers otherwise spin-wait after each run and take the cores from the
-        # _C kernels that follow (refinement, native fields): on 2 cores they ran 2-4x slower.
+        # _C kernels that follow (refinement, native fields), which then run several times slower.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             options.intra_op_num_threads = threads

@@ -248,8 +248,8 @@ class SMGICNet(nn.Module):
                      self.config.velocity_bound, attention=k in self.config.attention_levels)
             for k in range(1, NUM_LEVELS + 1))
         # Channels-last weights and activations: oneDNN's 3-D convolutions then skip their layout
-        # reorders; forward + backward of a level-4 U-Net at 80x96x80 ran 1.8x faster on the CPU.
-        # Numerically the same network (max difference 2e-8); the ONNX graphs do not change.
+        # reorders (faster on the CPU: docs/tuning.md). Numerically the same network; the ONNX
+        # graphs do not change.
         self.to(memory_format=CHANNELS_LAST)
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, *, upto: int = NUM_LEVELS,

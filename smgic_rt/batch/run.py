@@ -23,14 +23,6 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
 
 
-def _positive_int(value, name: str):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return value
-
-
 def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", workers: int | None = None,
                   scheduler=None, threads_per_worker: int | None = None, quality: str = "fast", affine="auto",
                   network="auto", refine="auto", qc: bool = False, progress: bool = True, callback=None) -> dict:
@@ -71,21 +63,17 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
     WorkerStartupError
         Workers could not build a Registrar (e.g. the backend is not available there).
     """
-    from ..pipeline import check_mode
-    from ..registrar import BACKENDS, Registrar
+    from ..options import check_int, check_registrar_options
+    from ..registrar import Registrar
 
     started = time.perf_counter()
     pair_list = read_pairs(pairs)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     # The Registrar's own checks, here so that bad options fail before any worker starts.
-    from ..presets import stage_options
-
-    stage_options(quality)  # refuses an unknown preset
-    registrar_options = {"backend": backend, "quality": quality, "affine": check_mode(affine, "affine"),
-                         "network": check_mode(network, "network"), "refine": check_mode(refine, "refine")}
-    workers = _positive_int(workers, "workers")
-    threads = _positive_int(threads_per_worker, "threads_per_worker")
+    registrar_options = check_registrar_options(backend=backend, quality=quality, affine=affine, network=network,
+                                                refine=refine)
+    del registrar_options["threads"]  # each worker's own
+    workers = check_int(workers, "workers", minimum=1, allow_none=True)
+    threads = check_int(threads_per_worker, "threads_per_worker", minimum=1, allow_none=True)
     if scheduler is not None and workers is not None:
         raise ValueError(f"workers={workers} is for the local pool; with a scheduler the cluster's workers run the pairs")
     loaded = Registrar._load_bundle(bundle)  # verifies the checksums once, here

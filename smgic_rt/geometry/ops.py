@@ -566,11 +566,7 @@ def downsample_haar(image):
     in5 = _batched(shape)
     out_shape = in5[:2] + tuple(s // 2 for s in in5[2:])
     out = _empty(image, out_shape, on_device)
-    if on_device:
-        device, stream = launch_target(("image", image))
-        _C.downsample_haar_cuda(_ptr(image), _ptr(out), out_shape, device, stream)
-    else:
-        _C.downsample_haar(_view5(image, False), out)
+    _run_on_one_array("downsample_haar", ("image", image), out, out_shape, on_device)
     return _unbatch(out, len(shape) == 5)
 
 
@@ -636,12 +632,19 @@ def jacobian_determinant(u):
     in5 = _batched(shape)
     out_shape = (in5[0],) + in5[2:]
     out = _empty(u, out_shape, on_device)
-    if on_device:
-        device, stream = launch_target(("u", u))
-        _C.jacobian_determinant_cuda(_ptr(u), _ptr(out), in5, device, stream)
-    else:
-        _C.jacobian_determinant(_view5(u, False), out)
+    _run_on_one_array("jacobian_determinant", ("u", u), out, in5, on_device)
     return out if len(shape) == 5 else out[0]
+
+
+def _run_on_one_array(kernel: str, named, out, shape, on_device: bool):
+    """``_C.<kernel>`` (host) or ``_C.<kernel>_cuda`` (device, with `shape`) from one input array
+    ``named = (name, array)`` into `out`."""
+    _, array = named
+    if on_device:
+        device, stream = launch_target(named)
+        getattr(_C, f"{kernel}_cuda")(_ptr(array), _ptr(out), shape, device, stream)
+    else:
+        getattr(_C, kernel)(_view5(array, False), out)
 
 
 # ---------------------------------------------------------------- registration kernels

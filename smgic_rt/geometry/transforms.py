@@ -411,12 +411,9 @@ def apply_displacement_field(field, image, *, interpolation: str = "linear", ref
     return warp_image(image.data, image.affine, displacement, affine, interpolation), affine
 
 
-# What the written fields and Jacobian are rounded to. A float32 displacement holds about 24
-# significant bits, most of them below any registration's accuracy, and those noisy low bits
-# are what gzip cannot compress: rounded to multiples of 2^-10 mm (error <= 0.0005 mm, a fiftieth
-# of the 0.01 mm to which compact and native fields agree) the two fields of a 1 mm pair shrink
-# from 36 to 21 MB. Powers of two keep the values exact float32 numbers that every reader
-# reads as they are (|d| < 2^14 mm); the Jacobian is rounded to 2^-14 (6e-5).
+# What the written fields and Jacobian are rounded to: a float32 displacement's low bits lie
+# below any registration's accuracy and are what gzip cannot compress (docs/tuning.md). Powers
+# of two keep the values exact float32 numbers that every reader reads as they are.
 FIELD_QUANTUM_MM = 2.0 ** -10
 JACOBIAN_QUANTUM = 2.0 ** -14
 
@@ -444,12 +441,9 @@ def linear_quasi_interpolant(samples):
     values to second order), and the largest becomes ``h^2 f''/12``, at the lattice points: a
     third less. A field on its own lattice (the compact forward field: trilinear on the model
     lattice) is exact as sampled and does not need this; the compact inverse field lies in the
-    moving image's world, where it is not trilinear on its lattice: there this took the 95th
-    percentile of the distance from the native inverse inside the brain from 0.127 to 0.080 mm on
-    tests/test_fields.py's pair with the fast preset, and from 0.078 to 0.058 mm (the largest
-    from 0.67 to 0.44) on the 256^3 pair of benchmarks/peers.py with the fast preset before it
-    weakened its |grad v|^2 (`benchmarks/refine_sweep.py --variants last_level_exact_12 --sets
-    conformed256 --inverse`). Affine parts (zero second differences) are left as they are.
+    moving image's world, where it is not trilinear on its lattice: there this brings it closer
+    to the native inverse (tests/test_fields.py; docs/tuning.md). Affine parts (zero second
+    differences) are left as they are.
     """
     if samples.ndim != 4 or samples.dtype != np.float32:
         raise ValueError(f"samples must be a float32 (C, X, Y, Z) array, got {samples.dtype} {samples.shape}")

@@ -273,10 +273,11 @@ def _check_not_truncated(image, name: str, source, data_bytes: int) -> None:
         )
 
 
-def _corner_points(shape) -> np.ndarray:
-    """Homogeneous voxel coordinates (8, 4) of the outer corners of a grid's voxels."""
+def voxel_corners(shape, *, faces: bool = True) -> np.ndarray:
+    """Homogeneous voxel coordinates (8, 4) of a grid's corners: the outer faces of its corner
+    voxels (`faces`, the field of view), or their centres."""
     shape = (tuple(int(n) for n in shape[:3]) + (1, 1, 1))[:3]  # a 2-D image is one slice thick
-    edges = [(-0.5, n - 0.5) for n in shape]
+    edges = [(-0.5, n - 0.5) if faces else (0, n - 1) for n in shape]
     return np.array([[i, j, k, 1.0] for i in edges[0] for j in edges[1] for k in edges[2]])
 
 
@@ -296,7 +297,7 @@ def _check_qform_sform(header, shape, name: str, source) -> None:
         return  # only one of them is set: every reader uses that one
     if not (np.all(np.isfinite(qform)) and np.all(np.isfinite(sform))):
         return  # check_affine refuses the non-finite one that is used
-    corners = _corner_points(shape)
+    corners = voxel_corners(shape)
     difference_mm = float(np.max(np.linalg.norm((corners @ (sform - qform).T)[:, :3], axis=1)))
     if difference_mm <= QFORM_SFORM_TOLERANCE_MM:
         return
@@ -536,7 +537,7 @@ _OVERLAP_SAMPLE_VOXELS = 1 << 20
 
 def world_box(shape, affine) -> tuple[np.ndarray, np.ndarray]:
     """RAS mm bounding box (low, high) of a grid's field of view (outer voxel faces)."""
-    corners = (_corner_points(shape) @ np.asarray(affine, dtype=np.float64).T)[:, :3]
+    corners = (voxel_corners(shape) @ np.asarray(affine, dtype=np.float64).T)[:, :3]
     return corners.min(axis=0), corners.max(axis=0)
 
 
@@ -636,7 +637,7 @@ def _write_gzip_parallel(data: bytes, path: Path, threads: int | None = None) ->
     Each piece is a complete gzip member and a gzip file may hold several in a row (RFC 1952);
     zlib, nibabel, ITK and ANTs read such files as one stream. Compressing two 1 mm displacement
     fields was the largest single cost of saving a registration: ISA-L's level 1 compresses
-    about 10x faster than zlib's level 1 (nibabel's) to a similar size.
+    several times faster than zlib's level 1 (nibabel's) to a similar size (docs/tuning.md).
     """
     from isal import igzip
 

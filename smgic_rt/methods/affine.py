@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import io
 from ..geometry import ops
 from . import preprocess
 from ..geometry.filters import box_mean
@@ -102,8 +103,7 @@ def _check(data, affine, name):
 
 def _covering_grid(shape, affine, spacing):
     """RAS grid of `spacing` mm covering the image's bounding box."""
-    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
-                        for k in (0, shape[2] - 1)]) @ affine.T
+    corners = io.voxel_corners(shape, faces=False) @ affine.T
     low, high = corners[:, :3].min(axis=0), corners[:, :3].max(axis=0)
     size = np.maximum(np.ceil((high - low) / spacing).astype(int) + 1, 2)
     grid = np.diag([spacing, spacing, spacing, 1.0])

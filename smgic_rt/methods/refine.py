@@ -396,9 +396,8 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
     judged = options.levels[-1]
     start = "given"
     choose_start = options.zero_if_better and bool(xp.any(start_velocity))
-    # A first level on the model grid with the judged options evaluates the start itself, and its
-    # record says what it found: one evaluation fewer (on the accurate preset's 1 mm grid, about
-    # 0.35 s on 2 cores). Otherwise the start is evaluated here.
+    # A first level on the model grid with the judged settings evaluates the start itself, and
+    # its record says what it found: one evaluation fewer. Otherwise the start is evaluated here.
     fitting = [level for level in options.levels if _level_fits(level.factor, fixed.shape)]
     start_in_first_level = (not choose_start and bool(fitting) and fitting[0].factor == 1
                             and fitting[0].settings == judged.settings)

@@ -270,9 +270,7 @@ def covering_lattice(model_affine: np.ndarray, shape, affine: np.ndarray, margin
     """``(shape, affine)`` of the model grid's lattice extended to cover an image's field of view
     (every voxel corner, plus `margin` lattice steps, so that interpolation near the edges never
     leaves the field)."""
-    corners = np.array([[i, j, k, 1.0] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
-                        for k in (-0.5, shape[2] - 0.5)]).T
-    index = np.linalg.solve(model_affine, affine @ corners)[:3]
+    index = np.linalg.solve(model_affine, affine @ io.voxel_corners(shape).T)[:3]
     low = np.floor(index.min(axis=1)) - margin
     high = np.ceil(index.max(axis=1)) + margin
     lattice = model_affine.copy()

@@ -26,7 +26,7 @@ keeps a 1 mm pair to a small fraction of a second:
 - ``mirror_margin``: local NCC of the affine-aligned moving image minus that of its left-right
   reflection about the fixed image's mid-sagittal plane; a rule only with ``same_subject=True``.
 
-Thresholds (`THRESHOLDS`) come from the measured distributions in `CALIBRATION`.
+Thresholds (`THRESHOLDS`) come from measured distributions of good and bad pairs (docs/tuning.md).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["assess", "measure", "judge", "Threshold", "THRESHOLDS", "MIRROR_RULE", "FLAGS", "local_ncc", "CALIBRATION"]
+__all__ = ["assess", "measure", "judge", "Threshold", "THRESHOLDS", "MIRROR_RULE", "FLAGS", "local_ncc"]
 
 logger = logging.getLogger("smgic_rt")
 
@@ -81,7 +81,7 @@ def _fmt(value) -> str:
     return f"{value:.2e}"
 
 
-# The rules. Each limit's origin is in CALIBRATION (measured values of good and bad pairs).
+# The rules. Each limit's origin: docs/tuning.md (measured values of good and bad pairs).
 THRESHOLDS = (
     Threshold("lncc", "similarity after registration (local NCC)", warn=0.80, fail=0.65, below=True),
     Threshold("lncc_gain", "similarity gain over the affine stage", warn=-0.01, fail=-0.05, below=True),
@@ -102,53 +102,9 @@ THRESHOLDS = (
 )
 
 # Only for two images of one subject (e.g. longitudinal scans): across different brains the test
-# is unreliable (CALIBRATION), so `assess` applies it only with ``same_subject=True``.
+# is unreliable (docs/tuning.md), so `assess` applies it only with ``same_subject=True``.
 MIRROR_RULE = Threshold("mirror_margin", "left-right mirror test (same subject; < 0: the moving image's reflection fits "
                         "better, is its header mirrored?)", warn=0.0, fail=-0.02, below=True)
-
-CALIBRATION = """
-Measured 2026-12-02 with the default bundle (affine, network, refinement), 2 threads, on 2 mm
-versions of the brains of DATA.md (Gaussian anti-aliasing, trilinear), 43 registrations
-(tests/test_flags.py::test_calibration registers and checks them all again):
-
-good (22): the demo heads both ways (Colin27 onto ICBM 2009c and back); 6 deformed copies of
-  Colin27's head (benchmarks/common.make_pairs, seed 0: rotations to 20 deg, scales +-10 %,
-  20 mm shifts, smooth 3 mm warps, gamma and noise) and 2 of them skull-stripped; the 12
-  ordered pairs of 4 different brains (FSL MNI152, ICBM 2009c, ICBM 2009a symmetric, Colin27
-  stripped by its dilated AAL labels)
-    lncc 0.888 - 0.994          mask_dice 0.951 - 0.996     foreground_volume_ratio 0.930 - 1.072
-    inverse consistency 0.009 - 0.063 voxels              folding 0 in all 22
-    lncc_gain +0.025 - +0.311   affine scales 0.899 - 1.115 affine determinant 0.827 - 1.135
-brain onto head (3): FSL brain onto the ICBM head, ICBM brain onto Colin27's head, a stripped
-  copy of Colin27 onto its head
-    lncc 0.466 - 0.579          mask_dice 0.610 - 0.870     foreground_volume_ratio 0.439 - 0.804
-    inverse consistency 0.035 - 0.126; smallest affine scale 0.776 in one
-head onto brain (1): Colin27's head onto the ICBM brain
-    lncc 0.763, mask_dice 0.748, foreground_volume_ratio 1.674, inverse consistency 0.128
-labels shifted in x on the demo (Colin27's AAL labels, fractions inside / on the foreground):
-    0 mm 1.000/1.000, 10 mm 1.000/0.9985, 15 mm 1.000/0.995, 20 mm 0.996/0.980,
-    30 mm 0.959/0.895, 40 mm 0.892/0.787, 60 mm 0.731/0.611, 100 mm 0.384/0.282, 500 mm 0/0;
-    good pairs' own labels >= 0.9995 on the foreground (a stripped copy with its labels: 1.000)
-left-right mirrored header (17, the moving image's world x negated):
-    same brain (deformed copies of Colin27, 3): mirror_margin -0.074 to -0.057, unmirrored
-    +0.055 to +0.068 (stripped copies +0.16, +0.17); same subject moved rigidly, affine stage only
-    (tests/test_flags.py): unmirrored +0.168 and +0.076, mirrored -0.120 and -0.033.
-    Different brains (14): not reliable. 7 of the 14 mirrored pairs scored > 0, as if unmirrored:
-    the 3 onto the stripped Colin27, whose asymmetric outline dominates (+0.052 to +0.058
-    mirrored, +0.062 to +0.069 not), and 4 of the 6 with the symmetric ICBM 2009a template (its
-    own mirror image) on one side; of the 14 unmirrored pairs one scored -0.006. The demo heads:
-    +0.004 / +0.014 unmirrored against -0.013 / -0.004 mirrored.
-    Hence the mirror rule (MIRROR_RULE: warn < 0, fail < -0.02) applies only to one subject.
-Limits: the good pairs' worst value with a margin; every brain/head mismatch fails on at least
-one rule (similarity, mask overlap or foreground volume): lncc warn 0.80 / fail 0.65; mask_dice 0.92 / 0.80; foreground_volume_ratio 0.85 / 0.70
-below and 1.20 / 1.40 above; inverse consistency 0.09 / 0.25 voxels; labels inside the grid
-0.999 / 0.95 and on the foreground 0.985 / 0.85 (20 mm off warns, 40 mm off fails, 15 mm off
-passes). No measured pair folded or lost similarity to its affine stage, so folding (1e-4 / 1e-2),
-the gain (-0.01 / -0.05) and the affine scales (0.80 / 0.60 below, 1.25 / 1.67 above; adult heads
-differ by about +-15 % in size) and determinant (0.5 / 0, a reflection) are conventions, not fits.
-Reproduce: ``SMGIC_QC_CALIBRATION=1 pytest -s tests/test_flags.py -k calibration``.
-"""
-
 
 # ---------------------------------------------------------------------------------------------
 # Measurements
