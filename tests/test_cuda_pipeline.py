@@ -1,5 +1,5 @@
 """The refinement on the GPU is the CPU's code with cupy arrays (issue 19). Marked `cuda`:
-skipped by conftest.py unless `_C` has CUDA and a GPU answers; `benchmarks/device_check.py`
+skipped by conftest.py unless `_C` has CUDA and a GPU answers; `.ci/device_check.py`
 runs it. No nibabel or data packages (the GPU machine has numpy, cupy and torch only).
 
 The pair is a smooth random image and the same image pushed through a smooth random field, so

@@ -1,6 +1,6 @@
 """One command for a GPU machine: build, test, check against the CPU, time, write one JSON.
 
-    python3 benchmarks/device_check.py --out DIR [--minutes 8] [--wheels WHEELS] [--cpu]
+    python3 .ci/device_check.py --out DIR [--minutes 8] [--wheels WHEELS] [--cpu]
 
 On a GPU machine (PyTorch with CUDA and/or CuPy, nvcc, Python 3.12; no nibabel needed) it:
 
