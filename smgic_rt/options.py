@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 
-__all__ = ["is_int", "check_int", "check_number", "check_choice", "records_given", "given_fields", "merged",
+__all__ = ["is_int", "is_number", "check_int", "check_number", "check_choice", "records_given", "given_fields", "merged",
            "BACKENDS", "STAGE_MODES", "check_mode", "check_registrar_options"]
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
@@ -19,8 +20,13 @@ STAGE_MODES = ("auto", "on", "off")
 
 
 def is_int(value) -> bool:
-    """An int that is not a bool: Python counts True as 1, a count of ours never does."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An integer (numpy's too) that is not a bool: Python counts True as 1, a count of ours never does."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A real number (numpy's too) that is not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _expected(kind: str, minimum, maximum, positive: bool, allow_none: bool) -> str:
@@ -49,7 +55,7 @@ def check_number(value, name: str, *, minimum: float | None = None, maximum: flo
     """`value` when it is a finite real number in range (or None when allowed), else ValueError."""
     if value is None and allow_none:
         return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = is_number(value) and math.isfinite(value)
     ok = ok and (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
     if not ok or (positive and not value > 0):
         raise ValueError(f"{name} must be {_expected('number', minimum, maximum, positive, allow_none)}, got {value!r}")
@@ -107,7 +113,7 @@ def check_registrar_options(*, backend="auto", quality="fast", affine="auto", ne
 
     check_choice(backend, "backend", BACKENDS)
     check_choice(quality, "quality", QUALITIES)
-    if isinstance(refine, (int, float)) and not isinstance(refine, bool):
+    if is_number(refine):
         raise ValueError(f"refine must be one of {list(STAGE_MODES)}, got {refine!r}; the refinement's budget "
                          "is RefineOptions(levels=...) (or max_seconds=..., a wall-clock limit)")
     return {"backend": backend, "quality": quality, "affine": check_mode(affine, "affine"),

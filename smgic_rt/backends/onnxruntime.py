@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.bundle import LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, Bundle
+from ..options import is_int
 from ._base import Backend
 
 __all__ = ["OnnxRuntimeBackend", "KNOWN_PROVIDERS", "available_providers", "default_providers"]
@@ -64,7 +65,7 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime
 
         self.providers = default_providers() if providers is None else _check_providers(providers)
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        if threads is not None and (not is_int(threads) or threads < 1):
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -32,11 +32,11 @@ True
 
 import contextlib
 import contextvars
-import numbers
 
 import numpy as np
 
 from .. import _C
+from ..options import is_int
 
 __all__ = [
     "warp",
@@ -80,7 +80,7 @@ def cpu_threads(threads):
     if threads is None:
         yield
         return
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+    if not is_int(threads) or threads < 1:
         raise ValueError(f"threads must be a positive int or None, got {threads!r}")
     previous = _C.set_num_threads(threads)
     with _restoring(lambda: _C.set_num_threads(previous)):
@@ -263,7 +263,7 @@ def _stream_handle(array, device):
     stream = array.__cuda_array_interface__.get("stream")
     if stream is None:
         return None
-    if isinstance(stream, bool) or not isinstance(stream, numbers.Integral):
+    if not is_int(stream):
         raise TypeError(f"__cuda_array_interface__['stream'] must be an int or None, got {stream!r}")
     if int(stream) == 0:
         # The interface forbids 0 (it cannot tell the legacy from the per-thread default stream).
@@ -330,7 +330,7 @@ def _spatial_shape(shape, name):
         values = tuple(shape)
     except TypeError:
         raise TypeError(f"{name} must be a sequence of 3 positive ints, got {shape!r}") from None
-    if len(values) != 3 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in values):
+    if len(values) != 3 or not all(is_int(s) for s in values):
         raise TypeError(f"{name} must be a sequence of 3 positive ints, got {shape!r}")
     if any(int(s) <= 0 for s in values):
         raise ValueError(f"{name} must hold 3 positive sizes, got {tuple(int(s) for s in values)}")
@@ -476,7 +476,7 @@ def integrate_velocity(velocity, steps=7):
     -------
     float32 displacement, same shape and kind as ``velocity``.
     """
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+    if not is_int(steps):
         raise TypeError(f"steps must be an int, got {type(steps).__name__}")
     if not 0 <= int(steps) <= _MAX_STEPS:
         raise ValueError(f"steps must be in [0, {_MAX_STEPS}], got {steps}")
@@ -678,7 +678,7 @@ def filter_axis(volumes, axis, taps, normalise_inside=False):
     bias). Returns a new array of the same shape and kind.
     """
     shape, on_device = _check_volumes(volumes, "volumes", 4)
-    if isinstance(axis, bool) or axis not in (0, 1, 2):
+    if not is_int(axis) or axis not in (0, 1, 2):
         raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
     values = _check_taps(taps)
     if not on_device:

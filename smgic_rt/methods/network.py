@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..models.bundle import Bundle
+from ..options import is_int
 
 __all__ = ["predict_velocity", "NetworkResult", "level_features"]
 
@@ -191,7 +192,7 @@ def predict_velocity(backend, bundle: Bundle, fixed, moving, levels: int | None 
     fixed = _check_image("fixed", fixed, bundle.grid_shape)
     moving = _check_image("moving", moving, bundle.grid_shape)
     run_levels = bundle.num_levels if levels is None else levels
-    if not isinstance(run_levels, int) or isinstance(run_levels, bool) or not 1 <= run_levels <= bundle.num_levels:
+    if not is_int(run_levels) or not 1 <= run_levels <= bundle.num_levels:
         raise ValueError(f"levels must be an int in 1..{bundle.num_levels} or None, got {levels!r}")
     steps = bundle.steps
     arrays = _arrays_for(backend)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io.atomic import sha256_file
+from ..options import is_int, is_number
 
 __all__ = [
     "BundleError",
@@ -140,7 +141,7 @@ class Bundle:
 
     def level_entry(self, level: int) -> dict:
         """The config entry of `level` (1-based)."""
-        if not isinstance(level, int) or isinstance(level, bool) or not 1 <= level <= self.num_levels:
+        if not is_int(level) or not 1 <= level <= self.num_levels:
             raise ValueError(f"level must be an int in 1..{self.num_levels}, got {level!r}")
         return self.config["levels"][level - 1]
 
@@ -182,10 +183,10 @@ def _validate_config(config, source) -> tuple[str, ...]:
     for key in ("grid_shape", "spacing"):
         value = config[key]
         if not (isinstance(value, list) and len(value) == 3
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)):
+                and all(is_number(v) and v > 0 for v in value)):
             raise _fail_shape(key, value)
     steps = config["integration_steps"]
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+    if not is_int(steps) or steps < 0:
         raise BundleError(f"config.json: integration_steps must be an int >= 0, got {steps!r}")
     files = config["files"]
     if not isinstance(files, dict) or not files:
@@ -217,7 +218,7 @@ def _validate_config(config, source) -> tuple[str, ...]:
                           f"got {profiles!r}")
     for device, profile in profiles.items():
         count = profile.get("levels") if isinstance(profile, dict) else None
-        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= len(levels):
+        if not is_int(count) or not 0 <= count <= len(levels):
             raise BundleError(f"{source}: config.json profiles[{device!r}]['levels'] must be an int in "
                               f"0..{len(levels)}, got {count!r}")
     for name in files:

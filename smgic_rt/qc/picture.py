@@ -15,18 +15,18 @@ import numpy as np
 
 from ..io import atomic
 
-__all__ = ["save_qc_png", "checkerboard"]
+__all__ = ["save_qc_png", "checkerboard", "canonical", "display_scaled", "central_slices"]
 
 
-def _canonical(data: np.ndarray, affine: np.ndarray):
+def canonical(data: np.ndarray, affine: np.ndarray):
     """Data reoriented to RAS voxel axes (no resampling) and its voxel sizes."""
     ornt = nib.orientations.io_orientation(affine)
-    canonical = nib.orientations.apply_orientation(data, ornt)
+    oriented = nib.orientations.apply_orientation(data, ornt)
     sizes = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))[ornt[:, 0].astype(int)]
-    return canonical, sizes
+    return oriented, sizes
 
 
-def _scaled(data: np.ndarray) -> np.ndarray:
+def display_scaled(data: np.ndarray) -> np.ndarray:
     """Intensities mapped to [0, 1] by the 1st/99th percentiles of the nonzero voxels."""
     values = data[data != 0]
     if values.size == 0:
@@ -47,7 +47,7 @@ def checkerboard(first: np.ndarray, second: np.ndarray, squares: int = 8) -> np.
     return np.where(parity == 0, first, second)
 
 
-def _slices(volume: np.ndarray, sizes: np.ndarray):
+def central_slices(volume: np.ndarray, sizes: np.ndarray):
     """(image, aspect) of the three central planes, oriented for display (superior/anterior up)."""
     cx, cy, cz = (n // 2 for n in volume.shape)
     sagittal = volume[cx, :, :].T  # rows: S..I after flipud, columns: A..P
@@ -71,11 +71,11 @@ def save_qc_png(path, fixed, moving, warped, jacobian, *, title: str | None = No
     from matplotlib.figure import Figure  # a bare Figure needs no pyplot state or display
 
     path = Path(os.fspath(path))
-    fixed_data, fixed_sizes = _canonical(np.asarray(fixed.dataobj, dtype=np.float32), fixed.affine)
-    moving_data, moving_sizes = _canonical(np.asarray(moving.dataobj, dtype=np.float32), moving.affine)
-    warped_data, _ = _canonical(np.asarray(warped.dataobj, dtype=np.float32), warped.affine)
-    jacobian_data, _ = _canonical(np.asarray(jacobian.dataobj, dtype=np.float32), jacobian.affine)
-    fixed_scaled, moving_scaled, warped_scaled = _scaled(fixed_data), _scaled(moving_data), _scaled(warped_data)
+    fixed_data, fixed_sizes = canonical(np.asarray(fixed.dataobj, dtype=np.float32), fixed.affine)
+    moving_data, moving_sizes = canonical(np.asarray(moving.dataobj, dtype=np.float32), moving.affine)
+    warped_data, _ = canonical(np.asarray(warped.dataobj, dtype=np.float32), warped.affine)
+    jacobian_data, _ = canonical(np.asarray(jacobian.dataobj, dtype=np.float32), jacobian.affine)
+    fixed_scaled, moving_scaled, warped_scaled = display_scaled(fixed_data), display_scaled(moving_data), display_scaled(warped_data)
     rows = [
         ("fixed", fixed_scaled, fixed_sizes, dict(cmap="gray", vmin=0, vmax=1)),
         ("moving", moving_scaled, moving_sizes, dict(cmap="gray", vmin=0, vmax=1)),
@@ -87,7 +87,7 @@ def save_qc_png(path, fixed, moving, warped, jacobian, *, title: str | None = No
     figure = Figure(figsize=(9, 14), dpi=80)
     axes = figure.subplots(len(rows), 3)
     for row, (label, volume, sizes, style) in enumerate(rows):
-        for column, (plane, aspect) in enumerate(_slices(volume, sizes)):
+        for column, (plane, aspect) in enumerate(central_slices(volume, sizes)):
             ax = axes[row, column]
             shown = ax.imshow(plane, aspect=aspect, interpolation="nearest", **style)
             ax.set_xticks([])

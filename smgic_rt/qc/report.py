@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic
+from ..options import is_number
 from . import flags, picture as qc
 from ..pipeline import STAGE_ORDER
 
@@ -90,9 +91,9 @@ def _plane_at(plane: np.ndarray, row_mm: float, col_mm: float, mm_per_pixel: flo
 
 def _planes(volume: np.ndarray, sizes: np.ndarray, mm_per_pixel: float) -> list[np.ndarray]:
     """The three central planes of a canonical (RAS) volume at square pixels (qc.py's layout)."""
-    # qc._slices gives (plane, aspect); its rows run along the 3rd (or 2nd) axis, columns the other.
+    # qc.central_slices gives (plane, aspect); its rows run along the 3rd (or 2nd) axis, columns the other.
     row_col = ((sizes[2], sizes[1]), (sizes[2], sizes[0]), (sizes[1], sizes[0]))
-    return [_plane_at(plane, r, c, mm_per_pixel) for (plane, _), (r, c) in zip(qc._slices(volume, sizes), row_col)]
+    return [_plane_at(plane, r, c, mm_per_pixel) for (plane, _), (r, c) in zip(qc.central_slices(volume, sizes), row_col)]
 
 
 def _contour(mask: np.ndarray) -> np.ndarray:
@@ -118,7 +119,7 @@ def _side_by_side(images: list[np.ndarray], gap: int = 4, background=(0, 0, 0)) 
 
 
 def _edge_levels(fixed_scaled: np.ndarray) -> tuple[float, float]:
-    """(outline level, tissue level) of the fixed image scaled by qc._scaled: the foreground's
+    """(outline level, tissue level) of the fixed image scaled by qc.display_scaled: the foreground's
     edge, and the median foreground intensity (a T1's grey/white boundary lies near it)."""
     foreground = fixed_scaled[fixed_scaled > flags.FOREGROUND_FRACTION]
     tissue = float(np.median(foreground)) if foreground.size else 0.5
@@ -160,8 +161,8 @@ def _jacobian_rgb(jacobian, sizes, mm_per_pixel: float) -> np.ndarray:
 
 
 def _canonical_scaled(image):
-    data, sizes = qc._canonical(np.asarray(image.dataobj, dtype=np.float32), image.affine)
-    return qc._scaled(data), sizes
+    data, sizes = qc.canonical(np.asarray(image.dataobj, dtype=np.float32), image.affine)
+    return qc.display_scaled(data), sizes
 
 
 def _images_from_folder(folder: Path, report: dict, fixed):
@@ -202,7 +203,7 @@ def write_pair_images(folder, fixed, warped, jacobian) -> dict:
     atomic.write_bytes(folder / THUMB_NAME, png_bytes(_overlay_rgb(fixed_scaled, warped_scaled, sizes, THUMB_MM_PER_PIXEL)))
     written["thumbnail"] = THUMB_NAME
     if jacobian is not None:
-        jacobian_data, _ = qc._canonical(np.asarray(jacobian.dataobj, dtype=np.float32), jacobian.affine)
+        jacobian_data, _ = qc.canonical(np.asarray(jacobian.dataobj, dtype=np.float32), jacobian.affine)
         atomic.write_bytes(folder / JACOBIAN_NAME, png_bytes(_jacobian_rgb(jacobian_data, sizes, PAGE_MM_PER_PIXEL)))
         written["jacobian"] = JACOBIAN_NAME
     return written
@@ -246,7 +247,7 @@ def _e(value) -> str:
 def _number(value, digits: int = 4) -> str:
     if value is None:
         return "–"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         return _e(value)
     if isinstance(value, int):
         return str(value)
