@@ -16,7 +16,7 @@ MOVED = {
     "affine": "methods.affine", "preprocess": "methods.preprocess", "features": "methods.features",
     "network": "methods.network", "refine": "methods.refine", "quality": "presets",
     "qc_report": "qc.report", "flags": "qc.flags", "metrics": "qc.metrics",
-    "job": "pipeline.job", "process": "pipeline.process",
+    "job": "pipeline.job",
 }
 
 

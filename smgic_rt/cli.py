@@ -23,7 +23,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .pipeline.process import keep_freed_memory
+from .process import keep_freed_memory
 
 logger = logging.getLogger("smgic_rt")
 

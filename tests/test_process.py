@@ -1,4 +1,4 @@
-"""smgic_rt.pipeline.process.keep_freed_memory: in a fresh interpreter, as our CLIs call it first thing."""
+"""smgic_rt.process.keep_freed_memory: in a fresh interpreter, as our CLIs call it first thing."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 
 PROBE = r"""
 import json, os, sys
-from smgic_rt.pipeline.process import keep_freed_memory
+from smgic_rt.process import keep_freed_memory
 applied = keep_freed_memory() if sys.argv[1] == "keep" else {}
 import numpy as np
 

@@ -28,7 +28,7 @@ def init_pool_worker(bundle: str, registrar_options: dict, threads: int) -> None
     # Before numpy / _C / onnxruntime load, so their thread pools take these sizes.
     for variable in _THREAD_VARIABLES:
         os.environ[variable] = str(threads)
-    from ..pipeline.process import keep_freed_memory
+    from ..process import keep_freed_memory
 
     keep_freed_memory()  # a worker process registers and nothing else
     from .work import make_registrar
