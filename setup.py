@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = "csrc"
 # sm_75 (Turing) .. sm_90 (Hopper) as machine code, plus PTX of the last one for newer GPUs
 # (the driver compiles it for them at load time). SMGIC_CUDA_ARCHS="90" (or "80,90") builds only
-# those, e.g. for the one GPU of a machine (benchmarks/device_check.py does): a faster build.
+# those, e.g. for the one GPU of a machine (.ci/device_check.py does): a faster build.
 DEFAULT_CUDA_ARCHS = ["75", "80", "86", "89", "90"]
 
 

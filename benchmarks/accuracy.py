@@ -61,7 +61,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from smgic_rt import atomic  # noqa: E402
+from smgic_rt.io import atomic  # noqa: E402
 
 import peer_tools  # noqa: E402
 import real_pairs  # noqa: E402

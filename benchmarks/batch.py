@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     import common  # also puts the checkout on sys.path
 
     from smgic_rt.batch import _available_cores
-    from smgic_rt.bundle import load_bundle
+    from smgic_rt.models.bundle import load_bundle
 
     cores = _available_cores()
     counts = [int(n) for n in args.workers.split(",")]

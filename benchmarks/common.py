@@ -18,10 +18,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `python benchmarks/x.py` from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
-from smgic_rt import atomic  # noqa: E402
-from smgic_rt.affine import rotation_matrix  # noqa: E402
+from smgic_rt.io import atomic  # noqa: E402
+from smgic_rt.methods.affine import rotation_matrix  # noqa: E402
 from smgic_rt.demo import package_file  # noqa: E402  (finds data files without importing packages)
-from smgic_rt.metrics import folding_fraction, mean_dice  # noqa: E402,F401  (re-exported for the benchmarks)
+from smgic_rt.qc.metrics import folding_fraction, mean_dice  # noqa: E402,F401  (re-exported for the benchmarks)
 
 # Colin27 (one real individual) and the AAL atlas drawn on exactly its grid (DATA.md).
 LABELLED_BRAINS = {

@@ -1,4 +1,4 @@
-"""Kernel micro-benchmark: smgic_rt.ops against torch in the same process.
+"""Kernel micro-benchmark: smgic_rt.geometry.ops against torch in the same process.
 
 At 160x192x160 (default), times warp (1 and 3 channels, trilinear, zeros padding) against
 torch.nn.functional.grid_sample (align_corners=True) and integrate_velocity (7 steps) against a
@@ -39,8 +39,9 @@ def registration_rows(shape, thread_counts, median_seconds):
     """Median seconds of each registration kernel per thread count, on a smooth random volume."""
     import numpy as np
 
-    from smgic_rt import _C, ops
-    from smgic_rt._filters import gaussian_taps
+    from smgic_rt import _C
+    from smgic_rt.geometry import ops
+    from smgic_rt.geometry.filters import gaussian_taps
 
     # _C directly (not the ops wrappers), so that the same script times older checkouts too.
     def box_mean(volumes, radius):
@@ -84,7 +85,7 @@ def main():
     import torch
     import torch.nn.functional as F
 
-    from smgic_rt import ops
+    from smgic_rt.geometry import ops
 
     torch.set_num_threads(args.threads)
     shape = tuple(args.shape)

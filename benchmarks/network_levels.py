@@ -1,5 +1,5 @@
 """Which of the network's levels pay for their time on this hardware: the measurement behind a
-bundle's ``profiles`` entry (`smgic_rt.bundle.Bundle.profile_levels`).
+bundle's ``profiles`` entry (`smgic_rt.models.bundle.Bundle.profile_levels`).
 
     python benchmarks/network_levels.py --json benchmarks/results/network_levels_cpu.json
     python -m export profile smgic_rt/models/default --cpu-levels-from benchmarks/results/network_levels_cpu.json

@@ -88,14 +88,14 @@ def main(argv=None) -> int:
             path = export_bundle(model, args.output, opset=args.opset, fp16_weights=args.fp16_weights,
                                  provenance=provenance, tolerance=args.tolerance,
                                  include_weights=not args.no_weights, overwrite=args.overwrite)
-            from smgic_rt.bundle import load_bundle
+            from smgic_rt.models.bundle import load_bundle
 
             bundle = load_bundle(path)
             errors = bundle.config["exporter"]["parity"]["max_relative_error_per_level"]
             sys.stdout.write(f"wrote {path} ({bundle.id}); max relative error per level: "
                              + ", ".join(f"{e:.2e}" for e in errors) + "\n")
         elif args.command == "checksums":
-            from smgic_rt.bundle import load_bundle, write_checksums
+            from smgic_rt.models.bundle import load_bundle, write_checksums
 
             bundle_id = write_checksums(args.bundle)
             load_bundle(args.bundle, expected_id=bundle_id)  # what was written verifies as a whole
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
                                   engine_dir=args.engine_dir, batch=(args.min_batch, args.opt_batch, args.max_batch))
             sys.stdout.write("".join(f"wrote {p}\n" for p in paths))
         elif args.command == "trtexec-cmd":
-            from smgic_rt.bundle import load_bundle
+            from smgic_rt.models.bundle import load_bundle
 
             from .trtexec import trtexec_commands
 

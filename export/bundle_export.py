@@ -6,7 +6,7 @@ run time. The export runs the full torch model on a real brain pair, records eve
 inputs and output, runs each exported graph in onnxruntime on the same inputs and refuses to
 write the bundle when any level differs by more than the tolerance. Everything is written to a
 temporary folder beside the target and renamed into place only after all checks pass; the last
-file written is ``checksums.sha256`` (`smgic_rt.bundle.write_checksums`), which covers
+file written is ``checksums.sha256`` (`smgic_rt.models.bundle.write_checksums`), which covers
 config.json and every other file and whose hash is the bundle id.
 """
 
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from smgic_rt import atomic
-from smgic_rt.atomic import sha256_file
-from smgic_rt.bundle import (BUNDLE_FORMAT, CONFIG_NAME, LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, SCHEMA_VERSION,
+from smgic_rt.io import atomic
+from smgic_rt.io.atomic import sha256_file
+from smgic_rt.models.bundle import (BUNDLE_FORMAT, CONFIG_NAME, LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, SCHEMA_VERSION,
                              write_checksums)
-from smgic_rt.preprocess import normalization_record
+from smgic_rt.methods.preprocess import normalization_record
 
 from . import model_adapter
 from .opcheck import UnsupportedOperatorError, unsupported_ops
@@ -263,7 +263,7 @@ def export_bundle(model, output_dir, *, opset: int = 20, fp16_weights: bool = Fa
             "grid_shape": grid_shape,
             "spacing": spacing,
             "integration_steps": steps,
-            # The runtime applies (or refuses) what is recorded here: smgic_rt.preprocess's contract.
+            # The runtime applies (or refuses) what is recorded here: smgic_rt.methods.preprocess's contract.
             "normalization": normalization or normalization_record(),
             "levels": level_entries,
             "provenance": provenance or {"source": "untrained (random initialisation)"},
@@ -296,7 +296,7 @@ def record_profile(bundle_dir, device: str, report_path) -> tuple[str, int]:
     another model says nothing about this one. For the shipped default bundle, pin the new id in
     `smgic_rt.models.DEFAULT_BUNDLE_ID`.
     """
-    from smgic_rt.bundle import load_bundle
+    from smgic_rt.models.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)  # verified as it stands
     report = json.loads(Path(report_path).read_text())

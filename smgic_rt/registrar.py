@@ -20,17 +20,19 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from . import __version__, atomic, io, outputs, transforms
-from .pipeline import (AffineStage, FieldsStage, IntegrateStage, LoadStage, NetworkOptions, NetworkStage, PairState,
-                       PreprocessStage, QualityStage, RefineStage, ResampleStage, check_mode, run_stages,
-                       volume_or_load)
+from . import __version__, io
+from .io import atomic, outputs
+from .geometry import transforms
+from .models import default_bundle_path
+from .options import BACKENDS, check_registrar_options
+from .pipeline import (AffineStage, FieldsStage, IntegrateStage, LoadStage, NetworkStage, PairState, PreprocessOptions,
+                       PreprocessStage, QualityStage, RefineStage, ResampleStage, run_stages, volume_or_load)
 
 __all__ = ["Registrar", "RegistrationResult", "BACKENDS", "DEFAULT_BUNDLE_PATH", "NoDefaultBundleError"]
 
 logger = logging.getLogger("smgic_rt")
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
-DEFAULT_BUNDLE_PATH = Path(__file__).resolve().parent / "models" / "default"
+DEFAULT_BUNDLE_PATH = default_bundle_path()
 
 
 class NoDefaultBundleError(FileNotFoundError):
@@ -107,7 +109,7 @@ class RegistrationResult:
         """
         if interpolation not in transforms.INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {list(transforms.INTERPOLATIONS)}, got {interpolation!r}")
-        from . import ops
+        from .geometry import ops
 
         volume, is_labels = _load_for_apply(image, interpolation)
         with ops.cpu_threads(self.threads):
@@ -117,11 +119,11 @@ class RegistrationResult:
         return io.make_nifti(np.ascontiguousarray(data), self.fixed.affine)
 
     def assess(self, moving_labels=None) -> dict:
-        """Flag this registration (`smgic_rt.flags.assess`): sets ``stats["flag"]`` ("ok", "warn"
+        """Flag this registration (`smgic_rt.qc.flags.assess`): sets ``stats["flag"]`` ("ok", "warn"
         or "fail"), ``stats["flag_reasons"]`` and ``stats["qc_measurements"]``; returns them."""
         import time
 
-        from . import flags
+        from .qc import flags
 
         start = time.perf_counter()
         # A registration is measured once; labels given later add only their own measurements.
@@ -137,7 +139,7 @@ class RegistrationResult:
         jacobian.nii.gz, report.json (with the QC flag), affine.mat (when the affine stage ran),
         warped_labels.nii.gz (with `moving_labels`), qc.png and qc.html with its pictures (with
         `qc`) and manifest.json (every file's size and sha256). Nothing is left behind when any
-        step fails; `overwrite` replaces only a previous smgic output (`smgic_rt.outputs`).
+        step fails; `overwrite` replaces only a previous smgic output (`smgic_rt.io.outputs`).
         """
         labels = None if moving_labels is None else volume_or_load(moving_labels, io.load_label_map,
                                                                      name="moving labels")
@@ -171,8 +173,8 @@ class RegistrationResult:
             image("warped_labels.nii.gz", self.apply(labels, interpolation="label"))
             self.stats.setdefault("seconds", {})["warp_labels"] = time.perf_counter() - start
         if qc:
-            from . import qc as qc_module
-            from . import qc_report
+            from .qc import picture as qc_module
+            from .qc import report as qc_report
 
             qc_module.save_qc_png(
                 folder / "qc.png", self.fixed_image, self.moving_image, self.warped, self.jacobian,
@@ -206,23 +208,23 @@ class Registrar:
     ----------
     bundle : str, os.PathLike, Bundle or None
         A model bundle folder/zip (``python -m export bundle``) or a loaded
-        `smgic_rt.bundle.Bundle`; None loads the packaged default bundle.
+        `smgic_rt.models.bundle.Bundle`; None loads the packaged default bundle.
     backend : {"auto", "onnxruntime", "tensorrt", "torch"}
         Inference engine for the network; "auto" picks the fastest that works here.
         `Registrar.backend` says which one runs (None when the network is off).
     quality : {"fast", "accurate"}
-        A preset over the stages' options (`smgic_rt.quality.PRESETS`); options given here
-        (``affine_options=``, ``refine_options=``) win over the preset's.
+        A preset over the stages' options (`smgic_rt.presets.PRESETS`); options given here
+        (``affine_options=``, ``refine_options=``) change only the fields they were given.
     affine, network, refine : {"auto", "on", "off"}
-        Switch the global affine stage (`smgic_rt.affine`), the network and the per-pair
-        refinement (`smgic_rt.refine`, warm-started from the network's velocity) on or off;
+        Switch the global affine stage (`smgic_rt.methods.affine`), the network and the per-pair
+        refinement (`smgic_rt.methods.refine`, warm-started from the network's velocity) on or off;
         "auto" lets each stage decide: the affine stage and the refinement run; the network runs
         the levels that the bundle's measured profile for this hardware says pay for their time
         (``Bundle.profile_levels``: "cuda" when a GPU is usable, else "cpu"; every level when the
         bundle has no profile), and none when that profile holds 0. "on" runs every level.
-    affine_options : smgic_rt.affine.AffineOptions, optional
+    affine_options : smgic_rt.methods.affine.AffineOptions, optional
     network_options : smgic_rt.pipeline.NetworkOptions, optional
-    refine_options : smgic_rt.refine.RefineOptions, optional
+    refine_options : smgic_rt.methods.refine.RefineOptions, optional
     fields_options : smgic_rt.pipeline.FieldsOptions, optional
         The stages' options (resolutions, iterations, the grids of the written fields, ...);
         None: their defaults.
@@ -231,7 +233,7 @@ class Registrar:
         device (cupy arrays, on cupy's current stream), the host loading, saving, stepping the
         affine stage's optimiser (42 sums read back per evaluation) and handing the network
         backend its inputs; "cpu" (the default) keeps everything in numpy. The same code runs
-        either way (`smgic_rt.ops.array_namespace`).
+        either way (`smgic_rt.geometry.ops.array_namespace`).
     threads : positive int or None
         CPU threads for one registration: the network on onnxruntime or torch, and the `_C`
         kernels that `register` calls (for the calling thread only, so several Registrars may
@@ -243,54 +245,41 @@ class Registrar:
     def __init__(self, bundle=None, backend: str = "auto", *, quality: str = "fast", affine="auto", network="auto",
                  refine="auto", affine_options=None, network_options=None, refine_options=None, fields_options=None,
                  threads=None, device: str = "cpu"):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
-        if isinstance(refine, (int, float)) and not isinstance(refine, bool):
-            raise ValueError(f"refine must be one of ['auto', 'on', 'off'], got {refine!r}; the refinement's budget "
-                             "is RefineOptions(iterations=...) (or max_seconds=..., a wall-clock limit)")
+        checked = check_registrar_options(backend=backend, quality=quality, affine=affine, network=network,
+                                          refine=refine, threads=threads)
         self.threads = threads
         self.device = device
         self._xp = _array_module(device)
-        from .quality import stage_options
+        from .presets import stage_options
 
         preset = stage_options(quality, affine_options=affine_options, refine_options=refine_options)
-        affine_options, refine_options = preset["affine_options"], preset["refine_options"]
         self.quality = quality
         self.bundle = self._load_bundle(bundle)
-        network_mode = check_mode(network, "network")
-        # "auto" runs the levels the bundle's profile for this hardware measured to pay for
-        # themselves (all where it has none); "on" runs every level.
-        from . import ops
+        from .geometry import ops
 
-        profile = "cuda" if ops.cuda_available() else "cpu"
-        network_options = NetworkOptions() if network_options is None else network_options
-        if not isinstance(network_options, NetworkOptions):
-            raise TypeError(f"network_options must be a smgic_rt.pipeline.NetworkOptions, got "
-                            f"{type(network_options).__name__}")
-        levels = network_options.levels
-        if levels is None:
-            levels = self.bundle.num_levels if network_mode == "on" else self.bundle.profile_levels(profile)
-        elif levels > self.bundle.num_levels:
-            raise ValueError(f"network levels must be at most the bundle's {self.bundle.num_levels}, got {levels}")
-        self._backend = None
-        if network_mode == "on" or (network_mode == "auto" and levels > 0):
+        def make_backend():
             from . import backends
 
             # TensorRT runs on the GPU; every other backend may fall back to (or run on) the CPU.
             cpu_options = {} if threads is None or backend == "tensorrt" else {"threads": threads}
-            self._backend = backends.create(backend, self.bundle, **cpu_options)
+            return backends.create(backend, self.bundle, **cpu_options)
+
+        refine_stage = RefineStage(checked["refine"], preset["refine_options"])
+        # the refinement's images when it runs (the network asks for its own, as trained)
+        antialias = refine_stage.options.antialias if refine_stage.enabled else 1.0
+        # "auto" runs the levels the bundle's profile for this hardware measured to pay for
+        # themselves (all where it has none); "on" runs every level.
+        network_stage = NetworkStage(checked["network"], network_options, bundle=self.bundle,
+                                     profile="cuda" if ops.cuda_available() else "cpu", make_backend=make_backend)
+        self._backend = network_stage.backend
         self.backend = None if self._backend is None else str(getattr(self._backend, "name", backend))
-        refine_stage = RefineStage(refine, refine_options)
         # The stages, in pipeline order (smgic_rt.pipeline.STAGE_ORDER).
         self.stages = (
             LoadStage(),
-            AffineStage(affine, affine_options),
-            # the refinement's images when it runs (the network makes its own as trained)
-            PreprocessStage(normalization=self.bundle.config.get("normalization"),
-                            antialias=refine_stage.options.antialias if refine_stage.enabled else 1.0),
-            NetworkStage(network_mode, backend=self._backend, bundle=self.bundle, levels=levels, profile=profile),
+            AffineStage(checked["affine"], preset["affine_options"]),
+            PreprocessStage(options=PreprocessOptions(antialias=antialias),
+                            normalization=self.bundle.config.get("normalization")),
+            network_stage,
             refine_stage,
             IntegrateStage(),
             FieldsStage(options=fields_options),
@@ -305,7 +294,7 @@ class Registrar:
                 f"no default model bundle is installed (looked in '{DEFAULT_BUNDLE_PATH}'); "
                 "pass bundle=PATH (CLI: --bundle PATH) with a bundle made by `python -m export bundle`"
             )
-        from . import bundle as bundle_module
+        from .models import bundle as bundle_module
 
         if bundle is None:
             return bundle_module.load_bundle(DEFAULT_BUNDLE_PATH)
@@ -314,6 +303,13 @@ class Registrar:
         if isinstance(bundle, bundle_module.Bundle):
             return bundle
         raise TypeError(f"bundle must be a path, a Bundle or None, got {type(bundle).__name__}")
+
+    def stage(self, name: str):
+        """The stage called `name` (`smgic_rt.pipeline.STAGE_ORDER`)."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"no stage {name!r}; the stages are {[stage.name for stage in self.stages]}")
 
     @property
     def stage_modes(self) -> dict:
@@ -328,7 +324,7 @@ class Registrar:
         view; the two may differ. Masks (same grid as their image, nonzero = brain) restrict
         what the stages see.
         """
-        from . import ops
+        from .geometry import ops
 
         state = PairState(inputs={"fixed": fixed, "moving": moving, "fixed_mask": fixed_mask, "moving_mask": moving_mask},
                           grid_shape=tuple(int(n) for n in self.bundle.grid_shape),
@@ -351,9 +347,10 @@ class Registrar:
             "stages_run": [name for name, record in records.items() if record["ran"]],
             "seconds": seconds,
             "seconds_total": float(sum(seconds.values())),
-            **state.quality,
-            "integration_steps": state.integration_steps,
-            "model_grid": {"shape": list(state.grid_shape), "affine": np.asarray(state.model_affine).tolist()},
+            **records["quality"]["stats"],
+            "integration_steps": state.velocity_grid.integration_steps,
+            "model_grid": {"shape": list(state.velocity_grid.shape),
+                           "affine": np.asarray(state.velocity_grid.affine).tolist()},
             "fixed": _describe(state.fixed),
             "moving": _describe(state.moving),
             "affine_matrix": None if state.world_matrix is None else state.world_matrix.tolist(),
@@ -361,7 +358,7 @@ class Registrar:
         logger.info("registered in %.2f s: folding %.5f, inverse consistency %.3f voxels",
                     stats["seconds_total"], stats["folding_fraction"], stats["inverse_consistency_voxels_mean"])
         # The host saves: what a device run made comes back here, once.
-        from .ops import to_host
+        from .geometry.ops import to_host
 
         return RegistrationResult(
             warped=io.make_nifti(to_host(state.warped).astype(np.float32), state.fixed.affine),
@@ -386,7 +383,7 @@ def _array_module(device: str):
         raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
     if device == "cpu":
         return np
-    from . import ops
+    from .geometry import ops
 
     if not ops.build_info()["cuda"]:
         raise RuntimeError("device='cuda' needs smgic_rt._C built with CUDA (nvcc found at install time)")

@@ -1,6 +1,21 @@
-"""Shared pytest setup: CUDA-marked tests run only where smgic_rt._C has CUDA and a GPU answers."""
+"""Shared pytest setup: CUDA-marked tests run only where smgic_rt._C has CUDA and a GPU answers;
+`package_file` finds a data package's file or skips the test."""
+
+from pathlib import Path
 
 import pytest
+
+
+def package_file(package: str, relative: str) -> Path:
+    """A data file inside an installed package (`smgic_rt.demo.package_file`), or skip the test
+    when the package or the file is absent (../shared/DATA.md lists them)."""
+    from smgic_rt.demo import DemoDataError
+    from smgic_rt.demo import package_file as find
+
+    try:
+        return find(package, relative)
+    except DemoDataError as error:
+        pytest.skip(str(error))
 
 
 def _cuda_available():

@@ -1,13 +1,15 @@
-"""smgic_rt.affine on a real brain: known rigid/affine misplacements are recovered, aligned
+"""smgic_rt.methods.affine on a real brain: known rigid/affine misplacements are recovered, aligned
 stays aligned, the NCC never ends below its start, reruns are identical, bad input is refused;
 the CUDA sums match the CPU ones where a GPU exists."""
 
 import numpy as np
 import pytest
 
-from smgic_rt import _C, ops, preprocess
-from smgic_rt.affine import AffineOptions, _Level, _pyramid, ncc_and_gradient, register_affine
-from smgic_rt.demo import package_file
+from smgic_rt import _C
+from smgic_rt.geometry import ops
+from smgic_rt.methods import preprocess
+from smgic_rt.methods.affine import AffineOptions, _Level, _pyramid, ncc_and_gradient, register_affine
+from conftest import package_file
 
 from test_registrar_support import rotation_degrees
 

@@ -13,7 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import cli, transforms
+from smgic_rt import cli
+from smgic_rt.geometry import transforms
 from smgic_rt.io import make_nifti
 from smgic_rt.pipeline import covering_lattice
 

@@ -12,9 +12,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import cli, io, transforms
+from smgic_rt import cli, io
+from smgic_rt.geometry import transforms
 from smgic_rt.io import InvalidImageError, make_nifti
-from smgic_rt.transforms import InvalidTransformError
+from smgic_rt.geometry.transforms import InvalidTransformError
 
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
 

@@ -1,10 +1,10 @@
-"""smgic_rt.atomic: the one module that renames files into place."""
+"""smgic_rt.io.atomic: the one module that renames files into place."""
 
 import os
 
 import pytest
 
-from smgic_rt import atomic
+from smgic_rt.io import atomic
 
 
 def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):

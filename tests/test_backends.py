@@ -13,8 +13,8 @@ import export  # noqa: E402
 from export.bundle_export import relative_error  # noqa: E402
 from export.model_adapter import record_levels  # noqa: E402
 from export.pair import load_parity_pair  # noqa: E402
-from smgic_rt.bundle import load_bundle  # noqa: E402
-from smgic_rt.network import predict_velocity  # noqa: E402
+from smgic_rt.models.bundle import load_bundle  # noqa: E402
+from smgic_rt.methods.network import predict_velocity  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_auto_picks_a_working_backend(bundle):
         has_trt = True
     except (ImportError, OSError):
         has_trt = False
-    from smgic_rt import ops
+    from smgic_rt.geometry import ops
 
     if not has_trt and ops.cuda_available() and _torch_cuda():
         assert backend.name == "torch" and backend.device == "cuda"  # a GPU machine without TensorRT
@@ -114,7 +114,7 @@ def test_onnxruntime_matches_torch_per_level(ort, reference, bundle, pair):
 
 def test_full_network_matches_torch_displacement(ort, reference, bundle, pair):
     """End to end on a real pair: onnxruntime levels with _C between them vs the torch model."""
-    from smgic_rt import ops
+    from smgic_rt.geometry import ops
 
     from export.model_adapter import torch_final_displacement
 

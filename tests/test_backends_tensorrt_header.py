@@ -109,7 +109,7 @@ def test_zipped_bundle_engines_go_to_a_persistent_cache_keyed_by_bundle_id(tmp_p
     import zipfile
 
     from smgic_rt.backends.tensorrt import engine_dir_for
-    from smgic_rt.bundle import load_bundle
+    from smgic_rt.models.bundle import load_bundle
 
     monkeypatch.delenv("SMGIC_ENGINE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
@@ -128,7 +128,7 @@ def test_bundle_folder_with_engines_uses_them_else_the_cache(tmp_path, monkeypat
     import shutil
 
     from smgic_rt.backends.tensorrt import engine_dir_for
-    from smgic_rt.bundle import load_bundle
+    from smgic_rt.models.bundle import load_bundle
 
     monkeypatch.setenv("SMGIC_ENGINE_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "bundle"

@@ -269,7 +269,7 @@ def test_worker_that_cannot_start_stops_the_run(cohort, bundle, tmp_path):
     from smgic_rt import backends
 
     try:
-        backends.create("tensorrt", __import__("smgic_rt.bundle").bundle.load_bundle(bundle))
+        backends.create("tensorrt", __import__("smgic_rt.models.bundle").models.bundle.load_bundle(bundle))
         pytest.skip("TensorRT works here")
     except Exception:
         pass

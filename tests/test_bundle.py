@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("torch")
 
 from smgic_rt import models  # noqa: E402
-from smgic_rt.bundle import (CHECKSUM_NAME, SCHEMA_VERSION, Bundle, BundleError, load_bundle,  # noqa: E402
+from smgic_rt.models.bundle import (CHECKSUM_NAME, SCHEMA_VERSION, Bundle, BundleError, load_bundle,  # noqa: E402
                              read_checksums, sha256_file, write_checksums)
 
 

@@ -1,5 +1,5 @@
 """The refinement on the GPU is the CPU's code with cupy arrays (issue 19). Marked `cuda`:
-skipped by conftest.py unless `_C` has CUDA and a GPU answers; `benchmarks/device_check.py`
+skipped by conftest.py unless `_C` has CUDA and a GPU answers; `.ci/device_check.py`
 runs it. No nibabel or data packages (the GPU machine has numpy, cupy and torch only).
 
 The pair is a smooth random image and the same image pushed through a smooth random field, so
@@ -11,8 +11,8 @@ does not, and both runs must agree on every accepted step and on the result.
 import numpy as np
 import pytest
 
-from smgic_rt import ops
-from smgic_rt.refine import RefineOptions, objective, refine_velocity
+from smgic_rt.geometry import ops
+from smgic_rt.methods.refine import Level, RefineOptions, objective, refine_velocity
 
 pytestmark = pytest.mark.cuda
 
@@ -37,7 +37,7 @@ def _pair():
 def test_refinement_on_cupy_arrays_matches_the_cpu():
     cupy = pytest.importorskip("cupy")
     fixed, moving = _pair()
-    options = RefineOptions(factors=(2, 1), iterations=(6, 4))
+    options = RefineOptions(levels=(Level(2, 6), Level(1, 4)))
     on_cpu = refine_velocity(fixed, moving, options=options)
     stream = cupy.cuda.Stream(non_blocking=True)  # not the default stream: ordering must be explicit
     with stream:

@@ -1,5 +1,5 @@
 """The CUDA path on explicit streams, against its CPU twins (issue 19). Marked `cuda`: skipped by
-conftest.py unless `_C` has CUDA and a GPU answers; `benchmarks/device_check.py` runs them.
+conftest.py unless `_C` has CUDA and a GPU answers; `.ci/device_check.py` runs them.
 
 No nibabel, no data packages: the GPU machine has numpy, cupy and torch only. Volumes are smooth
 random fields (coarse noise upsampled by our own CPU kernel), so every kernel sees realistic,
@@ -16,8 +16,9 @@ import threading
 import numpy as np
 import pytest
 
-from smgic_rt import _C, ops
-from smgic_rt._filters import box_mean, gaussian_taps
+from smgic_rt import _C
+from smgic_rt.geometry import ops
+from smgic_rt.geometry.filters import box_mean, gaussian_taps
 
 pytestmark = pytest.mark.cuda
 

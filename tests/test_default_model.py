@@ -20,7 +20,7 @@ from smgic_rt import demo, models, registrar  # noqa: E402
 
 
 def _missing_runtime_modules():
-    return [m for m in ("smgic_rt.preprocess", "smgic_rt.features") if importlib.util.find_spec(m) is None]
+    return [m for m in ("smgic_rt.methods.preprocess", "smgic_rt.methods.features") if importlib.util.find_spec(m) is None]
 
 
 def test_default_bundle_path_is_where_registrar_looks():
@@ -143,5 +143,8 @@ def test_registrar_without_arguments_registers_a_real_pair_with_the_shipped_bund
     before = common.mean_dice(pair.fixed_labels.dataobj, pair.moving_labels.dataobj)
     warped_labels = np.asarray(result.apply(pair.moving_labels, interpolation="label").dataobj)
     after = common.mean_dice(pair.fixed_labels.dataobj, warped_labels)
-    assert after > before + 0.3, (before, after)
-    assert result.stats["folding_fraction"] < 0.01
+    # Its measured level on this very pair (0.9255 with the shipped bundle and the fast preset,
+    # bit-identical for any thread count), less a small margin: a regression of the model, the
+    # presets or the stages shows here.
+    assert before < 0.2 and after >= 0.9255 - 0.01, (before, after)
+    assert result.stats["folding_fraction"] == 0

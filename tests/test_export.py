@@ -1,7 +1,7 @@
 """python -m export: parity of every level graph with PyTorch, atomic failure, op check, trtexec lines.
 
 Models are tiny (32^3 grid, 8 channels); the parity pair is two real brain templates from the
-data packages, preprocessed with smgic_rt.preprocess.
+data packages, preprocessed with smgic_rt.methods.preprocess.
 """
 
 import hashlib
@@ -22,7 +22,7 @@ from export.model_adapter import build_model, record_levels  # noqa: E402
 from export.opcheck import graph_op_types, unsupported_ops  # noqa: E402
 from export.pair import load_parity_pair  # noqa: E402
 from export.trtexec import trtexec_commands  # noqa: E402
-from smgic_rt.bundle import load_bundle  # noqa: E402
+from smgic_rt.models.bundle import load_bundle  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,8 +62,8 @@ def test_export_seals_the_bundle_with_a_checksum_file_that_names_it(random_bundl
     """The exporter's last file covers config.json and every other file; its hash is the id."""
     import hashlib
 
-    from smgic_rt.bundle import CHECKSUM_NAME, read_checksums
-    from smgic_rt.atomic import sha256_file
+    from smgic_rt.models.bundle import CHECKSUM_NAME, read_checksums
+    from smgic_rt.io.atomic import sha256_file
 
     folder = random_bundle.source
     hashes, raw = read_checksums(folder)
@@ -208,7 +208,7 @@ def test_an_unreadable_checkpoint_or_weights_file_says_so_without_torchs_advice(
 
     from export.model_adapter import load_checkpoint_model
     from smgic_rt.backends.torch import TorchBackend
-    from smgic_rt.bundle import BundleError, load_bundle, write_checksums
+    from smgic_rt.models.bundle import BundleError, load_bundle, write_checksums
 
     path = tmp_path / "foreign.pt"  # a class torch does not allow: loading needs weights_only=False
     path.write_bytes(pickle.dumps({"model": fractions.Fraction(1, 3)}))

@@ -1,10 +1,11 @@
-"""smgic_rt.features (numpy, no torch): the Haar pyramid's levels, shapes and known values.
+"""smgic_rt.methods.features (numpy, no torch): the Haar pyramid's levels, shapes and known values.
 Its torch twin's parity is pinned in tests/test_training.py."""
 
 import numpy as np
 import pytest
 
-from smgic_rt import features, ops
+from smgic_rt.methods import features
+from smgic_rt.geometry import ops
 
 
 def test_levels_shapes_and_channels():

@@ -5,7 +5,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import Registrar, transforms
+from smgic_rt import Registrar
+from smgic_rt.geometry import transforms
 from smgic_rt.pipeline import FieldsOptions, covering_lattice
 
 from test_registrar_support import block_downsample, package_file

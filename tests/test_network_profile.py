@@ -12,8 +12,10 @@ import shutil
 import numpy as np
 import pytest
 
-from smgic_rt import Registrar, models, network, ops
-from smgic_rt.bundle import BundleError, load_bundle, write_checksums
+from smgic_rt import Registrar, models
+from smgic_rt.methods import network
+from smgic_rt.geometry import ops
+from smgic_rt.models.bundle import BundleError, load_bundle, write_checksums
 from smgic_rt.pipeline import NetworkOptions
 
 from test_registrar_support import block_downsample, package_file
@@ -66,7 +68,8 @@ def test_a_bundle_without_profile_runs_every_level(pair):
 
 
 def test_fewer_levels_give_the_coarse_velocity_upsampled_to_the_model_grid(pair):
-    from smgic_rt import backends, preprocess
+    from smgic_rt import backends
+    from smgic_rt.methods import preprocess
 
     bundle = load_bundle(models.default_bundle_path())
     backend = backends.create("onnxruntime", bundle, threads=2)

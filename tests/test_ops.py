@@ -1,4 +1,4 @@
-"""smgic_rt.ops against a torch reference (grid_sample, align_corners=True), analytic cases,
+"""smgic_rt.geometry.ops against a torch reference (grid_sample, align_corners=True), analytic cases,
 bad inputs, and CUDA/CPU parity (marked cuda, skipped without a GPU)."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
-from smgic_rt import ops  # noqa: E402
+from smgic_rt.geometry import ops  # noqa: E402
 
 torch.set_num_threads(2)
 TOL = 1e-4

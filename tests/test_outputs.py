@@ -1,5 +1,5 @@
 """Output folders: smgic replaces only what it wrote (issue 15). Each case was reproduced on the
-code before `smgic_rt.outputs` existed, where `--overwrite` removed whatever the folder held."""
+code before `smgic_rt.io.outputs` existed, where `--overwrite` removed whatever the folder held."""
 
 import os
 import subprocess
@@ -9,7 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import pytest
 
-from smgic_rt import atomic, batch, cli, outputs
+from smgic_rt.io import atomic, outputs
+from smgic_rt import batch, cli
 from smgic_rt.io import OutputExistsError
 
 from test_registrar_support import block_downsample, make_tiny_bundle, package_file, unwritable_folder
@@ -98,7 +99,7 @@ def test_stale_staging_of_a_killed_run_is_removed_and_nothing_else(tmp_path):
     out = tmp_path / "results"
     killed = subprocess.run([sys.executable, "-c", f"""
 import os
-from smgic_rt import atomic
+from smgic_rt.io import atomic
 with atomic.atomic_dir({str(out)!r}) as staging:
     (staging / "warp.nii.gz").write_bytes(b"x" * 1000)
     os._exit(9)  # killed while saving

@@ -4,7 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import Registrar, preprocess
+from smgic_rt import Registrar
+from smgic_rt.methods import preprocess
 from smgic_rt.pipeline import STAGE_ORDER, SWITCHABLE_STAGES, PreprocessStage, QualityStage, LoadStage, run_stages
 
 from test_registrar_support import block_downsample, make_tiny_bundle, package_file
@@ -52,6 +53,34 @@ def test_each_stage_switches_off_and_the_report_says_which_ran(bundle, pair, off
         assert stages["refine"]["stats"]["iterations"] > 0
 
 
+def test_every_stage_runs_the_same_way(bundle, pair):
+    """Each stage, run alone by the runner in order: its options an options object (or none),
+    its statistics a non-empty dict returned and recorded in the one shape, nothing else."""
+    import dataclasses
+
+    from smgic_rt.pipeline import PairState, Stage
+
+    registrar = Registrar(bundle, backend="onnxruntime", network="on")
+    state = PairState(inputs={"fixed": pair[0], "moving": pair[1], "fixed_mask": None, "moving_mask": None},
+                      grid_shape=registrar.bundle.grid_shape, spacing=registrar.bundle.spacing,
+                      integration_steps=registrar.bundle.steps)
+    for stage in registrar.stages:
+        assert stage.options is None or dataclasses.is_dataclass(stage.options), stage.name
+        record = run_stages([stage], state)[stage.name]
+        assert set(record) == {"mode", "ran", "seconds", "stats"} and record["ran"], stage.name
+        assert isinstance(record["stats"], dict) and record["stats"], stage.name
+    assert state.velocity_grid is state.model_grid  # the fast preset ends on the model grid
+
+    class Silent(Stage):
+        name = "load"
+
+        def run(self, state):
+            return None
+
+    with pytest.raises(TypeError, match="the load stage must return its statistics as a dict, got NoneType"):
+        run_stages([Silent()], state)
+
+
 def test_everything_off_is_the_identity(bundle, pair):
     fixed, _ = pair
     result = Registrar(bundle, backend="onnxruntime", affine="off", network="off", refine="off").register(fixed, fixed)
@@ -91,29 +120,30 @@ def test_the_bundle_normalisation_is_the_one_applied_or_it_is_refused():
 
 
 def test_the_refinement_compares_sharper_images_and_the_network_sees_them_as_trained(bundle, pair):
-    from smgic_rt import network
+    from smgic_rt.methods import network
+    from smgic_rt.methods.refine import RefineOptions
     from smgic_rt.pipeline import PairState
-    from smgic_rt.pipeline.stages import images_on_grid
-    from smgic_rt.refine import RefineOptions
 
     # The preprocessing low-passes the 3 mm pair onto the 6 mm grid at the refinement's strength
     # when it runs, at 1 (as the network was trained) when it does not.
-    assert Registrar(bundle, backend="onnxruntime").stages[2].antialias == RefineOptions().antialias == 0.5
-    assert Registrar(bundle, backend="onnxruntime", refine="off").stages[2].antialias == 1.0
-    custom = Registrar(bundle, backend="onnxruntime", refine_options=RefineOptions(antialias=0.0))
-    assert custom.stages[2].antialias == 0.0
+    strength = lambda registrar: registrar.stage("preprocess").options.antialias  # noqa: E731
+    assert strength(Registrar(bundle, backend="onnxruntime")) == RefineOptions().antialias == 0.5
+    assert strength(Registrar(bundle, backend="onnxruntime", refine="off")) == 1.0
+    assert strength(Registrar(bundle, backend="onnxruntime", refine_options=RefineOptions(antialias=0.0))) == 0.0
     registrar = Registrar(bundle, backend="onnxruntime", affine="off", network="on")
     state = PairState(inputs={"fixed": pair[0], "moving": pair[1], "fixed_mask": None, "moving_mask": None},
                       grid_shape=registrar.bundle.grid_shape, spacing=registrar.bundle.spacing,
                       integration_steps=registrar.bundle.steps)
-    records = run_stages(registrar.stages[:4], state)  # load, affine (off), preprocess, network
+    records = run_stages([registrar.stage(name) for name in ("load", "affine", "preprocess", "network")], state)
     assert state.antialias == 0.5 and records["preprocess"]["stats"]["antialias"] == 0.5
-    trained = images_on_grid(state, state.grid_shape, state.spacing, state.model_affine, antialias=1.0)
-    sharp = images_on_grid(state, state.grid_shape, state.spacing, state.model_affine, antialias=0.5)
-    for image, as_trained, as_sharp in zip((state.fixed_model, state.moving_model), trained, sharp):
-        assert np.array_equal(image, as_sharp)
+    # made once per strength: the preprocess's sharp images and the network's as trained, no more
+    assert len(state._images) == 2
+    trained = state.images(state.model_grid, 1.0)
+    sharp = state.images(state.model_grid, 0.5)
+    assert len(state._images) == 2
+    for as_trained, as_sharp in zip(trained, sharp):
         # sharper: more difference between neighbours than as trained
-        assert np.abs(np.diff(image, axis=0)).mean() > 1.05 * np.abs(np.diff(as_trained, axis=0)).mean()
+        assert np.abs(np.diff(as_sharp, axis=0)).mean() > 1.05 * np.abs(np.diff(as_trained, axis=0)).mean()
     # the network ran on the images as trained, not on the refinement's
     expected, _ = network.predict_velocity(registrar._backend, registrar.bundle, *trained)
     assert np.array_equal(state.velocity, expected)

@@ -1,4 +1,4 @@
-"""smgic_rt.preprocess, the one preprocessing shared by training and the runtime: the model grid is
+"""smgic_rt.methods.preprocess, the one preprocessing shared by training and the runtime: the model grid is
 RAS+ and centred on the brain, the result does not depend on how the file orders its axes,
 resampling is exact where it should be, intensities land in [0, 1], bad input is refused."""
 
@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import preprocess
+from smgic_rt.methods import preprocess
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_antialias_smooths_only_when_the_voxels_grow(anatomical):
 
 
 def test_antialias_strength_scales_the_gaussian_width(anatomical):
-    from smgic_rt._filters import smooth
+    from smgic_rt.geometry.filters import smooth
 
     data, affine = anatomical  # 2 mm voxels: onto 6 mm, sigma = sqrt(3^2 - 1) / (2 sqrt(2 ln 2)) voxels
     full_sigma = np.sqrt(8.0) / (2.0 * np.sqrt(2.0 * np.log(2.0)))

@@ -1,4 +1,4 @@
-"""smgic_rt.qc_report: pair pages and the cohort report, rendered by a real headless Chromium.
+"""smgic_rt.qc.report: pair pages and the cohort report, rendered by a real headless Chromium.
 
 Two real registrations at 2 mm (the demo heads, and FSL's skull-stripped brain onto the ICBM head,
 see test_flags.py) written as smgic-register writes them, plus a failed pair; the browser test
@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import flags, qc_report
+from smgic_rt.qc import flags, report as qc_report
 
 from test_flags import half_resolution  # noqa: E402  (tests/ is on sys.path under pytest)
 

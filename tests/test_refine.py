@@ -1,4 +1,4 @@
-"""smgic_rt.refine on a real brain: a known smooth deformation is recovered, an aligned pair
+"""smgic_rt.methods.refine on a real brain: a known smooth deformation is recovered, an aligned pair
 stays put, the objective never ends above its start, reruns are identical, bad input is refused;
 the CUDA kernels match the CPU ones where a GPU exists."""
 
@@ -7,10 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from smgic_rt import _C, ops, preprocess
-from smgic_rt._filters import box_mean, gaussian_taps
-from smgic_rt.demo import package_file
-from smgic_rt.refine import RefineOptions, objective, refine_velocity
+from smgic_rt import _C
+from smgic_rt.geometry import ops
+from smgic_rt.methods import preprocess
+from smgic_rt.geometry.filters import box_mean, gaussian_taps
+from conftest import package_file
+from smgic_rt.methods.refine import PER_LEVEL, Level, RefineOptions, objective, refine_velocity
 
 SHAPE = (48, 56, 48)
 
@@ -44,7 +46,8 @@ def test_known_smooth_deformation_is_recovered(brain, gradient, symmetric):
     expected = ops.integrate_velocity(-v_true)
     before = np.sqrt(np.sum(expected ** 2, axis=0))[_inside(brain)]
     # Sub-voxel accuracy needs the model grid itself as the last level.
-    options = RefineOptions(factors=(4, 2, 1), iterations=(60, 40, 20), gradient=gradient, symmetric=symmetric)
+    options = RefineOptions(levels=tuple(Level(factor, iterations, gradient=gradient, symmetric=symmetric)
+                                         for factor, iterations in ((4, 60), (2, 40), (1, 20))))
     result = refine_velocity(brain, moving, None, options=options)
     error = np.sqrt(np.sum((ops.integrate_velocity(result.velocity) - expected) ** 2, axis=0))[_inside(brain)]
     assert np.median(before) > 2.0          # several voxels to recover
@@ -80,7 +83,7 @@ def test_a_warm_start_worse_than_zero_is_dropped_and_a_good_one_kept(brain):
     v_true = _smooth_velocity(0, 8.0)
     moving = ops.warp(brain[None], ops.integrate_velocity(v_true))[0]
     near = np.ascontiguousarray(-0.9 * v_true)  # most of the answer, exp(-v_true)
-    kept = refine_velocity(brain, moving, near, options=RefineOptions(iterations=(5, 5, 1)))
+    kept = refine_velocity(brain, moving, near, options=RefineOptions(levels=(Level(4, 5), Level(2, 5), Level(1, 1))))
     assert kept.stats["start"] == "given"
     assert kept.stats["objective_before"] == kept.stats["objective_given"]
 
@@ -92,14 +95,14 @@ def test_a_start_evaluated_by_the_first_level_is_the_one_objective_reports(brain
     v_true = _smooth_velocity(0, 4.0)
     moving = ops.warp(brain[None], ops.integrate_velocity(v_true))[0]
     start = np.ascontiguousarray(-0.5 * v_true)
-    single = RefineOptions(factors=(1,), iterations=(3,), zero_if_better=False, gradient="exact", symmetric=False)
+    single = RefineOptions(levels=(Level(1, 3, gradient="exact", symmetric=False),), zero_if_better=False)
     result = refine_velocity(brain, moving, start, options=single)
     assert result.stats["objective_before"] == objective(brain, moving, start, single)
     assert result.stats["objective_given"] == result.stats["objective_before"]
     assert result.stats["objective_after"] == objective(brain, moving, result.velocity, single)
     # The same level after a coarser level that runs no iteration: the start is then evaluated
     # apart from the levels; the model grid's level must end at the same velocity.
-    two = dataclasses.replace(single, factors=(2, 1), iterations=(0, 3))
+    two = dataclasses.replace(single, levels=(Level(2, 0, gradient="exact", symmetric=False), *single.levels))
     assert np.array_equal(refine_velocity(brain, moving, start, options=two).velocity, result.velocity)
 
 
@@ -121,36 +124,31 @@ def test_the_grid_faces_stay_put_unless_the_boundary_is_freed(brain):
     assert np.abs(_faces(freed.velocity)).max() > 0.5
 
 
-def test_per_level_options_run_each_level_with_its_own_value(brain):
+def test_each_level_runs_with_its_own_values(brain):
     moving = ops.warp(brain[None], ops.integrate_velocity(_smooth_velocity(2, 3.0)))[0]
-    mixed = RefineOptions(iterations=(10, 5, 3), fluid_sigma=(2.0, 1.5, 1.0), reg=(0.05, 0.05, 0.02),
-                          symmetric=(True, True, False), gradient=("window", "window", "exact"), radius=(1, 1, 2))
+    mixed = RefineOptions(levels=(Level(4, 10, fluid_sigma=2.0), Level(2, 5),
+                                  Level(1, 3, fluid_sigma=1.0, reg=0.02, symmetric=False, gradient="exact", radius=2)))
     result = refine_velocity(brain, moving, None, options=mixed)
-    ran = [{name: level[name] for name in ("fluid_sigma", "reg", "symmetric", "gradient", "radius")}
-           for level in result.stats["levels"]]
-    assert ran == [{"fluid_sigma": 2.0, "reg": 0.05, "symmetric": True, "gradient": "window", "radius": 1},
-                   {"fluid_sigma": 1.5, "reg": 0.05, "symmetric": True, "gradient": "window", "radius": 1},
-                   {"fluid_sigma": 1.0, "reg": 0.02, "symmetric": False, "gradient": "exact", "radius": 2}]
+    ran = [{name: record[name] for name in PER_LEVEL} for record in result.stats["levels"]]
+    assert ran == [{name: getattr(level, name) for name in PER_LEVEL} for level in mixed.levels]
+    assert [record["factor"] for record in result.stats["levels"]] == [4, 2, 1]
     # The result is judged by the last level's objective: the refinement never ends above its
     # start by it, and `objective` reads the same one.
-    last = RefineOptions(fluid_sigma=1.0, reg=0.02, symmetric=False, gradient="exact", radius=2)
+    last = RefineOptions(levels=(mixed.levels[-1],))
     assert objective(brain, moving, result.velocity, last) != objective(
-        brain, moving, result.velocity, dataclasses.replace(last, radius=1))  # the window matters
+        brain, moving, result.velocity, RefineOptions(levels=(dataclasses.replace(mixed.levels[-1], radius=1),)))
     assert objective(brain, moving, result.velocity, mixed) == objective(brain, moving, result.velocity, last)
     assert result.stats["objective_after"] == pytest.approx(objective(brain, moving, result.velocity, last), abs=1e-6)
     assert result.stats["objective_after"] < objective(brain, moving, np.zeros_like(result.velocity), last)
-    # One value per level, or the same value for all, gives the same result.
-    same = refine_velocity(brain, moving, None, options=RefineOptions(iterations=(10, 5, 3), fluid_sigma=(1.5,) * 3))
-    plain = refine_velocity(brain, moving, None, options=RefineOptions(iterations=(10, 5, 3)))
-    assert np.array_equal(same.velocity, plain.velocity)
 
 
-@pytest.mark.parametrize("name, value", [("fluid_sigma", (1.5, 1.0)), ("symmetric", (True,) * 4),
-                                         ("gradient", ("window", "sobel", "exact")), ("radius", (1, 2)),
-                                         ("radius", 0), ("radius", (1, 1, 1.5)), ("antialias", 1.5)])
-def test_options_of_the_wrong_length_or_kind_are_refused(name, value):
-    with pytest.raises(ValueError, match=name):
-        RefineOptions(**{name: value})
+@pytest.mark.parametrize("name, value", [("radius", 0), ("radius", 1.5), ("gradient", "sobel"), ("symmetric", "yes"),
+                                         ("fluid_sigma", -1.0), ("iterations", 2.5)])
+def test_level_values_of_the_wrong_kind_are_refused(name, value):
+    with pytest.raises(ValueError, match=f"level {name} must be"):
+        Level(**{"factor": 1, "iterations": 3, name: value})
+    with pytest.raises(ValueError, match="antialias must be a finite number in \\[0, 1\\], got 1.5"):
+        RefineOptions(antialias=1.5)
 
 
 def test_budget_stops_early(brain):
@@ -246,14 +244,14 @@ def _local_ncc_sum(f, m, centre, radius, eps):
 
 @pytest.mark.parametrize("radius", [1, 2])
 def test_the_exact_ncc_gradient_matches_finite_differences(radius):
-    from smgic_rt.refine import _ncc_derivatives
+    from smgic_rt.methods.refine import _ncc_derivatives
 
     rng = np.random.default_rng(radius)
     f = np.ascontiguousarray(box_mean(rng.random((1, 14, 15, 13)).astype(np.float32), 1)[0])
     m = np.ascontiguousarray((0.6 * f + 0.4 * box_mean(rng.random((1, 14, 15, 13)).astype(np.float32), 1)[0]))
-    options = RefineOptions(radius=radius, gradient="exact")
+    level, eps = Level(1, 1, radius=radius, gradient="exact"), RefineOptions().eps
     means = box_mean(np.stack([f, m, f * f, m * m, f * m]), radius)
-    d_fixed, d_moving = _ncc_derivatives(f, m, means, options)
+    d_fixed, d_moving = _ncc_derivatives(f, m, means, level, eps)
     h = 1e-3
     for y in [(6, 7, 6), (7, 6, 7), (5, 8, 6)]:  # at least 2 radius from every face
         for image, derivative in ((m, d_moving), (f, d_fixed)):
@@ -261,19 +259,19 @@ def test_the_exact_ncc_gradient_matches_finite_differences(radius):
             up[y] += h
             down[y] -= h
             if image is m:
-                numeric = (_local_ncc_sum(f, up, y, radius, options.eps) - _local_ncc_sum(f, down, y, radius, options.eps))
+                numeric = (_local_ncc_sum(f, up, y, radius, eps) - _local_ncc_sum(f, down, y, radius, eps))
             else:
-                numeric = (_local_ncc_sum(up, m, y, radius, options.eps) - _local_ncc_sum(down, m, y, radius, options.eps))
+                numeric = (_local_ncc_sum(up, m, y, radius, eps) - _local_ncc_sum(down, m, y, radius, eps))
             assert derivative[y] == pytest.approx(numeric / (2 * h), rel=2e-3, abs=1e-3)
     # when only the moving image moves, its derivative alone is computed, and it is the same
-    none, moving_only = _ncc_derivatives(f, m, means, dataclasses.replace(options, symmetric=False))
+    none, moving_only = _ncc_derivatives(f, m, means, dataclasses.replace(level, symmetric=False), eps)
     assert none is None
     np.testing.assert_allclose(moving_only, d_moving, rtol=1e-5, atol=1e-6)
     # and it is not the own-window approximation (which the "window" gradient takes)
-    _, _, approx_moving = _C.lncc(f, m, means, options.eps)
+    _, _, approx_moving = _C.lncc(f, m, means, eps)
     assert np.abs(approx_moving - d_moving).max() > 1e-2
 
 
 def test_an_unknown_gradient_is_refused():
-    with pytest.raises(ValueError, match=r"gradient must be one of \['window', 'exact'\]"):
-        RefineOptions(gradient="sobel")
+    with pytest.raises(ValueError, match=r"gradient must be one of \['window', 'exact'\], got 'sobel'"):
+        Level(1, 3, gradient="sobel")

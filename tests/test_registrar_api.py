@@ -6,7 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import Registrar, qc, registrar
+from smgic_rt import Registrar, registrar
+from smgic_rt.qc import picture as qc
 from smgic_rt.io import make_nifti
 
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
@@ -23,7 +24,7 @@ def test_unknown_device_lists_the_valid_ones():
 
 
 def test_a_cuda_device_without_a_gpu_says_what_is_missing():
-    from smgic_rt import ops
+    from smgic_rt.geometry import ops
 
     if ops.cuda_available():
         pytest.skip("a GPU answers here")
@@ -45,9 +46,9 @@ def test_bad_stage_modes(kwargs, message):
 
 @pytest.mark.skipif((registrar.DEFAULT_BUNDLE_PATH / "config.json").is_file(), reason="a default bundle is installed")
 def test_stage_options_of_the_wrong_type():
-    with pytest.raises(TypeError, match="affine_options must be a smgic_rt.affine.AffineOptions, got str"):
+    with pytest.raises(TypeError, match="affine_options must be a smgic_rt.methods.affine.AffineOptions, got str"):
         Registrar(affine_options="fast")
-    with pytest.raises(TypeError, match="refine_options must be a smgic_rt.refine.RefineOptions, got dict"):
+    with pytest.raises(TypeError, match="refine_options must be a smgic_rt.methods.refine.RefineOptions, got dict"):
         Registrar(refine_options={"iterations": (1, 1, 1)})
 
 

@@ -13,7 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import Registrar, ops, transforms
+from smgic_rt import Registrar
+from smgic_rt.geometry import ops, transforms
 from smgic_rt.io import make_nifti
 from smgic_rt.pipeline import FieldsOptions
 
@@ -22,7 +23,7 @@ try:
 except ImportError:  # tests/ turned into a package
     from tests.test_registrar_support import block_downsample, make_tiny_bundle, package_file, zero_network_bundle
 
-HAS_AFFINE_STAGE = importlib.util.find_spec("smgic_rt.affine") is not None
+HAS_AFFINE_STAGE = importlib.util.find_spec("smgic_rt.methods.affine") is not None
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_rigid_header_misplacement_is_followed(identity_registrar, fixed_image):
     assert np.corrcoef(warped.ravel(), fixed_image.get_fdata().ravel())[0, 1] < 0.9  # really moved
 
 
-@pytest.mark.skipif(not HAS_AFFINE_STAGE, reason="smgic_rt.affine (issue 8) is not installed")
+@pytest.mark.skipif(not HAS_AFFINE_STAGE, reason="smgic_rt.methods.affine (issue 8) is not installed")
 def test_rigid_header_misplacement_is_registered(random_bundle, tmp_path_factory, fixed_image):
     bundle = zero_network_bundle(random_bundle, tmp_path_factory.mktemp("zero_bundle_affine"))
     registrar = Registrar(bundle, backend="onnxruntime", affine="on", refine="off")

@@ -14,16 +14,7 @@ import pytest
 
 from smgic_rt.io import make_nifti
 
-
-def package_file(package: str, relative: str) -> Path:
-    """A data file inside an installed package, or skip when the package is absent."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"data package {package} is not installed")
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.exists():
-        pytest.skip(f"{package} has no {relative}")
-    return path
+from conftest import package_file  # noqa: F401  (the tests' one data-file helper, re-exported)
 
 
 def block_downsample(image, factor: int):
@@ -79,15 +70,15 @@ def zero_network_bundle(source: Path, folder: Path) -> Path:
             (folder / name).write_bytes((source / name).read_bytes())
         config["files"][name] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    from smgic_rt.bundle import write_checksums
+    from smgic_rt.models.bundle import write_checksums
 
     write_checksums(folder)  # an edited bundle is another bundle: seal it as such
     return folder
 
 
 def rotation_degrees(degrees) -> np.ndarray:
-    """`smgic_rt.affine.rotation_matrix` of angles given in degrees."""
-    from smgic_rt.affine import rotation_matrix
+    """`smgic_rt.methods.affine.rotation_matrix` of angles given in degrees."""
+    from smgic_rt.methods.affine import rotation_matrix
 
     return rotation_matrix(np.deg2rad(degrees))
 

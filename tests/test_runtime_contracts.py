@@ -1,5 +1,5 @@
 """The runtime owns its contracts: `smgic_rt` needs nothing from `training/` or `export/`, only
-`smgic_rt.atomic` renames files into place, and the torch backend runs from an installed wheel."""
+`smgic_rt.io.atomic` renames files into place, and the torch backend runs from an installed wheel."""
 
 import ast
 import os
@@ -65,7 +65,7 @@ def test_only_the_atomic_writer_renames_files_into_place():
     rename = re.compile(r"\bos\.(replace|rename)\(|\bshutil\.move\(|\.(replace|rename)\(\s*[A-Za-z_][\w.]*\s*\)")
     offenders = []
     for path in _runtime_modules():
-        if path == RUNTIME / "atomic.py":
+        if path == RUNTIME / "io" / "atomic.py":
             continue
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             code = line.split("#")[0]
@@ -73,7 +73,7 @@ def test_only_the_atomic_writer_renames_files_into_place():
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == []
     # The detector does see renames: the atomic writer's own.
-    assert sum(bool(rename.search(line)) for line in (RUNTIME / "atomic.py").read_text().splitlines()) >= 3
+    assert sum(bool(rename.search(line)) for line in (RUNTIME / "io" / "atomic.py").read_text().splitlines()) >= 3
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """training/: losses on cases with known answers, every level learns, torch twins agree with
-smgic_rt.ops, a short run on a real labelled pair registers it, checkpoints round-trip."""
+smgic_rt.geometry.ops, a short run on a real labelled pair registers it, checkpoints round-trip."""
 
 import hashlib
 import subprocess
@@ -12,8 +12,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from smgic_rt import features, ops  # noqa: E402
-from smgic_rt.metrics import mean_dice  # noqa: E402
+from smgic_rt.methods import features
+from smgic_rt.geometry import ops  # noqa: E402
+from smgic_rt.qc.metrics import mean_dice  # noqa: E402
 from training import losses  # noqa: E402
 from training.data import Augment, Brain, PairSource, folder_brains, load_brain, package_file  # noqa: E402
 from smgic_rt.backends.torch_model import (ModelConfig, SMGICNet, compose, integrate_velocity, pyramid_features,  # noqa: E402
@@ -327,7 +328,7 @@ def _colin_pair(grid=(32, 32, 32), spacing=6.0, index=0):
 
 
 def test_teacher_targets_are_what_the_refinement_returns_for_the_pair(tmp_path):
-    from smgic_rt.refine import refine_velocity
+    from smgic_rt.methods.refine import refine_velocity
     from training.teacher import TeacherCache
 
     pair = _colin_pair()
@@ -381,8 +382,8 @@ def test_gpu_recipe_runs_end_to_end_on_the_cpu_with_a_tiny_budget(tmp_path):
 def test_coarse_teacher_targets_are_the_fast_refinements_coarse_levels(tmp_path):
     """The cpu-coarse teacher is the fast preset's refinement up to (not including) its model-grid
     level: the velocity the runtime holds when that level would start, kept one grid coarser."""
-    from smgic_rt.quality import PRESETS
-    from smgic_rt.refine import refine_velocity
+    from smgic_rt.methods.refine import refine_velocity
+    from smgic_rt.presets import PRESETS
     from training.teacher import TeacherCache, coarse_options
 
     fast = PRESETS["fast"]["refine_options"]
@@ -390,7 +391,7 @@ def test_coarse_teacher_targets_are_the_fast_refinements_coarse_levels(tmp_path)
     cache = TeacherCache(tmp_path / "teacher", coarse_options(), halvings=1)
     target = cache.target(pair["fixed"], pair["moving"])
     # The runtime's own fast refinement with no iteration on its model grid.
-    no_last_level = replace(fast, iterations=fast.iterations[:-1] + (0,))
+    no_last_level = replace(fast, levels=fast.levels[:-1] + (replace(fast.levels[-1], iterations=0),))
     velocity = refine_velocity(pair["fixed"], pair["moving"], None, options=no_last_level).velocity
     np.testing.assert_allclose(target, ops.downsample_haar(velocity) / 2, rtol=0, atol=1e-5)
     assert target.shape == (3, 16, 16, 16) and np.abs(target).max() > 0.05

@@ -1,10 +1,10 @@
-"""smgic_rt.transforms: ITK/ANTs field and affine files, checked against antspyx and analytic maps."""
+"""smgic_rt.geometry.transforms: ITK/ANTs field and affine files, checked against antspyx and analytic maps."""
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import transforms
+from smgic_rt.geometry import transforms
 from smgic_rt.io import make_nifti
 
 ants = pytest.importorskip("ants")
@@ -149,7 +149,7 @@ def test_ants_applies_our_affine_file_like_the_matrix(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Model grid -> native grids (these need the compiled kernels, smgic_rt.ops)
+# Model grid -> native grids (these need the compiled kernels, smgic_rt.geometry.ops)
 
 MODEL_AFFINE = np.array([[2.0, 0, 0, -20.0], [0, 2.0, 0, -24.0], [0, 0, 2.0, -18.0], [0, 0, 0, 1]])
 MODEL_SHAPE = (20, 24, 18)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smgic_rt import atomic
+from smgic_rt.io import atomic
 
 from .data import PairSource, load_brain, package_file
 from .losses import registration_loss

@@ -4,8 +4,8 @@ does), so that the network learns shapes rather than a few templates by heart.
 
 Each side of a pair is a brain under its own random large affine (rotation, scaling, shear,
 translation around the brain centre) and smooth diffeomorphic deformation (a random coarse
-velocity integrated by `smgic_rt.ops`), resampled onto the model grid with the runtime's own
-`smgic_rt.preprocess`, then given a bias field, a gamma change and noise and re-normalised as the
+velocity integrated by `smgic_rt.geometry.ops`), resampled onto the model grid with the runtime's own
+`smgic_rt.methods.preprocess`, then given a bias field, a gamma change and noise and re-normalised as the
 runtime normalises. Everything is drawn from ``numpy.random.default_rng((seed, index))``, so pair
 ``index`` is the same on every run and a resumed run sees the same data.
 """
@@ -22,8 +22,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from smgic_rt import ops, preprocess
-from smgic_rt.affine import rotation_matrix
+from smgic_rt.geometry import ops
+from smgic_rt.methods import preprocess
+from smgic_rt.methods.affine import rotation_matrix
 from smgic_rt.demo import package_file  # finds data files without importing the packages
 
 __all__ = ["TRAINING_TEMPLATES", "TRAINING_HEADS", "SPM_HEADS", "LABEL_MAPS", "VALIDATION_TEMPLATE", "Brain",

@@ -1,6 +1,6 @@
 """Amortised optimisation: the runtime's refinement as a teacher for the network.
 
-For each training pair the per-pair refinement of the runtime (`smgic_rt.refine`, from zero
+For each training pair the per-pair refinement of the runtime (`smgic_rt.methods.refine`, from zero
 velocity) is run once and its velocity kept as a target beside the paper's losses: the network
 learns to predict, in one pass, what the optimiser would find for that pair. `coarse_options`
 is the fast preset's refinement without its model-grid level: the work that the network's
@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smgic_rt import atomic, ops
-from smgic_rt.quality import PRESETS
-from smgic_rt.refine import PER_LEVEL, RefineOptions, refine_velocity
+from smgic_rt.geometry import ops
+from smgic_rt.io import atomic
+from smgic_rt.methods.refine import RefineOptions, refine_velocity
+from smgic_rt.presets import PRESETS
 
 __all__ = ["TeacherCache", "teacher_loss", "coarse_options"]
 
@@ -29,15 +30,11 @@ def coarse_options(options: RefineOptions | None = None) -> RefineOptions:
     """`options` (default: the fast preset's refinement) keeping only its levels coarser than
     the model grid, each with its own settings, and no finer grid after them."""
     options = PRESETS["fast"]["refine_options"] if options is None else options
-    keep = [index for index, factor in enumerate(options.factors) if factor > 1]
-    if not keep:
-        raise ValueError(f"the refinement has no level coarser than the model grid: factors {options.factors}")
-
-    def levels(value):
-        return tuple(value[i] for i in keep) if isinstance(value, tuple) else value
-
-    return dataclasses.replace(options, factors=levels(options.factors), iterations=levels(options.iterations),
-                               fine_iterations=0, **{name: levels(getattr(options, name)) for name in PER_LEVEL})
+    coarse = tuple(level for level in options.levels if level.factor > 1)
+    if not coarse:
+        raise ValueError(f"the refinement has no level coarser than the model grid: factors "
+                         f"{[level.factor for level in options.levels]}")
+    return dataclasses.replace(options, levels=coarse)
 
 
 class TeacherCache:

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from smgic_rt import atomic
-from smgic_rt.atomic import sha256_file
-from smgic_rt.metrics import mean_dice
-from smgic_rt.refine import RefineOptions
+from smgic_rt.io import atomic
+from smgic_rt.io.atomic import sha256_file
+from smgic_rt.qc.metrics import mean_dice
+from smgic_rt.methods.refine import RefineOptions
 
 from .data import (LABEL_MAPS, SPM_HEADS, TRAINING_HEADS, TRAINING_TEMPLATES, VALIDATION_TEMPLATE, Augment,
                    PairSource, entry_name, folder_brains, load_brain, load_label_brain, package_file)

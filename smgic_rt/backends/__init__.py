@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 
-from ..bundle import Bundle
+from ..models.bundle import Bundle
 from ._base import Backend
 
 __all__ = ["Backend", "create", "BACKEND_NAMES"]
@@ -54,7 +54,7 @@ def _create_auto(bundle, threads=None, **options):
         return _create_tensorrt(bundle)  # on the GPU: CPU threads do not apply
     except Exception as error:  # any failure (no package, no GPU, no driver) means "not here"
         reasons.append(f"tensorrt: {error}")
-    from .. import ops
+    from ..geometry import ops
 
     if ops.cuda_available():
         try:
@@ -85,7 +85,7 @@ def create(name: str, bundle: Bundle, **options) -> Backend:
     ----------
     name : {"auto", "onnxruntime", "tensorrt", "torch"}
     bundle : Bundle
-        From `smgic_rt.bundle.load_bundle`.
+        From `smgic_rt.models.bundle.load_bundle`.
     **options
         Passed to the backend class (e.g. ``providers=[...]``, ``threads=2`` for onnxruntime;
         ``fp16=True`` for tensorrt).
@@ -100,5 +100,5 @@ def create(name: str, bundle: Bundle, **options) -> Backend:
     if name not in _FACTORIES:
         raise ValueError(f"unknown backend {name!r}; valid names: {list(BACKEND_NAMES)}")
     if not isinstance(bundle, Bundle):
-        raise TypeError(f"bundle must be a smgic_rt.bundle.Bundle (load_bundle(path)), got {type(bundle).__name__}")
+        raise TypeError(f"bundle must be a smgic_rt.models.bundle.Bundle (load_bundle(path)), got {type(bundle).__name__}")
     return _FACTORIES[name](bundle, **options)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bundle import LEVEL_INPUT_NAMES, Bundle
+from ..models.bundle import LEVEL_INPUT_NAMES, Bundle
 
 
 def _is_float32(dtype) -> bool:
@@ -32,12 +32,12 @@ class Backend:
     #: where run_level's arrays live: "cpu" (numpy) or "cuda" (device arrays)
     device = "cpu"
     #: for device == "cuda": the array library of run_level's arrays, "cupy" or "torch"
-    #: (`smgic_rt.network` keeps the level loop in that library, on one stream)
+    #: (`smgic_rt.methods.network` keeps the level loop in that library, on one stream)
     array_module = "cupy"
 
     def __init__(self, bundle: Bundle):
         if not isinstance(bundle, Bundle):
-            raise TypeError(f"bundle must be a smgic_rt.bundle.Bundle, got {type(bundle).__name__}")
+            raise TypeError(f"bundle must be a smgic_rt.models.bundle.Bundle, got {type(bundle).__name__}")
         self.bundle = bundle
 
     def expected_shape(self, level: int, input_name: str, batch: int) -> tuple[int, ...]:

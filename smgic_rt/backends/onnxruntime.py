@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bundle import LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, Bundle
+from ..models.bundle import LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, Bundle
+from ..options import is_int
 from ._base import Backend
 
 __all__ = ["OnnxRuntimeBackend", "KNOWN_PROVIDERS", "available_providers", "default_providers"]
@@ -64,12 +65,12 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime
 
         self.providers = default_providers() if providers is None else _check_providers(providers)
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        if threads is not None and (not is_int(threads) or threads < 1):
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle onnxruntime workers otherwise spin-wait after each run and take the cores from the
-        # _C kernels that follow (refinement, native fields): on 2 cores they ran 2-4x slower.
+        # _C kernels that follow (refinement, native fields), which then run several times slower.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads is not None:
             options.intra_op_num_threads = threads

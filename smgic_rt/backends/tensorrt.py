@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import atomic
-from ..bundle import LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, Bundle
+from ..io import atomic
+from ..models.bundle import LEVEL_INPUT_NAMES, LEVEL_OUTPUT_NAME, Bundle
 from ._base import Backend
 
 __all__ = [
@@ -250,8 +250,8 @@ class TensorRTBackend(Backend):
     never loaded: it is rebuilt from the bundle's ONNX graph and the cache entry replaced.
 
     ``run_level`` accepts numpy or CuPy arrays and returns a CuPy array, so the level loop in
-    `smgic_rt.network` keeps everything on the GPU between levels. It enqueues on cupy's CURRENT
-    stream, the one the level loop runs on (`smgic_rt.network` makes it the registration's
+    `smgic_rt.methods.network` keeps everything on the GPU between levels. It enqueues on cupy's CURRENT
+    stream, the one the level loop runs on (`smgic_rt.methods.network` makes it the registration's
     stream), so the warp that wrote `moving` is ordered before the engine reads it, and the
     engine's output before the kernels that read it, without any host synchronisation; input
     uploads (numpy) and the output allocation go on that stream too.

@@ -1,7 +1,7 @@
 """torch backend: the PyTorch model itself, on the CPU (reference, tests) or on a CUDA GPU.
 
 On a GPU (``device="cuda"``) it is the first-class GPU backend wherever TensorRT is not
-installed: the level loop (`smgic_rt.network`) keeps every array a torch CUDA tensor on one
+installed: the level loop (`smgic_rt.methods.network`) keeps every array a torch CUDA tensor on one
 stream, and the model runs on that stream (torch's current stream, which the loop sets).
 
 With `torch_model` (the model definition, which the runtime owns and `training/` trains), the
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bundle import Bundle, BundleError
+from ..models.bundle import Bundle, BundleError
 from ._base import Backend
 
 __all__ = ["TorchBackend"]
@@ -89,4 +89,4 @@ class TorchBackend(Backend):
 
 def _refuse_host(array):
     raise TypeError(f"the torch backend on CUDA takes torch CUDA tensors, got {type(array).__name__}; "
-                    "smgic_rt.network.predict_velocity uploads them")
+                    "smgic_rt.methods.network.predict_velocity uploads them")

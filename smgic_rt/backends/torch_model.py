@@ -6,7 +6,7 @@ The runtime owns this definition: the torch backend runs it from an installed wh
 `training/` trains it and `export/` turns it into bundles, so none of them guesses its shape.
 
 The spatial operations here (`warp`, `upsample_field`, `integrate_velocity`, `pyramid_features`)
-are the torch twins of `smgic_rt.ops` and `smgic_rt.features` with the conventions of
+are the torch twins of `smgic_rt.geometry.ops` and `smgic_rt.methods.features` with the conventions of
 docs/architecture.md; tests/test_training.py pins them to the runtime's to < 1e-4, so the
 network is trained on exactly the transform the runtime computes.
 """
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from smgic_rt.features import LEVEL_CHANNELS, NUM_LEVELS
+from smgic_rt.methods.features import LEVEL_CHANNELS, NUM_LEVELS
 
 __all__ = ["ModelConfig", "SMGICNet", "LevelNet", "AttentionGate", "ModelOutput", "warp", "upsample_field",
            "integrate_velocity", "compose", "pyramid_features", "haar_step", "parameter_count"]
@@ -70,7 +70,7 @@ class ModelConfig:
         return cls(**values)
 
 
-# ---- spatial operations: torch twins of smgic_rt.ops / smgic_rt.features ----
+# ---- spatial operations: torch twins of smgic_rt.geometry.ops / smgic_rt.methods.features ----
 
 def _sampling_grid_on(position: torch.Tensor, size) -> torch.Tensor:
     """grid_sample grid (align_corners=True) reading voxel-index `position` (N, 3, ...) of a grid of `size`."""
@@ -102,7 +102,7 @@ def upsample_field(field_: torch.Tensor, shape=None) -> torch.Tensor:
     """Next finer pyramid level: fine x reads coarse (x - 0.5) / 2 (border clamped), values x2.
 
     For exactly doubled sizes this is trilinear interpolation with align_corners=False; any other
-    `shape` (as `smgic_rt.ops.upsample_field` allows) keeps the same coordinate map.
+    `shape` (as `smgic_rt.geometry.ops.upsample_field` allows) keeps the same coordinate map.
     """
     coarse = tuple(field_.shape[2:])
     shape = tuple(shape) if shape is not None else tuple(2 * n for n in coarse)
@@ -125,7 +125,7 @@ def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
 
 
 def haar_step(image: torch.Tensor):
-    """``(approximation, detail_energy)`` of one Haar step of ``(N, 1, X, Y, Z)``; see smgic_rt.features."""
+    """``(approximation, detail_energy)`` of one Haar step of ``(N, 1, X, Y, Z)``; see smgic_rt.methods.features."""
     n, c, x, y, z = image.shape
     blocks = image.reshape(n, c, x // 2, 2, y // 2, 2, z // 2, 2)
     mean = blocks.mean(dim=(3, 5, 7))
@@ -135,7 +135,7 @@ def haar_step(image: torch.Tensor):
 
 
 def pyramid_features(image: torch.Tensor) -> list:
-    """Per-level input channels of ``(N, 1, X, Y, Z)``, level 1 first (twin of smgic_rt.features)."""
+    """Per-level input channels of ``(N, 1, X, Y, Z)``, level 1 first (twin of smgic_rt.methods.features)."""
     approx1, energy1 = haar_step(image)
     approx2, energy2 = haar_step(approx1)
     approx3, _ = haar_step(approx2)
@@ -248,8 +248,8 @@ class SMGICNet(nn.Module):
                      self.config.velocity_bound, attention=k in self.config.attention_levels)
             for k in range(1, NUM_LEVELS + 1))
         # Channels-last weights and activations: oneDNN's 3-D convolutions then skip their layout
-        # reorders; forward + backward of a level-4 U-Net at 80x96x80 ran 1.8x faster on the CPU.
-        # Numerically the same network (max difference 2e-8); the ONNX graphs do not change.
+        # reorders (faster on the CPU: docs/tuning.md). Numerically the same network; the ONNX
+        # graphs do not change.
         self.to(memory_format=CHANNELS_LAST)
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor, *, upto: int = NUM_LEVELS,

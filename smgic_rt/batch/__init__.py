@@ -10,7 +10,7 @@
 PAIRS.csv has the columns ``fixed,moving`` and optionally ``moving_labels``, ``fixed_mask``,
 ``moving_mask`` and ``id``; relative paths are read relative to the CSV's folder. Each pair's
 outputs go to ``OUTROOT/<id>/`` and are exactly what ``smgic-register`` writes for that pair: the
-per-pair work is the CLI's (`smgic_rt.job`: validate, register, save).
+per-pair work is the CLI's (`smgic_rt.pipeline.job`: validate, register, save).
 
 Where the work runs:
 
@@ -32,7 +32,7 @@ Long runs meet faults, so:
 - each finished pair gets a manifest ``OUTROOT/.smgic-batch/<id>.json`` (size and sha256 of every
   output file, the inputs' size and mtime, the options), written after the atomic output folder;
   a rerun skips exactly the pairs whose manifest matches what is on disk and redoes the others,
-  replacing a pair's folder only if smgic wrote it and it holds nothing else (`smgic_rt.outputs`);
+  replacing a pair's folder only if smgic wrote it and it holds nothing else (`smgic_rt.io.outputs`);
 - ``OUTROOT/summary.csv`` and ``summary.json`` list every pair's status, error, stats and seconds.
 
 Modules: `pairs` (the table), `manifests` (completeness), `work` (one pair), `local` (process

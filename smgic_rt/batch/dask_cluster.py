@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .. import atomic
+from ..io import atomic
 from .local import available_cores
 from .work import WorkerStartupError, make_registrar, register_pair, worker_name
 

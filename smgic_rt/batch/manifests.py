@@ -1,7 +1,7 @@
 """Completeness of a pair in a cohort run: a manifest per pair, written after its outputs.
 
 ``OUTROOT/.smgic-batch/<id>.json`` records the options and the inputs' size and mtime that
-produced ``OUTROOT/<id>/``, and that folder's own manifest (`smgic_rt.outputs`, every file's
+produced ``OUTROOT/<id>/``, and that folder's own manifest (`smgic_rt.io.outputs`, every file's
 size and sha256). A rerun skips exactly the pairs whose records still match what is on disk.
 """
 
@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from .. import atomic, outputs
+from ..io import atomic, outputs
 from .pairs import PAIR_COLUMNS, RESERVED_NAMES, Pair
 
 __all__ = ["MANIFEST_DIR", "pair_is_complete", "inputs_identity", "write_pair_manifest"]

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import atomic, outputs
+from ..io import atomic, outputs
 from .local import available_cores, run_local
 from .manifests import pair_is_complete
 from .pairs import read_pairs
@@ -21,14 +21,6 @@ logger = logging.getLogger("smgic_rt")
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
-
-
-def _positive_int(value, name: str):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return value
 
 
 def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", workers: int | None = None,
@@ -71,21 +63,17 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
     WorkerStartupError
         Workers could not build a Registrar (e.g. the backend is not available there).
     """
-    from ..pipeline import check_mode
-    from ..registrar import BACKENDS, Registrar
+    from ..options import check_int, check_registrar_options
+    from ..registrar import Registrar
 
     started = time.perf_counter()
     pair_list = read_pairs(pairs)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     # The Registrar's own checks, here so that bad options fail before any worker starts.
-    from ..quality import stage_options
-
-    stage_options(quality)  # refuses an unknown preset
-    registrar_options = {"backend": backend, "quality": quality, "affine": check_mode(affine, "affine"),
-                         "network": check_mode(network, "network"), "refine": check_mode(refine, "refine")}
-    workers = _positive_int(workers, "workers")
-    threads = _positive_int(threads_per_worker, "threads_per_worker")
+    registrar_options = check_registrar_options(backend=backend, quality=quality, affine=affine, network=network,
+                                                refine=refine)
+    del registrar_options["threads"]  # each worker's own
+    workers = check_int(workers, "workers", minimum=1, allow_none=True)
+    threads = check_int(threads_per_worker, "threads_per_worker", minimum=1, allow_none=True)
     if scheduler is not None and workers is not None:
         raise ValueError(f"workers={workers} is for the local pool; with a scheduler the cluster's workers run the pairs")
     loaded = Registrar._load_bundle(bundle)  # verifies the checksums once, here
@@ -164,9 +152,9 @@ def _count_flags(records) -> dict:
 
 
 def _write_cohort_report(out_root: Path, summary: dict) -> None:
-    """``OUTROOT/report.html``: a page to scroll, flagged pairs first (`smgic_rt.qc_report`). A
+    """``OUTROOT/report.html``: a page to scroll, flagged pairs first (`smgic_rt.qc.report`). A
     report that cannot be made is logged: the registrations and the summary stand without it."""
-    from .. import qc_report
+    from ..qc import report as qc_report
 
     try:
         qc_report.write_cohort_report(out_root, summary["pairs"], summary=summary)

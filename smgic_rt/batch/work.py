@@ -50,9 +50,9 @@ def peak_rss_mb() -> float:
 
 def register_pair(registrar, pair: Pair, out_root, options: dict, *, qc: bool = False) -> dict:
     """Register one pair with an existing `Registrar` into ``out_root/<id>/`` with the per-pair
-    job of ``smgic-register`` (`smgic_rt.job`), then write its manifest. Never raises for a bad
+    job of ``smgic-register`` (`smgic_rt.pipeline.job`), then write its manifest. Never raises for a bad
     pair: the record says what failed."""
-    from .. import job
+    from ..pipeline import job
 
     out_root = Path(os.fspath(out_root))
     start = time.perf_counter()

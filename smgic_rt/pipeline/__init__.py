@@ -11,14 +11,16 @@ stage       reads                                              fills
 ==========  =================================================  ================================
 load        fixed, moving (validated Volumes), masks          fixed_data, moving_data
 affine      fixed_data, moving_data (native grids)             world_matrix
-preprocess  fixed_data, moving_data, world_matrix             model_affine, fixed/moving_model
-network     fixed_model, moving_model                          velocity
-refine      fixed_model, moving_model, velocity                velocity
-integrate   velocity                                           forward_model, inverse_model
-fields      forward/inverse_model, model_affine, world_matrix  forward_ras, forward/inverse_field
+preprocess  fixed_data, moving_data, world_matrix             model_grid, images on it
+network     images on model_grid (as trained)                  velocity, velocity_grid
+refine      images on each level's grid, velocity              velocity, velocity_grid
+integrate   velocity, velocity_grid                            forward_model, inverse_model
+fields      forward/inverse_model, velocity_grid, world_matrix forward_ras, forward/inverse_field
 resample    moving, forward_ras                                warped
-quality     forward_ras, forward/inverse_model, fixed_model    jacobian, quality
+quality     forward_ras, forward/inverse_model                 jacobian
 ==========  =================================================  ================================
+
+Each stage returns its statistics; `run_stages` records them, and nothing else does.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ import time
 
 import numpy as np
 
-from .stages import (STAGE_MODES, AffineStage, FieldsOptions, FieldsStage, covering_lattice, IntegrateStage, LoadStage, NetworkOptions, NetworkStage,
-                     PreprocessStage, QualityStage, RefineStage, ResampleStage, Stage, check_mode,
-                     volume_or_load)
-from .state import PairState
+from .stages import (STAGE_MODES, AffineStage, FieldsOptions, FieldsStage, IntegrateStage, LoadStage, NetworkOptions,
+                     NetworkStage, PreprocessOptions, PreprocessStage, QualityStage, RefineStage, ResampleStage, Stage,
+                     check_mode, covering_lattice, volume_or_load)
+from .state import Grid, PairState
 
-__all__ = ["PairState", "Stage", "STAGE_ORDER", "STAGE_MODES", "SWITCHABLE_STAGES", "run_stages", "jsonable",
-           "check_mode", "volume_or_load", "FieldsOptions", "covering_lattice", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage", "NetworkOptions",
-           "RefineStage", "IntegrateStage", "FieldsStage", "ResampleStage", "QualityStage"]
+__all__ = ["PairState", "Grid", "Stage", "STAGE_ORDER", "STAGE_MODES", "SWITCHABLE_STAGES", "run_stages", "jsonable",
+           "check_mode", "volume_or_load", "FieldsOptions", "covering_lattice", "LoadStage", "AffineStage",
+           "PreprocessStage", "PreprocessOptions", "NetworkStage", "NetworkOptions", "RefineStage", "IntegrateStage",
+           "FieldsStage", "ResampleStage", "QualityStage"]
 
 logger = logging.getLogger("smgic_rt")
 
@@ -59,6 +62,8 @@ def run_stages(stages, state: PairState) -> dict:
         logger.info("%s ...", stage.name)
         start = time.perf_counter()
         stats = stage.run(state)
+        if not isinstance(stats, dict):
+            raise TypeError(f"the {stage.name} stage must return its statistics as a dict, got {type(stats).__name__}")
         elapsed = time.perf_counter() - start
         logger.info("%s done in %.3f s", stage.name, elapsed)
         records[stage.name] = {"mode": stage.mode, "ran": True, "seconds": elapsed, "stats": jsonable(stats)}

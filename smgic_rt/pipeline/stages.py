@@ -2,7 +2,7 @@
 
 Every stage has the same interface (FireANTs-style): ``Stage(mode, options)``, ``.name``,
 ``.enabled``, and ``run(state) -> dict`` that reads and fills the `PairState` and returns its
-statistics (JSON-safe after `jsonable`). The runner (`smgic_rt.pipeline.run_stages`) times each
+statistics (JSON-safe after `jsonable`); no stage writes statistics anywhere else. The runner (`smgic_rt.pipeline.run_stages`) times each
 stage and records ``{"mode", "ran", "seconds", "stats"}`` for every one, in one shape.
 Stages that may be switched off (affine, network, refine) take ``"auto" | "on" | "off"``;
 ``"auto"`` lets the stage decide from the bundle and the hardware (the network: the levels its
@@ -16,23 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import io, transforms
+from .. import io
+from ..geometry import transforms
+from ..options import STAGE_MODES, check_int, check_mode, check_number
 from .state import PairState
 
-__all__ = ["STAGE_MODES", "Stage", "LoadStage", "AffineStage", "PreprocessStage", "NetworkStage", "NetworkOptions", "FieldsOptions", "covering_lattice",
-           "RefineStage", "IntegrateStage", "FieldsStage", "ResampleStage", "QualityStage",
-           "check_mode", "as_field"]
-
-STAGE_MODES = ("auto", "on", "off")
-
-
-def check_mode(value, name: str) -> str:
-    """A stage mode from "auto" / "on" / "off" (or a bool)."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if value not in STAGE_MODES:
-        raise ValueError(f"{name} must be one of {list(STAGE_MODES)}, got {value!r}")
-    return value
+__all__ = ["STAGE_MODES", "Stage", "LoadStage", "AffineStage", "PreprocessStage", "PreprocessOptions", "NetworkStage",
+           "NetworkOptions", "FieldsOptions", "covering_lattice", "RefineStage", "IntegrateStage", "FieldsStage",
+           "ResampleStage", "QualityStage", "check_mode", "as_field"]
 
 
 class Stage:
@@ -91,15 +82,15 @@ class LoadStage(Stage):
 
 
 class AffineStage(Stage):
-    """Global affine, fixed world -> moving world (`smgic_rt.affine`, its `AffineOptions`)."""
+    """Global affine, fixed world -> moving world (`smgic_rt.methods.affine`, its `AffineOptions`)."""
 
     name = "affine"
     switchable = True
     default_mode = "auto"
-    options_class = "smgic_rt.affine:AffineOptions"
+    options_class = "smgic_rt.methods.affine:AffineOptions"
 
     def run(self, state):
-        from ..affine import register_affine
+        from ..methods.affine import register_affine
 
         result = register_affine(state.fixed_data, state.fixed.affine, state.moving_data, state.moving.affine,
                                  options=self.options)
@@ -107,49 +98,43 @@ class AffineStage(Stage):
         return result.stats
 
 
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """``antialias``: strength of the antialiasing Gaussian of the images the pair is registered
+    on (`smgic_rt.methods.preprocess.antialias`): the refinement's (`RefineOptions.antialias`)
+    when it runs, else 1, as the network was trained (the network stage asks for its own)."""
+
+    antialias: float = 1.0
+
+    def __post_init__(self):
+        check_number(self.antialias, "antialias", minimum=0, maximum=1)
+
+
 class PreprocessStage(Stage):
-    """Both images onto the model grid with the bundle's normalisation (`smgic_rt.preprocess`,
-    the function training uses); the moving one through the affine stage's matrix. The
-    antialiasing Gaussian at `antialias` strength: the refinement's (`RefineOptions.antialias`)
-    when it runs, else 1, as the network was trained."""
+    """The model grid over the fixed image and both images on it with the bundle's normalisation
+    (`smgic_rt.methods.preprocess`, the function training uses); the moving one through the
+    affine stage's matrix."""
 
     name = "preprocess"
+    options_class = "smgic_rt.pipeline.stages:PreprocessOptions"
 
-    def __init__(self, mode=None, options=None, *, normalization: dict | None = None, antialias: float = 1.0):
-        from ..preprocess import intensity_parameters
+    def __init__(self, mode=None, options=None, *, normalization: dict | None = None):
+        from ..methods.preprocess import intensity_parameters
 
         super().__init__(mode, options)
         # The bundle records the normalisation it was trained with; refuse one we do not apply.
         self.intensity = intensity_parameters(normalization)
-        self.antialias = antialias
 
     def run(self, state):
-        from .. import preprocess
+        from ..methods import preprocess
+        from .state import Grid
 
         shape, spacing = state.grid_shape, state.spacing
-        state.intensity, state.antialias = self.intensity, self.antialias
-        state.model_affine = preprocess.model_grid(state.fixed_data, state.fixed.affine, shape, spacing)
-        state.fixed_model, state.moving_model = images_on_grid(state, shape, spacing, state.model_affine)
-        return {"grid_shape": list(shape), "spacing_mm": list(spacing), "antialias": self.antialias}
-
-
-def images_on_grid(state, shape, spacing, grid_affine, antialias: float | None = None):
-    """``(fixed, moving)`` on the grid `grid_affine` of `shape`, by `preprocess.prepare` with the
-    pair's intensity scaling and antialiasing strength (or `antialias`); the moving image seen
-    through the affine stage's matrix."""
-    from .. import preprocess
-
-    antialias = state.antialias if antialias is None else antialias
-    fixed, _ = preprocess.prepare(state.fixed_data, state.fixed.affine, shape, spacing, grid_affine=grid_affine,
-                                  intensity=state.intensity, antialias_strength=antialias)
-    # prepare() reads moving at world points; seeing it through `world_matrix` means handing
-    # it the affine inv(M) @ A_moving (model voxel -> M G x -> moving voxel).
-    seen = (state.moving.affine if state.world_matrix is None
-            else np.linalg.inv(state.world_matrix) @ state.moving.affine)
-    moving, _ = preprocess.prepare(state.moving_data, seen, shape, spacing, grid_affine=grid_affine,
-                                   intensity=state.intensity, antialias_strength=antialias)
-    # From here on the pair's arrays live in `state.xp` (on the GPU for a device run).
-    return state.xp.asarray(fixed), state.xp.asarray(moving)
+        state.intensity, state.antialias = self.intensity, self.options.antialias
+        affine = preprocess.model_grid(state.fixed_data, state.fixed.affine, shape, spacing)
+        state.model_grid = state.velocity_grid = Grid(shape, spacing, affine, state.integration_steps)
+        state.images(state.model_grid, state.antialias)  # made here, where their time is counted
+        return {"grid_shape": list(shape), "spacing_mm": list(spacing), "antialias": state.antialias}
 
 
 @dataclass(frozen=True)
@@ -161,94 +146,83 @@ class NetworkOptions:
     levels: int | None = None
 
     def __post_init__(self):
-        if self.levels is not None and (not isinstance(self.levels, int) or isinstance(self.levels, bool)
-                                        or self.levels < 1):
-            raise ValueError(f"network levels must be a positive int or None, got {self.levels!r}")
+        check_int(self.levels, "network levels", minimum=1, allow_none=True)
 
 
 class NetworkStage(Stage):
-    """The SM-GICNet levels (`smgic_rt.network`) on the chosen backend; off: zero velocity.
+    """The SM-GICNet levels (`smgic_rt.methods.network`) on the chosen backend; off: zero velocity.
 
-    ``levels``: how many levels run (1..k, coarsest first; the Registrar takes them from the
-    bundle's measured profile for this hardware under "auto", all of them under "on"). A profile
+    How many levels run (1..k, coarsest first): `NetworkOptions.levels`, else every level under
+    "on" and under "auto" the bundle's measured profile for this hardware (`profile`). A profile
     of 0 levels means the network does not pay for its time here: under "auto" the stage then
-    does not run, and says why (`not_run_reason`).
+    does not run, and says why (`not_run_reason`). The backend is made only for a stage that runs.
     """
 
     name = "network"
     switchable = True
     default_mode = "auto"
+    options_class = "smgic_rt.pipeline.stages:NetworkOptions"
 
-    def __init__(self, mode=None, *, backend=None, bundle=None, levels=None, profile=None):
-        super().__init__(mode)  # its options are the backend's, chosen when the Registrar is made
-        self.backend, self.bundle, self.levels, self.profile = backend, bundle, levels, profile
+    def __init__(self, mode=None, options=None, *, bundle=None, profile=None, make_backend=None):
+        super().__init__(mode, options)
+        self.bundle, self.profile = bundle, profile
+        levels = self.options.levels
+        if levels is None:
+            levels = bundle.num_levels if self.mode == "on" else bundle.profile_levels(profile)
+        elif levels > bundle.num_levels:
+            raise ValueError(f"network levels must be at most the bundle's {bundle.num_levels}, got {levels}")
+        self.levels = levels
         self.not_run_reason = None
         if self.mode == "auto" and levels == 0:
             self.not_run_reason = (f"the bundle's {profile} profile runs no levels: measured, the network does not "
                                    "pay for its time on this hardware (network='on' runs it)")
+        self.backend = make_backend() if self.enabled and make_backend is not None else None
 
     @property
     def enabled(self) -> bool:
         return self.mode != "off" and self.not_run_reason is None
 
     def run(self, state):
-        from .. import network, ops
+        from ..geometry import ops
+        from ..methods import network
 
-        fixed, moving = state.fixed_model, state.moving_model
-        if state.antialias != 1.0:  # sharper images made for the refinement: the network's as trained
-            fixed, moving = images_on_grid(state, state.grid_shape, state.spacing, state.model_affine, antialias=1.0)
+        fixed, moving = state.images(state.model_grid, antialias=1.0)  # as the network was trained
         # The backends take host arrays (the torch-CUDA and TensorRT ones upload them themselves).
         velocity, timings = network.predict_velocity(self.backend, self.bundle, ops.to_host(fixed), ops.to_host(moving),
                                                      levels=self.levels)
         state.velocity = as_field(state.xp.asarray(velocity), "network velocity")  # a host array
+        state.velocity_grid = state.model_grid
         return {"seconds": timings, "levels": self.levels, "profile": self.profile}
 
 
 class RefineStage(Stage):
-    """Per-pair refinement of the velocity (`smgic_rt.refine`, its `RefineOptions`), started
-    from the network's velocity (or zero when the network is off)."""
+    """Per-pair refinement of the velocity (`smgic_rt.methods.refine`, its `RefineOptions`),
+    started from the network's velocity (or zero when the network is off): the levels of each
+    grid (`RefineOptions.by_grid`: the model grid's, then those of a finer grid) on that grid's
+    images, the velocity carried from grid to grid. It fills the velocity and the grid it is on."""
 
     name = "refine"
     switchable = True
     default_mode = "auto"
-    options_class = "smgic_rt.refine:RefineOptions"
+    options_class = "smgic_rt.methods.refine:RefineOptions"
 
     def run(self, state):
-        from ..refine import refine_velocity
+        from ..geometry import ops
+        from ..methods.refine import refine_velocity
 
-        refined = refine_velocity(state.fixed_model, state.moving_model, state.velocity, options=self.options)
-        state.velocity = as_field(refined.velocity, "refined velocity")
-        stats = refined.stats
-        if self.options.fine_iterations > 0:
-            stats["fine"] = self._refine_on_finer_grid(state)
-        return stats
-
-    def _refine_on_finer_grid(self, state) -> dict:
-        """``fine_iterations`` on a grid twice finer than the model grid, same centre and field of
-        view; from then on the pair's grid is that one (integration, fields and quality follow)."""
-        import dataclasses
-
-        from .. import ops, preprocess
-        from ..refine import level_options, refine_velocity
-
-        shape = tuple(2 * n for n in state.grid_shape)
-        spacing = tuple(s / 2.0 for s in state.spacing)
-        centre = state.model_affine[:3, :3] @ ((np.asarray(state.grid_shape) - 1) / 2.0) + state.model_affine[:3, 3]
-        grid = preprocess.grid_around(centre, shape, spacing)
-        fixed, moving = images_on_grid(state, shape, spacing, grid)
-        # Twice as many voxels per mm: the velocity doubles and one more squaring keeps the
-        # first step as small.
-        steps = state.integration_steps + 1
-        # the options of the last level on the model grid, carried on to this one
-        options = dataclasses.replace(level_options(self.options, -1), factors=(1,),
-                                      iterations=(self.options.fine_iterations,), steps=steps, zero_if_better=False,
-                                      fine_iterations=0)
-        velocity = ops.upsample_field(state.xp.ascontiguousarray(state.velocity), shape)
-        refined = refine_velocity(fixed, moving, velocity, options=options)
-        state.velocity = as_field(refined.velocity, "refined velocity (finer grid)")
-        state.grid_shape, state.spacing, state.model_affine = shape, spacing, grid
-        state.fixed_model, state.moving_model, state.integration_steps = fixed, moving, steps
-        return {**refined.stats, "grid_shape": list(shape), "spacing_mm": list(spacing)}
+        records = []
+        for factor, options in self.options.by_grid():
+            grid = state.model_grid if factor == 1 else state.model_grid.finer(factor)
+            fixed, moving = state.images(grid, state.antialias)
+            velocity = state.velocity
+            if velocity is not None and tuple(velocity.shape[1:]) != tuple(grid.shape):
+                velocity = ops.upsample_field(state.xp.ascontiguousarray(velocity), grid.shape)
+            refined = refine_velocity(fixed, moving, velocity, options=options)
+            state.velocity, state.velocity_grid = as_field(refined.velocity, "refined velocity"), grid
+            records.append(refined.stats if factor == 1 else
+                           {**refined.stats, "grid_shape": list(grid.shape), "spacing_mm": list(grid.spacing)})
+        # The first grid's statistics, a finer grid's under "fine" (levels allow one, at 1/2).
+        return {**records[0], **({"fine": records[1]} if len(records) > 1 else {})}
 
 
 class IntegrateStage(Stage):
@@ -257,12 +231,12 @@ class IntegrateStage(Stage):
     name = "integrate"
 
     def run(self, state):
-        from .. import ops
+        from ..geometry import ops
 
         velocity = state.velocity
         if velocity is None:  # neither the network nor the refinement ran: the identity
-            velocity = state.xp.zeros((3, *state.grid_shape), np.float32)
-        steps, xp = state.integration_steps, state.xp
+            velocity = state.xp.zeros((3, *state.velocity_grid.shape), np.float32)
+        steps, xp = state.velocity_grid.integration_steps, state.xp
         state.forward_model = ops.integrate_velocity(xp.ascontiguousarray(velocity, dtype=np.float32), steps=steps)
         state.inverse_model = ops.integrate_velocity(xp.ascontiguousarray(-velocity, dtype=np.float32), steps=steps)
         return {"steps": steps}
@@ -296,9 +270,7 @@ def covering_lattice(model_affine: np.ndarray, shape, affine: np.ndarray, margin
     """``(shape, affine)`` of the model grid's lattice extended to cover an image's field of view
     (every voxel corner, plus `margin` lattice steps, so that interpolation near the edges never
     leaves the field)."""
-    corners = np.array([[i, j, k, 1.0] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
-                        for k in (-0.5, shape[2] - 0.5)]).T
-    index = np.linalg.solve(model_affine, affine @ corners)[:3]
+    index = np.linalg.solve(model_affine, affine @ io.voxel_corners(shape).T)[:3]
     low = np.floor(index.min(axis=1)) - margin
     high = np.ceil(index.max(axis=1)) + margin
     lattice = model_affine.copy()
@@ -317,21 +289,22 @@ class FieldsStage(Stage):
 
     def run(self, state):
         inverse_world = None if state.world_matrix is None else np.linalg.inv(state.world_matrix)
+        grid_affine = state.velocity_grid.affine
         state.forward_ras = transforms.model_to_native_displacement(
-            state.forward_model, state.model_affine, state.fixed.shape, state.fixed.affine,
+            state.forward_model, grid_affine, state.fixed.shape, state.fixed.affine,
             world_after=state.world_matrix)
         if self.options.grid == "native":
             forward_grid = (state.fixed.shape, state.fixed.affine)
             inverse_grid = (state.moving.shape, state.moving.affine)
             state.forward_field = (state.forward_ras.copy(), state.fixed.affine)  # rounded below, not forward_ras
         else:
-            forward_grid = covering_lattice(state.model_affine, state.fixed.shape, state.fixed.affine)
+            forward_grid = covering_lattice(grid_affine, state.fixed.shape, state.fixed.affine)
             # The inverse maps moving world points: its lattice covers the moving image.
-            inverse_grid = covering_lattice(state.model_affine, state.moving.shape, state.moving.affine)
+            inverse_grid = covering_lattice(grid_affine, state.moving.shape, state.moving.affine)
             state.forward_field = (transforms.model_to_native_displacement(
-                state.forward_model, state.model_affine, *forward_grid, world_after=state.world_matrix),
+                state.forward_model, grid_affine, *forward_grid, world_after=state.world_matrix),
                 forward_grid[1])
-        inverse = transforms.model_to_native_displacement(state.inverse_model, state.model_affine, *inverse_grid,
+        inverse = transforms.model_to_native_displacement(state.inverse_model, grid_affine, *inverse_grid,
                                                           world_before=inverse_world)
         if self.options.grid == "compact":  # not the lattice the inverse is trilinear on
             inverse = transforms.linear_quasi_interpolant(inverse)
@@ -354,7 +327,7 @@ class ResampleStage(Stage):
         # what ITK's trilinear reading of the file gives; so files and result agree.
         moving = state.moving_data if state.moving_mask is None else state.xp.asarray(state.moving.data)
         state.warped = transforms.warp_image(moving, state.moving.affine, state.forward_ras, state.fixed.affine)
-        return {}
+        return {"shape": list(state.warped.shape), "interpolation": "linear"}
 
 
 class QualityStage(Stage):
@@ -364,15 +337,15 @@ class QualityStage(Stage):
     name = "quality"
 
     def run(self, state):
-        from .. import ops
+        from ..geometry import ops
 
         xp = state.xp
         jacobian = transforms.field_jacobian_determinant(state.forward_ras, state.fixed.affine)
         composed = ops.compose(state.inverse_model, state.forward_model)
         inverse_error = xp.sqrt((composed.astype(np.float64) ** 2).sum(axis=0))
-        brain = state.fixed_model > 0
+        brain = state.images(state.velocity_grid, state.antialias)[0] > 0
         jacobian = state.jacobian = transforms.quantize(jacobian, transforms.JACOBIAN_QUANTUM)  # as written
-        state.quality = {
+        return {
             "folding_fraction": float(xp.mean(jacobian <= 0)),
             "folding_voxels": int(xp.count_nonzero(jacobian <= 0)),
             "jacobian_min": float(jacobian.min()),
@@ -381,12 +354,11 @@ class QualityStage(Stage):
             "inverse_consistency_voxels_brain_mean": float(inverse_error[brain].mean()) if bool(brain.any()) else None,
             "inverse_consistency_voxels_max": float(inverse_error.max()),
         }
-        return {}
 
 
 def as_field(array, name: str):
     """A (3, X, Y, Z) float32 field, in the array's own namespace, from a (1, 3, ...) or (3, ...) one."""
-    from .. import ops
+    from ..geometry import ops
 
     xp = ops.array_namespace(array)
     array = xp.asarray(array)

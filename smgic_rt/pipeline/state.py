@@ -1,4 +1,5 @@
-"""`PairState`: everything one registration knows, handed from stage to stage."""
+"""`PairState`: everything one registration knows, handed from stage to stage, and `Grid`,
+a lattice its arrays live on."""
 
 from __future__ import annotations
 
@@ -9,7 +10,33 @@ import numpy as np
 
 from ..io import Volume
 
-__all__ = ["PairState"]
+__all__ = ["PairState", "Grid"]
+
+
+@dataclass(frozen=True, eq=False)
+class Grid:
+    """A lattice of `shape` voxels of `spacing` mm, `affine` voxel -> RAS mm, and the
+    scaling-and-squaring steps that integrate a velocity in its voxels."""
+
+    shape: tuple
+    spacing: tuple
+    affine: np.ndarray
+    integration_steps: int
+
+    def finer(self, factor: float) -> "Grid":
+        """The grid `1 / factor` times finer (factor 1/2: twice), same centre and field of view;
+        one more squaring per halving keeps the first step, in its smaller voxels, as small."""
+        from ..methods import preprocess
+
+        times = int(round(np.log2(1 / factor)))
+        shape = tuple(n * 2 ** times for n in self.shape)
+        spacing = tuple(s / 2.0 ** times for s in self.spacing)
+        centre = self.affine[:3, :3] @ ((np.asarray(self.shape) - 1) / 2.0) + self.affine[:3, 3]
+        return Grid(shape, spacing, preprocess.grid_around(centre, shape, spacing), self.integration_steps + times)
+
+    @property
+    def key(self) -> tuple:
+        return self.shape, self.spacing, tuple(np.asarray(self.affine).ravel().tolist())
 
 
 @dataclass
@@ -30,17 +57,16 @@ class PairState:
         The images as registered: voxel data times the mask when one was given (load).
     ``world_matrix``
         4x4 fixed world -> moving world (RAS mm) of the affine stage; None when it is off.
-    ``model_affine``, ``fixed_model``, ``moving_model``, ``intensity``, ``antialias``
-        The model grid (voxel -> RAS mm) and both images on it, intensities in [0, 1] by the
-        bundle's `preprocess.IntensityScaling` (``intensity``), low-passed by
-        `preprocess.antialias` at strength ``antialias`` (the refinement's; the network makes its
-        own at 1 when it differs); the moving one seen through ``world_matrix`` (preprocess). A
-        refinement on a finer grid replaces grid and images (``grid_shape``, ``spacing`` and
-        ``integration_steps`` with them).
-    ``velocity``
-        Stationary velocity (3, X, Y, Z) on the model grid, in its voxels (network, refine).
+    ``model_grid``, ``intensity``, ``antialias``
+        The model grid (a `Grid` over the fixed image at the bundle's ``grid_shape`` and
+        ``spacing``), the bundle's `preprocess.IntensityScaling` and the antialiasing strength of
+        the images registered (preprocess). `images` makes both images on any grid at any
+        strength, once each.
+    ``velocity``, ``velocity_grid``
+        Stationary velocity (3, X, Y, Z) and the `Grid` it lives on, in that grid's voxels:
+        the model grid (network), or the grid of the refinement's last level (refine).
     ``forward_model``, ``inverse_model``
-        ``exp(v)`` and ``exp(-v)`` on the model grid (integrate).
+        ``exp(v)`` and ``exp(-v)`` on ``velocity_grid`` (integrate).
     ``forward_ras``
         RAS-mm displacement (3, X, Y, Z) on the fixed native grid, affine composed in: the one
         field convention inside; ITK's LPS only when writing (fields).
@@ -49,9 +75,8 @@ class PairState:
         that `FieldsOptions` chooses (fields).
     ``warped``
         The moving image resampled once onto the fixed grid (resample).
-    ``jacobian``, ``quality``
-        det J of the fixed -> moving map on the fixed grid, and the pair's summary statistics
-        (folding, inverse consistency) (quality).
+    ``jacobian``
+        det J of the fixed -> moving map on the fixed grid (quality).
     """
 
     inputs: dict
@@ -69,13 +94,12 @@ class PairState:
     # affine
     world_matrix: np.ndarray | None = None
     # preprocess
-    model_affine: np.ndarray | None = None
-    fixed_model: np.ndarray | None = None
-    moving_model: np.ndarray | None = None
+    model_grid: Grid | None = None
     intensity: object = None
     antialias: float = 1.0
     # network, refine
     velocity: np.ndarray | None = None
+    velocity_grid: Grid | None = None
     # integrate
     forward_model: np.ndarray | None = None
     inverse_model: np.ndarray | None = None
@@ -85,4 +109,28 @@ class PairState:
     inverse_field: tuple | None = None
     warped: np.ndarray | None = None
     jacobian: np.ndarray | None = None
-    quality: dict = field(default_factory=dict)
+    # (grid key, antialias) -> (fixed, moving): each made once
+    _images: dict = field(default_factory=dict, repr=False)
+
+    def images(self, grid: Grid, antialias: float) -> tuple:
+        """``(fixed, moving)`` on `grid`, by `preprocess.prepare` with the pair's intensity scaling
+        and the antialiasing strength `antialias`; the moving image seen through the affine
+        stage's matrix. Made once per grid and strength, then cached."""
+        key = (grid.key, float(antialias))
+        if key not in self._images:
+            self._images[key] = self._make_images(grid, antialias)
+        return self._images[key]
+
+    def _make_images(self, grid: Grid, antialias: float) -> tuple:
+        from ..methods import preprocess
+
+        fixed, _ = preprocess.prepare(self.fixed_data, self.fixed.affine, grid.shape, grid.spacing,
+                                      grid_affine=grid.affine, intensity=self.intensity, antialias_strength=antialias)
+        # prepare() reads moving at world points; seeing it through `world_matrix` means handing
+        # it the affine inv(M) @ A_moving (model voxel -> M G x -> moving voxel).
+        seen = (self.moving.affine if self.world_matrix is None
+                else np.linalg.inv(self.world_matrix) @ self.moving.affine)
+        moving, _ = preprocess.prepare(self.moving_data, seen, grid.shape, grid.spacing, grid_affine=grid.affine,
+                                       intensity=self.intensity, antialias_strength=antialias)
+        # From here on the pair's arrays live in `xp` (on the GPU for a device run).
+        return self.xp.asarray(fixed), self.xp.asarray(moving)

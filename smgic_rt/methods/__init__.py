@@ -1,0 +1,1 @@
+"""The registration methods: affine, preprocessing onto the model grid, the network, the refinement."""

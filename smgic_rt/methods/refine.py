@@ -1,0 +1,431 @@
+"""Per-pair deformable refinement, warm-started from the network's velocity.
+
+Symmetric (by default) and diffeomorphic: the stationary velocity ``v`` is optimised so that the fixed image
+pulled half-way back, ``F o exp(-v/2)``, and the moving image pulled half-way forward,
+``M o exp(v/2)``, agree in local NCC at the midpoint (or, with ``symmetric=False``, ``M o exp(v)``
+and ``F`` itself); ``exp(v)`` then registers moving onto fixed and ``exp(-v)`` is its inverse, as
+for the network. Updates are the local-NCC forces of both
+images (`Level.gradient`), Gaussian-smoothed (SyN-style "fluid"
+regularisation) plus the optional regulariser's gradient, taken as normalised steps with a
+backtracking line search on the objective ``-mean LNCC + reg * |grad v|^2``, the velocity
+smoothed after each step ("elastic"), coarse to fine (1/4, 1/2 of the model grid and the grid
+itself by default: `RefineOptions.levels`, each `Level` with its own smoothing, regulariser's
+weight, symmetry and force, `PER_LEVEL`). ``exp(+-v/2)`` is integrated with one scaling-and-squaring step fewer than
+``exp(v)`` (and one fewer again per halving of the grid), which keeps the first step as small.
+As in ANTs' SyN the boundary is stationary: updates fade to zero at the grid's faces.
+A warm start that scores worse than no deformation at all is dropped (the refinement then starts
+from zero, and says so). A step that does not lower the objective is never taken, and the result
+is checked against the start on the model grid: the refinement never returns a velocity worse by
+its objective than the one it was given.
+
+The per-voxel work (box means, local NCC and its derivatives, gradients, Gaussian filters,
+warps, scaling and squaring) runs in `smgic_rt._C` through `smgic_rt.geometry.ops`; the whole-array
+arithmetic between the kernels is written once against the inputs' namespace
+(`ops.array_namespace`: numpy, or cupy for CUDA arrays), so a GPU refinement is this very code
+with every array on the device. The host reads back one number per evaluation of the
+objective (the line search compares it) and the largest force per iteration (the step's scale).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..geometry import ops
+from ..geometry.filters import box_mean, smooth
+from ..options import check_choice, check_int, check_number, records_given
+
+__all__ = ["Level", "RefineOptions", "RefineResult", "refine_velocity", "objective", "GRADIENTS", "PER_LEVEL"]
+
+
+GRADIENTS = ("window", "exact")
+# The fields of a `Level` that set how it optimises (not where or for how long); each level's
+# record in the stats says the values it ran with.
+PER_LEVEL = ("fluid_sigma", "reg", "symmetric", "gradient", "radius")
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of the refinement: `iterations` (at most) on a grid `factor` times coarser than
+    the model grid (1/2: twice finer; its images are made for it from the native ones).
+
+    ``radius``: local NCC window (2 radius + 1)^3. ``fluid_sigma``: Gaussian on each update, in
+    voxels of the level. ``reg``: weight of |grad v|^2 in the objective. ``symmetric``: both
+    images move half-way and meet at the midpoint (unbiased towards either grid); False: the
+    moving image alone moves onto the fixed one as it is, on whose grid labels are compared.
+    ``gradient``: the NCC force; "window" takes each voxel's derivative through its own window
+    only (as ANTs' CC), "exact" sums it over every window that holds the voxel.
+    """
+
+    factor: float
+    iterations: int
+    radius: int = 1
+    fluid_sigma: float = 1.5
+    reg: float = 0.05
+    symmetric: bool = True
+    gradient: str = "window"
+
+    def __post_init__(self):
+        exponent = math.log2(self.factor) if check_number(self.factor, "level factor", positive=True) else 0.0
+        if exponent != round(exponent) or exponent < -1:
+            raise ValueError(f"level factor must be a power of 2 from 1/2 (a grid twice finer than the model "
+                             f"grid) up, got {self.factor!r}")
+        check_int(self.iterations, "level iterations", minimum=0)
+        check_int(self.radius, "level radius", minimum=1)
+        check_number(self.fluid_sigma, "level fluid_sigma", minimum=0)
+        check_number(self.reg, "level reg", minimum=0)
+        if not isinstance(self.symmetric, bool):
+            raise ValueError(f"level symmetric must be a bool, got {self.symmetric!r}")
+        check_choice(self.gradient, "level gradient", GRADIENTS)
+
+    @property
+    def settings(self) -> tuple:
+        """What sets how the level optimises: levels with equal settings have one objective."""
+        return tuple(getattr(self, name) for name in PER_LEVEL)
+
+
+def _default_levels():
+    return (Level(4, 60), Level(2, 40), Level(1, 8))
+
+
+@records_given
+@dataclass(frozen=True)
+class RefineOptions:
+    """The refinement: its `levels`, coarse to fine, and what every level shares.
+
+    Levels finer than the model grid (factor 1/2) run after the others, on images made for
+    their grid (`smgic_rt.pipeline.RefineStage`); `refine_velocity` itself runs the levels on the
+    grid it is given. Fields given explicitly override a preset's field by field
+    (`smgic_rt.options.merged`).
+    """
+
+    levels: tuple = field(default_factory=_default_levels)
+    elastic_sigma: float = 0.0            # Gaussian on the whole velocity after each step (0: none;
+                                          # the |grad v|^2 term regularises instead)
+    step: float = 0.5                     # initial largest update, voxels of the level
+    min_step: float = 0.02                # below this the level stops (no step helps)
+    plateau: float = 1e-4                 # stop when 5 iterations gain less than this
+    steps: int = 7                        # scaling-and-squaring steps for v on the model grid
+    eps: float = 1e-3                     # NCC variance floor (images are in [0, 1])
+    # Stationary boundary, as ANTs' SyN keeps its field's: updates fade to zero over this many
+    # voxels of each level towards the grid's faces. A face that moved would drag every voxel
+    # beyond it along (outside the grid the field is read with border padding). 0: free boundary.
+    boundary: int = 2
+    # Start from zero when the given velocity scores worse than zero: a weak network's field
+    # would cost the coarse levels time to undo.
+    zero_if_better: bool = True
+    # How much the images compared are low-passed when resampled onto the model grid: the
+    # strength of `smgic_rt.methods.preprocess.antialias` (1: as the network was trained; 0:
+    # none). Sharper images register better and 0.5 keeps most of the protection against
+    # aliasing (docs/tuning.md).
+    antialias: float = 0.5
+    # A wall-clock limit in seconds (None: none). The iteration counts are the budget; with a
+    # time limit the result depends on the machine's load, so it is off by default.
+    max_seconds: float | None = None
+
+    def __post_init__(self):
+        levels = self.levels
+        if not isinstance(levels, tuple) or not levels or not all(isinstance(lv, Level) for lv in levels):
+            raise ValueError(f"levels must be a non-empty tuple of Level, got {levels!r}")
+        factors = [level.factor for level in levels]
+        if any(finer >= coarser for coarser, finer in zip(factors, factors[1:])):
+            raise ValueError(f"levels must run coarse to fine (factors decreasing), got factors {factors}")
+        check_int(self.steps, "steps", minimum=1)
+        check_int(self.boundary, "boundary", minimum=0)
+        check_number(self.antialias, "antialias", minimum=0, maximum=1)
+        check_number(self.max_seconds, "max_seconds", positive=True, allow_none=True)
+
+    @property
+    def model_grid_levels(self) -> tuple:
+        """The levels on the model grid or coarser (factor >= 1)."""
+        return tuple(level for level in self.levels if level.factor >= 1)
+
+    def by_grid(self) -> list:
+        """``[(grid factor, options on that grid), ...]``, the model grid first (when it has
+        levels), then each finer grid: each grid's levels with factors relative to it, the
+        integration steps one more per halving, and a zero start tried on the first grid only."""
+        grids = sorted({min(level.factor, 1) for level in self.levels}, reverse=True)
+        out = []
+        for index, grid in enumerate(grids):
+            levels = tuple(dataclasses.replace(level, factor=_relative(level.factor, grid))
+                           for level in self.levels if min(level.factor, 1) == grid)
+            extra = int(round(-math.log2(grid)))
+            out.append((grid, dataclasses.replace(self, levels=levels, steps=self.steps + extra,
+                                                  zero_if_better=self.zero_if_better and index == 0)))
+        return out
+
+
+def _relative(factor, grid):
+    """`factor` relative to a grid `grid` times coarser than the model grid (an int when whole)."""
+    relative = factor / grid if grid != 1 else factor
+    return int(relative) if relative == int(relative) else relative
+
+
+@dataclass
+class RefineResult:
+    velocity: np.ndarray
+    stats: dict = field(default_factory=dict)
+
+
+def _gradient_energy(v) -> float:
+    xp = ops.array_namespace(v)
+    return float(sum(xp.mean(xp.square(xp.diff(v, axis=a))) for a in (1, 2, 3)))
+
+
+def _laplacian(v):
+    """Discrete Laplacian of each channel (edge-replicated borders)."""
+    xp = ops.array_namespace(v)
+    padded = xp.pad(v, ((0, 0), (1, 1), (1, 1), (1, 1)), mode="edge")
+    core = (slice(None), slice(1, -1), slice(1, -1), slice(1, -1))
+    out = -6.0 * padded[core]
+    for axis in (1, 2, 3):
+        for shift in (-1, 1):
+            index = list(core)
+            index[axis] = slice(1 + shift, padded.shape[axis] - 1 + shift)
+            out += padded[tuple(index)]
+    return out.astype(np.float32)
+
+
+def _boundary_weight(shape, width: int, xp=np):
+    """1 inside, falling linearly to 0 on the faces over `width` voxels (None when width is 0);
+    made on the host (a few small arrays), handed over in `xp`."""
+    if width <= 0:
+        return None
+    distance = np.full(shape, np.inf, np.float32)
+    for axis, n in enumerate(shape):
+        index = np.arange(n, dtype=np.float32)
+        along = np.minimum(index, n - 1 - index).reshape([-1 if a == axis else 1 for a in range(len(shape))])
+        distance = np.minimum(distance, along)
+    return xp.asarray(np.minimum(distance / np.float32(width), np.float32(1.0)))
+
+
+def _half_steps(options: RefineOptions, factor: int) -> int:
+    """Scaling-and-squaring steps for v/2 on a grid `factor` times coarser than the model grid:
+    v/2 in that grid's voxels is 2 * factor times smaller than v in model voxels, so this many
+    fewer steps keep the first step, v / 2^steps in model voxels, as small."""
+    return max(1, options.steps - 1 - int(round(np.log2(factor))))
+
+
+def _evaluate(fixed, moving, v, level: Level, options: RefineOptions, factor: int = 1):
+    """Objective and what the next update needs (warped images and their NCC derivatives)."""
+    xp = ops.array_namespace(fixed, moving, v)
+    if level.symmetric:
+        half = xp.ascontiguousarray(v * np.float32(0.5))
+        steps = _half_steps(options, factor)
+        fixed_w = ops.warp(fixed[None], ops.integrate_velocity(-half, steps))[0]
+        moving_w = ops.warp(moving[None], ops.integrate_velocity(half, steps))[0]
+    else:  # the fixed image as it is, the moving one through exp(v): compared on the fixed grid
+        steps = _half_steps(options, factor) + 1
+        fixed_w = fixed
+        moving_w = ops.warp(moving[None], ops.integrate_velocity(xp.ascontiguousarray(v), steps))[0]
+    means = box_mean(xp.stack([fixed_w, moving_w, fixed_w * fixed_w, moving_w * moving_w, fixed_w * moving_w]),
+                     level.radius)
+    cc, d_fixed, d_moving = ops.lncc(fixed_w, moving_w, means, options.eps)
+    ncc = float(cc.mean(dtype=np.float64))  # the host's one read of this evaluation (and the energy's)
+    value = -ncc + level.reg * _gradient_energy(v)
+    return value, ncc, (fixed_w, moving_w, means, d_fixed, d_moving)
+
+
+def _ncc_derivatives(fixed_w, moving_w, means, level: Level, eps: float):
+    """The exact derivatives of ``mean_x cc(x)`` by each voxel of the two warped images.
+
+    A voxel y lies in the window of every x within `radius` of it, so its derivative sums the
+    windows' terms: with ``a = 1 / sqrt(var_f var_m)`` and ``b_f = a cov / var_f`` (the same
+    eps-floored statistics as `ops.lncc`), ``d/dm(y) = f(y) <a> - <a mean_f> - m(y) <b_m> +
+    <b_m mean_m>``, ``<.>`` the box mean around y. ANTs' CC (and this refinement before)
+    keeps only y's own window (``gradient="window"``). One more box mean of 7 channels per
+    iteration (4 when only the moving image moves, ``symmetric=False``: ``d_fixed`` is then
+    None): only the accepted step needs it, the line search's evaluations do not.
+    """
+    xp = ops.array_namespace(fixed_w, moving_w, means)
+    mean_f, mean_m, mean_ff, mean_mm, mean_fm = means
+    var_f = xp.maximum(mean_ff - mean_f * mean_f, np.float32(0)) + np.float32(eps)
+    var_m = xp.maximum(mean_mm - mean_m * mean_m, np.float32(0)) + np.float32(eps)
+    cov = mean_fm - mean_f * mean_m + np.float32(eps)
+    a = np.float32(1) / xp.sqrt(var_f * var_m)
+    b_m = a * cov / var_m
+    if not level.symmetric:  # the fixed image does not move: its derivative is not needed
+        sums = box_mean(xp.stack([a, a * mean_f, b_m, b_m * mean_m]), level.radius)
+        return None, fixed_w * sums[0] - sums[1] - moving_w * sums[2] + sums[3]
+    b_f = a * cov / var_f
+    sums = box_mean(xp.stack([a, a * mean_f, a * mean_m, b_m, b_m * mean_m, b_f, b_f * mean_f]), level.radius)
+    d_moving = fixed_w * sums[0] - sums[1] - moving_w * sums[3] + sums[4]
+    d_fixed = moving_w * sums[0] - sums[2] - fixed_w * sums[5] + sums[6]
+    return d_fixed, d_moving
+
+
+def objective(fixed, moving, velocity, options: RefineOptions = RefineOptions()) -> float:
+    """The refinement's objective (lower is better) for `velocity` on this pair, as its last
+    level defines it."""
+    fixed, moving, velocity = _check(fixed, moving, velocity)
+    return _evaluate(fixed, moving, velocity, options.levels[-1], options)[0]
+
+
+def _optimise_level(fixed, moving, v, level: Level, options: RefineOptions, deadline, factor):
+    value, ncc, cache = _evaluate(fixed, moving, v, level, options, factor)
+    record = {"shape": list(fixed.shape), "objective_before": value, "ncc_before": ncc, "iterations": 0,
+              "accepted": 0, "stop": "iterations"}
+    step, history = options.step, [value]
+    xp = ops.array_namespace(fixed, moving, v)
+    weight = _boundary_weight(fixed.shape, options.boundary, xp)
+    for _ in range(level.iterations):
+        if deadline is not None and time.perf_counter() > deadline:
+            record["stop"] = "budget"
+            break
+        fixed_w, moving_w, means, d_fixed, d_moving = cache
+        if level.gradient == "exact":
+            d_fixed, d_moving = _ncc_derivatives(fixed_w, moving_w, means, level, options.eps)
+        # d(ncc)/dv: moving_w = M(x + v/2 ...) moves with +grad M, fixed_w with -grad F (when
+        # symmetric; otherwise the fixed image does not move).
+        force = d_moving[None] * ops.image_gradient(moving_w)
+        if level.symmetric:
+            force = force - d_fixed[None] * ops.image_gradient(fixed_w)
+        # Descent direction of the whole objective: smoothed NCC force plus the regulariser's
+        # own gradient (-d/dv of reg |grad v|^2 is 2 reg times the Laplacian of v).
+        force = smooth(force, level.fluid_sigma) + np.float32(2 * level.reg) * _laplacian(v)
+        if weight is not None:
+            force *= weight
+        peak = float(xp.sqrt(xp.square(force).sum(axis=0)).max())
+        if not peak > 0:
+            record["stop"] = "no force"
+            break
+        record["iterations"] += 1
+        while step >= options.min_step:
+            candidate = v + np.float32(step / peak) * force
+            if options.elastic_sigma > 0:
+                candidate = smooth(candidate, options.elastic_sigma)
+            cand_value, cand_ncc, cand_cache = _evaluate(fixed, moving, candidate, level, options, factor)
+            if cand_value < value:
+                v, value, ncc, cache = candidate, cand_value, cand_ncc, cand_cache
+                record["accepted"] += 1
+                step = min(step * 1.2, 2 * options.step)
+                break
+            step *= 0.5
+        else:
+            record["stop"] = "step below minimum"
+            break
+        history.append(value)
+        if len(history) > 5 and history[-6] - history[-1] < options.plateau:
+            record["stop"] = "plateau"
+            break
+    record.update(objective_after=value, ncc_after=ncc)
+    return v, record
+
+
+def _check(fixed, moving, velocity):
+    xp = ops.array_namespace(fixed, moving, velocity)
+    fixed = xp.asarray(fixed)
+    moving = xp.asarray(moving)
+    if fixed.ndim != 3 or moving.shape != fixed.shape:
+        raise ValueError(f"fixed and moving must be 3-D images of one shape, got {fixed.shape} and {moving.shape}")
+    if min(fixed.shape) < 4:
+        raise ValueError(f"images must have at least 4 voxels per axis, got shape {fixed.shape}")
+    velocity = xp.zeros((3, *fixed.shape), np.float32) if velocity is None else xp.asarray(velocity)
+    if velocity.shape != (3, *fixed.shape):
+        raise ValueError(f"velocity must have shape {(3, *fixed.shape)}, got {velocity.shape}")
+    arrays = [xp.ascontiguousarray(a, dtype=np.float32) for a in (fixed, moving, velocity)]
+    for name, array in zip(("fixed", "moving", "velocity"), arrays):
+        if not bool(xp.all(xp.isfinite(array))):
+            raise ValueError(f"{name} holds NaN or infinite values")
+    return arrays
+
+
+def _downsample(volume, times: int):
+    xp = ops.array_namespace(volume)
+    for _ in range(times):
+        volume = ops.downsample_haar(xp.ascontiguousarray(volume))
+    return volume
+
+
+def _level_fits(factor: int, shape) -> bool:
+    """Whether a level `factor` times coarser than the model grid exists for this grid: the
+    factor a power of 2, and the grid halving that often (even sizes, at least 4 voxels left)."""
+    times = int(round(np.log2(factor)))
+    return 2 ** times == factor and not any(n % factor or n // factor < 4 for n in shape)
+
+
+def _run_levels(fixed, moving, start_velocity, options: RefineOptions, deadline):
+    """Coarse to fine over ``options.levels``; returns (per-level records, velocity on the grid given)."""
+    xp = ops.array_namespace(fixed, moving, start_velocity)
+    levels = []
+    v_full = start_velocity.copy()
+    for level in options.levels:
+        factor = level.factor
+        if not _level_fits(factor, fixed.shape):
+            continue
+        times = int(round(np.log2(factor)))
+        tick = time.perf_counter()
+        f, m = _downsample(fixed[None], times)[0], _downsample(moving[None], times)[0]
+        v_start = _downsample(v_full, times) / np.float32(factor)
+        v_level, record = _optimise_level(f, m, xp.ascontiguousarray(v_start), level, options, deadline, factor)
+        if times == 0:
+            v_full = v_level
+        else:
+            delta = v_level - v_start
+            for _ in range(times):  # carry the change (not the start) up to the model grid
+                delta = ops.upsample_field(xp.ascontiguousarray(delta))
+            v_full = v_full + delta
+        record.update(factor=factor, seconds=time.perf_counter() - tick,
+                      **{name: getattr(level, name) for name in PER_LEVEL})
+        levels.append(record)
+    return levels, v_full
+
+
+def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = RefineOptions()) -> RefineResult:
+    """Refine `velocity` (3, X, Y, Z), voxels of the model grid, zeros when None) for this pair.
+
+    `fixed`, `moving`: model-grid images (X, Y, Z), intensities about [0, 1]; all numpy or
+    all cupy (then the refinement runs on their GPU and returns a cupy velocity). The budget is
+    ``level.iterations`` per level; ``options.max_seconds`` optionally stops the refinement
+    where it is (its best so far) after that much wall-clock time.
+    """
+    fixed, moving, start_velocity = _check(fixed, moving, velocity)
+    if options.levels[-1].factor < 1:
+        raise ValueError(f"refine_velocity runs levels on the grid it is given (factor >= 1), got factors "
+                         f"{[level.factor for level in options.levels]}; a finer grid needs its own images "
+                         "(RefineOptions.by_grid, as the RefineStage runs them)")
+    xp = ops.array_namespace(fixed, moving, start_velocity)
+    budget = options.max_seconds
+    started = time.perf_counter()
+    deadline = None if budget is None else started + float(budget)
+    # The objective is judged on the grid given, as the last level defines it.
+    judged = options.levels[-1]
+    start = "given"
+    choose_start = options.zero_if_better and bool(xp.any(start_velocity))
+    # A first level on the model grid with the judged settings evaluates the start itself, and
+    # its record says what it found: one evaluation fewer. Otherwise the start is evaluated here.
+    fitting = [level for level in options.levels if _level_fits(level.factor, fixed.shape)]
+    start_in_first_level = (not choose_start and bool(fitting) and fitting[0].factor == 1
+                            and fitting[0].settings == judged.settings)
+    if not start_in_first_level:
+        start_value = given_value = _evaluate(fixed, moving, start_velocity, judged, options)[:2]
+    if choose_start:
+        zero = xp.zeros_like(start_velocity)
+        zero_value = _evaluate(fixed, moving, zero, judged, options)[:2]
+        if zero_value[0] < given_value[0]:
+            start_velocity, start_value, start = zero, zero_value, "zero"
+    with ops.inputs_known_finite():  # _check made them finite; the kernels keep them so
+        levels, v_full = _run_levels(fixed, moving, start_velocity, options, deadline)
+    if start_in_first_level:
+        start_value = given_value = (levels[0]["objective_before"], levels[0]["ncc_before"])
+    # A last level on the model grid has already evaluated v_full.
+    if levels and levels[-1]["factor"] == 1:
+        end_value = (levels[-1]["objective_after"], levels[-1]["ncc_after"])
+    else:
+        end_value = _evaluate(fixed, moving, v_full, judged, options) if levels else start_value
+    kept = end_value[0] < start_value[0]
+    stats = {
+        "levels": levels,
+        "start": start, "objective_given": given_value[0], "ncc_given": given_value[1],
+        "objective_before": start_value[0], "ncc_before": start_value[1],
+        "objective_after": end_value[0] if kept else start_value[0],
+        "ncc_after": end_value[1] if kept else start_value[1],
+        "kept_refinement": bool(kept),
+        "iterations": int(sum(r["iterations"] for r in levels)),
+        "seconds": time.perf_counter() - started,
+    }
+    return RefineResult(xp.ascontiguousarray(v_full if kept else start_velocity, dtype=np.float32), stats)
