@@ -306,6 +306,7 @@ def record_profile(bundle_dir, device: str, report_path) -> tuple[str, int]:
     config = json.loads((Path(bundle_dir) / CONFIG_NAME).read_text())
     config.setdefault("profiles", {})[device] = {
         "levels": levels,
+        "skip_covered": bool(report.get("chosen_skip_covered", False)),
         "measured_with": "benchmarks/network_levels.py",
         "rule": report["rule"],
         "reasons": report["reasons"],

@@ -134,3 +134,58 @@ def test_export_profile_records_a_measurement_of_this_bundle_only(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps({**report, "bundle_id": before.id}))  # now stale
     with pytest.raises(ValueError, match="measured bundle"):
         record_profile(bundle, "cpu", tmp_path / "report.json")
+
+
+def _constant_velocity_bundle(tmp_path, per_level_voxels: float, profiles: dict) -> str:
+    """A small bundle whose every level adds `per_level_voxels` along the first axis, whatever
+    the images: a network of known output, good or bad as the value says."""
+    import torch
+
+    from export.bundle_export import export_bundle
+    from smgic_rt.backends.torch_model import ModelConfig, SMGICNet
+
+    model = SMGICNet(ModelConfig(grid_shape=(32, 32, 32), spacing=(6.0, 6.0, 6.0), channels=4))
+    with torch.no_grad():
+        for level in model.levels:
+            level.head.weight.zero_()
+            level.head.bias.copy_(torch.tensor([float(np.arctanh(per_level_voxels / level.bound)), 0.0, 0.0]))
+    folder = export_bundle(model, tmp_path / "constant", provenance={"test": "constant velocity"})
+    config = json.loads((folder / "config.json").read_text())
+    config["profiles"] = profiles
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    write_checksums(folder)
+    return str(folder)
+
+
+def test_the_refinement_skips_exactly_the_levels_the_profile_covers(tmp_path, pair):
+    """Profiles of 2 and 3 levels with skip_covered: the fast preset's levels (4, 2, 1) lose those
+    at least as coarse as the network's last level (factor 4, then 2), and the report says so."""
+    for levels, skipped, ran in ((2, [4], [2, 1]), (3, [4, 2], [1])):
+        bundle = _with_profiles(tmp_path / str(levels), {"cpu": {"levels": levels, "skip_covered": True}})
+        stages = Registrar(bundle, threads=2).register(*pair).stats["stages"]
+        assert stages["network"]["stats"]["refinement_covered_factor"] == 2 ** (4 - levels)
+        refine = stages["refine"]["stats"]
+        assert refine["start"] == "given"  # the shipped network scores better than no deformation here
+        assert refine["skipped_factors"] == skipped and [r["factor"] for r in refine["levels"]] == ran
+    # Without the flag (or with it False) every level runs after the network, as before.
+    bundle = _with_profiles(tmp_path / "plain", {"cpu": {"levels": 3}})
+    refine = Registrar(bundle, threads=2).register(*pair).stats["stages"]["refine"]["stats"]
+    assert refine["skipped_factors"] == [] and [r["factor"] for r in refine["levels"]] == [4, 2, 1]
+
+
+def test_a_network_worse_than_none_gets_the_whole_refinement(tmp_path, pair):
+    """A bundle whose network shifts the moving image by 0.3 voxel of each level (25 mm in all): the
+    refinement starts from zero instead and runs its coarse levels, the profile's skip aside."""
+    bundle = _constant_velocity_bundle(tmp_path, 0.3, {"cpu": {"levels": 3, "skip_covered": True}})
+    stages = Registrar(bundle, threads=2).register(*pair).stats["stages"]
+    assert stages["network"]["stats"]["refinement_covered_factor"] == 2
+    refine = stages["refine"]["stats"]
+    assert refine["start"] == "zero" and refine["objective_given"] > refine["objective_before"]
+    assert refine["skipped_factors"] == [] and [r["factor"] for r in refine["levels"]] == [4, 2, 1]
+
+
+def test_a_skip_flag_that_is_not_a_bool_is_refused(tmp_path):
+    with pytest.raises(BundleError, match="skip_covered"):
+        _with_profiles(tmp_path, {"cpu": {"levels": 2, "skip_covered": "yes"}})
+    with pytest.raises(ValueError, match="skip_covered"):
+        NetworkOptions(skip_covered=1)

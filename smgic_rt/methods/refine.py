@@ -348,12 +348,12 @@ def _level_fits(factor: int, shape) -> bool:
     return 2 ** times == factor and not any(n % factor or n // factor < 4 for n in shape)
 
 
-def _run_levels(fixed, moving, start_velocity, options: RefineOptions, deadline):
-    """Coarse to fine over ``options.levels``; returns (per-level records, velocity on the grid given)."""
+def _run_levels(fixed, moving, start_velocity, run, options: RefineOptions, deadline):
+    """Coarse to fine over the levels `run`; returns (per-level records, velocity on the grid given)."""
     xp = ops.array_namespace(fixed, moving, start_velocity)
     levels = []
     v_full = start_velocity.copy()
-    for level in options.levels:
+    for level in run:
         factor = level.factor
         if not _level_fits(factor, fixed.shape):
             continue
@@ -375,13 +375,16 @@ def _run_levels(fixed, moving, start_velocity, options: RefineOptions, deadline)
     return levels, v_full
 
 
-def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = RefineOptions()) -> RefineResult:
+def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = RefineOptions(),
+                    covered: float | None = None) -> RefineResult:
     """Refine `velocity` (3, X, Y, Z), voxels of the model grid, zeros when None) for this pair.
 
     `fixed`, `moving`: model-grid images (X, Y, Z), intensities about [0, 1]; all numpy or
     all cupy (then the refinement runs on their GPU and returns a cupy velocity). The budget is
     ``level.iterations`` per level; ``options.max_seconds`` optionally stops the refinement
-    where it is (its best so far) after that much wall-clock time.
+    where it is (its best so far) after that much wall-clock time. `covered`: the grid factor
+    that the given velocity was made on (a network's last level); levels at least that coarse
+    are skipped while that velocity is the start, and all run when zero replaces it.
     """
     fixed, moving, start_velocity = _check(fixed, moving, velocity)
     if options.levels[-1].factor < 1:
@@ -395,10 +398,15 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
     # The objective is judged on the grid given, as the last level defines it.
     judged = options.levels[-1]
     start = "given"
-    choose_start = options.zero_if_better and bool(xp.any(start_velocity))
+    given_nonzero = bool(xp.any(start_velocity))
+    choose_start = options.zero_if_better and given_nonzero
+    # The levels run from the given start: without those the velocity already covers.
+    from_given = options.levels
+    if covered is not None and given_nonzero:
+        from_given = tuple(level for level in options.levels if level.factor < covered)
     # A first level on the model grid with the judged settings evaluates the start itself, and
     # its record says what it found: one evaluation fewer. Otherwise the start is evaluated here.
-    fitting = [level for level in options.levels if _level_fits(level.factor, fixed.shape)]
+    fitting = [level for level in from_given if _level_fits(level.factor, fixed.shape)]
     start_in_first_level = (not choose_start and bool(fitting) and fitting[0].factor == 1
                             and fitting[0].settings == judged.settings)
     if not start_in_first_level:
@@ -408,8 +416,9 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
         zero_value = _evaluate(fixed, moving, zero, judged, options)[:2]
         if zero_value[0] < given_value[0]:
             start_velocity, start_value, start = zero, zero_value, "zero"
+    run = from_given if start == "given" else options.levels
     with ops.inputs_known_finite():  # _check made them finite; the kernels keep them so
-        levels, v_full = _run_levels(fixed, moving, start_velocity, options, deadline)
+        levels, v_full = _run_levels(fixed, moving, start_velocity, run, options, deadline)
     if start_in_first_level:
         start_value = given_value = (levels[0]["objective_before"], levels[0]["ncc_before"])
     # A last level on the model grid has already evaluated v_full.
@@ -425,6 +434,7 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
         "objective_after": end_value[0] if kept else start_value[0],
         "ncc_after": end_value[1] if kept else start_value[1],
         "kept_refinement": bool(kept),
+        "skipped_factors": [level.factor for level in options.levels if level not in run],
         "iterations": int(sum(r["iterations"] for r in levels)),
         "seconds": time.perf_counter() - started,
     }

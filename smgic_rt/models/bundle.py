@@ -134,6 +134,15 @@ class Bundle:
         profile = (self.config.get("profiles") or {}).get(device)
         return self.num_levels if profile is None else int(profile["levels"])
 
+    def profile_skips_covered(self, device: str) -> bool:
+        """Whether, on `device`, the refinement skips its levels that the network's last level
+        already covers (config.json's measured ``profiles[device]["skip_covered"]``; False
+        where the bundle records none)."""
+        if device not in PROFILE_DEVICES:
+            raise ValueError(f"device must be one of {list(PROFILE_DEVICES)}, got {device!r}")
+        profile = (self.config.get("profiles") or {}).get(device)
+        return bool(profile.get("skip_covered", False)) if profile is not None else False
+
     @property
     def level_paths(self) -> tuple[Path, ...]:
         """Paths of the ONNX graphs, level 1 (coarsest) first."""
@@ -221,6 +230,9 @@ def _validate_config(config, source) -> tuple[str, ...]:
         if not is_int(count) or not 0 <= count <= len(levels):
             raise BundleError(f"{source}: config.json profiles[{device!r}]['levels'] must be an int in "
                               f"0..{len(levels)}, got {count!r}")
+        if not isinstance(profile.get("skip_covered", False), bool):
+            raise BundleError(f"{source}: config.json profiles[{device!r}]['skip_covered'] must be true or false, "
+                              f"got {profile['skip_covered']!r}")
     for name in files:
         # Only plain names: a bundle must never point outside its own folder.
         if not isinstance(name, str) or name != Path(name).name or name in ("", ".", ".."):

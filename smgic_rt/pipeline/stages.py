@@ -141,12 +141,19 @@ class PreprocessStage(Stage):
 class NetworkOptions:
     """``levels``: run the network's levels 1..levels (coarsest first) and upsample the last
     velocity to the model grid; None: the bundle's measured profile for this hardware under
-    ``network="auto"``, every level under ``"on"``."""
+    ``network="auto"``, every level under ``"on"``.
+
+    ``skip_covered``: the refinement then skips its levels at least as coarse as the network's
+    last level (the network did their work; all of them run when the refinement finds the
+    network's field worse than none); None: as the bundle's profile for this hardware says."""
 
     levels: int | None = None
+    skip_covered: bool | None = None
 
     def __post_init__(self):
         check_int(self.levels, "network levels", minimum=1, allow_none=True)
+        if self.skip_covered is not None and not isinstance(self.skip_covered, bool):
+            raise ValueError(f"network skip_covered must be True, False or None, got {self.skip_covered!r}")
 
 
 class NetworkStage(Stage):
@@ -172,6 +179,8 @@ class NetworkStage(Stage):
         elif levels > bundle.num_levels:
             raise ValueError(f"network levels must be at most the bundle's {bundle.num_levels}, got {levels}")
         self.levels = levels
+        skip = self.options.skip_covered
+        self.skip_covered = bundle.profile_skips_covered(profile) if skip is None else skip
         self.not_run_reason = None
         if self.mode == "auto" and levels == 0:
             self.not_run_reason = (f"the bundle's {profile} profile runs no levels: measured, the network does not "
@@ -192,7 +201,10 @@ class NetworkStage(Stage):
                                                      levels=self.levels)
         state.velocity = as_field(state.xp.asarray(velocity), "network velocity")  # a host array
         state.velocity_grid = state.model_grid
-        return {"seconds": timings, "levels": self.levels, "profile": self.profile}
+        # The grid factor (relative to the model grid) of the network's last level.
+        state.network_covers = 2 ** (self.bundle.num_levels - self.levels) if self.skip_covered else None
+        return {"seconds": timings, "levels": self.levels, "profile": self.profile,
+                "refinement_covered_factor": state.network_covers}
 
 
 class RefineStage(Stage):
@@ -217,7 +229,8 @@ class RefineStage(Stage):
             velocity = state.velocity
             if velocity is not None and tuple(velocity.shape[1:]) != tuple(grid.shape):
                 velocity = ops.upsample_field(state.xp.ascontiguousarray(velocity), grid.shape)
-            refined = refine_velocity(fixed, moving, velocity, options=options)
+            refined = refine_velocity(fixed, moving, velocity, options=options,
+                                      covered=state.network_covers if factor == 1 else None)
             state.velocity, state.velocity_grid = as_field(refined.velocity, "refined velocity"), grid
             records.append(refined.stats if factor == 1 else
                            {**refined.stats, "grid_shape": list(grid.shape), "spacing_mm": list(grid.spacing)})

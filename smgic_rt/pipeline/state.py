@@ -65,6 +65,9 @@ class PairState:
     ``velocity``, ``velocity_grid``
         Stationary velocity (3, X, Y, Z) and the `Grid` it lives on, in that grid's voxels:
         the model grid (network), or the grid of the refinement's last level (refine).
+    ``network_covers``
+        The grid factor of the network's last level when the refinement is to skip the levels
+        it covers (network), else None.
     ``forward_model``, ``inverse_model``
         ``exp(v)`` and ``exp(-v)`` on ``velocity_grid`` (integrate).
     ``forward_ras``
@@ -100,6 +103,7 @@ class PairState:
     # network, refine
     velocity: np.ndarray | None = None
     velocity_grid: Grid | None = None
+    network_covers: float | None = None
     # integrate
     forward_model: np.ndarray | None = None
     inverse_model: np.ndarray | None = None
