@@ -177,18 +177,12 @@ def _run_apply(args) -> int:
     if not output.parent.is_dir():
         raise FileNotFoundError(f"output folder '{output.parent}' does not exist")
     reference = io.load_volume(args.reference, name="reference image", allow_constant=True)
-    if args.interpolation == "label":
-        image = io.load_label_map(args.input, name="input label map")
-    else:
-        image = io.load_volume(args.input, name="input image", allow_constant=True)
+    image = io.load_for_resampling(args.input, args.interpolation,
+                                   name="input label map" if args.interpolation == "label" else "input image")
     data, affine = transforms.apply_displacement_field(
         args.transform, image, interpolation=args.interpolation, reference=(reference.shape, reference.affine)
     )
-    import numpy as np
-
-    if args.interpolation == "label" or (args.interpolation == "nearest" and np.all(image.data == np.rint(image.data))):
-        data = np.rint(data).astype(np.int32)
-    io.save_image_atomic(io.make_nifti(np.asarray(data), affine), output)
+    io.save_image_atomic(io.make_nifti(data, affine), output)
     logger.info("wrote %s", output)
     return EXIT_OK
 

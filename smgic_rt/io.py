@@ -44,6 +44,7 @@ __all__ = [
     "Volume",
     "load_volume",
     "load_label_map",
+    "load_for_resampling",
     "load_mask",
     "check_overlap",
     "overlap_fraction",
@@ -119,8 +120,11 @@ class Volume:
 
 
 def make_nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
-    """A NIfTI-1 image whose sform and qform both carry `affine` (code 1, scanner)."""
-    image = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
+    """A NIfTI-1 image whose sform and qform both carry `affine` (code 1, scanner); 64-bit
+    integer data (label maps beyond int32) is written as such."""
+    data = np.asarray(data)
+    wide = data.dtype in (np.dtype(np.int64), np.dtype(np.uint64))
+    image = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64), dtype=data.dtype if wide else None)
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
     return image
@@ -474,16 +478,30 @@ def load_volume(image, *, name: str = "image", allow_constant: bool = False, min
 
 def load_label_map(image, *, name: str = "label map", like: Volume | None = None,
                    min_overlap: float = MIN_OVERLAP_FRACTION) -> Volume:
-    """Load and validate an integer label map; returns int32 data.
+    """Load and validate an integer label map; returns its labels exactly, in its integer type.
 
-    Float files are accepted only when every value is an integer (NIfTI label maps are often
-    stored as float32); a non-integer value means this is not a label map. With `like` (the
-    image the labels belong to), a label map that does not overlap it is refused (see
-    `check_overlap`) before any work.
+    Integer files keep their type (int8 ... int64, uint8 ... uint64 up to 2^63 - 1), so labels
+    of any size survive: they are warped as integers (`ops.warp_labels`) and written back in that
+    type. Float files are accepted only when every value is an integer (NIfTI label maps are
+    often stored as float32) and become int32 (int64 beyond its range); a non-integer value
+    means this is not a label map. With `like` (the image the labels belong to), a label map
+    that does not overlap it is refused (see `check_overlap`) before any work.
     """
     data, affine, source = _as_array_and_affine(image, name)
     data = _squeeze_to_3d(data, name)
     affine = check_affine(affine, name)
+    data = _integer_labels(data, name)
+    labels = Volume(np.ascontiguousarray(data), affine, name, source)
+    if like is not None:
+        check_overlap(labels, like, name=name, min_fraction=min_overlap)
+    return labels
+
+
+def _integer_labels(data: np.ndarray, name: str) -> np.ndarray:
+    """`data` as integer labels: integer types as they are, floats with integer values as int32
+    (int64 when they do not fit), booleans as uint8."""
+    if data.dtype.kind == "b":
+        return data.astype(np.uint8)
     if data.dtype.kind == "f":
         _check_finite(data, name)
         rounded = np.rint(data)
@@ -494,15 +512,32 @@ def load_label_map(image, *, name: str = "label map", like: Volume | None = None
                 f"{name} must hold integer labels, got {int(off.sum())} non-integer voxels (e.g. {example}); "
                 "is this an intensity image?"
             )
-        data = rounded
-    elif data.dtype.kind not in "biu":
+        int64 = np.iinfo(np.int64)
+        if data.size and (rounded.min() < int64.min or rounded.max() >= int64.max):
+            raise InvalidImageError(f"{name}: labels must fit in int64, got range [{rounded.min()}, {rounded.max()}]")
+        fits_int32 = not data.size or (rounded.min() >= np.iinfo(np.int32).min and rounded.max() <= np.iinfo(np.int32).max)
+        return rounded.astype(np.int32 if fits_int32 else np.int64)
+    if data.dtype.kind not in "iu":
         raise InvalidImageError(f"{name} must hold integer labels, got dtype {data.dtype}")
-    if data.size and (data.min() < np.iinfo(np.int32).min or data.max() > np.iinfo(np.int32).max):
-        raise InvalidImageError(f"{name}: labels must fit in int32, got range [{data.min()}, {data.max()}]")
-    labels = Volume(np.ascontiguousarray(data, dtype=np.int32), affine, name, source)
-    if like is not None:
-        check_overlap(labels, like, name=name, min_fraction=min_overlap)
-    return labels
+    if data.dtype == np.uint64 and data.size and data.max() > np.iinfo(np.int64).max:
+        raise InvalidImageError(f"{name}: labels must fit in int64, got values up to {data.max()}")
+    return data
+
+
+def load_for_resampling(image, interpolation: str, *, name: str = "input image") -> Volume:
+    """Load what `smgic-apply` or `RegistrationResult.apply` resamples with `interpolation`.
+
+    "label", and "nearest" on integer data (an integer file, or floats whose every value is an
+    integer), give a label map (`load_label_map`: integer values kept exactly, in their type);
+    anything else an intensity image (`load_volume`, constant images allowed).
+    """
+    data, affine, source = _as_array_and_affine(image, name)
+    volume = Volume(data, affine, name, source)
+    integer_valued = data.dtype.kind in "iub" or (
+        data.dtype.kind == "f" and bool(np.all(np.isfinite(data))) and bool(np.all(data == np.rint(data))))
+    if interpolation == "label" or (interpolation == "nearest" and integer_valued):
+        return load_label_map(volume, name=name)
+    return load_volume(volume, name=name, allow_constant=True)
 
 
 def load_mask(image, *, like: Volume, name: str = "mask") -> Volume:

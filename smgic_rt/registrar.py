@@ -109,11 +109,9 @@ class RegistrationResult:
             raise ValueError(f"interpolation must be one of {list(transforms.INTERPOLATIONS)}, got {interpolation!r}")
         from . import ops
 
-        volume, is_labels = _load_for_apply(image, interpolation)
+        volume = io.load_for_resampling(image, interpolation, name="input label map" if interpolation == "label" else "input image")
         with ops.cpu_threads(self.threads):
             data = transforms.warp_image(volume.data, volume.affine, self.forward_ras, self.fixed.affine, interpolation)
-        if is_labels and data.dtype != np.int32:  # "label" comes back as int32 already
-            data = np.rint(data).astype(np.int32)
         return io.make_nifti(np.ascontiguousarray(data), self.fixed.affine)
 
     def assess(self, moving_labels=None) -> dict:
@@ -188,15 +186,6 @@ class RegistrationResult:
         if qc:
             qc_report.write_pair_page(folder, self)
         outputs.write_manifest(folder)
-
-
-def _load_for_apply(image, interpolation: str):
-    """(Volume, is_labels) for `RegistrationResult.apply`."""
-    if interpolation == "label":
-        return volume_or_load(image, io.load_label_map, name="input label map"), True
-    volume = volume_or_load(image, io.load_volume, name="input image", allow_constant=True)
-    is_labels = interpolation == "nearest" and bool(np.all(volume.data == np.rint(volume.data)))
-    return volume, is_labels
 
 
 class Registrar:
