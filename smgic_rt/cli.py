@@ -169,13 +169,10 @@ def _run_register(args) -> int:
 
 
 def _run_apply(args) -> int:
-    from . import io, transforms
+    from . import io, outputs, transforms
 
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise io.OutputExistsError(f"output '{output}' already exists (pass --overwrite to replace it)")
-    if not output.parent.is_dir():
-        raise FileNotFoundError(f"output folder '{output.parent}' does not exist")
+    output = outputs.check_output_file(args.output, overwrite=args.overwrite,
+                                       protected=(args.transform, args.reference, args.input))
     reference = io.load_volume(args.reference, name="reference image", allow_constant=True)
     image = io.load_for_resampling(args.input, args.interpolation,
                                    name="input label map" if args.interpolation == "label" else "input image")

@@ -27,8 +27,8 @@ from pathlib import Path
 from . import __version__, atomic
 from .io import OutputExistsError
 
-__all__ = ["MANIFEST_NAME", "check_output_dir", "write_manifest", "read_manifest", "remove_stale_staging",
-           "OutputFolderError"]
+__all__ = ["MANIFEST_NAME", "check_output_dir", "check_output_file", "write_manifest", "read_manifest",
+           "remove_stale_staging", "OutputFolderError"]
 
 MANIFEST_NAME = "manifest.json"
 _WRITER = "smgic_rt"
@@ -137,6 +137,35 @@ def check_output_dir(outdir, *, overwrite: bool = False, protected=()) -> Path:
     probe.rmdir()
     remove_stale_staging(parent, [outdir.name])
     return outdir
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_file(output, *, overwrite: bool = False, protected=()) -> Path:
+    """Fail before any work when the single file `output` cannot be written or replaced.
+
+    `protected`: the run's input paths; an output that is one of them (the same path, a link to
+    it or a hard link) is refused even with ``overwrite``: a writer never replaces its own input.
+    Raises OutputFolderError, OutputExistsError or FileNotFoundError, each saying why.
+    """
+    output = Path(os.fspath(output)).expanduser().absolute()
+    for path in protected:
+        if path is not None and _same_file(output, Path(os.fspath(path)).expanduser()):
+            raise OutputFolderError(f"refusing to write '{output}': it is the input '{path}' of this run "
+                                    "(--overwrite never replaces an input); choose another output name")
+    if output.exists() or output.is_symlink():
+        if not overwrite:
+            raise OutputExistsError(f"output '{output}' already exists (pass --overwrite to replace it)")
+        if output.is_dir():
+            raise IsADirectoryError(f"output '{output}' is a folder, not a file")
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"output folder '{output.parent}' does not exist")
+    return output
 
 
 def _process_alive(pid: int) -> bool:

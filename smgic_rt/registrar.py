@@ -66,6 +66,9 @@ class RegistrationResult:
         The forward transform on the fixed image's own grid (what `apply` reads).
     threads : int or None
         CPU threads that `apply` and `save` use: the Registrar's ``threads`` (None: all cores).
+    input_sources : tuple of str
+        The files every input of the run (images and masks) was read from: `save` never
+        replaces a folder holding one.
     """
 
     warped: nib.Nifti1Image
@@ -78,6 +81,7 @@ class RegistrationResult:
     inverse_field: tuple = field(repr=False)
     forward_ras: np.ndarray = field(repr=False)
     threads: int | None = field(default=None, repr=False)
+    input_sources: tuple = field(default=(), repr=False)
 
     @property
     def forward_transform(self) -> nib.Nifti1Image:
@@ -142,7 +146,7 @@ class RegistrationResult:
         if labels is not None:  # before any work: labels that miss their image would warp to nothing
             io.check_overlap(labels, self.moving, name="moving labels")
             self.assess(moving_labels=labels)  # the flag now also judges the labels against their image
-        sources = (self.fixed.source, self.moving.source, None if labels is None else labels.source)
+        sources = (*self.input_sources, self.fixed.source, self.moving.source, None if labels is None else labels.source)
         outdir = outputs.check_output_dir(outdir, overwrite=overwrite, protected=sources)
         with atomic.atomic_dir(outdir, replace=overwrite) as staging:
             self._write_into(staging, labels, qc)
@@ -363,6 +367,8 @@ class Registrar:
             inverse_field=(to_host(state.inverse_field[0]), state.inverse_field[1]),
             forward_ras=to_host(state.forward_ras),
             threads=self.threads,
+            input_sources=tuple(v.source for v in (state.fixed, state.moving, state.fixed_mask, state.moving_mask)
+                                if v is not None and v.source is not None),
         )
 
 
