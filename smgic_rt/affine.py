@@ -37,6 +37,25 @@ class AffineOptions:
     radius_mm: float = 60.0                     # lever arm that turns angles, scales, shears into mm
     moments: bool = True                        # principal-axes candidates at the start
 
+    def __post_init__(self):
+        from .validation import check_integer, check_number, per_level_values
+
+        resolutions = per_level_values(self.resolutions)
+        if not resolutions:
+            raise ValueError(f"AffineOptions.resolutions must name at least one resolution, got {self.resolutions!r}")
+        for spacing in resolutions:
+            check_number("AffineOptions", "resolutions", spacing, above=0)
+        for name in ("rigid_iterations", "affine_iterations"):
+            counts = per_level_values(getattr(self, name))
+            if len(counts) != len(resolutions):  # zip would silently drop levels
+                raise ValueError(f"AffineOptions.{name} must give one count per resolution ({len(resolutions)}, as "
+                                 f"resolutions {self.resolutions!r}), got {getattr(self, name)!r}")
+            for count in counts:
+                check_integer("AffineOptions", name, count, minimum=0)
+        check_number("AffineOptions", "radius_mm", self.radius_mm, above=0)
+        if not isinstance(self.moments, bool):
+            raise ValueError(f"AffineOptions.moments must be True or False, got {self.moments!r}")
+
 
 @dataclass
 class AffineResult:

@@ -211,6 +211,13 @@ def _foreground(volume: np.ndarray) -> np.ndarray:
     return volume > FOREGROUND_FRACTION
 
 
+def _less_background(data: np.ndarray) -> np.ndarray:
+    from .preprocess import background_level
+
+    level = background_level(data)
+    return data - np.float32(level) if level else data
+
+
 def _data(image) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(image.dataobj, dtype=np.float32), np.asarray(image.affine, dtype=np.float64)
 
@@ -258,7 +265,8 @@ def _label_overlap(labels, moving_data: np.ndarray, moving_affine: np.ndarray, s
     inside_count = float(np.all((coordinates >= -0.5) & (coordinates <= limits), axis=0).sum())
     # on the foreground: the moving image's foreground on its own measurement grid, read there
     moving_fine_shape, moving_fine, moving_grid = _measurement_grid(moving_data.shape, moving_affine, spacing_mm)
-    foreground_moving = _foreground(_scaled(_sample(moving_data, moving_fine, moving_fine_shape))).astype(np.float32)
+    foreground_moving = _foreground(_scaled(_sample(_less_background(moving_data), moving_fine,
+                                                    moving_fine_shape))).astype(np.float32)
     to_grid = np.linalg.inv(moving_grid) @ volume.affine @ fine
     foreground = ops.affine_resample(np.ascontiguousarray(foreground_moving[None]), to_grid, fine_shape)[0] > 0.5
     count = float(labelled.sum())
@@ -275,6 +283,12 @@ def measure(result, *, moving_labels=None, spacing_mm: float = 4.0) -> dict:
     fixed, fixed_affine = _data(result.fixed_image)
     moving, moving_affine = _data(result.moving_image)
     warped, _ = _data(result.warped)
+    # Measured as registered: each image less its background level (0 for a zero background).
+    from .preprocess import background_level
+
+    fixed = _less_background(fixed)
+    moving_level = background_level(moving)
+    moving, warped = (moving - np.float32(moving_level), warped - np.float32(moving_level)) if moving_level else (moving, warped)
     fine_shape, fine, grid_affine = _measurement_grid(fixed.shape, fixed_affine, spacing_mm)
     fixed_c = _scaled(_sample(fixed, fine, fine_shape))
     warped_c = _scaled(_sample(warped, fine, fine_shape))

@@ -323,16 +323,39 @@ def _check_qform_sform(header, shape, name: str, source) -> None:
     )
 
 
+def image_affine(image, name: str = "image", source=None) -> np.ndarray:
+    """The voxel -> RAS+ mm affine of a nibabel image as ITK/ANTs read it.
+
+    That is nibabel's affine, except for a NIfTI header with neither a qform nor an sform
+    (both codes 0): nibabel then makes up a centred, x-flipped affine, while ITK/ANTs take the
+    voxel sizes alone (origin at voxel 0, LPS-aligned axes), so our outputs would not line up
+    with the input in ITK/ANTs. We read it as ITK does and warn (HeaderWarning).
+    """
+    header = getattr(image, "header", None)
+    if isinstance(header, nib.nifti1.Nifti1Header) and not int(header["qform_code"]) and not int(header["sform_code"]):
+        sizes = [abs(float(v)) or 1.0 for v in header["pixdim"][1:4]]
+        warnings.warn(
+            f"{name}{_where(source)}: the header has neither a qform nor an sform (both codes 0); read as ITK/ANTs "
+            f"read it: voxel sizes {sizes} mm, origin at voxel 0, axes along LPS (nibabel alone would centre and "
+            "flip it); set a qform or sform to place the image in the world",
+            HeaderWarning,
+            stacklevel=3,
+        )
+        return np.diag([-sizes[0], -sizes[1], sizes[2], 1.0])
+    return np.asarray(image.affine, dtype=np.float64)
+
+
 def _as_array_and_affine(image, name: str):
     """(data, affine, source) from a path, a nibabel image or an (array, affine) pair."""
     if isinstance(image, Volume):
         return image.data, image.affine, image.source
     if isinstance(image, (str, os.PathLike)):
         loaded, source = open_image(image, name)
-        return read_voxels(loaded, name, source), np.asarray(loaded.affine, dtype=np.float64), source
+        return read_voxels(loaded, name, source), image_affine(loaded, name, source), source
     if isinstance(image, nib.spatialimages.SpatialImage):
         check_header(image, name, image.get_filename(), file_forms=False)
-        return read_voxels(image, name, image.get_filename()), np.asarray(image.affine, dtype=np.float64), image.get_filename()
+        source = image.get_filename()
+        return read_voxels(image, name, source), image_affine(image, name, source), source
     if isinstance(image, (tuple, list)) and len(image) == 2:
         data, affine = image
         try:

@@ -135,6 +135,36 @@ class RefineOptions:
             raise ValueError(f"antialias must be in [0, 1], got {self.antialias!r}")
         if not isinstance(self.fine_iterations, int) or isinstance(self.fine_iterations, bool) or self.fine_iterations < 0:
             raise ValueError(f"fine_iterations must be an int >= 0, got {self.fine_iterations!r}")
+        self._check_numbers()
+
+    def _check_numbers(self):
+        """Every numeric field finite and in range, every level given once (issue 36)."""
+        from .validation import check_integer, check_number, per_level_values
+
+        owner = "RefineOptions"
+        factors = per_level_values(self.factors)
+        if not factors or any(not isinstance(f, int) or isinstance(f, bool) or f < 1 or f & (f - 1) for f in factors):
+            raise ValueError(f"{owner}.factors must be powers of 2 (1, 2, 4, ...), at least one, got {self.factors!r}")
+        iterations = per_level_values(self.iterations)
+        if len(iterations) != len(factors):
+            raise ValueError(f"{owner}.iterations must give one count per level ({len(factors)}, as factors "
+                             f"{self.factors!r}), got {self.iterations!r}")
+        for count in iterations:
+            check_integer(owner, "iterations", count, minimum=0)
+        for sigma in per_level_values(self.fluid_sigma):
+            check_number(owner, "fluid_sigma", sigma, minimum=0)
+        for weight in per_level_values(self.reg):
+            check_number(owner, "reg", weight, minimum=0)
+        if any(not isinstance(flag, bool) for flag in per_level_values(self.symmetric)):
+            raise ValueError(f"{owner}.symmetric must be True/False or one per level, got {self.symmetric!r}")
+        check_number(owner, "elastic_sigma", self.elastic_sigma, minimum=0)
+        check_number(owner, "step", self.step, above=0)
+        check_number(owner, "min_step", self.min_step, above=0)
+        check_number(owner, "plateau", self.plateau, minimum=0)
+        check_integer(owner, "steps", self.steps, minimum=1, maximum=30)
+        check_number(owner, "eps", self.eps, above=0)
+        check_integer(owner, "boundary", self.boundary, minimum=0)
+        check_number(owner, "max_seconds", self.max_seconds, above=0, allow_none=True)
 
 
 @dataclass
