@@ -28,7 +28,7 @@ from . import __version__, atomic
 from .io import OutputExistsError
 
 __all__ = ["MANIFEST_NAME", "check_output_dir", "check_output_file", "write_manifest", "read_manifest",
-           "remove_stale_staging", "OutputFolderError"]
+           "set_aside_changed_output", "remove_stale_staging", "OutputFolderError"]
 
 MANIFEST_NAME = "manifest.json"
 _WRITER = "smgic_rt"
@@ -81,6 +81,31 @@ def read_manifest(folder, *, allow_missing: bool = False) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return manifest
+
+
+def set_aside_changed_output(folder) -> Path | None:
+    """Move an output folder of ours that was changed by hand out of the way, deleting nothing.
+
+    A folder whose ``manifest.json`` smgic_rt wrote but whose files no longer match it (a file
+    edited or added) cannot be replaced (`check_output_dir`); a cohort rerun redoes such a pair
+    after renaming the folder to ``<name>.changed-<k>`` beside it. Returns that new path, or
+    None when there is nothing to move (no folder, an intact one, or one that is not ours).
+    """
+    folder = Path(os.fspath(folder))
+    if folder.is_symlink() or not folder.is_dir() or read_manifest(folder, allow_missing=True) is not None:
+        return None
+    try:
+        ours = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8")).get("written_by") == _WRITER
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        return None
+    k = 1
+    while folder.with_name(f"{folder.name}.changed-{k}").exists():
+        k += 1
+    target = folder.with_name(f"{folder.name}.changed-{k}")
+    os.rename(folder, target)
+    return target
 
 
 def _is_within(path: Path, folder: Path) -> bool:
