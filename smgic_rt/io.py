@@ -258,9 +258,28 @@ def _check_spatial_units(header, name: str, source) -> None:
         )
 
 
+# Deflate (gzip, .mgz) cannot expand data by more than this: a 258-byte match costs at least
+# 2 bits, so compressed bytes times this bounds what a .gz can hold.
+DEFLATE_MAX_RATIO = 1032
+
+
 def _check_not_truncated(image, name: str, source, data_bytes: int) -> None:
-    """An uncompressed file must hold every byte its header promises (cheap: one stat)."""
-    if not source or str(source).lower().endswith((".gz", ".mgz", ".bz2", ".zst")):
+    """A file must be able to hold every byte its header promises (cheap: one stat): exactly for
+    an uncompressed file, within deflate's largest ratio for a gzip one."""
+    lower = str(source).lower() if source else ""
+    if lower.endswith((".gz", ".mgz")):
+        try:
+            compressed = os.path.getsize(source)
+        except OSError:
+            return
+        if data_bytes > compressed * DEFLATE_MAX_RATIO:
+            raise InvalidImageError(
+                f"{name} '{source}': the header promises {data_bytes} bytes of voxel data, more than a "
+                f"{compressed}-byte gzip file can hold (at most {compressed * DEFLATE_MAX_RATIO}); a broken header "
+                "or a truncated file"
+            )
+        return
+    if not source or lower.endswith((".bz2", ".zst")):
         return  # the size of compressed data is unknown until it is read; read errors say it then
     offset = getattr(getattr(image, "dataobj", None), "offset", None)
     if offset is None:

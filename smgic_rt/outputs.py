@@ -154,6 +154,7 @@ def check_output_dir(outdir, *, overwrite: bool = False, protected=()) -> Path:
     if not parent.is_dir():
         raise FileNotFoundError(f"cannot create output directory '{outdir}': parent folder '{parent}' does not exist")
     # os.access misses read-only mounts, so try the real operation we will need.
+    _check_name_length(outdir)
     try:
         probe = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.probe-", dir=str(parent)))
     except OSError as error:
@@ -191,6 +192,24 @@ def check_output_file(output, *, overwrite: bool = False, protected=()) -> Path:
     if not output.parent.is_dir():
         raise FileNotFoundError(f"output folder '{output.parent}' does not exist")
     return output
+
+
+# Staging and probe folders beside an output are named ".<name>.<kind>-<8 random characters>".
+_STAGING_EXTRA_BYTES = len(".") + len(".probe-") + 8
+
+
+def _check_name_length(outdir: Path) -> None:
+    """A folder name too long for the file system (with the staging folders' additions) is
+    refused as such, not reported as an unwritable parent folder."""
+    try:
+        limit = os.pathconf(str(outdir.parent), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    length = len(os.fsencode(outdir.name))
+    if length + _STAGING_EXTRA_BYTES > limit:
+        raise ValueError(f"output directory name '{outdir.name[:40]}...' is {length} bytes long; at most "
+                         f"{limit - _STAGING_EXTRA_BYTES} fit (the file system allows {limit}, and the staging folder "
+                         "beside it adds to the name)")
 
 
 def _process_alive(pid: int) -> bool:

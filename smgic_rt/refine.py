@@ -29,6 +29,7 @@ objective (the line search compares it) and the largest force per iteration (the
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -436,4 +437,8 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
         "iterations": int(sum(r["iterations"] for r in levels)),
         "seconds": time.perf_counter() - started,
     }
+    if stats["iterations"] == 0 and any(r.get("stop") == "budget" for r in levels):
+        logging.getLogger("smgic_rt").warning(
+            "refinement ran no iteration: its time limit (max_seconds=%g) ran out before the first one; "
+            "the result is the network's (raise --refine-seconds, or leave it unset)", budget)
     return RefineResult(xp.ascontiguousarray(v_full if kept else start_velocity, dtype=np.float32), stats)

@@ -145,14 +145,16 @@ class RegistrationResult:
                                                                      name="moving labels")
         if labels is not None:  # before any work: labels that miss their image would warp to nothing
             io.check_overlap(labels, self.moving, name="moving labels")
-            self.assess(moving_labels=labels)  # the flag now also judges the labels against their image
+        # The flag judges what this save writes: the labels against their image, or no labels
+        # (an earlier save's labels are not these outputs').
+        self.assess(moving_labels=labels)
         sources = (*self.input_sources, self.fixed.source, self.moving.source, None if labels is None else labels.source)
         outdir = outputs.check_output_dir(outdir, overwrite=overwrite, protected=sources)
         with atomic.atomic_dir(outdir, replace=overwrite) as staging:
-            self._write_into(staging, labels, qc)
+            self._write_into(staging, labels, qc, title=outdir.name)
         return outdir
 
-    def _write_into(self, folder: Path, labels: io.Volume | None, qc: bool):
+    def _write_into(self, folder: Path, labels: io.Volume | None, qc: bool, title: str | None = None):
         import time
 
         files = {}
@@ -188,7 +190,7 @@ class RegistrationResult:
         report["files"] = files
         atomic.write_json(folder / "report.json", report)
         if qc:
-            qc_report.write_pair_page(folder, self)
+            qc_report.write_pair_page(folder, self, title=title)  # the output's name, not the staging folder's
         outputs.write_manifest(folder)
 
 
@@ -240,6 +242,8 @@ class Registrar:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        if threads is not None and threads > (os.cpu_count() or 1):  # oversubscribed threads only wait on each other
+            raise ValueError(f"threads must be at most the {os.cpu_count() or 1} CPU threads of this machine, got {threads}")
         if isinstance(refine, (int, float)) and not isinstance(refine, bool):
             raise ValueError(f"refine must be one of ['auto', 'on', 'off'], got {refine!r}; the refinement's budget "
                              "is RefineOptions(iterations=...) (or max_seconds=..., a wall-clock limit)")
