@@ -46,6 +46,7 @@ GRADIENTS = ("window", "exact")
 # of one for all; a finer grid after the levels (`fine_iterations`) takes the last level's value.
 # Each level's record in the stats says the values it ran with.
 PER_LEVEL = ("fluid_sigma", "reg", "symmetric", "gradient", "radius")
+MAX_SIGMA_VOXELS = 50  # widest Gaussian (sigma) and NCC window (radius) a level may ask for
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,10 @@ class RefineOptions:
     max_seconds: float | None = None
 
     def __post_init__(self):
+        factors = self.factors if isinstance(self.factors, tuple) else ()
+        if not factors or any(not isinstance(f, int) or isinstance(f, bool) or f < 1 or f & (f - 1) for f in factors):
+            raise ValueError(f"RefineOptions.factors must be a tuple of powers of 2 (1, 2, 4, ...), at least one, "
+                             f"got {self.factors!r}")
         for name in PER_LEVEL:
             value = getattr(self, name)
             if isinstance(value, tuple) and len(value) != len(self.factors):
@@ -143,28 +148,30 @@ class RefineOptions:
         from .validation import check_integer, check_number, per_level_values
 
         owner = "RefineOptions"
-        factors = per_level_values(self.factors)
-        if not factors or any(not isinstance(f, int) or isinstance(f, bool) or f < 1 or f & (f - 1) for f in factors):
-            raise ValueError(f"{owner}.factors must be powers of 2 (1, 2, 4, ...), at least one, got {self.factors!r}")
+        factors = self.factors  # a tuple of powers of 2: __post_init__ checked it first
         iterations = per_level_values(self.iterations)
         if len(iterations) != len(factors):
             raise ValueError(f"{owner}.iterations must give one count per level ({len(factors)}, as factors "
                              f"{self.factors!r}), got {self.iterations!r}")
         for count in iterations:
             check_integer(owner, "iterations", count, minimum=0)
+        # Upper limits: beyond them a value only costs memory and time or overflows (a Gaussian
+        # wider than any grid, a regulariser a million times the similarity, a step past the grid).
         for sigma in per_level_values(self.fluid_sigma):
-            check_number(owner, "fluid_sigma", sigma, minimum=0)
+            check_number(owner, "fluid_sigma", sigma, minimum=0, maximum=MAX_SIGMA_VOXELS)
         for weight in per_level_values(self.reg):
-            check_number(owner, "reg", weight, minimum=0)
+            check_number(owner, "reg", weight, minimum=0, maximum=1e3)
+        for radius in per_level_values(self.radius):
+            check_integer(owner, "radius", radius, minimum=1, maximum=MAX_SIGMA_VOXELS)
         if any(not isinstance(flag, bool) for flag in per_level_values(self.symmetric)):
             raise ValueError(f"{owner}.symmetric must be True/False or one per level, got {self.symmetric!r}")
-        check_number(owner, "elastic_sigma", self.elastic_sigma, minimum=0)
-        check_number(owner, "step", self.step, above=0)
-        check_number(owner, "min_step", self.min_step, above=0)
-        check_number(owner, "plateau", self.plateau, minimum=0)
+        check_number(owner, "elastic_sigma", self.elastic_sigma, minimum=0, maximum=MAX_SIGMA_VOXELS)
+        check_number(owner, "step", self.step, above=0, maximum=100.0)
+        check_number(owner, "min_step", self.min_step, above=0, maximum=self.step)
+        check_number(owner, "plateau", self.plateau, minimum=0, maximum=1.0)
         check_integer(owner, "steps", self.steps, minimum=1, maximum=30)
-        check_number(owner, "eps", self.eps, above=0)
-        check_integer(owner, "boundary", self.boundary, minimum=0)
+        check_number(owner, "eps", self.eps, above=0, maximum=1.0)
+        check_integer(owner, "boundary", self.boundary, minimum=0, maximum=1000)
         check_number(owner, "max_seconds", self.max_seconds, above=0, allow_none=True)
 
 

@@ -179,7 +179,7 @@ def itk_image_to_displacement(field, *, name: str = "transform") -> tuple[np.nda
     if min(shape[:3]) < 2:
         raise InvalidTransformError(f"{where}: a displacement field needs at least 2 voxels along each axis, got shape {shape}")
     try:
-        affine = io.check_affine(np.asarray(field.affine, dtype=np.float64), where)
+        affine = io.check_affine(io.image_affine(field, name, source), where)  # as ITK reads it
     except InvalidImageError as error:
         raise InvalidTransformError(str(error)) from None
     try:
