@@ -400,18 +400,24 @@ def warp(image, displacement, *, interpolation="linear", padding="zeros"):
     interp_code = _choice(interpolation, "interpolation", _INTERPOLATION)
     pad_code = _choice(padding, "padding", _PADDING)
     image_shape, image_dev = _check_array(image, "image", (4, 5))
+    return _pull("image", image, image_shape, image_dev, displacement, (interp_code, pad_code), "float32", "warp")
+
+
+def _pull(name, image, image_shape, image_dev, displacement, modes, dtype, kernel):
+    """The shared body of `warp` and `warp_labels`: checks the field, allocates the output of
+    `dtype` and runs ``_C.<kernel>`` (or ``_C.<kernel>_cuda`` on CUDA arrays)."""
     field_shape, field_dev = _check_field(displacement, "displacement")
-    on_device = _check_same_kind([("image", image_dev), ("displacement", field_dev)])
-    _check_same_rank("image", image_shape, "displacement", field_shape)
+    on_device = _check_same_kind([(name, image_dev), ("displacement", field_dev)])
+    _check_same_rank(name, image_shape, "displacement", field_shape)
     image5, field5 = _batched(image_shape), _batched(field_shape)
     out_shape = (image5[0], image5[1]) + field5[2:]
-    out = _empty(image, out_shape, on_device)
+    out = _empty(image, out_shape, on_device, dtype=dtype)
     if on_device:
-        device, stream = launch_target(("image", image), ("displacement", displacement))
-        _C.warp_cuda(_ptr(image), image5, _ptr(displacement), _ptr(out), out_shape, interp_code, pad_code,
-                     device, stream)
+        device, stream = launch_target((name, image), ("displacement", displacement))
+        getattr(_C, f"{kernel}_cuda")(_ptr(image), image5, _ptr(displacement), _ptr(out), out_shape, *modes,
+                                      device, stream)
         return out if len(image_shape) == 5 else out[0]
-    _C.warp(_view5(image, False), _view5(displacement, False), out, interp_code, pad_code)
+    getattr(_C, kernel)(_view5(image, False), _view5(displacement, False), out, *modes)
     return _unbatch(out, len(image_shape) == 5)
 
 
@@ -447,19 +453,8 @@ def warp_labels(labels, displacement, *, interpolation="label", padding="zeros")
         raise TypeError(f"labels must be an int64 numpy array or a CUDA array, got {type(labels).__name__}")
     if len(labels_shape) not in (4, 5):
         raise ValueError(f"labels must have 4 or 5 dimensions, got shape {labels_shape}")
-    field_shape, field_dev = _check_field(displacement, "displacement")
-    on_device = _check_same_kind([("labels", labels_on_device), ("displacement", field_dev)])
-    _check_same_rank("labels", labels_shape, "displacement", field_shape)
-    labels5, field5 = _batched(labels_shape), _batched(field_shape)
-    out_shape = (labels5[0], labels5[1]) + field5[2:]
-    out = _empty(labels, out_shape, on_device, dtype="int64")
-    if on_device:
-        device, stream = launch_target(("labels", labels), ("displacement", displacement))
-        _C.warp_labels_cuda(_ptr(labels), labels5, _ptr(displacement), _ptr(out), out_shape, interp_code, pad_code,
-                            device, stream)
-        return out if len(labels_shape) == 5 else out[0]
-    _C.warp_labels(_view5(labels, False), _view5(displacement, False), out, interp_code, pad_code)
-    return _unbatch(out, len(labels_shape) == 5)
+    return _pull("labels", labels, labels_shape, labels_on_device, displacement, (interp_code, pad_code), "int64",
+                 "warp_labels")
 
 
 def _contiguous_strides(shape, itemsize):
