@@ -176,6 +176,17 @@ below and 1.20 / 1.40 above; inverse consistency 0.09 / 0.25 voxels; labels insi
 passes). No measured pair folded or lost similarity to its affine stage, so folding (1e-4 / 1e-2),
 the gain (-0.01 / -0.05) and the affine scales (0.80 / 0.60 below, 1.25 / 1.67 above; adult heads
 differ by about +-15 % in size) and determinant (0.5 / 0, a reflection) are conventions, not fits.
+Added 2026-12-07 (issue 36), same bundle and grid, 6 more registrations:
+backgrounds that are not zero (the demo's moving head minus 50, plus 5000, z-scored; registered
+as zero by `preprocess.background_level`): lncc 0.9437, mask_dice 0.9615-0.9616, inverse
+consistency 0.0508, as the demo itself; ok.
+the demo's moving header turned 180 degrees about x, y and z, affine stage off (the deformable
+stages alone cannot undo it): lncc 0.632 / 0.627 / 0.768, inverse consistency 0.143 / 0.140 /
+0.123, mask_dice 0.772 / 0.761 / 0.946, Jacobian -0.09 to 14.4, -0.58 to 15.9, -0.68 to 15.8.
+The z case broke no single fail limit. Jacobian extremes do not tell it: good pairs reach 0.03
+to 9.3 (scalp and neck). So `TOGETHER`: similarity below its warn limit (0.80) with inverse
+consistency above its warn limit (0.09) fails; no good pair comes near either (0.888 and 0.063
+at worst), and each bad case here does both.
 Reproduce: ``SMGIC_QC_CALIBRATION=1 pytest -s tests/test_flags.py -k calibration``.
 """
 
