@@ -104,10 +104,12 @@ def test_smgic_register_moving_labels_keeps_every_label(tmp_path):
     indices = np.searchsorted(present, aal_values) + 1
     indices[aal_values == 0] = 0
     big = np.iinfo(np.int32).max - np.arange(len(present))[::-1]  # labels near 2^31, increasing
+    huge = 2 ** 40 + 3 * np.arange(len(present))  # int64 labels far beyond 2^31
     nib.save(colin, str(tmp_path / "fixed.nii.gz"))
     nib.save(colin, str(tmp_path / "moving.nii.gz"))
     warped = {}
-    for name, labels in (("indices", indices.astype(np.int32)), ("big", _with_table(indices, np.int32, big))):
+    for name, labels in (("indices", indices.astype(np.int32)), ("big", _with_table(indices, np.int32, big)),
+                         ("huge", _with_table(indices, np.int64, huge))):
         nib.save(io.make_nifti(labels, aal.affine), str(tmp_path / f"{name}.nii.gz"))
         status = cli.register_main([str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nii.gz"),
                                     "-o", str(tmp_path / name), "--moving-labels", str(tmp_path / f"{name}.nii.gz"),
@@ -119,6 +121,8 @@ def test_smgic_register_moving_labels_keeps_every_label(tmp_path):
     small = np.asarray(warped["indices"].dataobj).astype(np.int64)
     assert len(np.unique(small)) > 100  # the AAL's labels are there at 2 mm
     np.testing.assert_array_equal(np.asarray(warped["big"].dataobj), _with_table(small, np.int32, big))
+    assert warped["huge"].get_data_dtype() == np.int64
+    np.testing.assert_array_equal(np.asarray(warped["huge"].dataobj), _with_table(small, np.int64, huge))
 
 
 @pytest.mark.cuda
