@@ -103,9 +103,7 @@ def set_aside_changed_output(folder) -> Path | None:
     k = 1
     while folder.with_name(f"{folder.name}.changed-{k}").exists():
         k += 1
-    target = folder.with_name(f"{folder.name}.changed-{k}")
-    os.rename(folder, target)
-    return target
+    return atomic.rename_to_new(folder, folder.with_name(f"{folder.name}.changed-{k}"))
 
 
 def _is_within(path: Path, folder: Path) -> bool:
