@@ -168,25 +168,17 @@ def _run_register(args) -> int:
 def _run_apply(args) -> int:
     from . import io
     from .geometry import transforms
+    from .io import outputs
 
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise io.OutputExistsError(f"output '{output}' already exists (pass --overwrite to replace it)")
-    if not output.parent.is_dir():
-        raise FileNotFoundError(f"output folder '{output.parent}' does not exist")
+    output = outputs.check_output_file(args.output, overwrite=args.overwrite,
+                                       protected=(args.transform, args.reference, args.input))
     reference = io.load_volume(args.reference, name="reference image", allow_constant=True)
-    if args.interpolation == "label":
-        image = io.load_label_map(args.input, name="input label map")
-    else:
-        image = io.load_volume(args.input, name="input image", allow_constant=True)
+    image = io.load_for_resampling(args.input, args.interpolation,
+                                   name="input label map" if args.interpolation == "label" else "input image")
     data, affine = transforms.apply_displacement_field(
         args.transform, image, interpolation=args.interpolation, reference=(reference.shape, reference.affine)
     )
-    import numpy as np
-
-    if args.interpolation == "label" or (args.interpolation == "nearest" and np.all(image.data == np.rint(image.data))):
-        data = np.rint(data).astype(np.int32)
-    io.save_image_atomic(io.make_nifti(np.asarray(data), affine), output)
+    io.save_image_atomic(io.make_nifti(data, affine), output)
     logger.info("wrote %s", output)
     return EXIT_OK
 

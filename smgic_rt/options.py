@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import numbers
 
 __all__ = ["is_int", "is_number", "check_int", "check_number", "check_choice", "records_given", "given_fields", "merged",
@@ -118,4 +119,5 @@ def check_registrar_options(*, backend="auto", quality="fast", affine="auto", ne
                          "is RefineOptions(levels=...) (or max_seconds=..., a wall-clock limit)")
     return {"backend": backend, "quality": quality, "affine": check_mode(affine, "affine"),
             "network": check_mode(network, "network"), "refine": check_mode(refine, "refine"),
-            "threads": check_int(threads, "threads", minimum=1, allow_none=True)}
+            # Threads beyond the machine's only wait on each other.
+            "threads": check_int(threads, "threads", minimum=1, maximum=os.cpu_count() or 1, allow_none=True)}

@@ -68,6 +68,9 @@ class RegistrationResult:
         The forward transform on the fixed image's own grid (what `apply` reads).
     threads : int or None
         CPU threads that `apply` and `save` use: the Registrar's ``threads`` (None: all cores).
+    input_sources : tuple of str
+        The files every input of the run (images and masks) was read from: `save` never
+        replaces a folder holding one.
     """
 
     warped: nib.Nifti1Image
@@ -80,6 +83,7 @@ class RegistrationResult:
     inverse_field: tuple = field(repr=False)
     forward_ras: np.ndarray = field(repr=False)
     threads: int | None = field(default=None, repr=False)
+    input_sources: tuple = field(default=(), repr=False)
 
     @property
     def forward_transform(self) -> nib.Nifti1Image:
@@ -111,11 +115,9 @@ class RegistrationResult:
             raise ValueError(f"interpolation must be one of {list(transforms.INTERPOLATIONS)}, got {interpolation!r}")
         from .geometry import ops
 
-        volume, is_labels = _load_for_apply(image, interpolation)
+        volume = io.load_for_resampling(image, interpolation, name="input label map" if interpolation == "label" else "input image")
         with ops.cpu_threads(self.threads):
             data = transforms.warp_image(volume.data, volume.affine, self.forward_ras, self.fixed.affine, interpolation)
-        if is_labels and data.dtype != np.int32:  # "label" comes back as int32 already
-            data = np.rint(data).astype(np.int32)
         return io.make_nifti(np.ascontiguousarray(data), self.fixed.affine)
 
     def assess(self, moving_labels=None) -> dict:
@@ -145,14 +147,16 @@ class RegistrationResult:
                                                                      name="moving labels")
         if labels is not None:  # before any work: labels that miss their image would warp to nothing
             io.check_overlap(labels, self.moving, name="moving labels")
-            self.assess(moving_labels=labels)  # the flag now also judges the labels against their image
-        sources = (self.fixed.source, self.moving.source, None if labels is None else labels.source)
+        # The flag judges what this save writes: the labels against their image, or no labels
+        # (an earlier save's labels are not these outputs').
+        self.assess(moving_labels=labels)
+        sources = (*self.input_sources, self.fixed.source, self.moving.source, None if labels is None else labels.source)
         outdir = outputs.check_output_dir(outdir, overwrite=overwrite, protected=sources)
         with atomic.atomic_dir(outdir, replace=overwrite) as staging:
-            self._write_into(staging, labels, qc)
+            self._write_into(staging, labels, qc, title=outdir.name)
         return outdir
 
-    def _write_into(self, folder: Path, labels: io.Volume | None, qc: bool):
+    def _write_into(self, folder: Path, labels: io.Volume | None, qc: bool, title: str | None = None):
         import time
 
         files = {}
@@ -188,17 +192,8 @@ class RegistrationResult:
         report["files"] = files
         atomic.write_json(folder / "report.json", report)
         if qc:
-            qc_report.write_pair_page(folder, self)
+            qc_report.write_pair_page(folder, self, title=title)  # the output's name, not the staging folder's
         outputs.write_manifest(folder)
-
-
-def _load_for_apply(image, interpolation: str):
-    """(Volume, is_labels) for `RegistrationResult.apply`."""
-    if interpolation == "label":
-        return volume_or_load(image, io.load_label_map, name="input label map"), True
-    volume = volume_or_load(image, io.load_volume, name="input image", allow_constant=True)
-    is_labels = interpolation == "nearest" and bool(np.all(volume.data == np.rint(volume.data)))
-    return volume, is_labels
 
 
 class Registrar:
@@ -371,6 +366,8 @@ class Registrar:
             inverse_field=(to_host(state.inverse_field[0]), state.inverse_field[1]),
             forward_ras=to_host(state.forward_ras),
             threads=self.threads,
+            input_sources=tuple(v.source for v in (state.fixed, state.moving, state.fixed_mask, state.moving_mask)
+                                if v is not None and v.source is not None),
         )
 
 

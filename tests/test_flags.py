@@ -46,6 +46,24 @@ def shifted(image: nib.Nifti1Image, mm: float) -> nib.Nifti1Image:
     return nib.Nifti1Image(np.asarray(image.dataobj), affine)
 
 
+def rotated_180(image: nib.Nifti1Image, axis: int) -> nib.Nifti1Image:
+    """The same voxels with the header turned 180 degrees about world `axis` through the image's
+    centre (a head facing backwards or upside down)."""
+    turn = np.diag([-1.0, -1.0, -1.0, 1.0])
+    turn[axis, axis] = 1.0
+    centre = image.affine @ np.r_[(np.asarray(image.shape[:3]) - 1) / 2.0, 1.0]
+    turn[:3, 3] = centre[:3] - turn[:3, :3] @ centre[:3]
+    return nib.Nifti1Image(np.asarray(image.dataobj), turn @ image.affine)
+
+
+def with_background(image: nib.Nifti1Image, kind: str) -> nib.Nifti1Image:
+    """The same image shifted by -50 or +5000, or z-scored by its own statistics."""
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    data = {"minus50": data - 50.0, "plus5000": data + 5000.0,
+            "zscored": (data - data.mean()) / data.std()}[kind].astype(np.float32)
+    return nib.Nifti1Image(data, image.affine)
+
+
 def mirrored(image: nib.Nifti1Image) -> nib.Nifti1Image:
     """The same voxels with left and right swapped in the header (world x negated)."""
     return nib.Nifti1Image(np.asarray(image.dataobj), np.diag([-1.0, 1.0, 1.0, 1.0]) @ image.affine)
@@ -213,6 +231,11 @@ def _calibration_cases():
               ("demo_reverse_mirrored", "mirrored", ch2, mirrored(t1), None)]
     cases += [(f"synthetic{k}_mirrored", "mirrored_same_subject", p.fixed, mirrored(p.moving), None)
               for k, p in enumerate(synthetic[:3])]
+    # Issue 36: backgrounds that are not zero register as the original (ok); a header turned
+    # 180 degrees, registered with the affine stage off, does not register at all (fail).
+    cases += [(f"demo_{kind}", "good", t1, with_background(ch2, kind), aal) for kind in ("minus50", "plus5000", "zscored")]
+    cases += [(f"demo_rotated180_{'xyz'[axis]}_affine_off", "not_registered", t1, rotated_180(ch2, axis), None)
+              for axis in range(3)]
     brains = {"fsl": fsl, "icbm09c": icbm, "sym09a": sym, "ch2brain": stripped[0].fixed}
     for a, fixed in brains.items():
         for b, moving in brains.items():
@@ -224,17 +247,21 @@ def _calibration_cases():
 
 @pytest.mark.skipif(not CALIBRATION_RUN, reason="the calibration takes minutes: set SMGIC_QC_CALIBRATION=1 (or case names)")
 def test_calibration(registrar):
+    from smgic_rt import Registrar
+
     wanted = None if CALIBRATION_RUN == "1" else set(CALIBRATION_RUN.split(","))
+    without_affine = Registrar(threads=2, affine="off")
     wrong = []
     for name, kind, fixed, moving, labels in _calibration_cases():
         if wanted is not None and name not in wanted:
             continue
-        result = registrar.register(fixed, moving)
+        result = (without_affine if kind == "not_registered" else registrar).register(fixed, moving)
         verdict = flags.assess(result, moving_labels=labels, same_subject=kind == "mirrored_same_subject")
         measured = verdict["qc_measurements"]
-        print(name, kind, verdict["flag"], {k: round(v, 4) for k, v in measured.items() if isinstance(v, float)})
+        jacobian = {k: round(result.stats[k], 4) for k in ("jacobian_min", "jacobian_max")}
+        print(name, kind, verdict["flag"], {k: round(v, 4) for k, v in measured.items() if isinstance(v, float)}, jacobian)
         expected = {"good": "ok", "mirrored": None, "brain_on_head": "fail", "head_on_brain": "fail",
-                    "mirrored_same_subject": "fail"}[kind]
+                    "mirrored_same_subject": "fail", "not_registered": "fail"}[kind]
         if expected is not None and verdict["flag"] != expected:
             wrong.append((name, verdict["flag"], verdict["flag_reasons"]))
     assert not wrong, wrong
@@ -259,3 +286,19 @@ def test_smgic_register_warns_on_a_flag_and_fails_on_it_when_asked(brains, tmp_p
     assert set(report["files"].values()) == {p.name for p in (tmp_path / "a").iterdir()} - {"report.json"}
     assert cli.register_main(args + ["-o", str(tmp_path / "b"), "--fail-on-flag"]) == cli.EXIT_FLAGGED
     assert (tmp_path / "b" / "warp.nii.gz").is_file()  # outputs are written all the same
+
+
+def test_a_header_turned_180_degrees_with_the_affine_stage_off_fails(brains):
+    """Issue 36: on e7b1639 this pair (Dice 0.004 at 1 mm) passed as "warn": low similarity and
+    poor inverse consistency, each a warning alone. Together they say it did not register."""
+    from smgic_rt import Registrar
+
+    result = Registrar(threads=2, affine="off").register(brains["head_fixed"], rotated_180(brains["head_moving"], 2))
+    assert result.stats["flag"] == "fail", result.stats["flag_reasons"]
+    assert "did not register" in result.stats["flag_reasons"][0]
+
+
+def test_together_rule_needs_every_piece_of_evidence():
+    low, inconsistent = {"lncc": 0.76}, {"inverse_consistency_voxels_brain_mean": 0.12}
+    assert flags.judge({**low, **inconsistent})["flag"] == "fail"
+    assert flags.judge(low)["flag"] == "warn" and flags.judge(inconsistent)["flag"] == "warn"

@@ -7,10 +7,17 @@ Two properties, for every input:
 1. a loader either accepts it or raises one of our own error types (InvalidImageError and its
    subclass InvalidTransformError, FileNotFoundError): never a numpy, nibabel, zlib or other
    exception;
-2. nothing accepted is silently wrong: an accepted volume is 3-D, float32 (labels int32),
-   finite, with a finite invertible affine whose voxel sizes lie within io's bounds, and equals
-   what nibabel itself reads from the file (voxels and affine); an accepted field has the ITK
-   layout and equals nibabel's reading with the LPS -> RAS sign flip.
+2. nothing accepted is silently wrong: an accepted volume is 3-D, float32, finite, with a
+   finite invertible affine whose voxel sizes lie within io's bounds, and equals what nibabel
+   itself reads from the file (voxels, and the affine as ITK/ANTs read it: nibabel's, except a
+   header with neither qform nor sform, read from the voxel sizes alone); an accepted label map
+   keeps the file's integer type and every value exactly, survives warping (`ops.warp_labels`
+   by whole voxels is a shift of the array) and writing (same type, same values); an accepted
+   field has the ITK layout and equals nibabel's reading with the LPS -> RAS sign flip.
+
+The options of the API are fuzzed too (issue 36): RefineOptions and AffineOptions either refuse
+a value at construction with a ValueError naming the field, or hold only finite, in-range
+numbers, and then a refinement with them runs on a small pair and returns a finite velocity.
 
 CI runs a bounded, reproducible search (200 examples, derandomized). A longer run:
 ``SMGIC_FUZZ_EXAMPLES=5000 pytest -q tests/test_fuzz_inputs.py`` (``SMGIC_FUZZ_RANDOM=1`` draws a
@@ -192,20 +199,70 @@ def _check_geometry(affine):
     np.testing.assert_array_equal(affine[3], [0, 0, 0, 1])
 
 
+def _itk_affine(path):
+    """The affine ITK/ANTs use: nibabel's, but the voxel sizes alone (origin 0, LPS axes) for a
+    NIfTI header with neither qform nor sform (checked against antspyx in
+    tests/test_header_without_forms.py)."""
+    image = nib.load(str(path))
+    header = image.header
+    if not int(header["qform_code"]) and not int(header["sform_code"]):
+        sizes = [abs(float(v)) or 1.0 for v in header["pixdim"][1:4]]
+        return np.diag([-sizes[0], -sizes[1], sizes[2], 1.0])
+    return np.asarray(image.affine, dtype=np.float64)
+
+
+def _label_dtype(path):
+    """The type a label map keeps: the file's integer type (bool as uint8); int32 for float
+    files (int64 when their values do not fit)."""
+    image = nib.load(str(path))
+    stored = np.dtype(image.get_data_dtype())
+    scaled = image.dataobj.slope != 1 or image.dataobj.inter != 0
+    if stored.kind == "b":
+        return np.dtype(np.uint8)
+    if stored.kind in "iu" and not scaled:
+        return stored
+    values = np.rint(image.get_fdata(dtype=np.float64))
+    fits = not values.size or (values.min() >= np.iinfo(np.int32).min and values.max() <= np.iinfo(np.int32).max)
+    return np.dtype(np.int32 if fits else np.int64)
+
+
 def _check_volume(volume, path, dtype):
     assert volume.data.ndim == 3 and volume.data.dtype == dtype and volume.data.flags.c_contiguous
     assert np.all(np.isfinite(volume.data))
     assert min(volume.shape) >= io.MIN_AXIS_VOXELS
     _check_geometry(volume.affine)
-    data, affine = _nibabel_reading(path)
-    np.testing.assert_array_equal(volume.affine, affine)
+    data, _ = _nibabel_reading(path)
+    np.testing.assert_array_equal(volume.affine, _itk_affine(path))
     data = _squeeze(data)
     assert data.shape == volume.shape
-    if dtype == np.int32:
-        np.testing.assert_array_equal(volume.data, np.rint(data))
+    if dtype.kind in "iu":
+        image = nib.load(str(path))
+        if np.dtype(image.get_data_dtype()).kind in "iub" and image.dataobj.slope == 1 and image.dataobj.inter == 0:
+            exact = _squeeze(np.asarray(image.dataobj))  # integers of any size: compared as stored
+            np.testing.assert_array_equal(volume.data, exact.astype(volume.data.dtype))
+            assert np.array_equal(volume.data.astype(object), exact.astype(object))
+        else:
+            np.testing.assert_array_equal(volume.data, np.rint(data))
     else:
         # float32 of nibabel's float64 reading (integers above 2^24 round alike either way).
         np.testing.assert_allclose(volume.data.astype(np.float64), data, rtol=2.0 ** -23, atol=1e-44)
+
+
+def _check_labels_travel(labels, folder):
+    """Warped by whole voxels the labels shift exactly; written, they come back alike."""
+    from smgic_rt import ops
+
+    shift = np.zeros((3, *labels.shape), np.float32)
+    shift[0] = 1.0  # out[x] = labels[x + 1]
+    warped = ops.warp_labels(np.ascontiguousarray(labels.data, dtype=np.int64)[None], shift)[0]
+    expected = np.zeros(labels.shape, np.int64)
+    expected[:-1] = labels.data[1:]
+    np.testing.assert_array_equal(warped, expected)
+    path = Path(folder) / "written_labels.nii.gz"
+    io.save_image_atomic(io.make_nifti(labels.data, labels.affine), path)
+    back = nib.load(str(path))
+    assert np.dtype(back.get_data_dtype()) == labels.data.dtype
+    np.testing.assert_array_equal(np.asarray(back.dataobj), labels.data)
 
 
 def _run(loader, *args, **kwargs):
@@ -228,12 +285,13 @@ def test_loaders_refuse_with_our_errors_or_return_what_nibabel_reads(case):
 
         volume = _run(io.load_volume, path, name="fuzzed image", allow_constant=True)
         if volume is not None:
-            _check_volume(volume, path, np.float32)
+            _check_volume(volume, path, np.dtype(np.float32))
             assert volume.source == str(path)
 
         labels = _run(io.load_label_map, path, name="fuzzed labels")
         if labels is not None:
-            _check_volume(labels, path, np.int32)
+            _check_volume(labels, path, _label_dtype(path))
+            _check_labels_travel(labels, folder)
 
         like = volume or labels
         if like is not None:
@@ -252,8 +310,8 @@ def test_loaders_refuse_with_our_errors_or_return_what_nibabel_reads(case):
             assert image.shape[3:] in ((1, 3), (3,))
             assert image.shape[3:] == (1, 3) or int(image.header["intent_code"]) in (1006, 1007)
             assert ras.dtype == np.float32 and ras.shape == (3, *image.shape[:3]) and np.all(np.isfinite(ras))
-            data, nib_affine = _nibabel_reading(path)
-            np.testing.assert_array_equal(affine, nib_affine)
+            data, _ = _nibabel_reading(path)
+            np.testing.assert_array_equal(affine, _itk_affine(path))
             data = data.reshape(*image.shape[:3], 3)
             for c, sign in enumerate((-1.0, -1.0, 1.0)):
                 np.testing.assert_array_equal(ras[c], (sign * data[..., c]).astype(np.float32))
@@ -279,3 +337,97 @@ def test_the_fuzzer_reaches_both_outcomes():
     assert outcomes["volume"] == {True, False}
     assert outcomes["labels"] == {True, False}
     assert False in outcomes["field"]
+
+
+# ------------------------------------------------------------------ the API's options
+
+odd_numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-3, 70),
+                        st.sampled_from([0, 0.0, -1, -0.5, np.nan, np.inf, -np.inf, True, "1", None]))
+
+
+def _maybe(usual):
+    return sometimes(odd_numbers, usual, one_in=3)
+
+
+def _per_level(usual, count):
+    """One value, or a tuple of (usually) `count` values, any of them odd now and then."""
+    length = sometimes(st.integers(0, 5), st.just(count), one_in=5)
+    return st.one_of(_maybe(usual), length.flatmap(lambda n: st.tuples(*[_maybe(usual)] * n)))
+
+
+@st.composite
+def refine_options(draw):
+    factors = draw(sometimes(st.lists(st.sampled_from([0, 1, 2, 3, 4, 8, -2, 2.0]), max_size=4).map(tuple), (4, 2, 1)))
+    count = len(factors) if isinstance(factors, tuple) else 1
+    return dict(
+        factors=factors,
+        iterations=draw(sometimes(st.lists(st.integers(-2, 4), max_size=5).map(tuple), tuple([2] * count))),
+        fluid_sigma=draw(_per_level(1.5, count)), reg=draw(_per_level(0.05, count)),
+        elastic_sigma=draw(_maybe(0.0)), step=draw(_maybe(0.5)), min_step=draw(_maybe(0.02)),
+        plateau=draw(_maybe(1e-4)), steps=draw(_maybe(7)), eps=draw(_maybe(1e-3)), boundary=draw(_maybe(2)),
+        max_seconds=draw(sometimes(odd_numbers, None, one_in=3)),
+    )
+
+
+def _finite_in_range(options) -> None:
+    from smgic_rt.validation import per_level_values
+
+    for name, low, strict in (("fluid_sigma", 0, False), ("reg", 0, False), ("elastic_sigma", 0, False),
+                              ("step", 0, True), ("min_step", 0, True), ("plateau", 0, False), ("eps", 0, True)):
+        for value in per_level_values(getattr(options, name)):
+            assert not isinstance(value, bool) and np.isfinite(value) and (value > low if strict else value >= low), name
+    assert all(isinstance(f, int) and f >= 1 and f & (f - 1) == 0 for f in options.factors)
+    assert len(per_level_values(options.iterations)) == len(options.factors)
+    assert all(isinstance(n, int) and n >= 0 for n in per_level_values(options.iterations))
+    assert isinstance(options.steps, int) and 1 <= options.steps <= 30
+    assert options.max_seconds is None or (np.isfinite(options.max_seconds) and options.max_seconds > 0)
+
+
+@FUZZ_SETTINGS
+@given(refine_options(), st.integers(0, 2**32 - 1))
+def test_refine_options_refuse_or_run(kwargs, seed):
+    import dataclasses
+
+    from smgic_rt.refine import RefineOptions, refine_velocity
+
+    try:
+        options = RefineOptions(**kwargs)
+    except ValueError as error:
+        assert str(error).startswith("RefineOptions.") or " must " in str(error), error
+        return
+    _finite_in_range(options)
+    rng = np.random.default_rng(seed)
+    fixed = rng.random((10, 11, 9)).astype(np.float32)
+    moving = np.roll(fixed, 1, axis=int(rng.integers(0, 3)))
+    options = dataclasses.replace(options, iterations=tuple(min(n, 2) for n in options.iterations),
+                                  max_seconds=None)
+    result = refine_velocity(fixed, moving, options=options)
+    assert result.velocity.shape == (3, 10, 11, 9) and np.all(np.isfinite(result.velocity))
+
+
+@st.composite
+def affine_options(draw):
+    resolutions = draw(sometimes(st.lists(_maybe(4.0), max_size=3).map(tuple), (8.0, 4.0)))
+    count = len(resolutions) if isinstance(resolutions, tuple) else 1
+    counts = sometimes(st.lists(_maybe(10), max_size=4).map(tuple), tuple([10] * count))
+    return dict(resolutions=resolutions, rigid_iterations=draw(counts), affine_iterations=draw(counts),
+                radius_mm=draw(_maybe(60.0)))
+
+
+@FUZZ_SETTINGS
+@given(affine_options())
+def test_affine_options_refuse_or_hold_finite_values(kwargs):
+    from smgic_rt.affine import AffineOptions
+    from smgic_rt.validation import per_level_values
+
+    try:
+        options = AffineOptions(**kwargs)
+    except ValueError as error:
+        assert str(error).startswith("AffineOptions."), error
+        return
+    resolutions = per_level_values(options.resolutions)
+    assert resolutions and all(not isinstance(r, bool) and np.isfinite(r) and r > 0 for r in resolutions)
+    for name in ("rigid_iterations", "affine_iterations"):
+        counts = per_level_values(getattr(options, name))
+        assert len(counts) == len(resolutions) and all(isinstance(n, int) and n >= 0 for n in counts)
+    assert np.isfinite(options.radius_mm) and options.radius_mm > 0

@@ -128,45 +128,60 @@ SMGIC_HOST_DEVICE float interior_linear(const InteriorPoint& q, const float* cha
   return c0 + q.tx * (c1 - c0);
 }
 
-// Reads every channel of `image` (channel stride = g.voxels()) at point p and writes
-// scale * value to out[c * out_stride].
-SMGIC_HOST_DEVICE void sample_channels(const float* image, int64_t channels, const Grid3& g, float px, float py,
-                                       float pz, int interpolation, int padding, float scale, float* out,
-                                       int64_t out_stride) {
+// Nearest and generic-label reads of every channel at point p, for any value type T (float
+// images, integer label maps): values are only compared and copied, never converted, so integer
+// labels of any size stay exact. Writes out[c * out_stride]; 0 outside (zeros padding).
+template <typename T>
+SMGIC_HOST_DEVICE void sample_discrete(const T* image, int64_t channels, const Grid3& g, float px, float py, float pz,
+                                       int interpolation, int padding, T* out, int64_t out_stride) {
   const int64_t cs = g.voxels();
   if (interpolation == kNearest) {
     int64_t ix, iy, iz;
     const bool inside = nearest_axis(px, g.nx, padding, ix) & nearest_axis(py, g.ny, padding, iy) &
                         nearest_axis(pz, g.nz, padding, iz);
     const int64_t offset = (ix * g.ny + iy) * g.nz + iz;
-    for (int64_t c = 0; c < channels; ++c) out[c * out_stride] = inside ? scale * image[c * cs + offset] : 0.0f;
+    for (int64_t c = 0; c < channels; ++c) out[c * out_stride] = inside ? image[c * cs + offset] : T(0);
     return;
   }
-  if (interpolation == kLabel) {
-    const Stencil s = linear_stencil(g, px, py, pz, padding);
-    for (int64_t c = 0; c < channels; ++c) {
-      const float* channel = image + c * cs;
-      float labels[8], scores[8];
-      int count = 0;
-      for (int k = 0; k < 8; ++k) {
-        if (!(s.weight[k] > 0.0f)) continue;
-        const float label = channel[s.offset[k]];
-        int slot = 0;
-        while (slot < count && labels[slot] != label) ++slot;
-        if (slot == count) {
-          labels[count] = label;
-          scores[count++] = 0.0f;
-        }
-        scores[slot] += s.weight[k];
+  const Stencil s = linear_stencil(g, px, py, pz, padding);
+  for (int64_t c = 0; c < channels; ++c) {
+    const T* channel = image + c * cs;
+    T labels[8];
+    float scores[8];
+    int count = 0;
+    for (int k = 0; k < 8; ++k) {
+      if (!(s.weight[k] > 0.0f)) continue;
+      const T label = channel[s.offset[k]];
+      int slot = 0;
+      while (slot < count && labels[slot] != label) ++slot;
+      if (slot == count) {
+        labels[count] = label;
+        scores[count++] = 0.0f;
       }
-      float best = 0.0f, best_score = 0.0f;
-      for (int k = 0; k < count; ++k) {
-        if (scores[k] > best_score || (scores[k] == best_score && labels[k] < best)) {
-          best = labels[k];
-          best_score = scores[k];
-        }
+      scores[slot] += s.weight[k];
+    }
+    T best = T(0);
+    float best_score = 0.0f;
+    for (int k = 0; k < count; ++k) {
+      if (scores[k] > best_score || (scores[k] == best_score && labels[k] < best)) {
+        best = labels[k];
+        best_score = scores[k];
       }
-      out[c * out_stride] = scale * best;
+    }
+    out[c * out_stride] = best;
+  }
+}
+
+// Reads every channel of `image` (channel stride = g.voxels()) at point p and writes
+// scale * value to out[c * out_stride].
+SMGIC_HOST_DEVICE void sample_channels(const float* image, int64_t channels, const Grid3& g, float px, float py,
+                                       float pz, int interpolation, int padding, float scale, float* out,
+                                       int64_t out_stride) {
+  const int64_t cs = g.voxels();
+  if (interpolation == kNearest || interpolation == kLabel) {
+    sample_discrete(image, channels, g, px, py, pz, interpolation, padding, out, out_stride);
+    if (scale != 1.0f) {
+      for (int64_t c = 0; c < channels; ++c) out[c * out_stride] *= scale;
     }
     return;
   }
@@ -191,6 +206,14 @@ struct WarpParams {
   Grid3 in, out_grid;
   int interpolation, padding;
   float matrix[12];  // row-major 3x4, output voxel -> input voxel; by value so it reaches the device
+};
+
+// A warp of an integer label map (int64 values): the geometry of `warp` (displacement or
+// matrix, interpolation kNearest or kLabel, padding) with integer input and output.
+struct LabelWarpParams {
+  WarpParams geometry;   // image and out unused
+  const int64_t* image;  // (N, C, in)
+  int64_t* out;          // (N, C, out)
 };
 
 // out = scale*inner(x) + scale*outer(x + scale*inner(x)), fields on the same kind of grid:
@@ -269,6 +292,16 @@ SMGIC_HOST_DEVICE void warp_voxel(const WarpParams& p, int64_t n, int64_t x, int
   const float* image = p.image + n * p.channels * p.in.voxels();
   float* out = p.out + n * p.channels * out_cs + v;
   sample_channels(image, p.channels, p.in, px, py, pz, p.interpolation, p.padding, 1.0f, out, out_cs);
+}
+
+SMGIC_HOST_DEVICE void warp_label_voxel(const LabelWarpParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+  const WarpParams& g = p.geometry;
+  const int64_t out_cs = g.out_grid.voxels();
+  const int64_t v = (x * g.out_grid.ny + y) * g.out_grid.nz + z;
+  float px, py, pz;
+  warp_position(g, n, x, y, z, px, py, pz);
+  sample_discrete(p.image + n * g.channels * g.in.voxels(), g.channels, g.in, px, py, pz, g.interpolation, g.padding,
+                  p.out + n * g.channels * out_cs + v, out_cs);
 }
 
 SMGIC_HOST_DEVICE void compose_voxel(const ComposeParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {

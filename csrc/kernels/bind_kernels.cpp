@@ -100,6 +100,46 @@ void warp_cpu(py::array image, py::array displacement, py::array out, int interp
   cpu::warp(p);
 }
 
+// A C-contiguous int64 label array of rank 5; raises TypeError/ValueError naming `name`.
+py::array checked_labels(const py::array& a, const char* name) {
+  if (!py::isinstance<py::array_t<int64_t>>(a) || a.dtype().kind() != 'i' || a.itemsize() != 8) {
+    throw py::type_error(std::string(name) + " must be int64, got dtype " + std::string(py::str(a.dtype())));
+  }
+  if (a.ndim() != 5) throw py::value_error(std::string(name) + " must have 5 dimensions, got shape " + shape_text(a));
+  if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
+  return a;
+}
+
+void check_label_mode(int interpolation, int padding) {
+  check_mode(interpolation, padding);
+  require(interpolation != kLinear, "label maps are warped with interpolation 1 (nearest) or 2 (label), got 0 (linear)");
+}
+
+void warp_labels_cpu(py::array image, py::array displacement, py::array out, int interpolation, int padding) {
+  checked_labels(image, "labels");
+  checked(displacement, "displacement", 5);
+  checked_labels(out, "out");
+  check_label_mode(interpolation, padding);
+  require(displacement.shape(1) == 3, "displacement must have 3 channels, got shape " + shape_text(displacement));
+  require(displacement.shape(0) == image.shape(0), "displacement and labels batch sizes differ");
+  require(out.shape(0) == image.shape(0) && out.shape(1) == image.shape(1) && out.shape(2) == displacement.shape(2) &&
+              out.shape(3) == displacement.shape(3) && out.shape(4) == displacement.shape(4),
+          "out must have shape (N, C) of labels and (X, Y, Z) of displacement, got " + shape_text(out));
+  if (!out.writeable()) throw py::value_error("output array must be writeable");
+  LabelWarpParams p{};
+  p.geometry.displacement = in_ptr(displacement);
+  p.geometry.batch = image.shape(0);
+  p.geometry.channels = image.shape(1);
+  p.geometry.in = grid_of(image);
+  p.geometry.out_grid = grid_of(out);
+  p.geometry.interpolation = interpolation;
+  p.geometry.padding = padding;
+  p.image = static_cast<const int64_t*>(image.data());
+  p.out = static_cast<int64_t*>(out.mutable_data());
+  py::gil_scoped_release release;
+  cpu::warp_labels(p);
+}
+
 void affine_cpu(py::array image, const std::vector<double>& matrix, py::array out, int interpolation, int padding) {
   checked(image, "image", 5);
   checked(out, "out", 5);
@@ -243,6 +283,22 @@ void warp_cuda(uintptr_t image, const Shape5& image_shape, uintptr_t displacemen
   cuda::warp(p, where(out, device, stream));
 }
 
+void warp_labels_cuda(uintptr_t image, const Shape5& image_shape, uintptr_t displacement, uintptr_t out,
+                      const Shape5& out_shape, int interpolation, int padding, int device, uintptr_t stream) {
+  check_label_mode(interpolation, padding);
+  LabelWarpParams p{};
+  p.geometry.displacement = dptr(displacement);
+  p.geometry.batch = out_shape[0];
+  p.geometry.channels = out_shape[1];
+  p.geometry.in = grid_of(image_shape);
+  p.geometry.out_grid = grid_of(out_shape);
+  p.geometry.interpolation = interpolation;
+  p.geometry.padding = padding;
+  p.image = reinterpret_cast<const int64_t*>(image);
+  p.out = reinterpret_cast<int64_t*>(out);
+  cuda::warp_labels(p, where(out, device, stream));
+}
+
 void affine_cuda(uintptr_t image, const Shape5& image_shape, const std::vector<double>& matrix, uintptr_t out,
                  const Shape5& out_shape, int interpolation, int padding, int device, uintptr_t stream) {
   check_mode(interpolation, padding);
@@ -366,6 +422,7 @@ void bind_kernels(py::module_& m) {
   m.def("all_finite", &all_finite_cpu, "True when every value of a float32 array is finite");
   // CPU kernels: 5-D (N, C, X, Y, Z) float32 C-contiguous arrays, output preallocated by ops.py.
   m.def("warp", &warp_cpu, "out[n,:,x] = image[n,:,x+u(x)]");
+  m.def("warp_labels", &warp_labels_cpu, "out[n,:,x] = labels[n,:,x+u(x)], int64 labels, nearest or generic label");
   m.def("affine_resample", &affine_cpu, "out[n,:,x] = image[n,:,M@[x,1]], M 3x4 row-major (12 values)");
   m.def("compose", &compose_cpu, "out = u_inner + u_outer o (id + u_inner), border padding");
   m.def("integrate_velocity", &integrate_cpu, "scaling and squaring: out = exp(velocity)");
@@ -380,6 +437,9 @@ void bind_kernels(py::module_& m) {
   const auto str = py::arg("stream") = uintptr_t{0};
   m.def("warp_cuda", &warp_cuda, "warp on the GPU", py::arg("image"), py::arg("image_shape"), py::arg("displacement"),
         py::arg("out"), py::arg("out_shape"), py::arg("interpolation"), py::arg("padding"), dev, str);
+  m.def("warp_labels_cuda", &warp_labels_cuda, "warp_labels on the GPU", py::arg("labels"), py::arg("labels_shape"),
+        py::arg("displacement"), py::arg("out"), py::arg("out_shape"), py::arg("interpolation"), py::arg("padding"), dev,
+        str);
   m.def("affine_resample_cuda", &affine_cuda, "affine_resample on the GPU", py::arg("image"), py::arg("image_shape"),
         py::arg("matrix"), py::arg("out"), py::arg("out_shape"), py::arg("interpolation"), py::arg("padding"), dev, str);
   m.def("compose_cuda", &compose_cuda, "compose on the GPU", py::arg("outer"), py::arg("outer_shape"), py::arg("inner"),

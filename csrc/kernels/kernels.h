@@ -10,6 +10,7 @@
 namespace smgic {
 namespace cpu {
 void warp(const WarpParams& p);
+void warp_labels(const LabelWarpParams& p);
 void compose(const ComposeParams& p);
 // Scaling and squaring: out = exp(velocity); `scratch` is a buffer of the same size as out.
 void integrate_velocity(const float* velocity, float* out, float* scratch, int64_t batch, const Grid3& grid,
@@ -27,6 +28,7 @@ namespace cuda {
 // on `where.stream` only, never waits for the GPU, and throws CudaError (std::runtime_error)
 // naming the kernel on a launch error. Results are ready for later work on that stream.
 void warp(const WarpParams& p, const Launch& where);
+void warp_labels(const LabelWarpParams& p, const Launch& where);
 void compose(const ComposeParams& p, const Launch& where);
 void integrate_velocity(const float* velocity, float* out, float* scratch, int64_t batch, const Grid3& grid,
                         int steps, const Launch& where);

@@ -114,6 +114,11 @@ void warp(const WarpParams& p) {
   }
 }
 
+void warp_labels(const LabelWarpParams& p) {
+  for_each_voxel(p.geometry.batch, p.geometry.out_grid,
+                 [&](int64_t n, int64_t x, int64_t y, int64_t z) { warp_label_voxel(p, n, x, y, z); });
+}
+
 void compose(const ComposeParams& p) {
   const Grid3& g = p.grid;
   if (!RowSampler::fits(p.outer_grid)) {

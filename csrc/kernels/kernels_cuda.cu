@@ -39,6 +39,9 @@ void launch(const Params& p, int64_t batch, const Grid3& g, const Launch& where,
 
 // __device__ wrappers so the host/device inline functions can be template arguments.
 __device__ void warp_fn(const WarpParams& p, int64_t n, int64_t x, int64_t y, int64_t z) { warp_voxel(p, n, x, y, z); }
+__device__ void warp_label_fn(const LabelWarpParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+  warp_label_voxel(p, n, x, y, z);
+}
 __device__ void compose_fn(const ComposeParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
   compose_voxel(p, n, x, y, z);
 }
@@ -61,6 +64,11 @@ void compose_on(const ComposeParams& p, const Launch& where) {
 void warp(const WarpParams& p, const Launch& where) {
   DeviceGuard guard(where.device);
   launch<WarpParams, warp_fn>(p, p.batch, p.out_grid, where, p.displacement ? "warp" : "affine_resample");
+}
+
+void warp_labels(const LabelWarpParams& p, const Launch& where) {
+  DeviceGuard guard(where.device);
+  launch<LabelWarpParams, warp_label_fn>(p, p.geometry.batch, p.geometry.out_grid, where, "warp_labels");
 }
 
 void compose(const ComposeParams& p, const Launch& where) {

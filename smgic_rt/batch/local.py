@@ -11,7 +11,7 @@ import logging
 import os
 from collections import deque
 
-__all__ = ["run_local", "available_cores", "MAX_WORKER_DEATHS"]
+__all__ = ["run_local", "available_cores", "exit_with_parent", "MAX_WORKER_DEATHS"]
 
 logger = logging.getLogger("smgic_rt")
 
@@ -24,7 +24,25 @@ _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS
 _WORKER = {}
 
 
-def init_pool_worker(bundle: str, registrar_options: dict, threads: int) -> None:
+def exit_with_parent(parent_pid: int, interval_s: float = 0.5) -> None:
+    """End this process (at once, mid-pair if need be) when `parent_pid` is gone: a worker whose
+    parent was killed (SIGKILL, no chance to stop its pool) must not live on as an orphan. A
+    daemon thread polls the parent id; a partial pair is left as a staging folder that the next
+    run removes (its marker names this dead process)."""
+    import threading
+    import time
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="smgic-parent-watch", daemon=True).start()
+
+
+def init_pool_worker(bundle: str, registrar_options: dict, threads: int, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
     # Before numpy / _C / onnxruntime load, so their thread pools take these sizes.
     for variable in _THREAD_VARIABLES:
         os.environ[variable] = str(threads)
@@ -70,7 +88,7 @@ def run_local(todo, out_root, options, qc, bundle_path, workers, threads, regist
     while queue or suspects:
         restarts += 1
         with ProcessPoolExecutor(workers, mp_context=context, initializer=init_pool_worker,
-                                 initargs=(bundle_path, registrar_options, threads)) as pool:
+                                 initargs=(bundle_path, registrar_options, threads, os.getpid())) as pool:
             in_flight, broken = {}, False
             while not broken and (queue or suspects or in_flight):
                 if suspects:  # after a worker death the pairs that were in flight run alone

@@ -82,6 +82,7 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
 
     # What killed runs of ours left beside the pairs' folders (marked, never judged by name).
     outputs.remove_stale_staging(out_root, [pair.id for pair in pair_list])
+    earlier = _earlier_records(out_root, {pair.id for pair in pair_list})  # before summary.json is replaced
     options = {"bundle_id": str(loaded.id), **registrar_options, "qc": bool(qc)}
     records, todo = {}, []
     for pair in pair_list:
@@ -122,6 +123,7 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
     finally:
         bar.close()
         outputs.remove_stale_staging(out_root, [pair.id for pair in pair_list])
+        _settle_unheard(pair_list, records, counts, out_root, options)
         wall = time.perf_counter() - started
         summary = {
             "out_root": str(out_root),
@@ -130,7 +132,7 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
             "counts": dict(counts), "total": len(pair_list), "seconds": wall,
             "pairs_per_minute": 60.0 * counts["registered"] / wall if wall > 0 else None,
             "pairs": [records.get(p.id, {"id": p.id, "fixed": p.fixed, "moving": p.moving, "status": "not run",
-                                         "error": "the run stopped before this pair"}) for p in pair_list],
+                                         "error": "the run stopped before this pair"}) for p in pair_list] + earlier,
         }
         summary["flags"] = _count_flags(summary["pairs"])
         atomic.write_json(out_root / SUMMARY_JSON, summary)
@@ -139,6 +141,53 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
     logger.info("%d registered, %d skipped (complete), %d failed in %.1f s; QC flags: %s",
                 counts["registered"], counts["skipped"], counts["failed"], summary["seconds"], summary["flags"])
     return summary
+
+
+def _settle_unheard(pair_list, records, counts, out_root: Path, options: dict) -> None:
+    """Pairs this run finished on disk (manifest written) whose result never reached this
+    process (an interrupt in between) count as registered, not as "not run"."""
+    for pair in pair_list:
+        if pair.id in records:
+            continue
+        manifest = pair_is_complete(out_root, pair, options)
+        if manifest is not None:
+            records[pair.id] = {"fixed": pair.fixed, "moving": pair.moving, **manifest["record"],
+                                "outdir": str(out_root / pair.id)}
+            counts[records[pair.id]["status"]] = counts.get(records[pair.id]["status"], 0) + 1
+
+
+def _earlier_records(out_root: Path, ids: set) -> list:
+    """The pairs of earlier runs into `out_root` that this run's table does not name, so that a
+    rerun with a subset of the pairs keeps the summaries whole: their last records (from the
+    previous summary.json, and from the pair manifests for any it lacks), each marked
+    ``"earlier_run": True``; a pair whose output folder is gone is dropped."""
+    import json
+
+    from .manifests import MANIFEST_DIR
+
+    found = {}
+    try:
+        previous = json.loads((out_root / SUMMARY_JSON).read_text(encoding="utf-8"))
+        for record in previous.get("pairs", []):
+            if isinstance(record, dict) and isinstance(record.get("id"), str):
+                found[record["id"]] = record
+    except (OSError, ValueError, AttributeError):
+        pass
+    for path in sorted((out_root / MANIFEST_DIR).glob("*.json")):
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            record = manifest["record"]
+            found.setdefault(record["id"], {**record, "outdir": str(out_root / record["id"])})
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    kept = []
+    for pair_id, record in found.items():
+        if pair_id in ids:
+            continue
+        if record.get("status") in ("registered", "skipped") and outputs.read_manifest(out_root / pair_id) is None:
+            continue  # its outputs were removed or changed since
+        kept.append({**record, "earlier_run": True})
+    return kept
 
 
 def _count_flags(records) -> dict:

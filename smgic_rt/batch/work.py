@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..io import outputs
 from .manifests import inputs_identity, write_pair_manifest
 from .pairs import Pair
 
@@ -61,7 +62,13 @@ def register_pair(registrar, pair: Pair, out_root, options: dict, *, qc: bool = 
         inputs = inputs_identity(pair)  # before reading, so a file changed meanwhile shows as stale
         loaded = job.load_pair(pair.fixed, pair.moving, moving_labels=pair.moving_labels,
                                fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask)
-        # overwrite: a stale folder of an earlier run is replaced, but only if smgic wrote it.
+        # overwrite: a stale folder of an earlier run is replaced, but only if smgic wrote it; one
+        # of ours changed by hand is kept, renamed, and the pair redone (as the README says).
+        kept = outputs.set_aside_changed_output(out_root / pair.id)
+        if kept is not None:
+            logger.warning("pair %s: its outputs were changed by hand; kept them in %s and registering again",
+                           pair.id, kept)
+            record["changed_outputs_kept_in"] = str(kept)
         outdir = job.check_output(loaded, out_root / pair.id, overwrite=True)
         result = job.run_pair(registrar, loaded, outdir, overwrite=True, qc=qc)
         record.update(status="registered", stats={k: result.stats.get(k) for k in SUMMARY_STATS},

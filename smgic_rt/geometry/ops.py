@@ -180,8 +180,7 @@ def _check_array(array, name, ranks):
             raise TypeError(f"{name} must be float32 (typestr '<f4'), got typestr {interface['typestr']!r}")
         strides = interface.get("strides")
         if strides is not None:
-            contiguous = tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) * 4 for i in range(len(shape)))
-            if tuple(strides) != contiguous and int(np.prod(shape)) > 1:
+            if tuple(strides) != _contiguous_strides(shape, 4) and int(np.prod(shape)) > 1:
                 raise ValueError(f"{name} must be C-contiguous, got strides {tuple(strides)} for shape {shape}")
         if not _BUILT_WITH_CUDA:
             raise ValueError(f"{name} is a CUDA array but smgic_rt._C was built without CUDA")
@@ -401,19 +400,65 @@ def warp(image, displacement, *, interpolation="linear", padding="zeros"):
     interp_code = _choice(interpolation, "interpolation", _INTERPOLATION)
     pad_code = _choice(padding, "padding", _PADDING)
     image_shape, image_dev = _check_array(image, "image", (4, 5))
+    return _pull("image", image, image_shape, image_dev, displacement, (interp_code, pad_code), "float32", "warp")
+
+
+def _pull(name, image, image_shape, image_dev, displacement, modes, dtype, kernel):
+    """The shared body of `warp` and `warp_labels`: checks the field, allocates the output of
+    `dtype` and runs ``_C.<kernel>`` (or ``_C.<kernel>_cuda`` on CUDA arrays)."""
     field_shape, field_dev = _check_field(displacement, "displacement")
-    on_device = _check_same_kind([("image", image_dev), ("displacement", field_dev)])
-    _check_same_rank("image", image_shape, "displacement", field_shape)
+    on_device = _check_same_kind([(name, image_dev), ("displacement", field_dev)])
+    _check_same_rank(name, image_shape, "displacement", field_shape)
     image5, field5 = _batched(image_shape), _batched(field_shape)
     out_shape = (image5[0], image5[1]) + field5[2:]
-    out = _empty(image, out_shape, on_device)
+    out = _empty(image, out_shape, on_device, dtype=dtype)
     if on_device:
-        device, stream = launch_target(("image", image), ("displacement", displacement))
-        _C.warp_cuda(_ptr(image), image5, _ptr(displacement), _ptr(out), out_shape, interp_code, pad_code,
-                     device, stream)
+        device, stream = launch_target((name, image), ("displacement", displacement))
+        getattr(_C, f"{kernel}_cuda")(_ptr(image), image5, _ptr(displacement), _ptr(out), out_shape, *modes,
+                                      device, stream)
         return out if len(image_shape) == 5 else out[0]
-    _C.warp(_view5(image, False), _view5(displacement, False), out, interp_code, pad_code)
+    getattr(_C, kernel)(_view5(image, False), _view5(displacement, False), out, *modes)
     return _unbatch(out, len(image_shape) == 5)
+
+
+def warp_labels(labels, displacement, *, interpolation="label", padding="zeros"):
+    """Pull-warp an integer label map: :func:`warp`'s geometry on int64 values, which are only
+    compared and copied (never converted to float), so every label survives exactly.
+
+    Parameters
+    ----------
+    labels : int64 array, (C, Xi, Yi, Zi) or (N, C, Xi, Yi, Zi), numpy or CUDA
+    displacement : float32 array, (3, X, Y, Z) or (N, 3, X, Y, Z), as in :func:`warp`
+    interpolation : "label" (generic label, as in :func:`warp`) or "nearest"
+    padding : "zeros" or "border"
+
+    Returns
+    -------
+    int64 array (C, X, Y, Z) or (N, C, X, Y, Z), same kind (numpy/CUDA) as the inputs.
+    """
+    interp_code = _choice(interpolation, "interpolation", {k: v for k, v in _INTERPOLATION.items() if k != "linear"})
+    pad_code = _choice(padding, "padding", _PADDING)
+    if _is_device(labels):
+        interface = labels.__cuda_array_interface__
+        if interface["typestr"] != "<i8" or interface.get("strides") not in (None, _contiguous_strides(interface["shape"], 8)):
+            raise TypeError(f"labels must be a C-contiguous int64 array, got typestr {interface['typestr']!r}")
+        labels_shape = tuple(int(s) for s in interface["shape"])
+        labels_on_device = True
+    elif isinstance(labels, np.ndarray):
+        if labels.dtype != np.int64 or not labels.flags.c_contiguous:
+            raise TypeError(f"labels must be a C-contiguous int64 array, got {labels.dtype}; "
+                            "pass np.ascontiguousarray(labels, dtype=np.int64)")
+        labels_shape, labels_on_device = labels.shape, False
+    else:
+        raise TypeError(f"labels must be an int64 numpy array or a CUDA array, got {type(labels).__name__}")
+    if len(labels_shape) not in (4, 5):
+        raise ValueError(f"labels must have 4 or 5 dimensions, got shape {labels_shape}")
+    return _pull("labels", labels, labels_shape, labels_on_device, displacement, (interp_code, pad_code), "int64",
+                 "warp_labels")
+
+
+def _contiguous_strides(shape, itemsize):
+    return tuple(int(np.prod(shape[i + 1:], dtype=np.int64)) * itemsize for i in range(len(shape)))
 
 
 def _affine_values(matrix, name):

@@ -179,7 +179,7 @@ def itk_image_to_displacement(field, *, name: str = "transform") -> tuple[np.nda
     if min(shape[:3]) < 2:
         raise InvalidTransformError(f"{where}: a displacement field needs at least 2 voxels along each axis, got shape {shape}")
     try:
-        affine = io.check_affine(np.asarray(field.affine, dtype=np.float64), where)
+        affine = io.check_affine(io.image_affine(field, name, source), where)  # as ITK reads it
     except InvalidImageError as error:
         raise InvalidTransformError(str(error)) from None
     try:
@@ -343,7 +343,12 @@ def _check_interpolation(interpolation: str) -> None:
 
 
 def _sample_relative(data: np.ndarray, displacement: np.ndarray, interpolation: str) -> np.ndarray:
-    """`data` read at ``x + displacement(x)`` (voxels of `data`), zeros outside."""
+    """`data` read at ``x + displacement(x)`` (voxels of `data`), zeros outside. Integer data
+    (label maps) read by "nearest" or "label" stays integer: warped as int64 values, never
+    through float, and returned in `data`'s own type."""
+    if data.dtype.kind in "iub" and interpolation != "linear":
+        labels = np.ascontiguousarray(data, dtype=np.int64)[None]
+        return _ops().warp_labels(labels, displacement, interpolation=interpolation, padding="zeros")[0].astype(data.dtype)
     out = _ops().warp(_float32(data)[None], displacement, interpolation=interpolation, padding="zeros")[0]
     return out.astype(np.int32) if interpolation == "label" else out
 
@@ -388,8 +393,8 @@ def apply_displacement_field(field, image, *, interpolation: str = "linear", ref
     `field` is an ITK displacement-field image (or path); the output lies on `reference`
     (a ``(shape, affine)`` pair) or, by default, on the field's own grid, and each output
     voxel ``p`` reads the image at ``p + d(p)``, as ``antsApplyTransforms`` does.
-    Returns (array, affine): float32 for "linear", the image's values for "nearest", int32
-    labels for "label".
+    Returns (array, affine): float32 for "linear"; for "nearest" and "label" the image's own
+    values, in its integer type when it has one (labels exact at any size).
 
     Before any resampling the field is checked (`itk_image_to_displacement`: layout, intent,
     affine, finite values) and so is its placement (`check_field_placement`: grid overlapping

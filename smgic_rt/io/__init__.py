@@ -44,6 +44,7 @@ __all__ = [
     "Volume",
     "load_volume",
     "load_label_map",
+    "load_for_resampling",
     "load_mask",
     "check_overlap",
     "overlap_fraction",
@@ -119,8 +120,11 @@ class Volume:
 
 
 def make_nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
-    """A NIfTI-1 image whose sform and qform both carry `affine` (code 1, scanner)."""
-    image = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64))
+    """A NIfTI-1 image whose sform and qform both carry `affine` (code 1, scanner); 64-bit
+    integer data (label maps beyond int32) is written as such."""
+    data = np.asarray(data)
+    wide = data.dtype in (np.dtype(np.int64), np.dtype(np.uint64))
+    image = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64), dtype=data.dtype if wide else None)
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
     return image
@@ -254,9 +258,28 @@ def _check_spatial_units(header, name: str, source) -> None:
         )
 
 
+# Deflate (gzip, .mgz) cannot expand data by more than this: a 258-byte match costs at least
+# 2 bits, so compressed bytes times this bounds what a .gz can hold.
+DEFLATE_MAX_RATIO = 1032
+
+
 def _check_not_truncated(image, name: str, source, data_bytes: int) -> None:
-    """An uncompressed file must hold every byte its header promises (cheap: one stat)."""
-    if not source or str(source).lower().endswith((".gz", ".mgz", ".bz2", ".zst")):
+    """A file must be able to hold every byte its header promises (cheap: one stat): exactly for
+    an uncompressed file, within deflate's largest ratio for a gzip one."""
+    lower = str(source).lower() if source else ""
+    if lower.endswith((".gz", ".mgz")):
+        try:
+            compressed = os.path.getsize(source)
+        except OSError:
+            return
+        if data_bytes > compressed * DEFLATE_MAX_RATIO:
+            raise InvalidImageError(
+                f"{name} '{source}': the header promises {data_bytes} bytes of voxel data, more than a "
+                f"{compressed}-byte gzip file can hold (at most {compressed * DEFLATE_MAX_RATIO}); a broken header "
+                "or a truncated file"
+            )
+        return
+    if not source or lower.endswith((".bz2", ".zst")):
         return  # the size of compressed data is unknown until it is read; read errors say it then
     offset = getattr(getattr(image, "dataobj", None), "offset", None)
     if offset is None:
@@ -320,16 +343,39 @@ def _check_qform_sform(header, shape, name: str, source) -> None:
     )
 
 
+def image_affine(image, name: str = "image", source=None) -> np.ndarray:
+    """The voxel -> RAS+ mm affine of a nibabel image as ITK/ANTs read it.
+
+    That is nibabel's affine, except for a NIfTI header with neither a qform nor an sform
+    (both codes 0): nibabel then makes up a centred, x-flipped affine, while ITK/ANTs take the
+    voxel sizes alone (origin at voxel 0, LPS-aligned axes), so our outputs would not line up
+    with the input in ITK/ANTs. We read it as ITK does and warn (HeaderWarning).
+    """
+    header = getattr(image, "header", None)
+    if isinstance(header, nib.nifti1.Nifti1Header) and not int(header["qform_code"]) and not int(header["sform_code"]):
+        sizes = [abs(float(v)) or 1.0 for v in header["pixdim"][1:4]]
+        warnings.warn(
+            f"{name}{_where(source)}: the header has neither a qform nor an sform (both codes 0); read as ITK/ANTs "
+            f"read it: voxel sizes {sizes} mm, origin at voxel 0, axes along LPS (nibabel alone would centre and "
+            "flip it); set a qform or sform to place the image in the world",
+            HeaderWarning,
+            stacklevel=3,
+        )
+        return np.diag([-sizes[0], -sizes[1], sizes[2], 1.0])
+    return np.asarray(image.affine, dtype=np.float64)
+
+
 def _as_array_and_affine(image, name: str):
     """(data, affine, source) from a path, a nibabel image or an (array, affine) pair."""
     if isinstance(image, Volume):
         return image.data, image.affine, image.source
     if isinstance(image, (str, os.PathLike)):
         loaded, source = open_image(image, name)
-        return read_voxels(loaded, name, source), np.asarray(loaded.affine, dtype=np.float64), source
+        return read_voxels(loaded, name, source), image_affine(loaded, name, source), source
     if isinstance(image, nib.spatialimages.SpatialImage):
         check_header(image, name, image.get_filename(), file_forms=False)
-        return read_voxels(image, name, image.get_filename()), np.asarray(image.affine, dtype=np.float64), image.get_filename()
+        source = image.get_filename()
+        return read_voxels(image, name, source), image_affine(image, name, source), source
     if isinstance(image, (tuple, list)) and len(image) == 2:
         data, affine = image
         try:
@@ -475,16 +521,30 @@ def load_volume(image, *, name: str = "image", allow_constant: bool = False, min
 
 def load_label_map(image, *, name: str = "label map", like: Volume | None = None,
                    min_overlap: float = MIN_OVERLAP_FRACTION) -> Volume:
-    """Load and validate an integer label map; returns int32 data.
+    """Load and validate an integer label map; returns its labels exactly, in its integer type.
 
-    Float files are accepted only when every value is an integer (NIfTI label maps are often
-    stored as float32); a non-integer value means this is not a label map. With `like` (the
-    image the labels belong to), a label map that does not overlap it is refused (see
-    `check_overlap`) before any work.
+    Integer files keep their type (int8 ... int64, uint8 ... uint64 up to 2^63 - 1), so labels
+    of any size survive: they are warped as integers (`ops.warp_labels`) and written back in that
+    type. Float files are accepted only when every value is an integer (NIfTI label maps are
+    often stored as float32) and become int32 (int64 beyond its range); a non-integer value
+    means this is not a label map. With `like` (the image the labels belong to), a label map
+    that does not overlap it is refused (see `check_overlap`) before any work.
     """
     data, affine, source = _as_array_and_affine(image, name)
     data = _squeeze_to_3d(data, name)
     affine = check_affine(affine, name)
+    data = _integer_labels(data, name)
+    labels = Volume(np.ascontiguousarray(data), affine, name, source)
+    if like is not None:
+        check_overlap(labels, like, name=name, min_fraction=min_overlap)
+    return labels
+
+
+def _integer_labels(data: np.ndarray, name: str) -> np.ndarray:
+    """`data` as integer labels: integer types as they are, floats with integer values as int32
+    (int64 when they do not fit), booleans as uint8."""
+    if data.dtype.kind == "b":
+        return data.astype(np.uint8)
     if data.dtype.kind == "f":
         _check_finite(data, name)
         rounded = np.rint(data)
@@ -495,15 +555,32 @@ def load_label_map(image, *, name: str = "label map", like: Volume | None = None
                 f"{name} must hold integer labels, got {int(off.sum())} non-integer voxels (e.g. {example}); "
                 "is this an intensity image?"
             )
-        data = rounded
-    elif data.dtype.kind not in "biu":
+        int64 = np.iinfo(np.int64)
+        if data.size and (rounded.min() < int64.min or rounded.max() >= int64.max):
+            raise InvalidImageError(f"{name}: labels must fit in int64, got range [{rounded.min()}, {rounded.max()}]")
+        fits_int32 = not data.size or (rounded.min() >= np.iinfo(np.int32).min and rounded.max() <= np.iinfo(np.int32).max)
+        return rounded.astype(np.int32 if fits_int32 else np.int64)
+    if data.dtype.kind not in "iu":
         raise InvalidImageError(f"{name} must hold integer labels, got dtype {data.dtype}")
-    if data.size and (data.min() < np.iinfo(np.int32).min or data.max() > np.iinfo(np.int32).max):
-        raise InvalidImageError(f"{name}: labels must fit in int32, got range [{data.min()}, {data.max()}]")
-    labels = Volume(np.ascontiguousarray(data, dtype=np.int32), affine, name, source)
-    if like is not None:
-        check_overlap(labels, like, name=name, min_fraction=min_overlap)
-    return labels
+    if data.dtype == np.uint64 and data.size and data.max() > np.iinfo(np.int64).max:
+        raise InvalidImageError(f"{name}: labels must fit in int64, got values up to {data.max()}")
+    return data
+
+
+def load_for_resampling(image, interpolation: str, *, name: str = "input image") -> Volume:
+    """Load what `smgic-apply` or `RegistrationResult.apply` resamples with `interpolation`.
+
+    "label", and "nearest" on integer data (an integer file, or floats whose every value is an
+    integer), give a label map (`load_label_map`: integer values kept exactly, in their type);
+    anything else an intensity image (`load_volume`, constant images allowed).
+    """
+    data, affine, source = _as_array_and_affine(image, name)
+    volume = Volume(data, affine, name, source)
+    integer_valued = data.dtype.kind in "iub" or (
+        data.dtype.kind == "f" and bool(np.all(np.isfinite(data))) and bool(np.all(data == np.rint(data))))
+    if interpolation == "label" or (interpolation == "nearest" and integer_valued):
+        return load_label_map(volume, name=name)
+    return load_volume(volume, name=name, allow_constant=True)
 
 
 def load_mask(image, *, like: Volume, name: str = "mask") -> Volume:

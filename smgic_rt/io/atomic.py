@@ -26,7 +26,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "atomic_dir", "chmod_like_mkdir",
+__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "atomic_dir", "rename_to_new", "chmod_like_mkdir",
            "sha256_file", "STAGING_MARKER", "read_staging_marker"]
 
 # Written into every staging (and trash) folder while we work in it, removed just before the
@@ -109,6 +109,16 @@ def write_text(path, text: str) -> Path:
 def write_json(path, obj, *, indent: int = 2, sort_keys: bool = True) -> Path:
     """JSON with a trailing newline; NaN and infinity are refused (they are not JSON)."""
     return write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n")
+
+
+def rename_to_new(source, target) -> Path:
+    """Rename `source` (a file or folder) to `target`, a name that must not exist: nothing is
+    replaced (FileExistsError otherwise). For moving a folder out of the way, never over one."""
+    source, target = Path(source), Path(target)
+    if target.exists() or target.is_symlink():
+        raise FileExistsError(f"'{target}' exists; refusing to rename '{source}' onto it")
+    os.rename(source, target)
+    return target
 
 
 @contextlib.contextmanager

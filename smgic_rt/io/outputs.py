@@ -28,8 +28,8 @@ from .. import __version__
 from . import atomic
 from . import OutputExistsError
 
-__all__ = ["MANIFEST_NAME", "check_output_dir", "write_manifest", "read_manifest", "remove_stale_staging",
-           "OutputFolderError"]
+__all__ = ["MANIFEST_NAME", "check_output_dir", "check_output_file", "write_manifest", "read_manifest",
+           "set_aside_changed_output", "remove_stale_staging", "OutputFolderError"]
 
 MANIFEST_NAME = "manifest.json"
 _WRITER = "smgic_rt"
@@ -84,6 +84,29 @@ def read_manifest(folder, *, allow_missing: bool = False) -> dict | None:
     return manifest
 
 
+def set_aside_changed_output(folder) -> Path | None:
+    """Move an output folder of ours that was changed by hand out of the way, deleting nothing.
+
+    A folder whose ``manifest.json`` smgic_rt wrote but whose files no longer match it (a file
+    edited or added) cannot be replaced (`check_output_dir`); a cohort rerun redoes such a pair
+    after renaming the folder to ``<name>.changed-<k>`` beside it. Returns that new path, or
+    None when there is nothing to move (no folder, an intact one, or one that is not ours).
+    """
+    folder = Path(os.fspath(folder))
+    if folder.is_symlink() or not folder.is_dir() or read_manifest(folder, allow_missing=True) is not None:
+        return None
+    try:
+        ours = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8")).get("written_by") == _WRITER
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        return None
+    k = 1
+    while folder.with_name(f"{folder.name}.changed-{k}").exists():
+        k += 1
+    return atomic.rename_to_new(folder, folder.with_name(f"{folder.name}.changed-{k}"))
+
+
 def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
@@ -130,6 +153,7 @@ def check_output_dir(outdir, *, overwrite: bool = False, protected=()) -> Path:
     if not parent.is_dir():
         raise FileNotFoundError(f"cannot create output directory '{outdir}': parent folder '{parent}' does not exist")
     # os.access misses read-only mounts, so try the real operation we will need.
+    _check_name_length(outdir)
     try:
         probe = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.probe-", dir=str(parent)))
     except OSError as error:
@@ -138,6 +162,53 @@ def check_output_dir(outdir, *, overwrite: bool = False, protected=()) -> Path:
     probe.rmdir()
     remove_stale_staging(parent, [outdir.name])
     return outdir
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_output_file(output, *, overwrite: bool = False, protected=()) -> Path:
+    """Fail before any work when the single file `output` cannot be written or replaced.
+
+    `protected`: the run's input paths; an output that is one of them (the same path, a link to
+    it or a hard link) is refused even with ``overwrite``: a writer never replaces its own input.
+    Raises OutputFolderError, OutputExistsError or FileNotFoundError, each saying why.
+    """
+    output = Path(os.fspath(output)).expanduser().absolute()
+    for path in protected:
+        if path is not None and _same_file(output, Path(os.fspath(path)).expanduser()):
+            raise OutputFolderError(f"refusing to write '{output}': it is the input '{path}' of this run "
+                                    "(--overwrite never replaces an input); choose another output name")
+    if output.exists() or output.is_symlink():
+        if not overwrite:
+            raise OutputExistsError(f"output '{output}' already exists (pass --overwrite to replace it)")
+        if output.is_dir():
+            raise IsADirectoryError(f"output '{output}' is a folder, not a file")
+    if not output.parent.is_dir():
+        raise FileNotFoundError(f"output folder '{output.parent}' does not exist")
+    return output
+
+
+# Staging and probe folders beside an output are named ".<name>.<kind>-<8 random characters>".
+_STAGING_EXTRA_BYTES = len(".") + len(".probe-") + 8
+
+
+def _check_name_length(outdir: Path) -> None:
+    """A folder name too long for the file system (with the staging folders' additions) is
+    refused as such, not reported as an unwritable parent folder."""
+    try:
+        limit = os.pathconf(str(outdir.parent), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    length = len(os.fsencode(outdir.name))
+    if length + _STAGING_EXTRA_BYTES > limit:
+        raise ValueError(f"output directory name '{outdir.name[:40]}...' is {length} bytes long; at most "
+                         f"{limit - _STAGING_EXTRA_BYTES} fit (the file system allows {limit}, and the staging folder "
+                         "beside it adds to the name)")
 
 
 def _process_alive(pid: int) -> bool:

@@ -64,6 +64,8 @@ class AffineOptions:
         if any(finer >= coarser for coarser, finer in zip(resolutions, resolutions[1:])):
             raise ValueError(f"affine levels must run coarse to fine (resolution_mm decreasing), got {list(resolutions)}")
         check_number(self.radius_mm, "radius_mm", positive=True)
+        if not isinstance(self.moments, bool):
+            raise ValueError(f"moments must be True or False, got {self.moments!r}")
 
     @property
     def resolutions(self) -> tuple:

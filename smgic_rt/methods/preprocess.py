@@ -17,7 +17,7 @@ from ..geometry import ops
 from ..geometry.filters import smooth
 
 __all__ = ["grid_around", "model_grid", "foreground_centre", "antialias", "resample", "normalize_intensity", "prepare",
-           "IntensityScaling", "intensity_parameters", "normalization_record"]
+           "IntensityScaling", "intensity_parameters", "normalization_record", "background_level"]
 
 # Foreground: voxels above this fraction of the robust maximum (99th percentile). Low enough to
 # keep grey matter in T1 images, high enough to drop scanner background noise.
@@ -159,6 +159,62 @@ def resample(data, affine, grid_affine, shape, interpolation="linear", smooth=Tr
         volume = antialias(volume, affine, np.linalg.norm(grid_affine[:3, :3], axis=0), antialias_strength)
     matrix = np.linalg.solve(affine, grid_affine)  # grid voxel -> data voxel
     return ops.affine_resample(volume[None], matrix, shape, interpolation=interpolation, padding="zeros")[0]
+
+
+# A value held by at least this fraction of the voxels, at or below the median, is a flat
+# background (zero, shifted, z-scored): its exact value is the background level.
+FLAT_BACKGROUND_FRACTION = 0.05
+_BACKGROUND_SAMPLE = 2 ** 17  # voxels read to find the background (a strided view)
+
+
+def _otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """The intensity that best splits `values` in two classes (Otsu: largest between-class variance)."""
+    counts, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    weight_low = np.cumsum(counts, dtype=np.float64)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(counts * centres, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_low = sum_low / weight_low
+        mean_high = (sum_low[-1] - sum_low) / weight_high
+        between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return float(edges[int(np.nanargmax(between[:-1])) + 1])
+
+
+def background_level(data) -> float:
+    """The intensity of the image's background, as the image's own histogram says: 0.0 for the
+    usual image whose background is already at or near zero (then nothing changes), else the
+    level that registration treats as zero (a shifted, negative or z-scored background).
+
+    A flat background (one exact value on >= 5% of the voxels, at or below the median) is that
+    value; in an image with negative values and no flat background, the median of the dark
+    class of an Otsu split when it is negative (a dark class above zero is tissue of an image
+    without background, whose few negative voxels are noise). The level is kept only when the image has negative values or the
+    level lies above the foreground threshold (`FOREGROUND_FRACTION` of the 99th percentile):
+    otherwise (a zero or near-zero background, or a crop with no background at all) the
+    foreground rule of `normalize_intensity` already applies, and the image is used unchanged.
+    numpy or cupy in; a float out.
+    """
+    flat = data.reshape(-1)
+    step = max(1, flat.size // _BACKGROUND_SAMPLE)
+    sample = np.asarray(ops.to_host(flat[::step]), dtype=np.float32)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return 0.0
+    values, counts = np.unique(sample, return_counts=True)  # sorted: the percentiles come from it
+    ranks = np.cumsum(counts)
+    low, middle, top = (float(values[np.searchsorted(ranks, q * sample.size)]) for q in (0.0, 0.5, 0.99))
+    mode = int(np.argmax(counts))
+    if counts[mode] >= FLAT_BACKGROUND_FRACTION * sample.size and values[mode] <= middle:
+        level = float(values[mode])
+    elif low < 0 and top > low:
+        threshold = _otsu_threshold(sample)
+        level = min(float(np.median(sample[sample <= threshold])), 0.0)  # a dark class above 0 is tissue
+    else:
+        return 0.0
+    if low >= 0 and level <= FOREGROUND_FRACTION * top:
+        return 0.0
+    return level
 
 
 def normalize_intensity(data, scaling: IntensityScaling = IntensityScaling()) -> np.ndarray:

@@ -29,6 +29,7 @@ objective (the line search compares it) and the largest force per iteration (the
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ GRADIENTS = ("window", "exact")
 # The fields of a `Level` that set how it optimises (not where or for how long); each level's
 # record in the stats says the values it ran with.
 PER_LEVEL = ("fluid_sigma", "reg", "symmetric", "gradient", "radius")
+# Upper limits: beyond them a value only costs memory and time or overflows (a Gaussian or window
+# wider than any grid, a regulariser a thousand times the similarity, a step past the grid).
+MAX_SIGMA_VOXELS = 50
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,9 @@ class Level:
             raise ValueError(f"level factor must be a power of 2 from 1/2 (a grid twice finer than the model "
                              f"grid) up, got {self.factor!r}")
         check_int(self.iterations, "level iterations", minimum=0)
-        check_int(self.radius, "level radius", minimum=1)
-        check_number(self.fluid_sigma, "level fluid_sigma", minimum=0)
-        check_number(self.reg, "level reg", minimum=0)
+        check_int(self.radius, "level radius", minimum=1, maximum=MAX_SIGMA_VOXELS)
+        check_number(self.fluid_sigma, "level fluid_sigma", minimum=0, maximum=MAX_SIGMA_VOXELS)
+        check_number(self.reg, "level reg", minimum=0, maximum=1e3)
         if not isinstance(self.symmetric, bool):
             raise ValueError(f"level symmetric must be a bool, got {self.symmetric!r}")
         check_choice(self.gradient, "level gradient", GRADIENTS)
@@ -134,8 +138,13 @@ class RefineOptions:
         factors = [level.factor for level in levels]
         if any(finer >= coarser for coarser, finer in zip(factors, factors[1:])):
             raise ValueError(f"levels must run coarse to fine (factors decreasing), got factors {factors}")
-        check_int(self.steps, "steps", minimum=1)
-        check_int(self.boundary, "boundary", minimum=0)
+        check_number(self.elastic_sigma, "elastic_sigma", minimum=0, maximum=MAX_SIGMA_VOXELS)
+        check_number(self.step, "step", positive=True, maximum=100)
+        check_number(self.min_step, "min_step", positive=True, maximum=self.step)
+        check_number(self.plateau, "plateau", minimum=0, maximum=1)
+        check_int(self.steps, "steps", minimum=1, maximum=30)
+        check_number(self.eps, "eps", positive=True, maximum=1)
+        check_int(self.boundary, "boundary", minimum=0, maximum=1000)
         check_number(self.antialias, "antialias", minimum=0, maximum=1)
         check_number(self.max_seconds, "max_seconds", positive=True, allow_none=True)
 
@@ -438,4 +447,8 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
         "iterations": int(sum(r["iterations"] for r in levels)),
         "seconds": time.perf_counter() - started,
     }
+    if stats["iterations"] == 0 and any(r.get("stop") == "budget" for r in levels):
+        logging.getLogger("smgic_rt").warning(
+            "refinement ran no iteration: its time limit (max_seconds=%g) ran out before the first one; "
+            "the result is the network's (raise --refine-seconds, or leave it unset)", budget)
     return RefineResult(xp.ascontiguousarray(v_full if kept else start_velocity, dtype=np.float32), stats)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import zipfile
@@ -342,6 +343,25 @@ def _cleanup_extracted() -> None:
 atexit.register(_cleanup_extracted)
 
 
+def _extraction_prefix() -> str:
+    """Extraction folders are named ``smgic_bundle_<host hash>_<pid>_...``: a run killed before
+    its atexit cleanup leaves one, which the next extraction on this host removes."""
+    import socket
+    import zlib
+
+    return f"smgic_bundle_{zlib.crc32(socket.gethostname().encode()):08x}_"
+
+
+def _remove_stale_extractions() -> None:
+    from ..io.outputs import _process_alive
+
+    prefix = _extraction_prefix()
+    for entry in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        pid = entry.name[len(prefix):].split("_", 1)[0]
+        if entry.is_dir() and not entry.is_symlink() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def _extract_zip(path: Path) -> Path:
     try:
         archive = zipfile.ZipFile(path)
@@ -356,7 +376,8 @@ def _extract_zip(path: Path) -> Path:
             raise BundleError(f"{path}: zip bundle must hold one flat folder of files, got {names}")
         if any(".." in Path(name).parts or Path(name).is_absolute() for name in names):
             raise BundleError(f"{path}: zip bundle holds unsafe paths {names}")
-        target = Path(tempfile.mkdtemp(prefix="smgic_bundle_"))
+        _remove_stale_extractions()
+        target = Path(tempfile.mkdtemp(prefix=f"{_extraction_prefix()}{os.getpid()}_"))
         _extracted_dirs.append(str(target))
         try:
             for info in members:

@@ -12,6 +12,7 @@ bundle's profile for this hardware measured to pay for themselves, maybe none).
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,8 @@ from .. import io
 from ..geometry import transforms
 from ..options import STAGE_MODES, check_int, check_mode, check_number
 from .state import PairState
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["STAGE_MODES", "Stage", "LoadStage", "AffineStage", "PreprocessStage", "PreprocessOptions", "NetworkStage",
            "NetworkOptions", "FieldsOptions", "covering_lattice", "RefineStage", "IntegrateStage", "FieldsStage",
@@ -76,6 +79,11 @@ class LoadStage(Stage):
         # these (and, to resample it once, on the moving image's own data).
         xp = state.xp
         fixed, moving = xp.asarray(state.fixed.data), xp.asarray(state.moving.data)
+        # A background that is not zero (shifted, negative, z-scored) is registered as zero, so
+        # that padding, foreground and intensity scaling all see what a zero background gives.
+        state.fixed_background, state.moving_background = _background(fixed), _background(moving)
+        fixed = fixed - np.float32(state.fixed_background) if state.fixed_background else fixed
+        moving = moving - np.float32(state.moving_background) if state.moving_background else moving
         state.fixed_data = fixed if state.fixed_mask is None else fixed * xp.asarray(state.fixed_mask.data)
         state.moving_data = moving if state.moving_mask is None else moving * xp.asarray(state.moving_mask.data)
         return {"fixed_mask": state.fixed_mask is not None, "moving_mask": state.moving_mask is not None}
@@ -338,8 +346,13 @@ class ResampleStage(Stage):
         # forward_ras is warp.nii.gz on the fixed grid (up to the exact LPS sign flip) before its
         # rounding to FIELD_QUANTUM_MM: on the native grid the file's values, on the compact one
         # what ITK's trilinear reading of the file gives; so files and result agree.
-        moving = state.moving_data if state.moving_mask is None else state.xp.asarray(state.moving.data)
+        moving = state.moving_data  # the moving image less its background level
+        if state.moving_mask is not None:
+            moving = state.xp.asarray(state.moving.data)
+            moving = moving - np.float32(state.moving_background) if state.moving_background else moving
         state.warped = transforms.warp_image(moving, state.moving.affine, state.forward_ras, state.fixed.affine)
+        if state.moving_background:  # the moving image's own values, its background outside it too
+            state.warped += np.float32(state.moving_background)
         return {"shape": list(state.warped.shape), "interpolation": "linear"}
 
 
@@ -380,6 +393,15 @@ def as_field(array, name: str):
     if array.ndim != 4 or array.shape[0] != 3:
         raise RuntimeError(f"{name} must have shape (3, X, Y, Z) or (1, 3, X, Y, Z), got {array.shape}")
     return xp.ascontiguousarray(array, dtype=np.float32)
+
+
+def _background(data) -> float:
+    from ..methods import preprocess
+
+    level = preprocess.background_level(data)
+    if level:
+        logger.info("background at %g, not 0: registered as if it were 0", level)
+    return level
 
 
 def volume_or_load(image, loader, **kwargs) -> io.Volume:

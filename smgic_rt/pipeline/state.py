@@ -94,6 +94,8 @@ class PairState:
     moving_mask: Volume | None = None
     fixed_data: np.ndarray | None = None
     moving_data: np.ndarray | None = None
+    fixed_background: float = 0.0  # `preprocess.background_level`, taken off *_data
+    moving_background: float = 0.0
     # affine
     world_matrix: np.ndarray | None = None
     # preprocess

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["assess", "measure", "judge", "Threshold", "THRESHOLDS", "MIRROR_RULE", "FLAGS", "local_ncc"]
+__all__ = ["assess", "measure", "judge", "Threshold", "THRESHOLDS", "Together", "TOGETHER", "MIRROR_RULE", "FLAGS",
+           "local_ncc"]
 
 logger = logging.getLogger("smgic_rt")
 
@@ -99,6 +100,35 @@ THRESHOLDS = (
     Threshold("labels_in_image", "fraction of labels inside the moving image's grid", warn=0.999, fail=0.95, below=True),
     Threshold("labels_on_foreground", "fraction of labels on the moving image's foreground",
               warn=0.985, fail=0.85, below=True),
+)
+
+@dataclass(frozen=True)
+class Together:
+    """Fail when every one of `rules` is beyond its own warn limit: independent pieces of
+    evidence that agree the pair did not register, each alone only worth a warning."""
+
+    rules: tuple
+    conclusion: str
+
+    def reason(self, measurements: dict) -> str | None:
+        """The fail sentence when every rule warns or fails on `measurements`, else None."""
+        levels = [rule.level(measurements.get(rule.measurement)) for rule in self.rules]
+        if any(level == "ok" for level in levels):
+            return None
+        parts = [f"{rule.description} {_fmt(measurements[rule.measurement])}" for rule in self.rules]
+        return f"{' with '.join(parts)}: {self.conclusion} (fail)"
+
+
+def _rule(measurement: str, description: str) -> Threshold:
+    return next(rule for rule in THRESHOLDS if rule.measurement == measurement and rule.description == description)
+
+
+# Low similarity alone may be a contrast difference, a forward/backward disagreement alone a hard
+# pair; both at once: the deformable stages did not find a transform (docs/tuning.md).
+TOGETHER = (
+    Together((_rule("lncc", "similarity after registration (local NCC)"),
+              _rule("inverse_consistency_voxels_brain_mean", "inverse consistency in the brain (voxels)")),
+             "the pair did not register (is one header turned, or the affine stage off?)"),
 )
 
 # Only for two images of one subject (e.g. longitudinal scans): across different brains the test
@@ -167,6 +197,13 @@ def _foreground(volume: np.ndarray) -> np.ndarray:
     return volume > FOREGROUND_FRACTION
 
 
+def _less_background(data: np.ndarray) -> np.ndarray:
+    from ..methods.preprocess import background_level
+
+    level = background_level(data)
+    return data - np.float32(level) if level else data
+
+
 def _data(image) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(image.dataobj, dtype=np.float32), np.asarray(image.affine, dtype=np.float64)
 
@@ -215,7 +252,8 @@ def _label_overlap(labels, moving_data: np.ndarray, moving_affine: np.ndarray, s
     inside_count = float(np.all((coordinates >= -0.5) & (coordinates <= limits), axis=0).sum())
     # on the foreground: the moving image's foreground on its own measurement grid, read there
     moving_fine_shape, moving_fine, moving_grid = _measurement_grid(moving_data.shape, moving_affine, spacing_mm)
-    foreground_moving = _foreground(_scaled(_sample(moving_data, moving_fine, moving_fine_shape))).astype(np.float32)
+    foreground_moving = _foreground(_scaled(_sample(_less_background(moving_data), moving_fine,
+                                                    moving_fine_shape))).astype(np.float32)
     to_grid = np.linalg.inv(moving_grid) @ volume.affine @ fine
     foreground = ops.affine_resample(np.ascontiguousarray(foreground_moving[None]), to_grid, fine_shape)[0] > 0.5
     count = float(labelled.sum())
@@ -232,6 +270,12 @@ def measure(result, *, moving_labels=None, spacing_mm: float = 4.0) -> dict:
     fixed, fixed_affine = _data(result.fixed_image)
     moving, moving_affine = _data(result.moving_image)
     warped, _ = _data(result.warped)
+    # Measured as registered: each image less its background level (0 for a zero background).
+    from ..methods.preprocess import background_level
+
+    fixed = _less_background(fixed)
+    moving_level = background_level(moving)
+    moving, warped = (moving - np.float32(moving_level), warped - np.float32(moving_level)) if moving_level else (moving, warped)
     fine_shape, fine, grid_affine = _measurement_grid(fixed.shape, fixed_affine, spacing_mm)
     fixed_c = _scaled(_sample(fixed, fine, fine_shape))
     warped_c = _scaled(_sample(warped, fine, fine_shape))
@@ -282,15 +326,20 @@ def measure_labels(result, moving_labels, *, spacing_mm: float = 4.0) -> dict:
     return {"labels_in_image": inside, "labels_on_foreground": on_foreground}
 
 
-def judge(measurements: dict, thresholds=THRESHOLDS) -> dict:
+def judge(measurements: dict, thresholds=THRESHOLDS, together=TOGETHER) -> dict:
     """``{"flag", "flag_reasons"}`` from `measurements` (as `measure` returns them): the worst
-    level over the rules; one sentence per rule that is not ok, worst first."""
+    level over the rules and the `Together` rules; one sentence per rule that is not ok, worst
+    first."""
     reasons = []
     for rule in thresholds:
         value = measurements.get(rule.measurement)
         level = rule.level(value)
         if level != "ok":
             reasons.append((FLAGS.index(level), rule.reason(value, level)))
+    for combined in together:
+        text = combined.reason(measurements)
+        if text is not None:
+            reasons.append((FLAGS.index("fail"), text))
     reasons.sort(key=lambda item: -item[0])
     worst = max((level for level, _ in reasons), default=0)
     return {"flag": FLAGS[worst], "flag_reasons": [text for _, text in reasons]}
