@@ -49,6 +49,7 @@ __all__ = [
     "jacobian_determinant",
     "filter_axis",
     "lncc",
+    "ncc_exact_derivatives",
     "image_gradient",
     "affine_ncc_sums",
     "build_info",
@@ -703,6 +704,33 @@ def lncc(i, j, means, eps):
     device, stream = launch_target(("i", i), ("j", j), ("means", means))
     _C.lncc_cuda(_ptr(i), _ptr(j), _ptr(means), *[_ptr(o) for o in outs], shape_i, float(eps), device, stream)
     return tuple(outs)
+
+
+def ncc_exact_derivatives(fixed, moving, means, eps, radius, both=True):
+    """The exact derivatives of ``mean_x cc(x)`` (the local NCC of `ops.lncc`, windows of
+    ``2 radius + 1`` voxels) by each voxel of `moving` and, with `both`, of `fixed` (X, Y, Z),
+    from their five box means ``(5, X, Y, Z)`` (as for `lncc`): every window that holds a voxel
+    contributes (smgic_rt.refine, ``gradient="exact"``). Returns ``(d_fixed or None, d_moving)``."""
+    shape_f, dev_f = _check_volumes(fixed, "fixed", 3)
+    shape_m, dev_m = _check_volumes(moving, "moving", 3)
+    shape_s, dev_s = _check_volumes(means, "means", 4)
+    on_device = _check_same_kind([("fixed", dev_f), ("moving", dev_m), ("means", dev_s)])
+    if shape_m != shape_f or shape_s != (5,) + tuple(shape_f):
+        raise ValueError(f"fixed and moving must share one grid and means must be (5, *grid), got shapes "
+                         f"{tuple(shape_f)}, {tuple(shape_m)} and {tuple(shape_s)}")
+    if isinstance(radius, bool) or not isinstance(radius, numbers.Integral) or radius < 1:
+        raise ValueError(f"radius must be an int >= 1, got {radius!r}")
+    if not on_device:
+        return _C.ncc_exact_derivatives(fixed, moving, means, float(eps), int(radius), bool(both))
+    channels = int(_C.NCC_TERMS_BOTH if both else _C.NCC_TERMS_MOVING)
+    terms, scratch = (_empty(fixed, (channels,) + tuple(shape_f), True) for _ in range(2))
+    d_moving = _empty(fixed, shape_f, True)
+    d_fixed = _empty(fixed, shape_f, True) if both else None
+    device, stream = launch_target(("fixed", fixed), ("moving", moving), ("means", means))
+    _C.ncc_exact_derivatives_cuda(_ptr(fixed), _ptr(moving), _ptr(means), _ptr(terms), _ptr(scratch),
+                                  _ptr(d_fixed) if both else 0, _ptr(d_moving), shape_f, float(eps), int(radius),
+                                  device, stream)
+    return d_fixed, d_moving
 
 
 def image_gradient(volume):

@@ -211,23 +211,10 @@ def _ncc_derivatives(fixed_w, moving_w, means, options: RefineOptions):
     <b_m mean_m>``, ``<.>`` the box mean around y. ANTs' CC (and this refinement before)
     keeps only y's own window (``gradient="window"``). One more box mean of 7 channels per
     iteration (4 when only the moving image moves, ``symmetric=False``: ``d_fixed`` is then
-    None): only the accepted step needs it, the line search's evaluations do not.
+    None): only the accepted step needs it, the line search's evaluations do not. One fused
+    kernel (`ops.ncc_exact_derivatives`: the terms, their box mean and the sums in `_C`).
     """
-    xp = ops.array_namespace(fixed_w, moving_w, means)
-    mean_f, mean_m, mean_ff, mean_mm, mean_fm = means
-    var_f = xp.maximum(mean_ff - mean_f * mean_f, np.float32(0)) + np.float32(options.eps)
-    var_m = xp.maximum(mean_mm - mean_m * mean_m, np.float32(0)) + np.float32(options.eps)
-    cov = mean_fm - mean_f * mean_m + np.float32(options.eps)
-    a = np.float32(1) / xp.sqrt(var_f * var_m)
-    b_m = a * cov / var_m
-    if not options.symmetric:  # the fixed image does not move: its derivative is not needed
-        sums = box_mean(xp.stack([a, a * mean_f, b_m, b_m * mean_m]), options.radius)
-        return None, fixed_w * sums[0] - sums[1] - moving_w * sums[2] + sums[3]
-    b_f = a * cov / var_f
-    sums = box_mean(xp.stack([a, a * mean_f, a * mean_m, b_m, b_m * mean_m, b_f, b_f * mean_f]), options.radius)
-    d_moving = fixed_w * sums[0] - sums[1] - moving_w * sums[3] + sums[4]
-    d_fixed = moving_w * sums[0] - sums[2] - fixed_w * sums[5] + sums[6]
-    return d_fixed, d_moving
+    return ops.ncc_exact_derivatives(fixed_w, moving_w, means, options.eps, options.radius, both=options.symmetric)
 
 
 def objective(fixed, moving, velocity, options: RefineOptions = RefineOptions()) -> float:
