@@ -182,8 +182,10 @@ def _half_steps(options: RefineOptions, factor: int) -> int:
     return max(1, options.steps - 1 - int(round(np.log2(factor))))
 
 
-def _evaluate(fixed, moving, v, options: RefineOptions, factor: int = 1):
-    """Objective and what the next update needs (warped images and their NCC derivatives)."""
+def _evaluate(fixed, moving, v, options: RefineOptions, factor: int = 1, fixed_means=None):
+    """Objective and what the next update needs (warped images and their NCC derivatives).
+    `fixed_means`: the box means of ``fixed`` and ``fixed * fixed`` (2, X, Y, Z) when only the
+    moving image moves: they do not change within a level, so a level computes them once."""
     xp = ops.array_namespace(fixed, moving, v)
     if options.symmetric:
         half = xp.ascontiguousarray(v * np.float32(0.5))
@@ -194,8 +196,12 @@ def _evaluate(fixed, moving, v, options: RefineOptions, factor: int = 1):
         steps = _half_steps(options, factor) + 1
         fixed_w = fixed
         moving_w = ops.warp(moving[None], ops.integrate_velocity(xp.ascontiguousarray(v), steps))[0]
-    means = box_mean(xp.stack([fixed_w, moving_w, fixed_w * fixed_w, moving_w * moving_w, fixed_w * moving_w]),
-                     options.radius)
+    if fixed_means is None or options.symmetric:
+        means = box_mean(xp.stack([fixed_w, moving_w, fixed_w * fixed_w, moving_w * moving_w, fixed_w * moving_w]),
+                         options.radius)
+    else:  # each channel is filtered alone, so these are the very values of the 5-channel box mean
+        moved = box_mean(xp.stack([moving_w, moving_w * moving_w, fixed_w * moving_w]), options.radius)
+        means = xp.stack([fixed_means[0], moved[0], fixed_means[1], moved[1], moved[2]])
     cc, d_fixed, d_moving = ops.lncc(fixed_w, moving_w, means, options.eps)
     ncc = float(cc.mean(dtype=np.float64))  # the host's one read of this evaluation (and the energy's)
     value = -ncc + options.reg * _gradient_energy(v)
@@ -225,11 +231,12 @@ def objective(fixed, moving, velocity, options: RefineOptions = RefineOptions())
 
 
 def _optimise_level(fixed, moving, v, iterations, options: RefineOptions, deadline, factor):
-    value, ncc, cache = _evaluate(fixed, moving, v, options, factor)
+    xp = ops.array_namespace(fixed, moving, v)
+    fixed_means = None if options.symmetric else box_mean(xp.stack([fixed, fixed * fixed]), options.radius)
+    value, ncc, cache = _evaluate(fixed, moving, v, options, factor, fixed_means)
     record = {"shape": list(fixed.shape), "objective_before": value, "ncc_before": ncc, "iterations": 0,
               "accepted": 0, "stop": "iterations"}
     step, history = options.step, [value]
-    xp = ops.array_namespace(fixed, moving, v)
     weight = _boundary_weight(fixed.shape, options.boundary, xp)
     for _ in range(iterations):
         if deadline is not None and time.perf_counter() > deadline:
@@ -257,7 +264,7 @@ def _optimise_level(fixed, moving, v, iterations, options: RefineOptions, deadli
             candidate = v + np.float32(step / peak) * force
             if options.elastic_sigma > 0:
                 candidate = smooth(candidate, options.elastic_sigma)
-            cand_value, cand_ncc, cand_cache = _evaluate(fixed, moving, candidate, options, factor)
+            cand_value, cand_ncc, cand_cache = _evaluate(fixed, moving, candidate, options, factor, fixed_means)
             if cand_value < value:
                 v, value, ncc, cache = candidate, cand_value, cand_ncc, cand_cache
                 record["accepted"] += 1
