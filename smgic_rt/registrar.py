@@ -153,26 +153,23 @@ class RegistrationResult:
     def _write_into(self, folder: Path, labels: io.Volume | None, qc: bool):
         import time
 
-        from .write_behind import WriteBehind
-
         files = {}
-        with WriteBehind(self.threads) as writes:  # each image written while the next is computed
 
-            def image(name, img):
-                writes.image(img, folder / name)
-                files[name.split(".")[0]] = name
+        def image(name, img):
+            io.save_image_atomic(img, folder / name, threads=self.threads)
+            files[name.split(".")[0]] = name
 
-            image("warped.nii.gz", self.warped)
-            image("warp.nii.gz", self.forward_transform)
-            image("inverse_warp.nii.gz", self.inverse_transform)
-            image("jacobian.nii.gz", self.jacobian)
-            if self.affine_matrix is not None:
-                transforms.write_itk_affine(self.affine_matrix, folder / "affine.mat")
-                files["affine"] = "affine.mat"
-            if labels is not None:
-                start = time.perf_counter()
-                image("warped_labels.nii.gz", self.apply(labels, interpolation="label"))
-                self.stats.setdefault("seconds", {})["warp_labels"] = time.perf_counter() - start
+        image("warped.nii.gz", self.warped)
+        image("warp.nii.gz", self.forward_transform)
+        image("inverse_warp.nii.gz", self.inverse_transform)
+        image("jacobian.nii.gz", self.jacobian)
+        if self.affine_matrix is not None:
+            transforms.write_itk_affine(self.affine_matrix, folder / "affine.mat")
+            files["affine"] = "affine.mat"
+        if labels is not None:
+            start = time.perf_counter()
+            image("warped_labels.nii.gz", self.apply(labels, interpolation="label"))
+            self.stats.setdefault("seconds", {})["warp_labels"] = time.perf_counter() - start
         if qc:
             from . import qc as qc_module
             from . import qc_report
