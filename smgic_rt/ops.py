@@ -688,16 +688,23 @@ def filter_axis(volumes, axis, taps, normalise_inside=False):
     return out
 
 
+def _check_pair_and_means(named_a, named_b, means):
+    """(grid, on_device) of two volumes (X, Y, Z) on one grid and their five box means (5, X, Y, Z)."""
+    (name_a, a), (name_b, b) = named_a, named_b
+    shape_a, dev_a = _check_volumes(a, name_a, 3)
+    shape_b, dev_b = _check_volumes(b, name_b, 3)
+    shape_m, dev_m = _check_volumes(means, "means", 4)
+    on_device = _check_same_kind([(name_a, dev_a), (name_b, dev_b), ("means", dev_m)])
+    if shape_b != shape_a or shape_m != (5,) + tuple(shape_a):
+        raise ValueError(f"{name_a} and {name_b} must share one grid and means must be (5, *grid), got shapes "
+                         f"{tuple(shape_a)}, {tuple(shape_b)} and {tuple(shape_m)}")
+    return shape_a, on_device
+
+
 def lncc(i, j, means, eps):
     """Per-voxel local NCC of `i` and `j` (X, Y, Z) and its derivatives by `i` and `j`, from the
     five box means ``(5, X, Y, Z)`` = mean i, j, i*i, j*j, i*j. Returns ``(cc, d_i, d_j)``."""
-    shape_i, dev_i = _check_volumes(i, "i", 3)
-    shape_j, dev_j = _check_volumes(j, "j", 3)
-    shape_m, dev_m = _check_volumes(means, "means", 4)
-    on_device = _check_same_kind([("i", dev_i), ("j", dev_j), ("means", dev_m)])
-    if shape_j != shape_i or shape_m != (5,) + tuple(shape_i):
-        raise ValueError(f"i and j must share one grid and means must be (5, *grid), got shapes "
-                         f"{tuple(shape_i)}, {tuple(shape_j)} and {tuple(shape_m)}")
+    shape_i, on_device = _check_pair_and_means(("i", i), ("j", j), means)
     if not on_device:
         return _C.lncc(i, j, means, float(eps))
     outs = [_empty(i, shape_i, True) for _ in range(3)]
@@ -711,13 +718,7 @@ def ncc_exact_derivatives(fixed, moving, means, eps, radius, both=True):
     ``2 radius + 1`` voxels) by each voxel of `moving` and, with `both`, of `fixed` (X, Y, Z),
     from their five box means ``(5, X, Y, Z)`` (as for `lncc`): every window that holds a voxel
     contributes (smgic_rt.refine, ``gradient="exact"``). Returns ``(d_fixed or None, d_moving)``."""
-    shape_f, dev_f = _check_volumes(fixed, "fixed", 3)
-    shape_m, dev_m = _check_volumes(moving, "moving", 3)
-    shape_s, dev_s = _check_volumes(means, "means", 4)
-    on_device = _check_same_kind([("fixed", dev_f), ("moving", dev_m), ("means", dev_s)])
-    if shape_m != shape_f or shape_s != (5,) + tuple(shape_f):
-        raise ValueError(f"fixed and moving must share one grid and means must be (5, *grid), got shapes "
-                         f"{tuple(shape_f)}, {tuple(shape_m)} and {tuple(shape_s)}")
+    shape_f, on_device = _check_pair_and_means(("fixed", fixed), ("moving", moving), means)
     if isinstance(radius, bool) or not isinstance(radius, numbers.Integral) or radius < 1:
         raise ValueError(f"radius must be an int >= 1, got {radius!r}")
     if not on_device:
