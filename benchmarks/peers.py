@@ -156,8 +156,8 @@ if pid == 0:
 _, status, usage = os.wait4(pid, 0)
 seconds = time.perf_counter() - start
 with open(sys.argv[1], "w") as handle:
-    json.dump({"seconds": seconds, "ru_maxrss_kib": usage.ru_maxrss, "launcher_rss_kib": launcher,
-               "exit_code": os.waitstatus_to_exitcode(status)}, handle)
+    json.dump({"seconds": seconds, "cpu_seconds": usage.ru_utime + usage.ru_stime, "ru_maxrss_kib": usage.ru_maxrss,
+               "launcher_rss_kib": launcher, "exit_code": os.waitstatus_to_exitcode(status)}, handle)
 sys.exit(0)
 """
 
@@ -177,7 +177,7 @@ def run_tool(tool: str, pair: dict, outdir: Path, smgic_command: str = "module",
             tail = output.read()[-2000:].decode(errors="replace")
             raise RuntimeError(f"{tool} exited with {usage['exit_code']} on {pair['name']}: {' '.join(command)}\n{tail}")
     seconds = usage["seconds"]
-    row = {"seconds": seconds, "peak_rss_mib": usage["ru_maxrss_kib"] / 1024.0,
+    row = {"seconds": seconds, "cpu_seconds": usage["cpu_seconds"], "peak_rss_mib": usage["ru_maxrss_kib"] / 1024.0,
            "launcher_rss_mib": usage["launcher_rss_kib"] / 1024.0, "bytes_written": folder_bytes(outdir),
            "files": sorted(p.name for p in Path(outdir).iterdir())}
     if pair.get("fixed_labels"):
@@ -213,6 +213,9 @@ def run(pairs, tools, runs: int, smgic_command: str = "module", workdir=None, sm
                 summary[tool] = {
                     "seconds_median": statistics.median(r["seconds"] for r in rows),
                     "seconds": [r["seconds"] for r in rows],
+                    # CPU seconds (user + system) of the tool's process: less sensitive than wall
+                    # time to other work on a shared machine
+                    "cpu_seconds_median": statistics.median(r["cpu_seconds"] for r in rows),
                     "peak_rss_mib_max": max(r["peak_rss_mib"] for r in rows),
                     "launcher_rss_mib": max(r["launcher_rss_mib"] for r in rows),
                     "bytes_written_median": statistics.median(r["bytes_written"] for r in rows),
@@ -236,12 +239,16 @@ def table(report: dict) -> str:
     rows = []
     names = {"smgic": "smgic-register", "greedy": "Greedy (picsl-greedy)", "ants": "ANTs SyN (antspyx)"}
     for name, entry in report["pairs"].items():
+        s_cpu = entry["summary"].get("smgic", {}).get("cpu_seconds_median", float("nan"))
         for tool, s in entry["summary"].items():
             ratio = "" if tool == "smgic" else f"{entry['time_ratios'].get(f'smgic/{tool}', float('nan')):.3f}"
             dice = f"{s['dice_median']:.3f}" if "dice_median" in s else "n/a"
-            rows.append([name, names[tool], f"{s['seconds_median']:.1f}", ratio, dice,
+            cpu_ratio = "" if tool == "smgic" else f"{s_cpu / s['cpu_seconds_median']:.3f}"
+            rows.append([name, names[tool], f"{s['seconds_median']:.1f}", ratio, f"{s['cpu_seconds_median']:.1f}",
+                         cpu_ratio, dice,
                          f"{s['peak_rss_mib_max']:.0f}", f"{s['bytes_written_median'] / 1e6:.1f}"])
     return common.markdown_table(["pair", "tool", f"wall s (median of {report['runs']})", "smgic / tool",
+                                  "CPU s (median)", "smgic / tool (CPU)",
                                   "Dice (shared structures)", "peak RSS MiB", "MB written"], rows)
 
 

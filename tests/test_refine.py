@@ -199,7 +199,7 @@ def test_bad_input_is_refused(args, message):
 
 def test_bad_budget_is_refused(brain):
     # Where the options are made (issue 36), no longer only inside refine_velocity.
-    with pytest.raises(ValueError, match="max_seconds must be a finite number > 0"):
+    with pytest.raises(ValueError, match="max_seconds must be a positive number or None, got -1"):
         RefineOptions(max_seconds=-1)
 
 
@@ -271,6 +271,61 @@ def test_the_exact_ncc_gradient_matches_finite_differences(radius):
     # and it is not the own-window approximation (which the "window" gradient takes)
     _, _, approx_moving = _C.lncc(f, m, means, eps)
     assert np.abs(approx_moving - d_moving).max() > 1e-2
+
+
+def _exact_derivatives_numpy(f, m, means, radius, eps, both):
+    """The exact NCC derivatives in numpy, term by term (the reference the fused kernel replaced)."""
+    mean_f, mean_m, mean_ff, mean_mm, mean_fm = means
+    var_f = np.maximum(mean_ff - mean_f * mean_f, np.float32(0)) + np.float32(eps)
+    var_m = np.maximum(mean_mm - mean_m * mean_m, np.float32(0)) + np.float32(eps)
+    cov = mean_fm - mean_f * mean_m + np.float32(eps)
+    a = np.float32(1) / np.sqrt(var_f * var_m)
+    b_m, b_f = a * cov / var_m, a * cov / var_f
+    s = box_mean(np.stack([a, a * mean_f, a * mean_m, b_m, b_m * mean_m, b_f, b_f * mean_f]), radius)
+    d_moving = f * s[0] - s[1] - m * s[3] + s[4]
+    return (m * s[0] - s[2] - f * s[5] + s[6]) if both else None, d_moving
+
+
+def _exact_cases(brain):
+    """(fixed, moving, means, radius): random volumes and a real brain against a warped copy."""
+    rng = np.random.default_rng(7)
+    f, m = rng.random((2, 17, 12, 15), dtype=np.float32)
+    moving = np.ascontiguousarray(ops.warp(brain[None], ops.integrate_velocity(_smooth_velocity(4, 2.0)))[0])
+    for fixed, mov, radius in ((f, m, 1), (f, m, 2), (brain, moving, 1), (brain, moving, 2)):
+        yield fixed, mov, box_mean(np.stack([fixed, mov, fixed * fixed, mov * mov, fixed * mov]), radius), radius
+
+
+@pytest.mark.parametrize("both", [True, False])
+def test_the_fused_exact_ncc_kernel_equals_the_numpy_reference(brain, both):
+    for f, m, means, radius in _exact_cases(brain):
+        want_fixed, want_moving = _exact_derivatives_numpy(f, m, means, radius, 1e-3, both)
+        got_fixed, got_moving = ops.ncc_exact_derivatives(f, m, means, 1e-3, radius, both=both)
+        np.testing.assert_allclose(got_moving, want_moving, rtol=1e-5, atol=1e-6)
+        if both:
+            np.testing.assert_allclose(got_fixed, want_fixed, rtol=1e-5, atol=1e-6)
+        else:
+            assert got_fixed is None
+    with pytest.raises(ValueError, match="means must be"):
+        ops.ncc_exact_derivatives(f, m, means[:4], 1e-3, radius)
+    with pytest.raises(ValueError, match="radius must be an int >= 1"):
+        ops.ncc_exact_derivatives(f, m, means, 1e-3, 0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("both", [True, False])
+def test_cuda_exact_ncc_kernel_matches_the_numpy_reference(brain, both):
+    cupy = pytest.importorskip("cupy")
+    if not ops.cuda_available():
+        pytest.skip("no CUDA")
+    for f, m, means, radius in _exact_cases(brain):
+        want_fixed, want_moving = _exact_derivatives_numpy(f, m, means, radius, 1e-3, both)
+        got_fixed, got_moving = ops.ncc_exact_derivatives(cupy.asarray(f), cupy.asarray(m), cupy.asarray(means),
+                                                          1e-3, radius, both=both)
+        np.testing.assert_allclose(cupy.asnumpy(got_moving), want_moving, rtol=1e-4, atol=1e-5)
+        if both:
+            np.testing.assert_allclose(cupy.asnumpy(got_fixed), want_fixed, rtol=1e-4, atol=1e-5)
+        else:
+            assert got_fixed is None
 
 
 def test_an_unknown_gradient_is_refused():

@@ -79,6 +79,41 @@ py::array_t<float> gradient_cpu(const py::array& volume) {
   return out;
 }
 
+void check_radius(int radius) {
+  if (radius < 1 || radius > kMaxFilterRadius) {
+    throw py::value_error("radius must be in [1, " + std::to_string(kMaxFilterRadius) + "], got " +
+                          std::to_string(radius));
+  }
+}
+
+// ncc_exact_derivatives(f, m, means (5, X, Y, Z), eps, radius, both) -> (d_f or None, d_m)
+py::tuple ncc_exact_cpu(const py::array& f, const py::array& m, const py::array& means, float eps, int radius,
+                        bool both) {
+  auto a = checked(f, "f", 3), b = checked(m, "m", 3), s = checked(means, "means", 4);
+  const Grid3 g = grid_last3(a);
+  if (b.shape(0) != a.shape(0) || b.shape(1) != a.shape(1) || b.shape(2) != a.shape(2) || s.shape(0) != 5 ||
+      s.shape(1) != a.shape(0) || s.shape(2) != a.shape(1) || s.shape(3) != a.shape(2)) {
+    throw py::value_error("ncc_exact_derivatives: f, m and means must share one grid (means has 5 channels)");
+  }
+  check_radius(radius);
+  const int64_t channels = both ? kNccTermsBoth : kNccTermsMoving;
+  py::array_t<float> d_m({g.nx, g.ny, g.nz});
+  py::object d_f = py::none();
+  float* d_f_ptr = nullptr;
+  if (both) {
+    py::array_t<float> out({g.nx, g.ny, g.nz});
+    d_f_ptr = out.mutable_data();
+    d_f = out;
+  }
+  {
+    py::gil_scoped_release release;
+    std::vector<float> workspace(static_cast<size_t>(2 * channels * g.voxels()));
+    cpu::ncc_exact_derivatives(a.data(), b.data(), s.data(), workspace.data(), workspace.data() + channels * g.voxels(),
+                               d_f_ptr, d_m.mutable_data(), g, eps, radius);
+  }
+  return py::make_tuple(d_f, d_m);
+}
+
 std::vector<double> affine_sums_cpu(const py::array& fixed, py::object mask, const py::array& moving,
                                     const std::vector<float>& matrix) {
   auto f = checked(fixed, "fixed", 3), mv = checked(moving, "moving", 3);
@@ -140,6 +175,15 @@ void gradient_cuda(uintptr_t in, uintptr_t out, const Shape3& shape, int device,
   cuda::image_gradient(dptr(in), dmut(out), grid3(shape), where(out, device, stream));
 }
 
+// `terms`, `scratch`: (kNccTermsBoth or kNccTermsMoving, *shape) device workspace; d_f 0: d_m only.
+void ncc_exact_cuda(uintptr_t f, uintptr_t m, uintptr_t means, uintptr_t terms, uintptr_t scratch, uintptr_t d_f,
+                    uintptr_t d_m, const Shape3& shape, float eps, int radius, int device, uintptr_t stream) {
+  check_radius(radius);
+  const FilterTaps box = taps_struct(std::vector<float>(2 * radius + 1, 1.0f));
+  cuda::ncc_exact_derivatives(dptr(f), dptr(m), dptr(means), dmut(terms), dmut(scratch), d_f ? dmut(d_f) : nullptr,
+                              dmut(d_m), grid3(shape), eps, box, radius, where(d_m, device, stream));
+}
+
 std::vector<float> matrix12(const std::vector<float>& matrix) {
   if (matrix.size() != 12) {
     throw py::value_error("matrix must have 12 values (3x4 row-major), got " + std::to_string(matrix.size()));
@@ -182,6 +226,10 @@ void bind_registration(pybind11::module_& m) {
   m.def("filter_axis", &filter_axis_cpu, "one separable filter pass along an axis of (C, X, Y, Z) volumes");
   m.def("lncc", &lncc_cpu, "per-voxel local NCC and its derivatives from five box means");
   m.def("image_gradient", &gradient_cpu, "central-difference gradient (3, X, Y, Z) of a volume");
+  m.def("ncc_exact_derivatives", &ncc_exact_cpu, "exact derivatives of the mean local NCC by each voxel of f, m",
+        py::arg("f"), py::arg("m"), py::arg("means"), py::arg("eps"), py::arg("radius"), py::arg("both"));
+  m.attr("NCC_TERMS_BOTH") = kNccTermsBoth;
+  m.attr("NCC_TERMS_MOVING") = kNccTermsMoving;
   m.def("affine_ncc_sums", &affine_sums_cpu, "sums for the masked NCC of fixed and moving through a 3x4 voxel map");
   m.def("affine_ncc_workspace_size", [](int64_t voxels) { return affine_sum_blocks(voxels) * kAffineSums; },
         "doubles of device workspace that affine_ncc_sums_cuda needs for a fixed grid of `voxels`");
@@ -192,6 +240,9 @@ void bind_registration(pybind11::module_& m) {
         py::arg("channels"), py::arg("shape"), py::arg("axis"), py::arg("taps"), py::arg("normalise_inside"), dev, str);
   m.def("lncc_cuda", &lncc_cuda, "lncc on the GPU into cc, d_i, d_j", py::arg("i"), py::arg("j"), py::arg("means"),
         py::arg("cc"), py::arg("d_i"), py::arg("d_j"), py::arg("shape"), py::arg("eps"), dev, str);
+  m.def("ncc_exact_derivatives_cuda", &ncc_exact_cuda, "ncc_exact_derivatives on the GPU into d_f (0: none), d_m",
+        py::arg("f"), py::arg("m"), py::arg("means"), py::arg("terms"), py::arg("scratch"), py::arg("d_f"),
+        py::arg("d_m"), py::arg("shape"), py::arg("eps"), py::arg("radius"), dev, str);
   m.def("image_gradient_cuda", &gradient_cuda, "image_gradient on the GPU into `out`", py::arg("volume"),
         py::arg("out"), py::arg("shape"), dev, str);
   m.def("affine_ncc_sums_cuda", &affine_sums_cuda,

@@ -24,6 +24,11 @@ void lncc(const float* i, const float* j, const float* means, float* cc, float* 
           float eps);
 // Central differences (one-sided at the border) of one volume: out (3, X, Y, Z).
 void image_gradient(const float* in, float* out, const Grid3& g);
+// The exact NCC derivatives (registration_math.h) of the images f, m from their five box means:
+// d_m always, d_f when `d_f` is not null. `terms` and `scratch`: kNccTermsBoth (with d_f) or
+// kNccTermsMoving volumes of g each, the caller's workspace.
+void ncc_exact_derivatives(const float* f, const float* m, const float* means, float* terms, float* scratch,
+                           float* d_f, float* d_m, const Grid3& g, float eps, int radius);
 // The kAffineSums sums of affine_ncc_terms over the fixed grid, in a fixed order (kAffineSumSlabs).
 void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
                      const float* matrix, double* sums);
@@ -37,6 +42,9 @@ void filter_axis(const float* in, float* out, int64_t channels, const Grid3& g, 
 void lncc(const float* i, const float* j, const float* means, float* cc, float* d_i, float* d_j, const Grid3& g,
           float eps, const Launch& where);
 void image_gradient(const float* in, float* out, const Grid3& g, const Launch& where);
+void ncc_exact_derivatives(const float* f, const float* m, const float* means, float* terms, float* scratch,
+                           float* d_f, float* d_m, const Grid3& g, float eps, const FilterTaps& box, int radius,
+                           const Launch& where);
 // `workspace`: affine_sum_blocks(fg.voxels()) * kAffineSums doubles, `sums`: kAffineSums doubles,
 // both device memory the caller keeps (no allocation and no host copy here: the caller reads
 // `sums` when it needs the numbers).

@@ -86,6 +86,29 @@ void image_gradient(const float* in, float* out, const Grid3& g) {
   }
 }
 
+void ncc_exact_derivatives(const float* f, const float* m, const float* means, float* terms, float* scratch,
+                           float* d_f, float* d_m, const Grid3& g, float eps, int radius) {
+  const int64_t cs = g.voxels();
+  const bool both = d_f != nullptr;
+  const int64_t channels = both ? kNccTermsBoth : kNccTermsMoving;
+#pragma omp parallel for schedule(static)
+  for (int64_t v = 0; v < cs; ++v) {
+    ncc_window_terms(means[v], means[cs + v], means[2 * cs + v], means[3 * cs + v], means[4 * cs + v], eps, both,
+                     terms + v, cs);
+  }
+  // The box mean, as smgic_rt._filters.box_mean takes it: axes 0, 1, 2, normalised inside.
+  const std::vector<float> box(2 * radius + 1, 1.0f);
+  filter_axis(terms, scratch, channels, g, 0, box.data(), radius, true);
+  filter_axis(scratch, terms, channels, g, 1, box.data(), radius, true);
+  filter_axis(terms, scratch, channels, g, 2, box.data(), radius, true);
+#pragma omp parallel for schedule(static)
+  for (int64_t v = 0; v < cs; ++v) {
+    float df = 0.0f;
+    ncc_exact_voxel(f[v], m[v], scratch + v, cs, both, df, d_m[v]);
+    if (both) d_f[v] = df;
+  }
+}
+
 void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
                      const float* matrix, double* sums) {
   // Fixed-order reduction (registration_math.h, kAffineSumSlabs): the result does not depend on

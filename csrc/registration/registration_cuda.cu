@@ -62,6 +62,23 @@ __global__ void gradient_kernel(const float* in, float* out, Grid3 g) {
   out[2 * cs + v] = axis_derivative(in + v, z, g.nz, 1);
 }
 
+__global__ void ncc_terms_kernel(const float* means, float* terms, Grid3 g, float eps, bool both) {
+  const int64_t cs = g.voxels();
+  const int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (v >= cs) return;
+  ncc_window_terms(means[v], means[cs + v], means[2 * cs + v], means[3 * cs + v], means[4 * cs + v], eps, both,
+                   terms + v, cs);
+}
+
+__global__ void ncc_exact_kernel(const float* f, const float* m, const float* sums, float* d_f, float* d_m, Grid3 g) {
+  const int64_t cs = g.voxels();
+  const int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (v >= cs) return;
+  float df = 0.0f;
+  ncc_exact_voxel(f[v], m[v], sums + v, cs, d_f != nullptr, df, d_m[v]);
+  if (d_f) d_f[v] = df;
+}
+
 struct Matrix12 {
   float m[12];
 };
@@ -129,6 +146,25 @@ void image_gradient(const float* in, float* out, const Grid3& g, const Launch& w
   DeviceGuard guard(where.device);
   gradient_kernel<<<blocks_for(g.voxels()), kThreads, 0, stream_of(where)>>>(in, out, g);
   check_launch("image_gradient");
+}
+
+void ncc_exact_derivatives(const float* f, const float* m, const float* means, float* terms, float* scratch,
+                           float* d_f, float* d_m, const Grid3& g, float eps, const FilterTaps& box, int radius,
+                           const Launch& where) {
+  if (g.voxels() == 0) return;
+  const bool both = d_f != nullptr;
+  const int64_t channels = both ? kNccTermsBoth : kNccTermsMoving;
+  {
+    DeviceGuard guard(where.device);
+    ncc_terms_kernel<<<blocks_for(g.voxels()), kThreads, 0, stream_of(where)>>>(means, terms, g, eps, both);
+    check_launch("ncc_exact_derivatives (terms)");
+  }
+  filter_axis(terms, scratch, channels, g, 0, box, radius, true, where);
+  filter_axis(scratch, terms, channels, g, 1, box, radius, true, where);
+  filter_axis(terms, scratch, channels, g, 2, box, radius, true, where);
+  DeviceGuard guard(where.device);
+  ncc_exact_kernel<<<blocks_for(g.voxels()), kThreads, 0, stream_of(where)>>>(f, m, scratch, d_f, d_m, g);
+  check_launch("ncc_exact_derivatives");
 }
 
 void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,

@@ -78,6 +78,48 @@ SMGIC_HOST_DEVICE LnccVoxel lncc_voxel(float i, float j, float mi, float mj, flo
   return r;
 }
 
+// The exact NCC derivatives (smgic_rt.refine's gradient="exact"): a voxel y lies in the window of
+// every x within the radius, so d mean_x cc(x) / d m(y) = f(y) <a> - <a mf> - m(y) <b_m> + <b_m mm>
+// with a = 1 / sqrt(var_f var_m), b_m = a cov / var_m (b_f alike) and <.> the box mean around y.
+// Two per-voxel passes around one box mean of the window terms: ncc_window_terms writes the 7
+// terms a, a mf, a mm, b_m, b_m mm, b_f, b_f mf (4 without the fixed image's: a, a mf, b_m,
+// b_m mm) from x's five box means; ncc_exact_voxel combines their box means at y. The operations
+// and their order are those of the numpy reference, so the CPU results equal it bit for bit.
+constexpr int kNccTermsBoth = 7, kNccTermsMoving = 4;
+
+SMGIC_HOST_DEVICE void ncc_window_terms(float mf, float mm, float mff, float mmm, float mfm, float eps, bool both,
+                                        float* out, int64_t stride) {
+  const float var_f = fmaxf(mff - mf * mf, 0.0f) + eps;
+  const float var_m = fmaxf(mmm - mm * mm, 0.0f) + eps;
+  const float cov = mfm - mf * mm + eps;
+  const float a = 1.0f / sqrtf(var_f * var_m);
+  const float b_m = a * cov / var_m;
+  out[0] = a;
+  out[stride] = a * mf;
+  if (!both) {
+    out[2 * stride] = b_m;
+    out[3 * stride] = b_m * mm;
+    return;
+  }
+  const float b_f = a * cov / var_f;
+  out[2 * stride] = a * mm;
+  out[3 * stride] = b_m;
+  out[4 * stride] = b_m * mm;
+  out[5 * stride] = b_f;
+  out[6 * stride] = b_f * mf;
+}
+
+// d_m (and, with `both`, d_f) at a voxel of intensities f, m from the box means `s` of its terms.
+SMGIC_HOST_DEVICE void ncc_exact_voxel(float f, float m, const float* s, int64_t stride, bool both, float& d_f,
+                                       float& d_m) {
+  if (!both) {
+    d_m = f * s[0] - s[stride] - m * s[2 * stride] + s[3 * stride];
+    return;
+  }
+  d_m = f * s[0] - s[stride] - m * s[3 * stride] + s[4 * stride];
+  d_f = m * s[0] - s[2 * stride] - f * s[5 * stride] + s[6 * stride];
+}
+
 // Trilinear value and gradient (per voxel index) of `image` at p; false when p is outside
 // [0, n-1] on some axis (the caller skips such points).
 SMGIC_HOST_DEVICE bool linear_value_gradient(const float* image, const Grid3& g, float px, float py, float pz,

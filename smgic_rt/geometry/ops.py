@@ -49,6 +49,7 @@ __all__ = [
     "jacobian_determinant",
     "filter_axis",
     "lncc",
+    "ncc_exact_derivatives",
     "image_gradient",
     "affine_ncc_sums",
     "build_info",
@@ -735,22 +736,50 @@ def filter_axis(volumes, axis, taps, normalise_inside=False):
     return out
 
 
+def _check_pair_and_means(named_a, named_b, means):
+    """(grid, on_device) of two volumes (X, Y, Z) on one grid and their five box means (5, X, Y, Z)."""
+    (name_a, a), (name_b, b) = named_a, named_b
+    shape_a, dev_a = _check_volumes(a, name_a, 3)
+    shape_b, dev_b = _check_volumes(b, name_b, 3)
+    shape_m, dev_m = _check_volumes(means, "means", 4)
+    on_device = _check_same_kind([(name_a, dev_a), (name_b, dev_b), ("means", dev_m)])
+    if shape_b != shape_a or shape_m != (5,) + tuple(shape_a):
+        raise ValueError(f"{name_a} and {name_b} must share one grid and means must be (5, *grid), got shapes "
+                         f"{tuple(shape_a)}, {tuple(shape_b)} and {tuple(shape_m)}")
+    return shape_a, on_device
+
+
 def lncc(i, j, means, eps):
     """Per-voxel local NCC of `i` and `j` (X, Y, Z) and its derivatives by `i` and `j`, from the
     five box means ``(5, X, Y, Z)`` = mean i, j, i*i, j*j, i*j. Returns ``(cc, d_i, d_j)``."""
-    shape_i, dev_i = _check_volumes(i, "i", 3)
-    shape_j, dev_j = _check_volumes(j, "j", 3)
-    shape_m, dev_m = _check_volumes(means, "means", 4)
-    on_device = _check_same_kind([("i", dev_i), ("j", dev_j), ("means", dev_m)])
-    if shape_j != shape_i or shape_m != (5,) + tuple(shape_i):
-        raise ValueError(f"i and j must share one grid and means must be (5, *grid), got shapes "
-                         f"{tuple(shape_i)}, {tuple(shape_j)} and {tuple(shape_m)}")
+    shape_i, on_device = _check_pair_and_means(("i", i), ("j", j), means)
     if not on_device:
         return _C.lncc(i, j, means, float(eps))
     outs = [_empty(i, shape_i, True) for _ in range(3)]
     device, stream = launch_target(("i", i), ("j", j), ("means", means))
     _C.lncc_cuda(_ptr(i), _ptr(j), _ptr(means), *[_ptr(o) for o in outs], shape_i, float(eps), device, stream)
     return tuple(outs)
+
+
+def ncc_exact_derivatives(fixed, moving, means, eps, radius, both=True):
+    """The exact derivatives of ``mean_x cc(x)`` (the local NCC of `ops.lncc`, windows of
+    ``2 radius + 1`` voxels) by each voxel of `moving` and, with `both`, of `fixed` (X, Y, Z),
+    from their five box means ``(5, X, Y, Z)`` (as for `lncc`): every window that holds a voxel
+    contributes (smgic_rt.refine, ``gradient="exact"``). Returns ``(d_fixed or None, d_moving)``."""
+    shape_f, on_device = _check_pair_and_means(("fixed", fixed), ("moving", moving), means)
+    if not is_int(radius) or radius < 1:
+        raise ValueError(f"radius must be an int >= 1, got {radius!r}")
+    if not on_device:
+        return _C.ncc_exact_derivatives(fixed, moving, means, float(eps), int(radius), bool(both))
+    channels = int(_C.NCC_TERMS_BOTH if both else _C.NCC_TERMS_MOVING)
+    terms, scratch = (_empty(fixed, (channels,) + tuple(shape_f), True) for _ in range(2))
+    d_moving = _empty(fixed, shape_f, True)
+    d_fixed = _empty(fixed, shape_f, True) if both else None
+    device, stream = launch_target(("fixed", fixed), ("moving", moving), ("means", means))
+    _C.ncc_exact_derivatives_cuda(_ptr(fixed), _ptr(moving), _ptr(means), _ptr(terms), _ptr(scratch),
+                                  _ptr(d_fixed) if both else 0, _ptr(d_moving), shape_f, float(eps), int(radius),
+                                  device, stream)
+    return d_fixed, d_moving
 
 
 def image_gradient(volume):

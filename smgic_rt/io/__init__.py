@@ -718,7 +718,8 @@ def _write_gzip_parallel(data: bytes, path: Path, threads: int | None = None) ->
     """
     from isal import igzip
 
-    pieces = [data[i:i + _GZIP_CHUNK] for i in range(0, len(data), _GZIP_CHUNK)] or [b""]
+    view = memoryview(data)  # pieces without copies
+    pieces = [view[i:i + _GZIP_CHUNK] for i in range(0, len(data), _GZIP_CHUNK)] or [b""]
     workers = max(1, min(len(pieces), threads or len(os.sched_getaffinity(0))))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool, open(path, "wb") as handle:
         # ISA-L releases the GIL while compressing, so the threads run in parallel.

@@ -219,8 +219,10 @@ def _half_steps(options: RefineOptions, factor: int) -> int:
     return max(1, options.steps - 1 - int(round(np.log2(factor))))
 
 
-def _evaluate(fixed, moving, v, level: Level, options: RefineOptions, factor: int = 1):
-    """Objective and what the next update needs (warped images and their NCC derivatives)."""
+def _evaluate(fixed, moving, v, level: Level, options: RefineOptions, factor: int = 1, fixed_means=None):
+    """Objective and what the next update needs (warped images and their NCC derivatives).
+    `fixed_means`: the box means of ``fixed`` and ``fixed * fixed`` (2, X, Y, Z) when only the
+    moving image moves: they do not change within a level, so a level computes them once."""
     xp = ops.array_namespace(fixed, moving, v)
     if level.symmetric:
         half = xp.ascontiguousarray(v * np.float32(0.5))
@@ -231,8 +233,12 @@ def _evaluate(fixed, moving, v, level: Level, options: RefineOptions, factor: in
         steps = _half_steps(options, factor) + 1
         fixed_w = fixed
         moving_w = ops.warp(moving[None], ops.integrate_velocity(xp.ascontiguousarray(v), steps))[0]
-    means = box_mean(xp.stack([fixed_w, moving_w, fixed_w * fixed_w, moving_w * moving_w, fixed_w * moving_w]),
-                     level.radius)
+    if fixed_means is None or level.symmetric:
+        means = box_mean(xp.stack([fixed_w, moving_w, fixed_w * fixed_w, moving_w * moving_w, fixed_w * moving_w]),
+                         level.radius)
+    else:  # each channel is filtered alone, so these are the very values of the 5-channel box mean
+        moved = box_mean(xp.stack([moving_w, moving_w * moving_w, fixed_w * moving_w]), level.radius)
+        means = xp.stack([fixed_means[0], moved[0], fixed_means[1], moved[1], moved[2]])
     cc, d_fixed, d_moving = ops.lncc(fixed_w, moving_w, means, options.eps)
     ncc = float(cc.mean(dtype=np.float64))  # the host's one read of this evaluation (and the energy's)
     value = -ncc + level.reg * _gradient_energy(v)
@@ -248,23 +254,10 @@ def _ncc_derivatives(fixed_w, moving_w, means, level: Level, eps: float):
     <b_m mean_m>``, ``<.>`` the box mean around y. ANTs' CC (and this refinement before)
     keeps only y's own window (``gradient="window"``). One more box mean of 7 channels per
     iteration (4 when only the moving image moves, ``symmetric=False``: ``d_fixed`` is then
-    None): only the accepted step needs it, the line search's evaluations do not.
+    None): only the accepted step needs it, the line search's evaluations do not. One fused
+    kernel (`ops.ncc_exact_derivatives`: the terms, their box mean and the sums in `_C`).
     """
-    xp = ops.array_namespace(fixed_w, moving_w, means)
-    mean_f, mean_m, mean_ff, mean_mm, mean_fm = means
-    var_f = xp.maximum(mean_ff - mean_f * mean_f, np.float32(0)) + np.float32(eps)
-    var_m = xp.maximum(mean_mm - mean_m * mean_m, np.float32(0)) + np.float32(eps)
-    cov = mean_fm - mean_f * mean_m + np.float32(eps)
-    a = np.float32(1) / xp.sqrt(var_f * var_m)
-    b_m = a * cov / var_m
-    if not level.symmetric:  # the fixed image does not move: its derivative is not needed
-        sums = box_mean(xp.stack([a, a * mean_f, b_m, b_m * mean_m]), level.radius)
-        return None, fixed_w * sums[0] - sums[1] - moving_w * sums[2] + sums[3]
-    b_f = a * cov / var_f
-    sums = box_mean(xp.stack([a, a * mean_f, a * mean_m, b_m, b_m * mean_m, b_f, b_f * mean_f]), level.radius)
-    d_moving = fixed_w * sums[0] - sums[1] - moving_w * sums[3] + sums[4]
-    d_fixed = moving_w * sums[0] - sums[2] - fixed_w * sums[5] + sums[6]
-    return d_fixed, d_moving
+    return ops.ncc_exact_derivatives(fixed_w, moving_w, means, eps, level.radius, both=level.symmetric)
 
 
 def objective(fixed, moving, velocity, options: RefineOptions = RefineOptions()) -> float:
@@ -275,11 +268,12 @@ def objective(fixed, moving, velocity, options: RefineOptions = RefineOptions())
 
 
 def _optimise_level(fixed, moving, v, level: Level, options: RefineOptions, deadline, factor):
-    value, ncc, cache = _evaluate(fixed, moving, v, level, options, factor)
+    xp = ops.array_namespace(fixed, moving, v)
+    fixed_means = None if level.symmetric else box_mean(xp.stack([fixed, fixed * fixed]), level.radius)
+    value, ncc, cache = _evaluate(fixed, moving, v, level, options, factor, fixed_means)
     record = {"shape": list(fixed.shape), "objective_before": value, "ncc_before": ncc, "iterations": 0,
               "accepted": 0, "stop": "iterations"}
     step, history = options.step, [value]
-    xp = ops.array_namespace(fixed, moving, v)
     weight = _boundary_weight(fixed.shape, options.boundary, xp)
     for _ in range(level.iterations):
         if deadline is not None and time.perf_counter() > deadline:
@@ -307,7 +301,7 @@ def _optimise_level(fixed, moving, v, level: Level, options: RefineOptions, dead
             candidate = v + np.float32(step / peak) * force
             if options.elastic_sigma > 0:
                 candidate = smooth(candidate, options.elastic_sigma)
-            cand_value, cand_ncc, cand_cache = _evaluate(fixed, moving, candidate, level, options, factor)
+            cand_value, cand_ncc, cand_cache = _evaluate(fixed, moving, candidate, level, options, factor, fixed_means)
             if cand_value < value:
                 v, value, ncc, cache = candidate, cand_value, cand_ncc, cand_cache
                 record["accepted"] += 1
