@@ -4,6 +4,7 @@
                    [--overwrite] [--bundle PATH] [--affine MODE] [--network MODE] [--refine MODE]
                    [--refine-seconds S] [--fields-grid compact|native] [--threads N]
     smgic-apply TRANSFORM REFERENCE INPUT OUTPUT [--interpolation linear|nearest|label]
+    smgic-apply -t T [-t T ...] -r REFERENCE -i IN -o OUT [-i IN -o OUT ...] (smgic_rt.apply)
 
 From a checkout: ``python -m smgic_rt.cli register ...`` / ``python -m smgic_rt.cli apply ...``.
 Progress goes to stderr through logging. The exit status is 0 only on success: 1 for bad input
@@ -98,16 +99,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_apply_arguments(parser: argparse.ArgumentParser) -> None:
-    from .transforms import INTERPOLATIONS
+    from . import apply
 
-    parser.add_argument("transform", help="displacement field written by smgic-register (warp.nii.gz or inverse_warp.nii.gz)")
-    parser.add_argument("reference", help="image defining the output grid (the fixed image for warp.nii.gz)")
-    parser.add_argument("input", help="image or label map to resample")
-    parser.add_argument("output", help="output image (.nii or .nii.gz)")
-    parser.add_argument("--interpolation", default="linear", choices=INTERPOLATIONS)
-    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    parser.add_argument("-q", "--quiet", action="store_true")
+    apply.add_arguments(parser)
 
 
 def registrar_from_args(args):
@@ -169,28 +163,9 @@ def _run_register(args) -> int:
 
 
 def _run_apply(args) -> int:
-    from . import io, transforms
+    from . import apply
 
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise io.OutputExistsError(f"output '{output}' already exists (pass --overwrite to replace it)")
-    if not output.parent.is_dir():
-        raise FileNotFoundError(f"output folder '{output.parent}' does not exist")
-    reference = io.load_volume(args.reference, name="reference image", allow_constant=True)
-    if args.interpolation == "label":
-        image = io.load_label_map(args.input, name="input label map")
-    else:
-        image = io.load_volume(args.input, name="input image", allow_constant=True)
-    data, affine = transforms.apply_displacement_field(
-        args.transform, image, interpolation=args.interpolation, reference=(reference.shape, reference.affine)
-    )
-    import numpy as np
-
-    if args.interpolation == "label" or (args.interpolation == "nearest" and np.all(image.data == np.rint(image.data))):
-        data = np.rint(data).astype(np.int32)
-    io.save_image_atomic(io.make_nifti(np.asarray(data), affine), output)
-    logger.info("wrote %s", output)
-    return EXIT_OK
+    return apply.run(args, logger)
 
 
 def _execute(program: str, run, args) -> int:
