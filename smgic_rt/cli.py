@@ -3,6 +3,7 @@
     smgic-register FIXED MOVING -o OUTDIR [--moving-labels FILE] [--backend NAME] [--qc]
                    [--overwrite] [--bundle PATH] [--affine MODE] [--network MODE] [--refine MODE]
                    [--refine-seconds S] [--fields-grid compact|native] [--threads N]
+                   [--initial-transform T [--initial-format itk|fsl|lta|ras]]
     smgic-apply TRANSFORM REFERENCE INPUT OUTPUT [--interpolation linear|nearest|label]
     smgic-apply -t T [-t T ...] -r REFERENCE -i IN -o OUT [-i IN -o OUT ...] (smgic_rt.apply)
 
@@ -67,6 +68,12 @@ def _add_register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--moving-labels", help="label map in the moving space to warp with generic-label interpolation")
     parser.add_argument("--fixed-mask", help="brain mask on the fixed grid")
     parser.add_argument("--moving-mask", help="brain mask on the moving grid")
+    parser.add_argument("--initial-transform", metavar="T",
+                        help="start from this fixed -> moving affine: ITK/ANTs .mat/.txt, FSL FLIRT .mat "
+                             "(-in MOVING -ref FIXED), FreeSurfer .lta, or a 4x4 RAS text matrix; with --affine off "
+                             "it is used as it is, otherwise the affine stage starts from it")
+    parser.add_argument("--initial-format", choices=("itk", "fsl", "lta", "ras"),
+                        help="format of --initial-transform (default: from its content; a 4x4 text .mat is FSL's)")
     add_model_arguments(parser)
     parser.add_argument("--refine-seconds", type=_positive_seconds, metavar="S",
                         help="stop the refinement after S seconds of wall-clock time (default: no limit; "
@@ -149,10 +156,15 @@ def _run_register(args) -> int:
     pair = job.load_pair(args.fixed, args.moving, moving_labels=args.moving_labels, fixed_mask=args.fixed_mask,
                          moving_mask=args.moving_mask)
     outdir = job.check_output(pair, args.outdir, overwrite=args.overwrite)
+    initial = None
+    if args.initial_transform is not None:
+        from .transform_formats import read_affine
+
+        initial = read_affine(args.initial_transform, fmt=args.initial_format, fixed=pair.fixed, moving=pair.moving)
     imports.join()
     registrar = registrar_from_args(args)
     logger.info("backend %s, bundle %s", registrar.backend, registrar.bundle.id)
-    result = job.run_pair(registrar, pair, outdir, overwrite=args.overwrite, qc=args.qc)
+    result = job.run_pair(registrar, pair, outdir, overwrite=args.overwrite, qc=args.qc, initial=initial)
     logger.info("wrote %s", outdir)
     flag = result.stats["flag"]
     if flag != "ok":

@@ -320,17 +320,21 @@ class Registrar:
         """Each stage's mode ("auto", "on" or "off"), in pipeline order."""
         return {stage.name: stage.mode for stage in self.stages}
 
-    def register(self, fixed, moving, *, fixed_mask=None, moving_mask=None) -> RegistrationResult:
+    def register(self, fixed, moving, *, fixed_mask=None, moving_mask=None, initial=None) -> RegistrationResult:
         """Register `moving` onto `fixed`.
 
         Each image is a path (.nii, .nii.gz, .mgz), a nibabel image, an (array, affine) pair or
         an already loaded `smgic_rt.io.Volume`, in any orientation, voxel size and field of
         view; the two may differ. Masks (same grid as their image, nonzero = brain) restrict
-        what the stages see.
+        what the stages see. `initial`: an alignment made elsewhere, a 4x4 RAS fixed -> moving
+        matrix or an affine file (ITK/ANTs .mat/.txt, FSL FLIRT .mat of ``-in moving -ref
+        fixed``, FreeSurfer .lta, 4x4 RAS text; `smgic_rt.transform_formats`, or ``(path,
+        format)``); the affine stage starts from it, or, switched off, uses it as it is.
         """
         from . import ops
 
-        state = PairState(inputs={"fixed": fixed, "moving": moving, "fixed_mask": fixed_mask, "moving_mask": moving_mask},
+        state = PairState(inputs={"fixed": fixed, "moving": moving, "fixed_mask": fixed_mask, "moving_mask": moving_mask,
+                                  "initial": initial},
                           grid_shape=tuple(int(n) for n in self.bundle.grid_shape),
                           spacing=tuple(float(s) for s in self.bundle.spacing),
                           integration_steps=int(self.bundle.steps), xp=self._xp)

@@ -35,7 +35,7 @@ from . import atomic, io
 from .io import InvalidImageError
 
 __all__ = ["AFFINE_FORMATS", "InvalidTransformFileError", "affine_format", "read_affine", "write_affine",
-           "fsl_frame", "fsl_warp_image", "displacement_from_fsl_warp"]
+           "fsl_frame", "fsl_warp_image", "displacement_from_fsl_warp", "initial_matrix"]
 
 AFFINE_FORMATS = ("itk", "fsl", "lta", "ras")
 _FSL_WARP_INTENT = 2006  # NIFTI_INTENT "fnirt disp field": what fnirt writes and applywarp reads
@@ -268,3 +268,15 @@ def displacement_from_fsl_warp(warp, moving) -> tuple[np.ndarray, np.ndarray]:
     mapped = to_world[:3, :3] @ moving_fsl + to_world[:3, 3:]
     world = fixed_grid.affine[:3, :3] @ index + fixed_grid.affine[:3, 3:]
     return (mapped - world).reshape(3, *fixed_grid.shape).astype(np.float32), fixed_grid.affine
+
+
+def initial_matrix(initial, fixed, moving) -> np.ndarray:
+    """The 4x4 RAS fixed -> moving matrix of a registration's initial transform: a matrix, an
+    affine file (its format detected; `affine_format`) or ``(path, format)``; FSL matrices are
+    read against `fixed` and `moving` (FLIRT's ``-ref`` and ``-in``)."""
+    if isinstance(initial, tuple):
+        path, fmt = initial
+        return read_affine(path, fmt=fmt, fixed=fixed, moving=moving)
+    if isinstance(initial, (str, os.PathLike)):
+        return read_affine(initial, fixed=fixed, moving=moving)
+    return _check_matrix(initial, "initial transform")

@@ -21,7 +21,7 @@ class PairState:
     (`fixed`, `moving`, their masks) and saves (`smgic_rt.registrar.RegistrationResult`).
 
     ``inputs`` holds the images as given (``fixed``, ``moving``, ``fixed_mask``,
-    ``moving_mask``: paths, nibabel images, (array, affine) pairs or validated `io.Volume`s).
+    ``moving_mask``, and an optional ``initial`` transform: paths, nibabel images, (array, affine) pairs or validated `io.Volume`s).
     Attributes filled by the stages (None until then):
 
     ``fixed``, ``moving``, ``fixed_mask``, ``moving_mask``
@@ -29,7 +29,8 @@ class PairState:
     ``fixed_data``, ``moving_data``
         The images as registered: voxel data times the mask when one was given (load).
     ``world_matrix``
-        4x4 fixed world -> moving world (RAS mm) of the affine stage; None when it is off.
+        4x4 fixed world -> moving world (RAS mm): the caller's initial transform (load), then the
+        affine stage's result; None when there is neither.
     ``model_affine``, ``fixed_model``, ``moving_model``, ``intensity``, ``antialias``
         The model grid (voxel -> RAS mm) and both images on it, intensities in [0, 1] by the
         bundle's `preprocess.IntensityScaling` (``intensity``), low-passed by
