@@ -37,8 +37,9 @@ __all__ = ["AffineStep", "FieldStep", "TransformChain", "load_chain", "parse_tra
 POINT_SPACES = ("lps", "ras")
 # smgic-register's two fields, each the other's inverse
 SIBLING_FIELDS = {"warp.nii.gz": "inverse_warp.nii.gz", "inverse_warp.nii.gz": "warp.nii.gz"}
-# Reference voxels whose mapped points are held at once (float64): a fraction of a volume.
-_SLAB_VOXELS = 1 << 20
+# Slabs of the reference grid mapped at once: a few float64 (3, ...) arrays of a slab hold less
+# than one float32 volume.
+_SLABS_PER_VOLUME = 48
 _SPEC = re.compile(r"^\[\s*(?P<path>.+?)\s*,\s*(?P<flag>[01])\s*\]$")
 
 
@@ -136,9 +137,10 @@ def load_chain(specs) -> TransformChain:
 
 
 def _slabs(shape):
-    """Ranges of the last axis whose voxels number at most _SLAB_VOXELS (at least one plane)."""
+    """Ranges of the last axis holding at most 1/_SLABS_PER_VOLUME of the voxels (at least one
+    plane): the float64 points of a slab stay a fraction of a float32 volume."""
     plane = int(shape[0]) * int(shape[1])
-    depth = max(1, _SLAB_VOXELS // max(plane, 1))
+    depth = max(1, int(np.prod(shape)) // _SLABS_PER_VOLUME // max(plane, 1))
     return [(z, min(z + depth, int(shape[2]))) for z in range(0, int(shape[2]), depth)]
 
 
@@ -154,20 +156,34 @@ def _input_coordinates(chain: TransformChain, reference_shape, reference_affine,
 
 
 def _warp_volume(chain, volume: io.Volume, reference_shape, reference_affine, interpolation: str, out: np.ndarray) -> int:
-    """`volume` read through `chain` at every reference voxel, slab by slab, into `out` (X, Y, Z);
+    """`volume` read through `chain` at every reference voxel, slab by slab, into `out` (X, Y, Z,
+    float32 or int32);
     returns how many reference voxels map inside the volume's grid."""
     inside = 0
     upper = np.asarray(volume.shape, dtype=np.float32).reshape(3, 1, 1, 1) - 0.5
     for z0, z1 in _slabs(reference_shape):
         coordinates = _input_coordinates(chain, reference_shape, reference_affine, volume.affine, z0, z1)
         inside += int(np.count_nonzero(np.all((coordinates >= -0.5) & (coordinates <= upper), axis=0)))
-        out[:, :, z0:z1] = transforms.sample_image(volume.data, coordinates, interpolation)
+        sampled = transforms.sample_image(volume.data, coordinates, interpolation)
+        # nearest/label values come back exact: an integer output holds them as they are
+        out[:, :, z0:z1] = sampled if out.dtype == sampled.dtype or out.dtype.kind == "f" else np.rint(sampled)
     return inside
 
 
 def _volumes(path, interpolation: str):
-    """(nibabel image, number of volumes, loader of volume t as a checked io.Volume)."""
-    image, source = io.open_image(path, "input image")
+    """(nibabel image, number of volumes, loader of volume t as a checked io.Volume).
+
+    The file is opened by nibabel, which streams a .nii.gz (io.open_image would decompress a
+    whole series into memory): one volume is read at a time."""
+    source = str(Path(os.fspath(path)).expanduser())
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"input image: no such file: '{source}'")
+    try:
+        image = nib.load(source)
+    except Exception as error:  # noqa: BLE001  (nibabel raises several unrelated types)
+        raise io.InvalidImageError(f"input image: could not read '{source}' as an image: {type(error).__name__}: "
+                                   f"{error}") from None
+    io.check_header(image, "input image", source)
     shape = tuple(int(n) for n in image.shape)
     if len(shape) == 3 or (len(shape) == 4 and shape[3] == 1):
         count = 1
@@ -176,14 +192,17 @@ def _volumes(path, interpolation: str):
     else:
         raise io.InvalidImageError(f"input image '{source}': expected 3-D or 4-D (a series), got shape {shape}")
     affine = np.asarray(image.affine, dtype=np.float64)
+    name = "input label map" if interpolation == "label" else "input image"
 
     def volume(t: int) -> io.Volume:
-        data = np.asarray(image.dataobj[..., t] if len(shape) == 4 else image.dataobj)
-        name = "input label map" if interpolation == "label" else "input image"
-        name += f" volume {t}" if count > 1 else ""
+        where = f"{name} '{source}'" + (f" volume {t}" if count > 1 else "")
+        try:
+            data = np.asarray(image.dataobj[..., t] if len(shape) == 4 else image.dataobj)
+        except Exception as error:  # noqa: BLE001  (a truncated or damaged file)
+            raise io.InvalidImageError(f"{where}: could not be read: {type(error).__name__}: {error}") from None
         if interpolation == "label":
-            return io.load_label_map((data, affine), name=name)
-        return io.load_volume((data, affine), name=name, allow_constant=True)
+            return io.load_label_map((data, affine), name=where)
+        return io.load_volume((data, affine), name=where, allow_constant=True)
 
     return image, count, volume
 
@@ -202,20 +221,17 @@ def apply_to_image(chain: TransformChain, input_path, reference, output_path, *,
     shape, affine = reference.shape, reference.affine
     image, count, volume = _volumes(input_path, interpolation)
     first = volume(0)
-    integer = interpolation == "label" or (interpolation == "nearest" and first.data.dtype.kind in "iu")
+    integer = interpolation == "label" or (interpolation == "nearest" and np.dtype(image.get_data_dtype()).kind in "iu")
     out = np.empty(shape + ((count,) if count > 1 else ()), dtype=np.int32 if integer else np.float32)
     with ops.cpu_threads(threads):
         for t in range(count):
-            data = first if t == 0 else volume(t)
-            target = out[..., t] if count > 1 else out
-            warped = np.empty(shape, np.float32) if integer else target  # nearest/label: exact values, as int32
-            inside = _warp_volume(chain, data, shape, affine, interpolation, warped)
+            data, first = (first if t == 0 else volume(t)), None  # one input volume held at a time
+            inside = _warp_volume(chain, data, shape, affine, interpolation, out[..., t] if count > 1 else out)
+            del data
             if inside == 0:
                 raise InvalidTransformError(
                     f"the transforms map no voxel of the reference image into the input '{input_path}': the output "
                     "would be empty (are these the transforms for these images, in ANTs' order?)")
-            if integer:
-                target[...] = np.rint(warped)
     result = io.make_nifti(out, affine)
     if count > 1:  # the series' timing, as the input says it
         header = image.header
