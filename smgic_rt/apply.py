@@ -32,7 +32,7 @@ from . import atomic, io, transforms
 from .transforms import InvalidTransformError
 
 __all__ = ["AffineStep", "FieldStep", "TransformChain", "load_chain", "parse_transform", "apply_to_image",
-           "apply_to_points_csv", "apply_to_streamlines", "POINT_SPACES", "SIBLING_FIELDS"]
+           "apply_to_points_csv", "apply_to_streamlines", "apply_to_file", "POINT_SPACES", "SIBLING_FIELDS"]
 
 POINT_SPACES = ("lps", "ras")
 # smgic-register's two fields, each the other's inverse
@@ -360,13 +360,27 @@ def _jobs(args):
     return args.transform, args.reference, list(zip(args.input, args.output))
 
 
-def _kind(path: str) -> str:
-    name = path.lower()
+def _kind(path) -> str:
+    name = str(path).lower()
     if name.endswith(".csv"):
         return "points"
     if name.endswith((".trk", ".tck")):
         return "streamlines"
     return "image"
+
+
+def apply_to_file(chain: TransformChain, source, output, *, reference=None, interpolation: str = "linear",
+                  points_space: str = "lps", threads: int | None = None) -> Path:
+    """`chain` applied to one file, by its kind: points (.csv), streamlines (.trk/.tck) or an
+    image (anything else; needs `reference`, the output grid)."""
+    kind = _kind(source)
+    if kind == "points":
+        return apply_to_points_csv(chain, source, output, space=points_space)
+    if kind == "streamlines":
+        return apply_to_streamlines(chain, source, output, reference=reference)
+    if reference is None:
+        raise ValueError(f"input '{source}' is an image: a reference image (the output grid) is needed")
+    return apply_to_image(chain, source, reference, output, interpolation=interpolation, threads=threads)
 
 
 def run(args, logger) -> int:
@@ -389,12 +403,7 @@ def run(args, logger) -> int:
             transforms.check_field_placement(step.displacement, step.affine, grid.shape, grid.affine,
                                              name=f"transform '{step.source}'")
     for source, output in jobs:
-        kind = _kind(source)
-        if kind == "points":
-            apply_to_points_csv(chain, source, output, space=args.points_space)
-        elif kind == "streamlines":
-            apply_to_streamlines(chain, source, output, reference=grid)
-        else:
-            apply_to_image(chain, source, grid, output, interpolation=args.interpolation, threads=args.threads)
+        apply_to_file(chain, source, output, reference=grid, interpolation=args.interpolation,
+                      points_space=args.points_space, threads=args.threads)
         logger.info("wrote %s", output)
     return 0
