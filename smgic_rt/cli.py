@@ -3,7 +3,7 @@
     smgic-register FIXED MOVING -o OUTDIR [--moving-labels FILE] [--backend NAME] [--qc]
                    [--overwrite] [--bundle PATH] [--affine MODE] [--network MODE] [--refine MODE]
                    [--refine-seconds S] [--fields-grid compact|native] [--threads N]
-                   [--initial-transform T [--initial-format itk|fsl|lta|ras]]
+                   [--initial-transform T [--initial-format itk|fsl|lta|ras]] [--export fsl|lta]
     smgic-apply TRANSFORM REFERENCE INPUT OUTPUT [--interpolation linear|nearest|label]
     smgic-apply -t T [-t T ...] -r REFERENCE -i IN -o OUT [-i IN -o OUT ...] (smgic_rt.apply)
 
@@ -74,6 +74,9 @@ def _add_register_arguments(parser: argparse.ArgumentParser) -> None:
                              "it is used as it is, otherwise the affine stage starts from it")
     parser.add_argument("--initial-format", choices=("itk", "fsl", "lta", "ras"),
                         help="format of --initial-transform (default: from its content; a 4x4 text .mat is FSL's)")
+    parser.add_argument("--export", action="append", default=[], choices=("fsl", "lta"),
+                        help="also write transforms for other tools: fsl (warp_fsl.nii.gz, inverse_warp_fsl.nii.gz "
+                             "for applywarp --rel, affine_flirt.mat), lta (affine.lta for FreeSurfer); repeatable")
     add_model_arguments(parser)
     parser.add_argument("--refine-seconds", type=_positive_seconds, metavar="S",
                         help="stop the refinement after S seconds of wall-clock time (default: no limit; "
@@ -164,7 +167,8 @@ def _run_register(args) -> int:
     imports.join()
     registrar = registrar_from_args(args)
     logger.info("backend %s, bundle %s", registrar.backend, registrar.bundle.id)
-    result = job.run_pair(registrar, pair, outdir, overwrite=args.overwrite, qc=args.qc, initial=initial)
+    result = job.run_pair(registrar, pair, outdir, overwrite=args.overwrite, qc=args.qc, initial=initial,
+                          export=args.export)
     logger.info("wrote %s", outdir)
     flag = result.stats["flag"]
     if flag != "ok":

@@ -25,11 +25,12 @@ from .pipeline import (AffineStage, FieldsStage, IntegrateStage, LoadStage, Netw
                        PreprocessStage, QualityStage, RefineStage, ResampleStage, check_mode, run_stages,
                        volume_or_load)
 
-__all__ = ["Registrar", "RegistrationResult", "BACKENDS", "DEFAULT_BUNDLE_PATH", "NoDefaultBundleError"]
+__all__ = ["Registrar", "RegistrationResult", "BACKENDS", "EXPORTS", "DEFAULT_BUNDLE_PATH", "NoDefaultBundleError"]
 
 logger = logging.getLogger("smgic_rt")
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+EXPORTS = ("fsl", "lta")  # transforms for other tools that `RegistrationResult.save` may add
 DEFAULT_BUNDLE_PATH = Path(__file__).resolve().parent / "models" / "default"
 
 
@@ -130,7 +131,7 @@ class RegistrationResult:
         self.stats.setdefault("seconds", {})["flags"] = time.perf_counter() - start
         return verdict
 
-    def save(self, outdir, *, overwrite: bool = False, moving_labels=None, qc: bool = False) -> Path:
+    def save(self, outdir, *, overwrite: bool = False, moving_labels=None, qc: bool = False, export=()) -> Path:
         """Write all outputs into `outdir` atomically (a staging folder renamed into place).
 
         Files: warped.nii.gz, warp.nii.gz (fixed -> moving), inverse_warp.nii.gz,
@@ -138,7 +139,12 @@ class RegistrationResult:
         warped_labels.nii.gz (with `moving_labels`), qc.png and qc.html with its pictures (with
         `qc`) and manifest.json (every file's size and sha256). Nothing is left behind when any
         step fails; `overwrite` replaces only a previous smgic output (`smgic_rt.outputs`).
+        `export` adds files for other tools (`EXPORTS`): "fsl" warp_fsl.nii.gz and
+        inverse_warp_fsl.nii.gz (applywarp --rel) and affine_flirt.mat, "lta" affine.lta.
         """
+        unknown = sorted(set(export) - set(EXPORTS))
+        if unknown:
+            raise ValueError(f"export must name some of {list(EXPORTS)}, got {unknown}")
         labels = None if moving_labels is None else volume_or_load(moving_labels, io.load_label_map,
                                                                      name="moving labels")
         if labels is not None:  # before any work: labels that miss their image would warp to nothing
@@ -147,10 +153,10 @@ class RegistrationResult:
         sources = (self.fixed.source, self.moving.source, None if labels is None else labels.source)
         outdir = outputs.check_output_dir(outdir, overwrite=overwrite, protected=sources)
         with atomic.atomic_dir(outdir, replace=overwrite) as staging:
-            self._write_into(staging, labels, qc)
+            self._write_into(staging, labels, qc, tuple(export))
         return outdir
 
-    def _write_into(self, folder: Path, labels: io.Volume | None, qc: bool):
+    def _write_into(self, folder: Path, labels: io.Volume | None, qc: bool, export: tuple = ()):
         import time
 
         files = {}
@@ -166,6 +172,10 @@ class RegistrationResult:
         if self.affine_matrix is not None:
             transforms.write_itk_affine(self.affine_matrix, folder / "affine.mat")
             files["affine"] = "affine.mat"
+        if export:
+            from . import transform_formats
+
+            files.update(transform_formats.export_registration(self, folder, export, image))
         if labels is not None:
             start = time.perf_counter()
             image("warped_labels.nii.gz", self.apply(labels, interpolation="label"))

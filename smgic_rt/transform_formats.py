@@ -35,7 +35,7 @@ from . import atomic, io
 from .io import InvalidImageError
 
 __all__ = ["AFFINE_FORMATS", "InvalidTransformFileError", "affine_format", "read_affine", "write_affine",
-           "fsl_frame", "fsl_warp_image", "displacement_from_fsl_warp", "initial_matrix"]
+           "fsl_frame", "fsl_warp_image", "displacement_from_fsl_warp", "initial_matrix", "export_registration"]
 
 AFFINE_FORMATS = ("itk", "fsl", "lta", "ras")
 _FSL_WARP_INTENT = 2006  # NIFTI_INTENT "fnirt disp field": what fnirt writes and applywarp reads
@@ -280,3 +280,20 @@ def initial_matrix(initial, fixed, moving) -> np.ndarray:
     if isinstance(initial, (str, os.PathLike)):
         return read_affine(initial, fixed=fixed, moving=moving)
     return _check_matrix(initial, "initial transform")
+
+
+def export_registration(result, folder, formats, write_image) -> dict:
+    """Write a `RegistrationResult`'s transforms for other tools into `folder`; returns the
+    report's ``files`` entries. "fsl": warp_fsl.nii.gz (fixed -> moving, on the fixed grid) and
+    inverse_warp_fsl.nii.gz (on the moving grid), both ``applywarp --rel`` warps, and
+    affine_flirt.mat; "lta": affine.lta (FreeSurfer). `write_image(name, image)` writes an image."""
+    folder = Path(os.fspath(folder))
+    files = {}
+    if "fsl" in formats:
+        write_image("warp_fsl.nii.gz", fsl_warp_image(*result.forward_field, result.fixed, result.moving))
+        write_image("inverse_warp_fsl.nii.gz", fsl_warp_image(*result.inverse_field, result.moving, result.fixed))
+    for fmt, key, name in (("fsl", "affine_flirt", "affine_flirt.mat"), ("lta", "affine_lta", "affine.lta")):
+        if fmt in formats and result.affine_matrix is not None:
+            write_affine(result.affine_matrix, folder / name, fmt=fmt, fixed=result.fixed, moving=result.moving)
+            files[key] = name
+    return files

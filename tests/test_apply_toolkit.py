@@ -28,7 +28,8 @@ def pair(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def registered(pair, tmp_path_factory):
-    return register(pair, tmp_path_factory.mktemp("run") / "out", tmp_path_factory.mktemp("bundle"))
+    return register(pair, tmp_path_factory.mktemp("run") / "out", tmp_path_factory.mktemp("bundle"),
+                    "--export", "fsl", "--export", "lta")
 
 
 def _apply(*arguments):
@@ -213,3 +214,38 @@ def test_bad_command_lines_fail_before_any_work(pair, registered, tmp_path, capf
                            "-q"]) == 1  # no -o
     assert "each -i needs its -o" in capfd.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_exports_for_fsl_and_freesurfer_hold_our_transforms(pair, registered):
+    """warp_fsl.nii.gz / inverse_warp_fsl.nii.gz read back to warp.nii.gz / inverse_warp.nii.gz
+    within 1e-5 mm; FSL's applywarp --rel rule (moving read at its FSL coordinate, fixed FSL
+    coordinate plus the warp) gives warped.nii.gz; affine_flirt.mat and affine.lta hold the affine."""
+    import json
+
+    from smgic_rt import transform_formats
+
+    fixed, moving = nib.load(str(pair["fixed"])), nib.load(str(pair["moving"]))
+    for name, source, target in (("warp", fixed, moving), ("inverse_warp", moving, fixed)):
+        ours = transforms.itk_image_to_displacement(registered / f"{name}.nii.gz")
+        expected = transforms.displacement_on_grid(*ours, source.shape, source.affine)
+        back, affine = transform_formats.displacement_from_fsl_warp(registered / f"{name}_fsl.nii.gz", target)
+        np.testing.assert_allclose(affine, source.affine, atol=1e-6)
+        assert np.abs(back - expected).max() < 1e-5, name
+
+    warp = np.moveaxis(np.asarray(nib.load(str(registered / "warp_fsl.nii.gz")).dataobj, dtype=np.float64), -1, 0)
+    fixed_frame = transform_formats.fsl_frame(fixed.shape, fixed.affine)
+    moving_frame = transform_formats.fsl_frame(moving.shape, moving.affine)
+    index = transforms.voxel_grid(fixed.shape).reshape(3, -1)
+    moving_fsl = fixed_frame[:3, :3] @ index + fixed_frame[:3, 3:] + warp.reshape(3, -1)
+    to_voxels = np.linalg.inv(moving_frame)
+    coordinates = (to_voxels[:3, :3] @ moving_fsl + to_voxels[:3, 3:]).reshape(3, *fixed.shape).astype(np.float32)
+    applywarp = transforms.sample_image(moving.get_fdata().astype(np.float32), coordinates)
+    brain = fixed.get_fdata() > 0
+    assert correlation(applywarp, nib.load(str(registered / "warped.nii.gz")).get_fdata(), brain) > 0.999
+
+    matrix = np.asarray(json.loads((registered / "report.json").read_text())["affine_matrix"])
+    points = brain_points(pair["fixed"], 200, seed=6)
+    for name in ("affine_flirt.mat", "affine.lta"):
+        read = transform_formats.read_affine(registered / name, fixed=pair["fixed"], moving=pair["moving"])
+        difference = points @ (read - matrix)[:3, :3].T + (read - matrix)[:3, 3]
+        assert np.abs(difference).max() < 1e-5, name
