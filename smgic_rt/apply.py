@@ -99,9 +99,10 @@ def _is_field(path: Path) -> bool:
     return path.name.endswith((".nii", ".nii.gz"))
 
 
-def load_chain(specs) -> TransformChain:
+def load_chain(specs, *, fixed=None, moving=None) -> TransformChain:
     """A `TransformChain` from transforms in ANTs' order: paths, ``"[path,1]"`` strings,
-    ``(path, invert)`` pairs, 4x4 matrices or nibabel field images."""
+    ``(path, invert)`` pairs, 4x4 matrices or nibabel field images. An FSL FLIRT matrix is read
+    against `fixed` (the reference grid) and `moving` (the image it reads)."""
     from . import transform_formats
 
     if isinstance(specs, (str, os.PathLike)) or not len(specs):
@@ -127,7 +128,7 @@ def load_chain(specs) -> TransformChain:
             displacement, affine = transforms.itk_image_to_displacement(path, name=f"transform '{path.name}'")
             steps.append(FieldStep(displacement, affine, str(path)))
         else:
-            matrix = transform_formats.read_affine(path)
+            matrix = transform_formats.read_affine(path, fixed=fixed, moving=moving)
             steps.append(AffineStep(np.linalg.inv(matrix) if invert else matrix, str(path) + (" (inverted)" if invert else "")))
     return TransformChain(tuple(steps))
 
@@ -221,7 +222,9 @@ def apply_to_image(chain: TransformChain, input_path, reference, output_path, *,
     shape, affine = reference.shape, reference.affine
     image, count, volume = _volumes(input_path, interpolation)
     first = volume(0)
-    integer = interpolation == "label" or (interpolation == "nearest" and np.dtype(image.get_data_dtype()).kind in "iu")
+    # nearest on integer values (labels stored as float included) writes integers, as it read them
+    integer = interpolation == "label" or (interpolation == "nearest" and (
+        np.dtype(image.get_data_dtype()).kind in "iu" or bool(np.all(first.data == np.rint(first.data)))))
     out = np.empty(shape + ((count,) if count > 1 else ()), dtype=np.int32 if integer else np.float32)
     with ops.cpu_threads(threads):
         for t in range(count):
@@ -396,8 +399,10 @@ def run(args, logger) -> int:
             raise ValueError(f"output '{output}' is its own input")
         if _kind(source) == "image" and reference is None:
             raise ValueError(f"input '{source}' is an image: pass -r REFERENCE (the output grid)")
-    chain = load_chain(specs)
     grid = None if reference is None else io.load_volume(reference, name="reference image", allow_constant=True)
+    images = [source for source, _ in jobs if _kind(source) == "image"]
+    # a FLIRT matrix relates the reference grid and the one image it reads
+    chain = load_chain(specs, fixed=grid, moving=images[0] if len(images) == 1 else None)
     for step in chain.steps:
         if isinstance(step, FieldStep) and grid is not None:
             transforms.check_field_placement(step.displacement, step.affine, grid.shape, grid.affine,

@@ -83,8 +83,16 @@ def _image(image, name: str):
         return None
     if isinstance(image, io.Volume):
         return _Grid(image.shape, image.affine)
-    if isinstance(image, (str, os.PathLike)):
-        return io.open_image(image, name)[0]
+    if isinstance(image, (str, os.PathLike)):  # the header alone (io.open_image would read the voxels)
+        path = Path(os.fspath(image)).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: no such file: '{path}'")
+        try:
+            loaded = nib.load(str(path))
+        except Exception as error:  # noqa: BLE001  (nibabel raises several unrelated types)
+            raise InvalidImageError(f"{name}: could not read '{path}' as an image: {type(error).__name__}: {error}") from None
+        io.check_header(loaded, name, str(path))
+        return loaded
     if isinstance(image, nib.spatialimages.SpatialImage):
         return image
     raise TypeError(f"{name} must be a path, a nibabel image or an io.Volume, got {type(image).__name__}")

@@ -119,6 +119,16 @@ def test_chain_with_an_ants_affine_matches_ants(pair, registered, tmp_path, inve
     assert correlation(ours, plain, brain) < 0.995
 
 
+def test_flirt_matrix_in_a_chain_reads_against_reference_and_input(pair, registered, tmp_path):
+    """-t affine_flirt.mat (FSL's coordinates of -r and -i) warps as -t affine.mat (ITK) does."""
+    outputs = {}
+    for name in ("affine.mat", "affine_flirt.mat"):
+        outputs[name] = tmp_path / f"{name}.nii.gz"
+        _apply("-t", registered / name, "-r", pair["fixed"], "-i", pair["moving"], "-o", outputs[name])
+    itk, flirt = (nib.load(str(outputs[name])).get_fdata() for name in ("affine.mat", "affine_flirt.mat"))
+    assert np.abs(itk - flirt).max() < 1e-3 * np.abs(itk).max()
+
+
 def test_inverting_our_warp_reads_its_inverse_field(pair, registered, tmp_path):
     _apply("-t", f"[{registered / 'warp.nii.gz'},1]", "-r", pair["moving"], "-i", pair["fixed"], "-o", tmp_path / "a.nii.gz")
     _apply("-t", registered / "inverse_warp.nii.gz", "-r", pair["moving"], "-i", pair["fixed"], "-o", tmp_path / "b.nii.gz")
