@@ -18,6 +18,7 @@ that resamples the fixed image onto the moving grid. CSV files are read in the c
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io as text_io
 import os
@@ -51,7 +52,8 @@ class AffineStep:
     source: str
 
     def map(self, points: np.ndarray) -> np.ndarray:
-        return self.matrix[:3, :3] @ points + self.matrix[:3, 3:]
+        shape = (3,) + (1,) * (points.ndim - 1)
+        return np.einsum("ij,j...->i...", self.matrix[:3, :3], points) + self.matrix[:3, 3].reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -64,19 +66,35 @@ class FieldStep:
     source: str
 
     def map(self, points: np.ndarray) -> np.ndarray:
+        from . import ops
+
+        block = points if points.ndim == 4 else _as_block(points.reshape(3, -1))
         to_voxels = np.linalg.inv(self.affine)
-        flat = points.reshape(3, -1)
-        index = (to_voxels[:3, :3] @ flat + to_voxels[:3, 3:]).astype(np.float32).reshape(3, -1, 1, 1)
-        moved = flat.copy()
-        for c in range(3):
-            moved[c] += transforms.sample_image(self.displacement[c], index).reshape(-1)
-        return moved.reshape(points.shape)
+        index = np.einsum("ij,j...->i...", to_voxels[:3, :3], block) + to_voxels[:3, 3].reshape(3, 1, 1, 1)
+        # The kernel reads at x + u(x), x the block's own index: small, so float32 keeps u exact.
+        relative = ops.affine_field(index.astype(np.float32), -_IDENTITY_3X4, np.eye(3))
+        moved = block + ops.warp(self.displacement, relative, interpolation="linear", padding="zeros")
+        return moved if points.ndim == 4 else moved.reshape(3, -1)[:, :points[0].size].reshape(points.shape)
+
+
+_IDENTITY_3X4 = np.hstack([np.eye(3), np.zeros((3, 1))])
+
+
+def _as_block(flat: np.ndarray) -> np.ndarray:
+    """Points (3, N) laid out as a near-cubic (3, a, a, c) block (zero-padded), so that the
+    sampling kernels' voxel indices stay small."""
+    count = flat.shape[1]
+    side = max(1, int(np.ceil(count ** (1 / 3))))
+    depth = max(1, -(-count // (side * side)))
+    block = np.zeros((3, side * side * depth))
+    block[:, :count] = flat
+    return block.reshape(3, side, side, depth)
 
 
 @dataclass(frozen=True)
 class TransformChain:
     """Transforms in ANTs' order; `map_points` sends reference points (3, ...) RAS mm, float64,
-    to the input's space."""
+    to the input's space (a (3, X, Y, Z) block of a grid, or points of any other shape)."""
 
     steps: tuple
 
@@ -150,25 +168,60 @@ def _input_coordinates(chain: TransformChain, reference_shape, reference_affine,
     index = np.stack(np.meshgrid(np.arange(reference_shape[0], dtype=np.float64),
                                  np.arange(reference_shape[1], dtype=np.float64),
                                  np.arange(z0, z1, dtype=np.float64), indexing="ij"))
-    world = reference_affine[:3, :3] @ index.reshape(3, -1) + reference_affine[:3, 3:]
+    world = np.einsum("ij,j...->i...", reference_affine[:3, :3], index) + reference_affine[:3, 3].reshape(3, 1, 1, 1)
     mapped = chain.map_points(world)
     to_input = np.linalg.inv(input_affine)
-    return (to_input[:3, :3] @ mapped + to_input[:3, 3:]).astype(np.float32).reshape(index.shape)
+    return (np.einsum("ij,j...->i...", to_input[:3, :3], mapped) + to_input[:3, 3].reshape(3, 1, 1, 1)).astype(np.float32)
 
 
-def _warp_volume(chain, volume: io.Volume, reference_shape, reference_affine, interpolation: str, out: np.ndarray) -> int:
-    """`volume` read through `chain` at every reference voxel, slab by slab, into `out` (X, Y, Z,
-    float32 or int32);
-    returns how many reference voxels map inside the volume's grid."""
-    inside = 0
+def _warped_slabs(chain, volume: io.Volume, reference_shape, reference_affine, interpolation: str, dtype):
+    """`volume` read through `chain` at every reference voxel, slab by slab along the last axis:
+    yields ``(values (X, Y, dz) of `dtype`, how many of the slab's voxels map inside the volume)``.
+    Nearest and label values come back exact, so an int32 output holds them as they are."""
     upper = np.asarray(volume.shape, dtype=np.float32).reshape(3, 1, 1, 1) - 0.5
     for z0, z1 in _slabs(reference_shape):
         coordinates = _input_coordinates(chain, reference_shape, reference_affine, volume.affine, z0, z1)
-        inside += int(np.count_nonzero(np.all((coordinates >= -0.5) & (coordinates <= upper), axis=0)))
+        inside = int(np.count_nonzero(np.all((coordinates >= -0.5) & (coordinates <= upper), axis=0)))
         sampled = transforms.sample_image(volume.data, coordinates, interpolation)
-        # nearest/label values come back exact: an integer output holds them as they are
-        out[:, :, z0:z1] = sampled if out.dtype == sampled.dtype or out.dtype.kind == "f" else np.rint(sampled)
-    return inside
+        yield (sampled if sampled.dtype == dtype else np.rint(sampled).astype(dtype)), inside
+
+
+def _output_header(shape, affine, dtype, count: int, series_header) -> nib.Nifti1Header:
+    """The output's NIfTI-1 header: the reference's affine (sform and qform), `dtype`, and for a
+    series of `count` volumes the input's 4th dimension (TR in pixdim[4], units, toffset)."""
+    header = io.make_nifti(np.zeros((1, 1, 1), dtype), affine).header
+    header.set_data_dtype(dtype)
+    header.set_data_shape(tuple(shape) + ((count,) if count > 1 else ()))
+    zooms = tuple(float(z) for z in io.voxel_sizes(affine))
+    if count > 1:
+        header.set_zooms(zooms + (float(series_header.get_zooms()[3]),))
+        header.set_xyzt_units(*series_header.get_xyzt_units())
+        header["toffset"] = series_header.get("toffset", 0)
+    else:
+        header.set_zooms(zooms)
+    header["vox_offset"] = _NIFTI1_DATA_OFFSET
+    return header
+
+
+_NIFTI1_DATA_OFFSET = 352  # 348 header bytes and 4 of "no extension"
+
+
+@contextlib.contextmanager
+def _nifti_stream(path: Path, header: nib.Nifti1Header):
+    """Yield ``write(slab)`` for a .nii/.nii.gz written in file order (x fastest, then y, z, t),
+    so that a z-slab of a volume is a contiguous run of the file: the output is never held whole.
+    The file goes to a temporary beside `path`, renamed into place when the block succeeds."""
+    with atomic.atomic_path(path) as temp:
+        if path.name.lower().endswith(".gz"):
+            from isal import igzip
+
+            handle = igzip.open(temp, "wb", compresslevel=1)  # ISA-L, as io's writer
+        else:
+            handle = open(temp, "wb")
+        with handle:
+            handle.write(header.binaryblock)
+            handle.write(b"\0" * (_NIFTI1_DATA_OFFSET - len(header.binaryblock)))
+            yield lambda slab: handle.write(np.ascontiguousarray(slab.T).tobytes())
 
 
 def _volumes(path, interpolation: str):
@@ -211,8 +264,9 @@ def _volumes(path, interpolation: str):
 def apply_to_image(chain: TransformChain, input_path, reference, output_path, *, interpolation: str = "linear",
                    threads: int | None = None) -> Path:
     """Resample a 3-D image, label map or 4-D series onto `reference` (path, nibabel image or
-    io.Volume) through `chain`, one volume at a time, each interpolated once; write it
-    atomically. A series keeps its header's 4th dimension (TR in pixdim[4], xyzt_units)."""
+    io.Volume) through `chain`, one volume at a time, each interpolated once, into a .nii or
+    .nii.gz written atomically as it is made (`_nifti_stream`). A series keeps its header's 4th
+    dimension (TR in pixdim[4], xyzt_units, toffset). Float32 output, int32 for labels."""
     from . import ops
 
     if interpolation not in transforms.INTERPOLATIONS:
@@ -225,24 +279,24 @@ def apply_to_image(chain: TransformChain, input_path, reference, output_path, *,
     # nearest on integer values (labels stored as float included) writes integers, as it read them
     integer = interpolation == "label" or (interpolation == "nearest" and (
         np.dtype(image.get_data_dtype()).kind in "iu" or bool(np.all(first.data == np.rint(first.data)))))
-    out = np.empty(shape + ((count,) if count > 1 else ()), dtype=np.int32 if integer else np.float32)
-    with ops.cpu_threads(threads):
+    dtype = np.dtype(np.int32 if integer else np.float32)
+    output_path = Path(os.fspath(output_path))
+    if not output_path.name.lower().endswith((".nii", ".nii.gz")):
+        raise ValueError(f"output image must be .nii or .nii.gz, got '{output_path}'")
+    header = _output_header(shape, affine, dtype, count, image.header)
+    with ops.cpu_threads(threads), _nifti_stream(output_path, header) as write:
         for t in range(count):
             data, first = (first if t == 0 else volume(t)), None  # one input volume held at a time
-            inside = _warp_volume(chain, data, shape, affine, interpolation, out[..., t] if count > 1 else out)
+            inside = 0
+            for slab, slab_inside in _warped_slabs(chain, data, shape, affine, interpolation, dtype):
+                write(slab)
+                inside += slab_inside
             del data
-            if inside == 0:
+            if inside == 0:  # the temporary file is dropped: nothing is written
                 raise InvalidTransformError(
                     f"the transforms map no voxel of the reference image into the input '{input_path}': the output "
                     "would be empty (are these the transforms for these images, in ANTs' order?)")
-    result = io.make_nifti(out, affine)
-    if count > 1:  # the series' timing, as the input says it
-        header = image.header
-        result.header.set_xyzt_units(*header.get_xyzt_units())
-        zooms = result.header.get_zooms()
-        result.header.set_zooms(zooms[:3] + (header.get_zooms()[3],))
-        result.header["toffset"] = header.get("toffset", 0)
-    return io.save_image_atomic(result, output_path, threads=threads)
+    return output_path
 
 
 # ---------------------------------------------------------------------------------------------
