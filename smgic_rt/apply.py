@@ -199,11 +199,29 @@ def _output_header(shape, affine, dtype, count: int, series_header) -> nib.Nifti
         header["toffset"] = series_header.get("toffset", 0)
     else:
         header.set_zooms(zooms)
+        header.set_xyzt_units("mm")
     header["vox_offset"] = _NIFTI1_DATA_OFFSET
     return header
 
 
 _NIFTI1_DATA_OFFSET = 352  # 348 header bytes and 4 of "no extension"
+
+
+@contextlib.contextmanager
+def _image_in_memory(path: Path, header: nib.Nifti1Header, threads):
+    """`_nifti_stream`'s ``write(slab)`` for other formats (.mgz): the slabs fill the image in
+    file order and io's writer converts and writes it at the end."""
+    shape = header.get_data_shape()
+    flat = np.empty(int(np.prod(shape)), dtype=header.get_data_dtype())
+    filled = [0]
+
+    def write(slab):
+        values = np.ascontiguousarray(slab.T).reshape(-1)
+        flat[filled[0]:filled[0] + values.size] = values
+        filled[0] += values.size
+
+    yield write
+    io.save_image_atomic(nib.Nifti1Image(flat.reshape(shape, order="F"), None, header), path, threads=threads)
 
 
 @contextlib.contextmanager
@@ -265,7 +283,7 @@ def apply_to_image(chain: TransformChain, input_path, reference, output_path, *,
                    threads: int | None = None) -> Path:
     """Resample a 3-D image, label map or 4-D series onto `reference` (path, nibabel image or
     io.Volume) through `chain`, one volume at a time, each interpolated once, into a .nii or
-    .nii.gz written atomically as it is made (`_nifti_stream`). A series keeps its header's 4th
+    .nii.gz written atomically as it is made (`_nifti_stream`; other formats, .mgz, at the end). A series keeps its header's 4th
     dimension (TR in pixdim[4], xyzt_units, toffset). Float32 output, int32 for labels."""
     from . import ops
 
@@ -281,10 +299,10 @@ def apply_to_image(chain: TransformChain, input_path, reference, output_path, *,
         np.dtype(image.get_data_dtype()).kind in "iu" or bool(np.all(first.data == np.rint(first.data)))))
     dtype = np.dtype(np.int32 if integer else np.float32)
     output_path = Path(os.fspath(output_path))
-    if not output_path.name.lower().endswith((".nii", ".nii.gz")):
-        raise ValueError(f"output image must be .nii or .nii.gz, got '{output_path}'")
     header = _output_header(shape, affine, dtype, count, image.header)
-    with ops.cpu_threads(threads), _nifti_stream(output_path, header) as write:
+    streamed = output_path.name.lower().endswith((".nii", ".nii.gz"))
+    writer = _nifti_stream(output_path, header) if streamed else _image_in_memory(output_path, header, threads)
+    with ops.cpu_threads(threads), writer as write:
         for t in range(count):
             data, first = (first if t == 0 else volume(t)), None  # one input volume held at a time
             inside = 0
