@@ -77,13 +77,25 @@ def affine_format(path, fmt: str | None = None) -> str:
     return "fsl" if path.suffix.lower() == ".mat" else "ras"
 
 
-def _image(image, name: str):
-    """A nibabel image (header and affine are all that is read) from a path, image or Volume."""
+class _Grid:
+    """What nitransforms reads of an image (shape, affine), without voxels."""
+
+    def __init__(self, shape, affine):
+        self.shape = tuple(int(n) for n in shape[:3])
+        self.affine = np.asarray(affine, dtype=np.float64)
+
+    @property
+    def file_map(self):  # nitransforms' LTA writer looks for a file name here
+        raise AttributeError("no file")
+
+
+def _grid(image, name: str):
+    """The `_Grid` (shape, affine) of a path (its header alone), nibabel image or io.Volume."""
     if image is None:
         return None
     if isinstance(image, io.Volume):
-        return _Grid(image.shape, image.affine)
-    if isinstance(image, (str, os.PathLike)):  # the header alone (io.open_image would read the voxels)
+        image = _Grid(image.shape, image.affine)
+    elif isinstance(image, (str, os.PathLike)):  # the header alone (io.open_image would read the voxels)
         path = Path(os.fspath(image)).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"{name}: no such file: '{path}'")
@@ -92,28 +104,10 @@ def _image(image, name: str):
         except Exception as error:  # noqa: BLE001  (nibabel raises several unrelated types)
             raise InvalidImageError(f"{name}: could not read '{path}' as an image: {type(error).__name__}: {error}") from None
         io.check_header(loaded, name, str(path))
-        return loaded
-    if isinstance(image, nib.spatialimages.SpatialImage):
-        return image
-    raise TypeError(f"{name} must be a path, a nibabel image or an io.Volume, got {type(image).__name__}")
-
-
-class _Grid:
-    """What nitransforms reads of an image (shape, affine), without voxels."""
-
-    def __init__(self, shape, affine):
-        self.shape = tuple(int(n) for n in shape[:3])
-        self.affine = np.asarray(affine, dtype=np.float64)
-        self.header = None
-
-    @property
-    def file_map(self):  # nitransforms' LTA writer looks for a file name here
-        raise AttributeError("no file")
-
-
-def _grid(image, name: str):
-    image = _image(image, name)
-    return None if image is None else _Grid(image.shape, image.affine)
+        image = loaded
+    elif not isinstance(image, nib.spatialimages.SpatialImage):
+        raise TypeError(f"{name} must be a path, a nibabel image or an io.Volume, got {type(image).__name__}")
+    return _Grid(image.shape, image.affine)
 
 
 def _need(images: dict, fmt: str, path) -> None:
