@@ -99,9 +99,13 @@ class TransformChain:
     steps: tuple
 
     def map_points(self, points: np.ndarray) -> np.ndarray:
+        from . import ops
+
         points = np.asarray(points, dtype=np.float64)
-        for step in self.steps:
-            points = step.map(points)
+        # Fields were checked finite when loaded; the kernels need not scan them at every slab.
+        with ops.inputs_known_finite():
+            for step in self.steps:
+                points = step.map(points)
         return points
 
 
