@@ -4,7 +4,10 @@ warp.nii.gz, back through inverse_warp.nii.gz), the forward-then-back distance p
 a 10-volume series' peak memory and time, and a chain with an ANTs affine against
 ants.apply_transforms.
 
-    OMP_NUM_THREADS=2 python benchmarks/toolkit.py [--json benchmarks/results/toolkit.json]
+    OMP_NUM_THREADS=1 python benchmarks/toolkit.py [--json benchmarks/results/toolkit.json]
+
+The JSON records the thread count and the machine's load average: on a machine busy beyond its
+cores, OpenMP threads beyond 1 wait on each other and the seconds say more about the load.
 """
 
 import argparse
@@ -100,7 +103,8 @@ def main():
     from smgic_rt import cli
     from toolkit_support import brain_pair
 
-    results = {}
+    results = {"conditions": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "cpus": os.cpu_count(),
+                              "load_average_before": list(os.getloadavg())}}
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         pair = brain_pair(folder / "pair", 2)
@@ -112,6 +116,7 @@ def main():
             results[grid] = {"register_seconds": time.perf_counter() - start, **_points(folder, reg, pair, ants, pandas)}
         results["compact"].update(_series(folder, folder / "compact", pair))
         results["compact"].update(_chain(folder, folder / "compact", pair, ants))
+    results["conditions"]["load_average_after"] = list(os.getloadavg())
     text = json.dumps(results, indent=2, sort_keys=True)
     print(text)
     if args.json:

@@ -24,7 +24,6 @@ import importlib
 import logging
 import sys
 import threading
-from pathlib import Path
 
 from .process import keep_freed_memory
 

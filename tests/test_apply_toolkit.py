@@ -1,7 +1,6 @@
 """smgic-apply as a toolkit (smgic_rt.apply), against real ANTs on two real brains at 2 mm:
 points (CSV, LPS and RAS), 4-D series, chains with ANTs affines, several inputs, streamlines."""
 
-import csv
 import tracemalloc
 
 import nibabel as nib
