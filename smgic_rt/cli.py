@@ -3,7 +3,9 @@
     smgic-register FIXED MOVING -o OUTDIR [--moving-labels FILE] [--backend NAME] [--qc]
                    [--overwrite] [--bundle PATH] [--affine MODE] [--network MODE] [--refine MODE]
                    [--refine-seconds S] [--fields-grid compact|native] [--threads N]
+                   [--initial-transform T [--initial-format itk|fsl|lta|ras]] [--export fsl|lta]
     smgic-apply TRANSFORM REFERENCE INPUT OUTPUT [--interpolation linear|nearest|label]
+    smgic-apply -t T [-t T ...] -r REFERENCE -i IN -o OUT [-i IN -o OUT ...] (smgic_rt.apply)
 
 From a checkout: ``python -m smgic_rt.cli register ...`` / ``python -m smgic_rt.cli apply ...``.
 Progress goes to stderr through logging. The exit status is 0 only on success: 1 for bad input
@@ -21,7 +23,6 @@ import importlib
 import logging
 import sys
 import threading
-from pathlib import Path
 
 from .process import keep_freed_memory
 
@@ -65,6 +66,15 @@ def _add_register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--moving-labels", help="label map in the moving space to warp with generic-label interpolation")
     parser.add_argument("--fixed-mask", help="brain mask on the fixed grid")
     parser.add_argument("--moving-mask", help="brain mask on the moving grid")
+    parser.add_argument("--initial-transform", metavar="T",
+                        help="start from this fixed -> moving affine: ITK/ANTs .mat/.txt, FSL FLIRT .mat "
+                             "(-in MOVING -ref FIXED), FreeSurfer .lta, or a 4x4 RAS text matrix; with --affine off "
+                             "it is used as it is, otherwise the affine stage starts from it")
+    parser.add_argument("--initial-format", choices=("itk", "fsl", "lta", "ras"),
+                        help="format of --initial-transform (default: from its content; a 4x4 text .mat is FSL's)")
+    parser.add_argument("--export", action="append", default=[], choices=("fsl", "lta"),
+                        help="also write transforms for other tools: fsl (warp_fsl.nii.gz, inverse_warp_fsl.nii.gz "
+                             "for applywarp --rel, affine_flirt.mat), lta (affine.lta for FreeSurfer); repeatable")
     add_model_arguments(parser)
     parser.add_argument("--refine-seconds", type=_positive_seconds, metavar="S",
                         help="stop the refinement after S seconds of wall-clock time (default: no limit; "
@@ -97,16 +107,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_apply_arguments(parser: argparse.ArgumentParser) -> None:
-    from .geometry.transforms import INTERPOLATIONS
+    from . import apply
 
-    parser.add_argument("transform", help="displacement field written by smgic-register (warp.nii.gz or inverse_warp.nii.gz)")
-    parser.add_argument("reference", help="image defining the output grid (the fixed image for warp.nii.gz)")
-    parser.add_argument("input", help="image or label map to resample")
-    parser.add_argument("output", help="output image (.nii or .nii.gz)")
-    parser.add_argument("--interpolation", default="linear", choices=INTERPOLATIONS)
-    parser.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    parser.add_argument("-q", "--quiet", action="store_true")
+    apply.add_arguments(parser)
 
 
 def registrar_from_args(args):
@@ -152,10 +155,16 @@ def _run_register(args) -> int:
     pair = job.load_pair(args.fixed, args.moving, moving_labels=args.moving_labels, fixed_mask=args.fixed_mask,
                          moving_mask=args.moving_mask)
     outdir = job.check_output(pair, args.outdir, overwrite=args.overwrite)
+    initial = None
+    if args.initial_transform is not None:
+        from .io.transform_formats import read_affine
+
+        initial = read_affine(args.initial_transform, fmt=args.initial_format, fixed=pair.fixed, moving=pair.moving)
     imports.join()
     registrar = registrar_from_args(args)
     logger.info("backend %s, bundle %s", registrar.backend, registrar.bundle.id)
-    result = job.run_pair(registrar, pair, outdir, overwrite=args.overwrite, qc=args.qc)
+    result = job.run_pair(registrar, pair, outdir, overwrite=args.overwrite, qc=args.qc, initial=initial,
+                          export=args.export)
     logger.info("wrote %s", outdir)
     flag = result.stats["flag"]
     if flag != "ok":
@@ -166,21 +175,9 @@ def _run_register(args) -> int:
 
 
 def _run_apply(args) -> int:
-    from . import io
-    from .geometry import transforms
-    from .io import outputs
+    from . import apply
 
-    output = outputs.check_output_file(args.output, overwrite=args.overwrite,
-                                       protected=(args.transform, args.reference, args.input))
-    reference = io.load_volume(args.reference, name="reference image", allow_constant=True)
-    image = io.load_for_resampling(args.input, args.interpolation,
-                                   name="input label map" if args.interpolation == "label" else "input image")
-    data, affine = transforms.apply_displacement_field(
-        args.transform, image, interpolation=args.interpolation, reference=(reference.shape, reference.affine)
-    )
-    io.save_image_atomic(io.make_nifti(data, affine), output)
-    logger.info("wrote %s", output)
-    return EXIT_OK
+    return apply.run(args, logger)
 
 
 def _execute(program: str, run, args) -> int:

@@ -28,10 +28,11 @@ from .options import BACKENDS, check_registrar_options
 from .pipeline import (AffineStage, FieldsStage, IntegrateStage, LoadStage, NetworkStage, PairState, PreprocessOptions,
                        PreprocessStage, QualityStage, RefineStage, ResampleStage, run_stages, volume_or_load)
 
-__all__ = ["Registrar", "RegistrationResult", "BACKENDS", "DEFAULT_BUNDLE_PATH", "NoDefaultBundleError"]
+__all__ = ["Registrar", "RegistrationResult", "BACKENDS", "EXPORTS", "DEFAULT_BUNDLE_PATH", "NoDefaultBundleError"]
 
 logger = logging.getLogger("smgic_rt")
 
+EXPORTS = ("fsl", "lta")  # transforms for other tools that `RegistrationResult.save` may add
 DEFAULT_BUNDLE_PATH = default_bundle_path()
 
 
@@ -134,7 +135,7 @@ class RegistrationResult:
         self.stats.setdefault("seconds", {})["flags"] = time.perf_counter() - start
         return verdict
 
-    def save(self, outdir, *, overwrite: bool = False, moving_labels=None, qc: bool = False) -> Path:
+    def save(self, outdir, *, overwrite: bool = False, moving_labels=None, qc: bool = False, export=()) -> Path:
         """Write all outputs into `outdir` atomically (a staging folder renamed into place).
 
         Files: warped.nii.gz, warp.nii.gz (fixed -> moving), inverse_warp.nii.gz,
@@ -142,7 +143,12 @@ class RegistrationResult:
         warped_labels.nii.gz (with `moving_labels`), qc.png and qc.html with its pictures (with
         `qc`) and manifest.json (every file's size and sha256). Nothing is left behind when any
         step fails; `overwrite` replaces only a previous smgic output (`smgic_rt.io.outputs`).
+        `export` adds files for other tools (`EXPORTS`): "fsl" warp_fsl.nii.gz and
+        inverse_warp_fsl.nii.gz (applywarp --rel) and affine_flirt.mat, "lta" affine.lta.
         """
+        unknown = sorted(set(export) - set(EXPORTS))
+        if unknown:
+            raise ValueError(f"export must name some of {list(EXPORTS)}, got {unknown}")
         labels = None if moving_labels is None else volume_or_load(moving_labels, io.load_label_map,
                                                                      name="moving labels")
         if labels is not None:  # before any work: labels that miss their image would warp to nothing
@@ -153,10 +159,11 @@ class RegistrationResult:
         sources = (*self.input_sources, self.fixed.source, self.moving.source, None if labels is None else labels.source)
         outdir = outputs.check_output_dir(outdir, overwrite=overwrite, protected=sources)
         with atomic.atomic_dir(outdir, replace=overwrite) as staging:
-            self._write_into(staging, labels, qc, title=outdir.name)
+            self._write_into(staging, labels, qc, tuple(export), title=outdir.name)
         return outdir
 
-    def _write_into(self, folder: Path, labels: io.Volume | None, qc: bool, title: str | None = None):
+    def _write_into(self, folder: Path, labels: io.Volume | None, qc: bool, export: tuple = (),
+                    title: str | None = None):
         import time
 
         files = {}
@@ -172,6 +179,10 @@ class RegistrationResult:
         if self.affine_matrix is not None:
             transforms.write_itk_affine(self.affine_matrix, folder / "affine.mat")
             files["affine"] = "affine.mat"
+        if export:
+            from .io import transform_formats
+
+            files.update(transform_formats.export_registration(self, folder, export, image))
         if labels is not None:
             start = time.perf_counter()
             image("warped_labels.nii.gz", self.apply(labels, interpolation="label"))
@@ -311,17 +322,21 @@ class Registrar:
         """Each stage's mode ("auto", "on" or "off"), in pipeline order."""
         return {stage.name: stage.mode for stage in self.stages}
 
-    def register(self, fixed, moving, *, fixed_mask=None, moving_mask=None) -> RegistrationResult:
+    def register(self, fixed, moving, *, fixed_mask=None, moving_mask=None, initial=None) -> RegistrationResult:
         """Register `moving` onto `fixed`.
 
         Each image is a path (.nii, .nii.gz, .mgz), a nibabel image, an (array, affine) pair or
         an already loaded `smgic_rt.io.Volume`, in any orientation, voxel size and field of
         view; the two may differ. Masks (same grid as their image, nonzero = brain) restrict
-        what the stages see.
+        what the stages see. `initial`: an alignment made elsewhere, a 4x4 RAS fixed -> moving
+        matrix or an affine file (ITK/ANTs .mat/.txt, FSL FLIRT .mat of ``-in moving -ref
+        fixed``, FreeSurfer .lta, 4x4 RAS text; `smgic_rt.io.transform_formats`, or ``(path,
+        format)``); the affine stage starts from it, or, switched off, uses it as it is.
         """
         from .geometry import ops
 
-        state = PairState(inputs={"fixed": fixed, "moving": moving, "fixed_mask": fixed_mask, "moving_mask": moving_mask},
+        state = PairState(inputs={"fixed": fixed, "moving": moving, "fixed_mask": fixed_mask, "moving_mask": moving_mask,
+                                  "initial": initial},
                           grid_shape=tuple(int(n) for n in self.bundle.grid_shape),
                           spacing=tuple(float(s) for s in self.bundle.spacing),
                           integration_steps=int(self.bundle.steps), xp=self._xp)

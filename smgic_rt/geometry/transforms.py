@@ -18,7 +18,6 @@ Inside this module displacements in world space are arrays ``(3, X, Y, Z)`` in R
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 
 import nibabel as nib
@@ -476,16 +475,8 @@ def field_jacobian_determinant(displacement_ras_mm: np.ndarray, affine: np.ndarr
 
 
 # ---------------------------------------------------------------------------------------------
-# ITK affine transform files (.mat, MATLAB v4 as ITK writes them)
-
-_ITK_AFFINE_NAME = "AffineTransform_double_3_3"
-
-
-def _matlab_v4_variable(name: str, values: np.ndarray) -> bytes:
-    values = np.asarray(values, dtype="<f8").reshape(-1)
-    # type 0 = little-endian IEEE, double, full numeric matrix; rows x 1 column vector.
-    header = struct.pack("<5i", 0, values.size, 1, 0, len(name) + 1)
-    return header + name.encode("ascii") + b"\x00" + values.tobytes()
+# ITK affine transform files (.mat, MATLAB v4 as ITK writes them): nitransforms' codec, through
+# smgic_rt.io.transform_formats (which also reads and writes FSL and FreeSurfer matrices)
 
 
 def write_itk_affine(matrix_ras: np.ndarray, path) -> Path:
@@ -494,47 +485,13 @@ def write_itk_affine(matrix_ras: np.ndarray, path) -> Path:
     ITK transforms map fixed LPS points to moving LPS points, ``T(x) = A x + t`` (centre 0),
     which is what `antsApplyTransforms` expects from a fixed->moving affine.
     """
-    matrix_ras = np.asarray(matrix_ras, dtype=np.float64)
-    if matrix_ras.shape != (4, 4) or not np.all(np.isfinite(matrix_ras)):
-        raise ValueError(f"matrix_ras must be a finite 4x4 matrix, got shape {matrix_ras.shape}")
-    lps = RAS_TO_LPS @ matrix_ras @ RAS_TO_LPS
-    parameters = np.concatenate([lps[:3, :3].reshape(-1), lps[:3, 3]])
-    payload = _matlab_v4_variable(_ITK_AFFINE_NAME, parameters) + _matlab_v4_variable("fixed", np.zeros(3))
-    path = Path(os.fspath(path))
-    from ..io import atomic
+    from ..io import transform_formats
 
-    return atomic.write_bytes(path, payload)
+    return transform_formats.write_affine(matrix_ras, path, fmt="itk")
 
 
 def read_itk_affine(path) -> np.ndarray:
-    """Read an ITK affine .mat (MATLAB v4, as written by ITK/ANTs) as a 4x4 RAS matrix."""
-    path = Path(os.fspath(path))
-    if not path.exists():
-        raise FileNotFoundError(f"affine transform: no such file: '{path}'")
-    raw = path.read_bytes()
-    variables = {}
-    offset = 0
-    while offset + 20 <= len(raw):
-        type_code, rows, cols, imaginary, name_length = struct.unpack_from("<5i", raw, offset)
-        offset += 20
-        precision = (type_code // 10) % 10
-        if type_code // 1000 != 0 or precision not in (0, 1) or imaginary or rows < 0 or cols < 0:
-            raise InvalidImageError(f"affine transform '{path}': not a little-endian MATLAB v4 ITK transform file")
-        name = raw[offset : offset + name_length].rstrip(b"\x00").decode("ascii", "replace")
-        offset += name_length
-        dtype, size = ("<f8", 8) if precision == 0 else ("<f4", 4)
-        count = rows * cols
-        values = np.frombuffer(raw, dtype=dtype, count=count, offset=offset).astype(np.float64)
-        offset += count * size
-        variables[name] = values
-    parameters = next((v for k, v in variables.items() if k.startswith("AffineTransform") or k.startswith("MatrixOffsetTransformBase")), None)
-    if parameters is None or parameters.size != 12:
-        raise InvalidImageError(f"affine transform '{path}': no 3-D AffineTransform with 12 parameters, found {sorted(variables)}")
-    center = variables.get("fixed", np.zeros(3))
-    linear = parameters[:9].reshape(3, 3)
-    translation = parameters[9:]
-    # ITK: T(x) = A (x - c) + t + c
-    lps = np.eye(4)
-    lps[:3, :3] = linear
-    lps[:3, 3] = translation + center - linear @ center
-    return RAS_TO_LPS @ lps @ RAS_TO_LPS
+    """Read an ITK affine (.mat as ITK/ANTs write it, or Insight text) as a 4x4 RAS matrix."""
+    from ..io import transform_formats
+
+    return transform_formats.read_affine(path, fmt="itk")

@@ -250,8 +250,13 @@ def _moments(level: _Level):
     return centre, (spread * weights[:, None]).T @ spread / weights.sum()
 
 
-def register_affine(fixed, fixed_affine, moving, moving_affine, *, options: AffineOptions = AffineOptions()) -> AffineResult:
-    """Affine map fixed world -> moving world for this pair; see the module docstring."""
+def register_affine(fixed, fixed_affine, moving, moving_affine, *, options: AffineOptions = AffineOptions(),
+                    initial=None) -> AffineResult:
+    """Affine map fixed world -> moving world for this pair; see the module docstring.
+
+    `initial` (4x4 fixed world -> moving world, e.g. another tool's alignment) replaces the
+    moments' candidates: the optimisation starts from it, and the result is never below it.
+    """
     fixed, fixed_affine = _check(fixed, fixed_affine, "fixed")
     moving, moving_affine = _check(moving, moving_affine, "moving")
     started = time.perf_counter()
@@ -261,21 +266,25 @@ def register_affine(fixed, fixed_affine, moving, moving_affine, *, options: Affi
     centre_f, cov_f = _moments(fixed_levels[coarse])
     centre_m, cov_m = _moments(moving_levels[coarse])
 
-    # Start: the identity, the centroid shift, and (optionally) principal-axes rotations.
-    candidates = {"identity": (np.eye(3), np.zeros(3)), "centroids": (np.eye(3), centre_m - centre_f)}
-    if options.moments:
+    # Start: the identity, the centroid shift, and (optionally) principal-axes rotations; or the
+    # caller's initial transform alone.
+    candidates = {"identity": _compose(np.eye(3), np.zeros(3), centre_f),
+                  "centroids": _compose(np.eye(3), centre_m - centre_f, centre_f)}
+    if initial is not None:
+        candidates = {"initial": np.asarray(initial, dtype=np.float64)}
+    elif options.moments:
         _, axes_f = np.linalg.eigh(cov_f)
         _, axes_m = np.linalg.eigh(cov_m)
         for signs in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1)):
             rotation = _nearest_rotation(axes_m @ np.diag(signs) @ axes_f.T)
-            candidates[f"principal_axes{signs}"] = (rotation, centre_m - centre_f)
+            candidates[f"principal_axes{signs}"] = _compose(rotation, centre_m - centre_f, centre_f)
     # The inputs were checked finite and the pyramid is made by our kernels, which keep them so:
     # the optimiser's many small kernel calls need not scan them again.
     with ops.inputs_known_finite():
-        scores = {name: ncc_and_gradient(fixed_levels[coarse], moving_levels[coarse],
-                                         _compose(lin, t, centre_f))[0] for name, (lin, t) in candidates.items()}
+        scores = {name: ncc_and_gradient(fixed_levels[coarse], moving_levels[coarse], start)[0]
+                  for name, start in candidates.items()}
         best = max(scores, key=scores.get)
-        matrix = _compose(*candidates[best], centre_f)
+        matrix = candidates[best]
 
         stages = []
         for level in options.levels:
@@ -291,16 +300,16 @@ def register_affine(fixed, fixed_affine, moving, moving_affine, *, options: Affi
         # Never worse than the start: compare with the initial candidates at the finest resolution.
         finest = options.resolutions[-1]
         final_ncc = ncc_and_gradient(fixed_levels[finest], moving_levels[finest], matrix)[0]
-        start_ncc = {name: ncc_and_gradient(fixed_levels[finest], moving_levels[finest],
-                                            _compose(lin, t, centre_f))[0] for name, (lin, t) in candidates.items()}
+        start_ncc = {name: ncc_and_gradient(fixed_levels[finest], moving_levels[finest], start)[0]
+                     for name, start in candidates.items()}
     fallback = max(start_ncc, key=start_ncc.get)
     kept = final_ncc >= start_ncc[fallback]
     if not kept:
-        matrix = _compose(*candidates[fallback], centre_f)
+        matrix = candidates[fallback]
     stats = {
         "initialisation": best, "initial_ncc": scores,
         "stages": stages,
-        "ncc_before": start_ncc["identity"], "ncc_after": max(final_ncc, start_ncc[fallback]),
+        "ncc_before": start_ncc.get("identity", start_ncc.get("initial")), "ncc_after": max(final_ncc, start_ncc[fallback]),
         "kept_optimisation": bool(kept),
         "iterations": int(sum(s["iterations"] for s in stages)),
         "seconds": time.perf_counter() - started,

@@ -57,9 +57,12 @@ def check_output(pair: PairInputs, outdir, *, overwrite: bool = False) -> Path:
     return outputs.check_output_dir(outdir, overwrite=overwrite, protected=pair.sources)
 
 
-def run_pair(registrar, pair: PairInputs, outdir, *, overwrite: bool = False, qc: bool = False):
-    """Register `pair` with `registrar` and write every output into `outdir`; returns the
+def run_pair(registrar, pair: PairInputs, outdir, *, overwrite: bool = False, qc: bool = False, initial=None,
+             export=()):
+    """Register `pair` with `registrar` (from the `initial` transform, if any: `Registrar.register`)
+    and write every output into `outdir` (with `export`'s files for other tools); returns the
     `RegistrationResult`."""
-    result = registrar.register(pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask)
-    result.save(outdir, overwrite=overwrite, moving_labels=pair.moving_labels, qc=qc)
+    result = registrar.register(pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
+                                initial=initial)
+    result.save(outdir, overwrite=overwrite, moving_labels=pair.moving_labels, qc=qc, export=export)
     return result

@@ -86,11 +86,17 @@ class LoadStage(Stage):
         moving = moving - np.float32(state.moving_background) if state.moving_background else moving
         state.fixed_data = fixed if state.fixed_mask is None else fixed * xp.asarray(state.fixed_mask.data)
         state.moving_data = moving if state.moving_mask is None else moving * xp.asarray(state.moving_mask.data)
-        return {"fixed_mask": state.fixed_mask is not None, "moving_mask": state.moving_mask is not None}
+        if inputs.get("initial") is not None:  # the affine stage starts from it (or, off, keeps it)
+            from ..io.transform_formats import initial_matrix
+
+            state.world_matrix = initial_matrix(inputs["initial"], state.fixed, state.moving)
+        return {"fixed_mask": state.fixed_mask is not None, "moving_mask": state.moving_mask is not None,
+                "initial_transform": state.world_matrix is not None}
 
 
 class AffineStage(Stage):
-    """Global affine, fixed world -> moving world (`smgic_rt.methods.affine`, its `AffineOptions`)."""
+    """Global affine, fixed world -> moving world (`smgic_rt.methods.affine`, its `AffineOptions`),
+    started from the caller's initial transform when one was given (load)."""
 
     name = "affine"
     switchable = True
@@ -101,7 +107,7 @@ class AffineStage(Stage):
         from ..methods.affine import register_affine
 
         result = register_affine(state.fixed_data, state.fixed.affine, state.moving_data, state.moving.affine,
-                                 options=self.options)
+                                 options=self.options, initial=state.world_matrix)
         state.world_matrix = np.asarray(result.matrix, dtype=np.float64)
         return result.stats
 

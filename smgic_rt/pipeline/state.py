@@ -48,7 +48,7 @@ class PairState:
     (`fixed`, `moving`, their masks) and saves (`smgic_rt.registrar.RegistrationResult`).
 
     ``inputs`` holds the images as given (``fixed``, ``moving``, ``fixed_mask``,
-    ``moving_mask``: paths, nibabel images, (array, affine) pairs or validated `io.Volume`s).
+    ``moving_mask``, and an optional ``initial`` transform: paths, nibabel images, (array, affine) pairs or validated `io.Volume`s).
     Attributes filled by the stages (None until then):
 
     ``fixed``, ``moving``, ``fixed_mask``, ``moving_mask``
@@ -56,7 +56,8 @@ class PairState:
     ``fixed_data``, ``moving_data``
         The images as registered: voxel data times the mask when one was given (load).
     ``world_matrix``
-        4x4 fixed world -> moving world (RAS mm) of the affine stage; None when it is off.
+        4x4 fixed world -> moving world (RAS mm): the caller's initial transform (load), then the
+        affine stage's result; None when there is neither.
     ``model_grid``, ``intensity``, ``antialias``
         The model grid (a `Grid` over the fixed image at the bundle's ``grid_shape`` and
         ``spacing``), the bundle's `preprocess.IntensityScaling` and the antialiasing strength of
