@@ -350,7 +350,8 @@ def _maybe(usual, one_in=3):
 
 
 # How often each field is odd, drawn per example: with some 25 fields, one odd field in three
-# would leave almost no options accepted, and the run after acceptance untested.
+# would leave almost no options accepted, and the run after acceptance untested. Each field alone
+# is fuzzed by test_each_field_alone_refuses_or_holds_a_finite_value.
 odd_rates = st.sampled_from([3, 12, 60])
 
 
@@ -381,13 +382,14 @@ def refine_levels(draw, rate=3):
 @st.composite
 def refine_options(draw):
     rate = draw(odd_rates)
-    return dict(
+    kwargs = dict(
         levels=draw(refine_levels(rate)), as_list=draw(sometimes(st.just(True), False, one_in=4 * rate)),
         elastic_sigma=draw(_maybe(0.0, rate)), step=draw(_maybe(0.5, rate)), min_step=draw(_maybe(0.02, rate)),
         plateau=draw(_maybe(1e-4, rate)), steps=draw(_maybe(7, rate)), eps=draw(_maybe(1e-3, rate)),
         boundary=draw(_maybe(2, rate)), antialias=draw(_maybe(0.5, rate)),
         max_seconds=draw(sometimes(odd_numbers, None, one_in=rate)),
     )
+    return kwargs
 
 
 def _made(cls, arguments):
@@ -469,8 +471,10 @@ def affine_options(draw):
     levels = [draw(_level_or_not(st.just(dict(resolution_mm=resolution, rigid_iterations=draw(counts),
                                                affine_iterations=draw(counts))), rate))
               for resolution in resolutions]
-    return dict(levels=levels, as_list=draw(sometimes(st.just(True), False, one_in=4 * rate)), radius_mm=draw(_maybe(60.0, rate)),
-                moments=draw(sometimes(st.sampled_from([0, 1, "yes", None]), st.booleans(), one_in=rate)))
+    kwargs = dict(levels=levels, as_list=draw(sometimes(st.just(True), False, one_in=4 * rate)),
+                  radius_mm=draw(_maybe(60.0, rate)),
+                  moments=draw(sometimes(st.sampled_from([0, 1, "yes", None]), st.booleans(), one_in=rate)))
+    return kwargs
 
 
 @FUZZ_SETTINGS
@@ -494,3 +498,50 @@ def test_affine_options_refuse_or_hold_finite_values(kwargs):
             assert isinstance(count, int) and not isinstance(count, bool) and count >= 0, name
     assert list(options.resolutions) == sorted(set(options.resolutions), reverse=True)
     assert _finite(options.radius_mm, 0, True) and isinstance(options.moments, bool)
+
+
+FIELDS_ALONE = ([("Level", name) for name in ("factor", "iterations", "radius", "fluid_sigma", "reg", "symmetric",
+                                              "gradient")]
+                + [("RefineOptions", name) for name in ("elastic_sigma", "step", "min_step", "plateau", "steps", "eps",
+                                                        "boundary", "antialias", "max_seconds")]
+                + [("AffineLevel", name) for name in ("resolution_mm", "rigid_iterations", "affine_iterations")]
+                + [("AffineOptions", name) for name in ("radius_mm", "moments")])
+
+
+@pytest.mark.parametrize("owner,name", FIELDS_ALONE)
+def test_each_field_alone_refuses_or_holds_a_finite_value(owner, name):
+    """Every field but one usual: each field's check is reached alone, so a missing one lets an
+    odd value into options that the checks above then find."""
+    from smgic_rt.methods.affine import AffineLevel, AffineOptions
+    from smgic_rt.methods.refine import Level, RefineOptions
+
+    def make(value):
+        if owner == "Level":
+            return RefineOptions(levels=(Level(**(dict(factor=4, iterations=2) | {name: value})), Level(1, 2)))
+        if owner == "RefineOptions":
+            return RefineOptions(**{name: value})
+        if owner == "AffineLevel":
+            return AffineOptions(levels=(AffineLevel(**(dict(resolution_mm=8.0, rigid_iterations=10) | {name: value})),))
+        return AffineOptions(**{name: value})
+
+    names = (_field_names(RefineOptions) + _field_names(Level, "level ") + ["affine levels", "radius_mm", "moments"]
+             + _field_names(AffineLevel, "affine level "))
+
+    @settings(max_examples=max(EXAMPLES // 4, 50), deadline=None, derandomize=True, database=None)
+    @given(odd_numbers)
+    def check(value):
+        try:
+            options = make(value)
+        except ValueError as error:
+            assert _names_a_field(error, names), error
+            return
+        if owner.startswith("Affine"):
+            level = options.levels[0]
+            assert _finite(level.resolution_mm, 0, True) and _finite(options.radius_mm, 0, True)
+            assert all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                       for n in (level.rigid_iterations, level.affine_iterations))
+            assert isinstance(options.moments, bool)
+        else:
+            _finite_in_range(options)
+
+    check()
