@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import preprocess
+from smgic_rt.methods import preprocess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 real_pairs = pytest.importorskip("real_pairs")

@@ -250,7 +250,7 @@ def _check_volume(volume, path, dtype):
 
 def _check_labels_travel(labels, folder):
     """Warped by whole voxels the labels shift exactly; written, they come back alike."""
-    from smgic_rt import ops
+    from smgic_rt.geometry import ops
 
     shift = np.zeros((3, *labels.shape), np.float32)
     shift[0] = 1.0  # out[x] = labels[x + 1]
@@ -345,41 +345,93 @@ odd_numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integ
                         st.sampled_from([0, 0.0, -1, -0.5, np.nan, np.inf, -np.inf, True, "1", None]))
 
 
-def _maybe(usual):
-    return sometimes(odd_numbers, usual, one_in=3)
+def _maybe(usual, one_in=3):
+    return sometimes(odd_numbers, usual, one_in=one_in)
 
 
-def _per_level(usual, count):
-    """One value, or a tuple of (usually) `count` values, any of them odd now and then."""
-    length = sometimes(st.integers(0, 5), st.just(count), one_in=5)
-    return st.one_of(_maybe(usual), length.flatmap(lambda n: st.tuples(*[_maybe(usual)] * n)))
+# How often each field is odd, drawn per example: with some 25 fields, one odd field in three
+# would leave almost no options accepted, and the run after acceptance untested. Each field alone
+# is fuzzed by test_each_field_alone_refuses_or_holds_a_finite_value.
+odd_rates = st.sampled_from([3, 12, 60])
+
+
+def _level_or_not(level, rate):
+    """A level's constructor arguments now and then replaced by something that is not a level."""
+    return sometimes(st.sampled_from([(4, 2), 4, None, "level"]), level, one_in=4 * rate)
+
+
+@st.composite
+def refine_levels(draw, rate=3):
+    """Level arguments, usually coarse to fine powers of 2 from 8 to 1/2, any field odd about once in `rate`."""
+    factors = draw(sometimes(st.lists(st.sampled_from([0, 0.5, 0.25, 1, 2, 3, 4, 8, -2, 2.0, 0.75]), max_size=4),
+                             st.lists(st.sampled_from([8, 4, 2, 1, 0.5]), min_size=1, max_size=4, unique=True)
+                             .map(lambda fs: sorted(fs, reverse=True)), one_in=rate))
+    level = st.fixed_dictionaries({
+        "iterations": sometimes(st.one_of(st.integers(-2, 4), odd_numbers), 2, one_in=rate),
+        "radius": _maybe(1, rate), "fluid_sigma": _maybe(1.5, rate), "reg": _maybe(0.05, rate),
+        "symmetric": sometimes(st.sampled_from([0, 1, "yes", None]), st.booleans(), one_in=rate),
+        "gradient": sometimes(st.sampled_from(["sobel", None, 1]), st.sampled_from(["window", "exact"]), one_in=rate),
+    })
+    levels = []
+    for factor in factors:
+        arguments = dict(draw(level), factor=draw(_maybe(factor, rate)))
+        levels.append(draw(_level_or_not(st.just(arguments), rate)))
+    return levels
 
 
 @st.composite
 def refine_options(draw):
-    factors = draw(sometimes(st.lists(st.sampled_from([0, 1, 2, 3, 4, 8, -2, 2.0]), max_size=4).map(tuple), (4, 2, 1)))
-    count = len(factors) if isinstance(factors, tuple) else 1
-    return dict(
-        factors=factors,
-        iterations=draw(sometimes(st.lists(st.integers(-2, 4), max_size=5).map(tuple), tuple([2] * count))),
-        fluid_sigma=draw(_per_level(1.5, count)), reg=draw(_per_level(0.05, count)),
-        elastic_sigma=draw(_maybe(0.0)), step=draw(_maybe(0.5)), min_step=draw(_maybe(0.02)),
-        plateau=draw(_maybe(1e-4)), steps=draw(_maybe(7)), eps=draw(_maybe(1e-3)), boundary=draw(_maybe(2)),
-        max_seconds=draw(sometimes(odd_numbers, None, one_in=3)),
+    rate = draw(odd_rates)
+    kwargs = dict(
+        levels=draw(refine_levels(rate)), as_list=draw(sometimes(st.just(True), False, one_in=4 * rate)),
+        elastic_sigma=draw(_maybe(0.0, rate)), step=draw(_maybe(0.5, rate)), min_step=draw(_maybe(0.02, rate)),
+        plateau=draw(_maybe(1e-4, rate)), steps=draw(_maybe(7, rate)), eps=draw(_maybe(1e-3, rate)),
+        boundary=draw(_maybe(2, rate)), antialias=draw(_maybe(0.5, rate)),
+        max_seconds=draw(sometimes(odd_numbers, None, one_in=rate)),
     )
+    return kwargs
+
+
+def _made(cls, arguments):
+    """`cls(**arguments)` for a dict, the argument itself for anything else (not a level)."""
+    return cls(**arguments) if isinstance(arguments, dict) else arguments
+
+
+def _names_a_field(error, names) -> bool:
+    """The message starts with the field refused (``step``, ``level reg``, ``affine levels``, ...)."""
+    return any(str(error).startswith(f"{name} must") for name in names)
+
+
+def _field_names(cls, prefix="") -> list:
+    import dataclasses
+
+    return [prefix + f.name for f in dataclasses.fields(cls)]
+
+
+def _finite(value, low, strict) -> bool:
+    return not isinstance(value, bool) and np.isfinite(value) and (value > low if strict else value >= low)
 
 
 def _finite_in_range(options) -> None:
-    from smgic_rt.validation import per_level_values
+    from smgic_rt.methods.refine import MAX_SIGMA_VOXELS, Level
 
-    for name, low, strict in (("fluid_sigma", 0, False), ("reg", 0, False), ("elastic_sigma", 0, False),
-                              ("step", 0, True), ("min_step", 0, True), ("plateau", 0, False), ("eps", 0, True)):
-        for value in per_level_values(getattr(options, name)):
-            assert not isinstance(value, bool) and np.isfinite(value) and (value > low if strict else value >= low), name
-    assert all(isinstance(f, int) and f >= 1 and f & (f - 1) == 0 for f in options.factors)
-    assert len(per_level_values(options.iterations)) == len(options.factors)
-    assert all(isinstance(n, int) and n >= 0 for n in per_level_values(options.iterations))
+    assert isinstance(options.levels, tuple) and options.levels
+    for level in options.levels:
+        assert isinstance(level, Level)
+        assert _finite(level.factor, 0, True) and level.factor >= 0.5 and float(np.log2(level.factor)).is_integer()
+        assert isinstance(level.iterations, int) and not isinstance(level.iterations, bool) and level.iterations >= 0
+        assert isinstance(level.radius, int) and 1 <= level.radius <= MAX_SIGMA_VOXELS
+        assert _finite(level.fluid_sigma, 0, False) and level.fluid_sigma <= MAX_SIGMA_VOXELS
+        assert _finite(level.reg, 0, False)
+        assert isinstance(level.symmetric, bool) and level.gradient in ("window", "exact")
+    factors = [level.factor for level in options.levels]
+    assert factors == sorted(set(factors), reverse=True)  # coarse to fine, each grid once
+    for name, low, strict in (("elastic_sigma", 0, False), ("step", 0, True), ("min_step", 0, True),
+                              ("plateau", 0, False), ("eps", 0, True), ("antialias", 0, False)):
+        assert _finite(getattr(options, name), low, strict), name
+    assert options.min_step <= options.step
     assert isinstance(options.steps, int) and 1 <= options.steps <= 30
+    assert isinstance(options.boundary, int) and options.boundary >= 0
     assert options.max_seconds is None or (np.isfinite(options.max_seconds) and options.max_seconds > 0)
 
 
@@ -388,46 +440,108 @@ def _finite_in_range(options) -> None:
 def test_refine_options_refuse_or_run(kwargs, seed):
     import dataclasses
 
-    from smgic_rt.refine import RefineOptions, refine_velocity
+    from smgic_rt.methods.refine import Level, RefineOptions, refine_velocity
 
+    kwargs = dict(kwargs)
+    as_list = kwargs.pop("as_list")
     try:
-        options = RefineOptions(**kwargs)
+        levels = [_made(Level, arguments) for arguments in kwargs.pop("levels")]
+        options = RefineOptions(levels=levels if as_list else tuple(levels), **kwargs)
     except ValueError as error:
-        assert str(error).startswith("RefineOptions.") or " must " in str(error), error
+        assert _names_a_field(error, _field_names(RefineOptions) + _field_names(Level, "level ")), error
         return
     _finite_in_range(options)
+    # refine_velocity runs the levels on the grid it is given (the finer grids have their own
+    # images, made by the RefineStage): those levels, two iterations each at most.
+    levels = tuple(dataclasses.replace(level, iterations=min(level.iterations, 2)) for level in options.model_grid_levels)
+    if not levels:
+        return
     rng = np.random.default_rng(seed)
     fixed = rng.random((10, 11, 9)).astype(np.float32)
     moving = np.roll(fixed, 1, axis=int(rng.integers(0, 3)))
-    options = dataclasses.replace(options, iterations=tuple(min(n, 2) for n in options.iterations),
-                                  max_seconds=None)
-    result = refine_velocity(fixed, moving, options=options)
+    result = refine_velocity(fixed, moving, options=dataclasses.replace(options, levels=levels, max_seconds=None))
     assert result.velocity.shape == (3, 10, 11, 9) and np.all(np.isfinite(result.velocity))
 
 
 @st.composite
 def affine_options(draw):
-    resolutions = draw(sometimes(st.lists(_maybe(4.0), max_size=3).map(tuple), (8.0, 4.0)))
-    count = len(resolutions) if isinstance(resolutions, tuple) else 1
-    counts = sometimes(st.lists(_maybe(10), max_size=4).map(tuple), tuple([10] * count))
-    return dict(resolutions=resolutions, rigid_iterations=draw(counts), affine_iterations=draw(counts),
-                radius_mm=draw(_maybe(60.0)))
+    rate = draw(odd_rates)
+    resolutions = draw(sometimes(st.lists(_maybe(4.0, rate), max_size=3), [8.0, 4.0], one_in=rate))
+    counts = sometimes(st.one_of(st.integers(-2, 40), odd_numbers), 10, one_in=rate)
+    levels = [draw(_level_or_not(st.just(dict(resolution_mm=resolution, rigid_iterations=draw(counts),
+                                               affine_iterations=draw(counts))), rate))
+              for resolution in resolutions]
+    kwargs = dict(levels=levels, as_list=draw(sometimes(st.just(True), False, one_in=4 * rate)),
+                  radius_mm=draw(_maybe(60.0, rate)),
+                  moments=draw(sometimes(st.sampled_from([0, 1, "yes", None]), st.booleans(), one_in=rate)))
+    return kwargs
 
 
 @FUZZ_SETTINGS
 @given(affine_options())
 def test_affine_options_refuse_or_hold_finite_values(kwargs):
-    from smgic_rt.affine import AffineOptions
-    from smgic_rt.validation import per_level_values
+    from smgic_rt.methods.affine import AffineLevel, AffineOptions
 
+    kwargs = dict(kwargs)
+    as_list = kwargs.pop("as_list")
     try:
-        options = AffineOptions(**kwargs)
+        levels = [_made(AffineLevel, arguments) for arguments in kwargs.pop("levels")]
+        options = AffineOptions(levels=levels if as_list else tuple(levels), **kwargs)
     except ValueError as error:
-        assert str(error).startswith("AffineOptions."), error
+        assert _names_a_field(error, ["affine levels", "radius_mm", "moments"] + _field_names(AffineLevel, "affine level ")), error
         return
-    resolutions = per_level_values(options.resolutions)
-    assert resolutions and all(not isinstance(r, bool) and np.isfinite(r) and r > 0 for r in resolutions)
-    for name in ("rigid_iterations", "affine_iterations"):
-        counts = per_level_values(getattr(options, name))
-        assert len(counts) == len(resolutions) and all(isinstance(n, int) and n >= 0 for n in counts)
-    assert np.isfinite(options.radius_mm) and options.radius_mm > 0
+    assert isinstance(options.levels, tuple) and options.levels
+    for level in options.levels:
+        assert isinstance(level, AffineLevel) and _finite(level.resolution_mm, 0, True)
+        for name in ("rigid_iterations", "affine_iterations"):
+            count = getattr(level, name)
+            assert isinstance(count, int) and not isinstance(count, bool) and count >= 0, name
+    assert list(options.resolutions) == sorted(set(options.resolutions), reverse=True)
+    assert _finite(options.radius_mm, 0, True) and isinstance(options.moments, bool)
+
+
+FIELDS_ALONE = ([("Level", name) for name in ("factor", "iterations", "radius", "fluid_sigma", "reg", "symmetric",
+                                              "gradient")]
+                + [("RefineOptions", name) for name in ("elastic_sigma", "step", "min_step", "plateau", "steps", "eps",
+                                                        "boundary", "antialias", "max_seconds")]
+                + [("AffineLevel", name) for name in ("resolution_mm", "rigid_iterations", "affine_iterations")]
+                + [("AffineOptions", name) for name in ("radius_mm", "moments")])
+
+
+@pytest.mark.parametrize("owner,name", FIELDS_ALONE)
+def test_each_field_alone_refuses_or_holds_a_finite_value(owner, name):
+    """Every field but one usual: each field's check is reached alone, so a missing one lets an
+    odd value into options that the checks above then find."""
+    from smgic_rt.methods.affine import AffineLevel, AffineOptions
+    from smgic_rt.methods.refine import Level, RefineOptions
+
+    def make(value):
+        if owner == "Level":
+            return RefineOptions(levels=(Level(**(dict(factor=4, iterations=2) | {name: value})), Level(1, 2)))
+        if owner == "RefineOptions":
+            return RefineOptions(**{name: value})
+        if owner == "AffineLevel":
+            return AffineOptions(levels=(AffineLevel(**(dict(resolution_mm=8.0, rigid_iterations=10) | {name: value})),))
+        return AffineOptions(**{name: value})
+
+    names = (_field_names(RefineOptions) + _field_names(Level, "level ") + ["affine levels", "radius_mm", "moments"]
+             + _field_names(AffineLevel, "affine level "))
+
+    @settings(max_examples=max(EXAMPLES // 4, 50), deadline=None, derandomize=True, database=None)
+    @given(odd_numbers)
+    def check(value):
+        try:
+            options = make(value)
+        except ValueError as error:
+            assert _names_a_field(error, names), error
+            return
+        if owner.startswith("Affine"):
+            level = options.levels[0]
+            assert _finite(level.resolution_mm, 0, True) and _finite(options.radius_mm, 0, True)
+            assert all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                       for n in (level.rigid_iterations, level.affine_iterations))
+            assert isinstance(options.moments, bool)
+        else:
+            _finite_in_range(options)
+
+    check()

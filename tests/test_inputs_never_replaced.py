@@ -12,7 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import Registrar, atomic, cli, io, outputs, transforms
+from smgic_rt import Registrar, cli, io
+from smgic_rt.geometry import transforms
+from smgic_rt.io import atomic, outputs
 
 from test_registrar_support import block_downsample, make_tiny_bundle, package_file
 

@@ -15,7 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from smgic_rt import cli, io, ops, transforms
+from smgic_rt import cli, io
+from smgic_rt.geometry import ops, transforms
 
 from test_registrar_support import block_downsample, make_tiny_bundle
 
