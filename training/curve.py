@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smgic_rt import atomic
+from smgic_rt.io import atomic
 
 from .train import load_checkpoint
 
