@@ -375,8 +375,9 @@ def test_gpu_recipe_runs_end_to_end_on_the_cpu_with_a_tiny_budget(tmp_path):
     assert provenance["data_provenance"]["init"]["path"].endswith("smgic_rt/models/default/weights.pt")
     history = load_checkpoint(run / "last.pt")["history"]
     assert [r["stage"] for r in history] == [1, 2, 3, 4]  # one step per stage in this budget
-    assert all(r["teacher"] > 0 for r in history) and all("dice_after" in r for r in history)
-    assert len(list((run / "teacher").glob("*.npy"))) == 1  # one pooled pair: one target, computed once
+    assert all(r["teacher"] > 0 and r["teacher_error"] > 0 for r in history) and all("dice_after" in r for r in history)
+    # One pooled pair and one validation pair: one target each, computed once.
+    assert len(list((run / "teacher").glob("*.npy"))) == 2
 
 
 def test_coarse_teacher_targets_are_the_fast_refinements_coarse_levels(tmp_path):
