@@ -28,12 +28,13 @@ from smgic_rt.backends.torch_model import ModelConfig, SMGICNet, parameter_count
 from .train import TrainConfig, train
 
 
-# Named sets of options. gpu-10min: about 10 minutes on one H200-class GPU. It fine-tunes the
-# shipped default model (same architecture, so the bundle also runs fast on CPUs) on residual
-# misplacements (what the network sees after the affine stage), with the runtime refinement's
-# velocity of each of 128 pooled pairs as a teacher. Its weights and budget split are a first
-# guess, not yet measured on a GPU: the first run's log says what to change.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "smgic_rt" / "models" / "default" / "weights.pt"
+# Named sets of options.
+# gpu-10min: about 10 minutes on one H200-class GPU. It fine-tunes the shipped default model (same
+# architecture, so the bundle also runs fast on CPUs) on residual misplacements (what the network
+# sees after the affine stage), with the runtime refinement's velocity of each of 128 pooled pairs
+# as a teacher. Its weights and budget split are a first guess, not yet measured on a GPU: the
+# first run's log says what to change.
 # cpu-coarse: levels 1-3 of the shipped architecture, from its weights, on what they see at run
 # time: pairs after our affine stage (a small residual misplacement), across different brains and
 # heads, a third rendered from label maps; the fast refinement's 8 and 4 mm levels as the teacher
