@@ -6,9 +6,6 @@ given and the per-thread totals were added: with 1 thread the demo pair's warp d
 2-thread one by up to 0.32 mm (docs/gpu.md).
 """
 
-import importlib.util
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest

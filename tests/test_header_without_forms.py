@@ -6,8 +6,6 @@ x flipped) is not what ITK reads, so `antsApplyTransforms` with our warp.nii.gz 
 image. Checked here against antspyx's own reading of the file and its own resampling.
 """
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pytest
