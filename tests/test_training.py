@@ -16,7 +16,7 @@ from smgic_rt.methods import features
 from smgic_rt.geometry import ops  # noqa: E402
 from smgic_rt.qc.metrics import mean_dice  # noqa: E402
 from training import losses  # noqa: E402
-from training.data import Augment, Brain, PairSource, folder_brains, load_brain, package_file  # noqa: E402
+from training.data import Augment, Brain, CachedPairs, PairSource, folder_brains, load_brain, package_file  # noqa: E402
 from smgic_rt.backends.torch_model import (ModelConfig, SMGICNet, compose, integrate_velocity, pyramid_features,  # noqa: E402
                             upsample_field, warp)
 from training.train import TrainConfig, load_checkpoint, save_checkpoint, validate  # noqa: E402
@@ -159,6 +159,20 @@ def test_pairs_are_deterministic_and_misaligned(labelled_pair):
     assert pair["fixed"].min() >= 0 and pair["fixed"].max() <= 1
     assert mean_dice(pair["fixed_labels"], pair["moving_labels"]) < 0.5
 
+
+
+def test_cached_pairs_are_the_generated_ones_and_are_read_back_from_disk(labelled_pair, tmp_path):
+    source, pair = labelled_pair
+    cached = CachedPairs(source, tmp_path)
+    first = cached.pair(0)
+    files = list(tmp_path.rglob("0.npy"))
+    assert len(files) == 1
+    np.save(files[0], np.stack([pair["moving"], pair["fixed"]]))  # swapped: a later read must see it
+    again = cached.pair(0)
+    assert np.array_equal(first["fixed"], pair["fixed"]) and np.array_equal(first["moving"], pair["moving"])
+    assert np.array_equal(again["fixed"], pair["moving"]) and np.array_equal(again["moving"], pair["fixed"])
+    other = CachedPairs(PairSource(source.brains, source.grid_shape, source.spacing, source.augment, seed=4), tmp_path)
+    assert not np.array_equal(other.pair(0)["fixed"], pair["fixed"])  # another recipe, another folder
 
 @pytest.fixture
 def one_torch_thread():

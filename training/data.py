@@ -12,6 +12,8 @@ runtime normalises. Everything is drawn from ``numpy.random.default_rng((seed, i
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +23,15 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from smgic_rt.io import atomic
 from smgic_rt.geometry import ops
 from smgic_rt.methods import preprocess
 from smgic_rt.methods.affine import rotation_matrix
 from smgic_rt.demo import package_file  # finds data files without importing the packages
 
 __all__ = ["TRAINING_TEMPLATES", "TRAINING_HEADS", "SPM_HEADS", "LABEL_MAPS", "VALIDATION_TEMPLATE", "Brain",
-           "LabelBrain", "Augment", "PairSource", "package_file", "load_image", "load_brain", "load_label_brain",
-           "folder_brains"]
+           "LabelBrain", "Augment", "PairSource", "CachedPairs", "package_file", "load_image", "load_brain",
+           "load_label_brain", "folder_brains"]
 
 # (package, file inside it): brain-extracted T1 templates, different brains/averages.
 TRAINING_TEMPLATES = (
@@ -280,3 +283,28 @@ class PairSource:
         moving, _ = self._side(rng, brain, grid, intensities)
         return {"fixed": fixed, "moving": moving, "fixed_labels": None, "moving_labels": None,
                 "names": (brain.name, brain.name)}
+
+
+class CachedPairs:
+    """`source`'s images of each pair index, generated once and kept as ``.npy`` in `folder`: a
+    bounded pool of pairs (``pair_pool``) is revisited every pool-length steps, and generating a
+    pair costs about as much as a training step. Only ``fixed`` and ``moving`` are kept, which
+    is all a training step reads; the folder is keyed by everything that draws the pairs."""
+
+    def __init__(self, source: PairSource, folder):
+        recipe = {"brains": [(b.name, b.kind) for b in source.brains], "labels": [b.name for b in source.label_brains],
+                  "grid": source.grid_shape, "spacing": source.spacing, "seed": source.seed,
+                  "augment": source.augment.to_dict(), "synthetic_fraction": source.synthetic_fraction}
+        key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+        self.source, self.folder = source, Path(folder) / key
+
+    def pair(self, index: int) -> dict:
+        path = self.folder / f"{index}.npy"
+        if path.is_file():
+            fixed, moving = np.load(path)
+            return {"fixed": fixed, "moving": moving}
+        pair = self.source.pair(index)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_path(path) as temp, open(temp, "wb") as stream:
+            np.save(stream, np.stack([pair["fixed"], pair["moving"]]))
+        return pair

@@ -22,7 +22,7 @@ from smgic_rt.qc.metrics import mean_dice
 from smgic_rt.methods.refine import RefineOptions
 
 from .data import (LABEL_MAPS, SPM_HEADS, TRAINING_HEADS, TRAINING_TEMPLATES, VALIDATION_TEMPLATE, Augment,
-                   PairSource, entry_name, folder_brains, load_brain, load_label_brain, package_file)
+                   CachedPairs, PairSource, entry_name, folder_brains, load_brain, load_label_brain, package_file)
 from .losses import LossWeights, registration_loss
 from .teacher import TeacherCache, coarse_options, teacher_loss
 from smgic_rt.backends.torch_model import ModelConfig, SMGICNet, pyramid_features, upsample_field, warp
@@ -60,7 +60,8 @@ class TrainConfig:
     # over the refinement's coarse levels.
     teacher: str = "full"
     # Draw training pairs from this many fixed pairs, cycled (None: a new pair every step). With
-    # a teacher, each pair's target is computed once; a pool bounds that cost.
+    # a teacher, each pair's target is computed once; a pool bounds that cost. Pool pairs are
+    # generated once too, kept under OUTPUT/pairs (`data.CachedPairs`).
     pair_pool: int | None = None
     stages: int = 4                                            # train stages 1..stages (levels 1..stages)
     spm_heads: bool = False                                    # also SPM's T1 templates (spm-runtime)
@@ -209,6 +210,8 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
     if init is not None:
         provenance["init"] = init
     val_pairs = [val_source.pair(i) for i in range(config.validation_pairs)]
+    if config.pair_pool is not None:
+        train_source = CachedPairs(train_source, config.output / "pairs")
     teacher, val_targets = None, None
     if config.teacher_weight > 0:
         options = coarse_options() if config.teacher == "coarse" else RefineOptions()
