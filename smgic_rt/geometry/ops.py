@@ -32,6 +32,7 @@ True
 
 import contextlib
 import contextvars
+from typing import NamedTuple
 
 import numpy as np
 
@@ -44,6 +45,7 @@ __all__ = [
     "integrate_velocity",
     "compose",
     "invert_displacement",
+    "InverseDisplacement",
     "upsample_field",
     "downsample_haar",
     "affine_field",
@@ -567,32 +569,42 @@ def compose(u_outer, u_inner):
     return _unbatch(out, len(inner_shape) == 5)
 
 
-def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), tolerance=0.0, max_iterations=10):
+class InverseDisplacement(NamedTuple):
+    """What `invert_displacement` returns."""
+
+    displacement: object
+    iterations: int
+    residual_p999: float
+    residual_max: float
+
+
+def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), tolerance=0.01, max_iterations=10):
     """Polish `initial`, an approximate inverse of ``phi = id + u``, into its numerical inverse
-    at the nodes of a lattice, so that ``phi(psi(m)) = m`` there (``psi(m) = m + w``).
+    at the nodes of a lattice: ``phi(psi(m)) = m`` there, ``psi(m) = m + w``.
 
     Node ``k`` of the lattice sits at ``m(k) = lattice @ [k, 1]`` in voxels of ``u``'s grid
-    (default: ``u``'s own grid). Each step is Newton's, with the Jacobian of ``phi`` at
-    ``psi(m)`` taken as the inverse of ``psi``'s own (from `initial`'s finite differences):
-    ``w <- w - (I + dw/dm) r``, ``r = w + u(m + w)`` = ``phi(psi(m)) - m``. A node whose
-    ``|r|`` a step would raise keeps its value (folds, the grid's border). The residual is
-    ``max_k |r(k)|``, each axis scaled by `spacing`; steps stop once it is at most `tolerance`
-    or after `max_iterations`. ``u`` is read trilinearly with border padding, as in `compose`.
+    (default: ``u``'s own grid). Each step is Newton's with the Jacobian of ``phi`` at
+    ``psi(m)`` taken as the inverse of ``psi``'s own (finite differences along the lattice):
+    ``w <- w - (I + dw/dm) r``, ``r = w + u(m + w) = phi(psi(m)) - m``. A node whose ``|r|`` a
+    step would raise keeps its value (near folds and the grid's border Newton may not
+    converge). Steps stop once at most one node in a thousand has ``|r|`` above `tolerance`
+    (each axis scaled by `spacing`), or after `max_iterations`. ``u`` is read trilinearly with
+    border padding, as in `compose`.
 
     Parameters
     ----------
     u : float32 array (3, X, Y, Z), the forward displacement in voxels
     initial : float32 array (3, *lattice shape), e.g. ``exp(-v)`` read at the nodes, in voxels
-        of ``u``'s grid; overwritten with the result
+        of ``u``'s grid; its buffer may be reused for the result
     lattice : 3x4 (or 4x4) array-like, lattice index -> voxel of ``u``; None: the identity
-    spacing : 3 positive numbers, the unit of the residual per axis (voxel size in mm: mm)
-    tolerance : the residual to stop at, in those units
+    spacing : 3 positive numbers, the unit of ``|r|`` per axis (voxel size in mm: mm)
+    tolerance : in those units
     max_iterations : int >= 0
 
     Returns
     -------
-    (w, iterations, residual): the polished inverse (`initial` itself), the steps taken and the
-    residual of `w`.
+    InverseDisplacement: ``displacement`` (the polished ``w``), ``iterations`` (steps taken),
+    ``residual_p999`` and ``residual_max`` (99.9th percentile and largest ``|r|``).
     """
     _check_field(u, "u")
     _check_field(initial, "initial")
@@ -600,12 +612,11 @@ def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), to
         raise ValueError(f"max_iterations must be an int >= 0, got {max_iterations!r}")
     xp = array_namespace(u, initial)
     to_u = np.eye(4)[:3] if lattice is None else np.asarray(lattice, dtype=np.float64)[:3]
-    # dw/dm = dw/dk (d m/dk)^-1: finite differences along the lattice, then into u's voxels.
-    to_lattice = np.linalg.inv(to_u[:, :3])
-    scale = xp.asarray(np.asarray(spacing, dtype=np.float32).reshape(3, 1, 1, 1))
+    to_lattice = np.linalg.inv(to_u[:, :3])  # dw/dm = dw/dk (dm/dk)^-1
     shift = to_u - np.hstack([np.eye(3), np.zeros((3, 1))])  # m(k) - k
+    scale = xp.asarray(np.asarray(spacing, dtype=np.float32).reshape(3, 1, 1, 1))
 
-    def mismatch(w):  # r = phi(psi(m)) - m and its length at every node
+    def mismatch(w):  # r and |r| at every node
         r = warp(u, affine_field(w, shift, np.eye(3)), padding="border")
         r += w
         return r, xp.sqrt(((r * scale) ** 2).sum(axis=0))
@@ -613,20 +624,18 @@ def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), to
     w = initial
     r, length = mismatch(w)
     iterations = 0
-    while float(length.max()) > tolerance and iterations < max_iterations:
+    while int(xp.count_nonzero(length > tolerance)) * 1000 > length.size and iterations < max_iterations:
         step = affine_field(r, np.zeros((3, 4)), to_lattice)  # r in lattice steps
-        previous = w.copy()
+        previous, w = w, w - r
         for c in range(3):
-            w[c] -= r[c]
             for axis in range(3):
                 w[c] -= xp.gradient(previous[c], axis=axis) * step[axis]
         del step
         new_r, new_length = mismatch(w)
         worse = new_length > length
-        w[:, worse] = previous[:, worse]
-        new_r[:, worse], new_length[worse] = r[:, worse], length[worse]
+        w[:, worse], new_r[:, worse], new_length[worse] = previous[:, worse], r[:, worse], length[worse]
         r, length, iterations = new_r, new_length, iterations + 1
-    return w, iterations, float(length.max())
+    return InverseDisplacement(w, iterations, float(xp.percentile(length, 99.9)), float(length.max()))
 
 
 def upsample_field(u, shape=None):

@@ -337,19 +337,19 @@ class _NativeComposition:
 
 
 def model_to_native_inverse(forward_model, inverse_model, model_affine, native_shape, native_affine, *,
-                            world_before=None, tolerance_mm: float = 0.0, max_iterations: int = 10):
-    """The inverse of ``x -> x + forward_model(x)`` (model voxels) as a RAS-mm displacement on a
-    native grid, `world_before` before it (`model_to_native_displacement`'s arguments), with the
-    deformable part the numerical inverse of the forward one at every native voxel: `inverse_model`
-    (e.g. ``exp(-v)``) read there and polished by `geometry.ops.invert_displacement` until
-    ``max |phi(psi(m)) - m|`` over the voxels is at most `tolerance_mm` (model grid mm), in at
-    most `max_iterations` steps. Returns ``(field, iterations, residual_mm)``."""
+                            world_before=None, tolerance_mm: float = 0.01, max_iterations: int = 10):
+    """The inverse of ``m -> m + forward_model(m)`` (model voxels) as a RAS-mm displacement on a
+    native grid, `world_before` before it (as in `model_to_native_displacement`), its deformable
+    part the numerical inverse of the forward one at every native voxel: `inverse_model` (e.g.
+    ``exp(-v)``) read there and polished by `smgic_rt.geometry.ops.invert_displacement` (its
+    stopping rule, with `tolerance_mm` in the model grid's mm). Returns ``(field, polish)``:
+    the (3, X, Y, Z) float32 field and the `ops.InverseDisplacement` (iterations, residuals)."""
     composition = _NativeComposition(inverse_model, model_affine, native_shape, native_affine, world_before, None)
     spacing = np.linalg.norm(composition.model_affine[:3, :3], axis=0)
-    inverse_at, iterations, residual = _ops().invert_displacement(
-        _float32(forward_model), composition.read(inverse_model), composition.to_model, spacing=spacing,
-        tolerance=tolerance_mm, max_iterations=max_iterations)
-    return composition.to_world(inverse_at), iterations, residual
+    polish = _ops().invert_displacement(_float32(forward_model), composition.read(inverse_model),
+                                        composition.to_model, spacing=spacing, tolerance=tolerance_mm,
+                                        max_iterations=max_iterations)
+    return composition.to_world(polish.displacement), polish
 
 
 def _to_image_voxels(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, image_affine: np.ndarray,
