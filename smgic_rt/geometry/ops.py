@@ -607,35 +607,71 @@ def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), to
     ``residual_p999`` and ``residual_max`` (99.9th percentile and largest ``|r|``).
     """
     _check_field(u, "u")
-    _check_field(initial, "initial")
+    shape, _ = _check_field(initial, "initial")
     if not is_int(max_iterations) or max_iterations < 0:
         raise ValueError(f"max_iterations must be an int >= 0, got {max_iterations!r}")
     xp = array_namespace(u, initial)
     to_u = np.eye(4)[:3] if lattice is None else np.asarray(lattice, dtype=np.float64)[:3]
-    to_lattice = np.linalg.inv(to_u[:, :3])  # dw/dm = dw/dk (dm/dk)^-1
-    shift = to_u - np.hstack([np.eye(3), np.zeros((3, 1))])  # m(k) - k
-    scale = xp.asarray(np.asarray(spacing, dtype=np.float32).reshape(3, 1, 1, 1))
+    to_lattice = xp.asarray(np.linalg.inv(to_u[:, :3]), dtype=np.float32)  # dw/dm = dw/dk (dm/dk)^-1
+    scale = xp.asarray(np.asarray(spacing, dtype=np.float32).reshape(3, 1))
+    shape = tuple(shape[1:])
+    w = initial.reshape(3, -1)  # a view: the nodes are updated in place
 
-    def mismatch(w):  # r and |r| at every node
-        r = warp(u, affine_field(w, shift, np.eye(3)), padding="border")
-        r += w
+    def mismatch(at, w_at):  # r and |r| at the nodes `at`
+        index = xp.stack(xp.unravel_index(at, shape)).astype(np.float32)
+        position = xp.asarray(to_u[:, :3], dtype=np.float32) @ index + xp.asarray(to_u[:, 3:], dtype=np.float32)
+        r = _read_at(u, position + w_at) + w_at
         return r, xp.sqrt(((r * scale) ** 2).sum(axis=0))
 
-    w = initial
-    r, length = mismatch(w)
+    # At every node first: one pass of the kernels over the lattice (m(k) - k is affine in k).
+    shift = to_u - np.hstack([np.eye(3), np.zeros((3, 1))])
+    r = warp(u, affine_field(initial, shift, np.eye(3)), padding="border").reshape(3, -1)
+    r += w
+    length = xp.sqrt(((r * scale) ** 2).sum(axis=0))
+    active = xp.flatnonzero(length > tolerance)
     iterations = 0
-    while int(xp.count_nonzero(length > tolerance)) * 1000 > length.size and iterations < max_iterations:
-        step = affine_field(r, np.zeros((3, 4)), to_lattice)  # r in lattice steps
-        previous, w = w, w - r
-        for c in range(3):
-            for axis in range(3):
-                w[c] -= xp.gradient(previous[c], axis=axis) * step[axis]
-        del step
-        new_r, new_length = mismatch(w)
-        worse = new_length > length
-        w[:, worse], new_r[:, worse], new_length[worse] = previous[:, worse], r[:, worse], length[worse]
-        r, length, iterations = new_r, new_length, iterations + 1
-    return InverseDisplacement(w, iterations, float(xp.percentile(length, 99.9)), float(length.max()))
+    # Only nodes still off by more than `tolerance` take a step: after the first few, a handful.
+    while len(active) * 1000 > w.shape[1] and iterations < max_iterations:
+        r_at, w_at = r[:, active], w[:, active]
+        step = to_lattice @ r_at  # r in lattice steps
+        moved = w_at - r_at
+        for axis, slope in enumerate(_lattice_slopes(w, active, shape)):
+            moved -= slope * step[axis]
+        new_r, new_length = mismatch(active, moved)
+        better = new_length <= length[active]
+        kept = active[better]
+        w[:, kept], r[:, kept], length[kept] = moved[:, better], new_r[:, better], new_length[better]
+        active = active[length[active] > tolerance]
+        iterations += 1
+    return InverseDisplacement(initial, iterations, float(xp.percentile(length, 99.9)), float(length.max()))
+
+
+def _read_at(field, points):
+    """`field` (C, X, Y, Z) read at `points` (3, n), voxel coordinates of its grid (trilinear,
+    border padding): `warp` over a small cube of the points, whose own indices stay small so
+    that float32 keeps the coordinates exact to ~1e-5 voxels."""
+    xp = array_namespace(field, points)
+    count = points.shape[1]
+    side = max(1, int(np.ceil(count ** (1 / 3))))
+    cube = xp.zeros((3, side ** 3), np.float32)
+    cube[:, :count] = points
+    cube -= xp.indices((side,) * 3, dtype=np.float32).reshape(3, -1)
+    return warp(field, cube.reshape(3, side, side, side), padding="border").reshape(field.shape[0], -1)[:, :count]
+
+
+def _lattice_slopes(w, at, shape):
+    """d w / d k_axis at the flat nodes `at` of a (3, prod(shape)) field, for each axis: central
+    differences, one-sided at the lattice's faces (as numpy.gradient)."""
+    xp = array_namespace(w, at)
+    index = xp.unravel_index(at, shape)
+    strides = np.cumprod((1,) + tuple(shape[::-1]))[:-1][::-1]
+    slopes = []
+    for axis, size in enumerate(shape):
+        up = xp.where(index[axis] < size - 1, at + int(strides[axis]), at)
+        down = xp.where(index[axis] > 0, at - int(strides[axis]), at)
+        span = xp.maximum((up - down) // int(strides[axis]), 1).astype(np.float32)
+        slopes.append((w[:, up] - w[:, down]) / span)
+    return slopes
 
 
 def upsample_field(u, shape=None):
