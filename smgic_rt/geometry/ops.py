@@ -595,7 +595,7 @@ def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), to
     ----------
     u : float32 array (3, X, Y, Z), the forward displacement in voxels
     initial : float32 array (3, *lattice shape), e.g. ``exp(-v)`` read at the nodes, in voxels
-        of ``u``'s grid; its buffer may be reused for the result
+        of ``u``'s grid
     lattice : 3x4 (or 4x4) array-like, lattice index -> voxel of ``u``; None: the identity
     spacing : 3 positive numbers, the unit of ``|r|`` per axis (voxel size in mm: mm)
     tolerance : in those units
@@ -603,19 +603,21 @@ def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), to
 
     Returns
     -------
-    InverseDisplacement: ``displacement`` (the polished ``w``), ``iterations`` (steps taken),
+    InverseDisplacement: ``displacement`` (the polished ``w``, a new array of `initial`'s
+    shape), ``iterations`` (steps taken),
     ``residual_p999`` and ``residual_max`` (99.9th percentile and largest ``|r|``).
     """
-    _check_field(u, "u")
-    shape, _ = _check_field(initial, "initial")
+    for name, field in (("u", u), ("initial", initial)):
+        if len(_check_field(field, name)[0]) != 4:
+            raise ValueError(f"{name} must have shape (3, X, Y, Z), got {tuple(field.shape)}")
     if not is_int(max_iterations) or max_iterations < 0:
         raise ValueError(f"max_iterations must be an int >= 0, got {max_iterations!r}")
     xp = array_namespace(u, initial)
     to_u = np.eye(4)[:3] if lattice is None else np.asarray(lattice, dtype=np.float64)[:3]
     to_lattice = xp.asarray(np.linalg.inv(to_u[:, :3]), dtype=np.float32)  # dw/dm = dw/dk (dm/dk)^-1
     scale = xp.asarray(np.asarray(spacing, dtype=np.float32).reshape(3, 1))
-    shape = tuple(shape[1:])
-    w = initial.reshape(3, -1)  # a view: the nodes are updated in place
+    shape = tuple(int(n) for n in initial.shape[1:])
+    w = xp.array(initial, dtype=np.float32).reshape(3, -1)  # a copy, updated node by node
 
     def mismatch(at, w_at):  # r and |r| at the nodes `at`
         index = xp.stack(xp.unravel_index(at, shape)).astype(np.float32)
@@ -643,7 +645,8 @@ def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), to
         w[:, kept], r[:, kept], length[kept] = moved[:, better], new_r[:, better], new_length[better]
         active = active[length[active] > tolerance]
         iterations += 1
-    return InverseDisplacement(initial, iterations, float(xp.percentile(length, 99.9)), float(length.max()))
+    return InverseDisplacement(w.reshape(initial.shape), iterations, float(xp.percentile(length, 99.9)),
+                               float(length.max()))
 
 
 def _read_at(field, points):
