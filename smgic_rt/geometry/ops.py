@@ -595,7 +595,7 @@ def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), to
     ----------
     u : float32 array (3, X, Y, Z), the forward displacement in voxels
     initial : float32 array (3, *lattice shape), e.g. ``exp(-v)`` read at the nodes, in voxels
-        of ``u``'s grid
+        of ``u``'s grid; polished in place when C-contiguous (no second lattice-sized copy)
     lattice : 3x4 (or 4x4) array-like, lattice index -> voxel of ``u``; None: the identity
     spacing : 3 positive numbers, the unit of ``|r|`` per axis (voxel size in mm: mm)
     tolerance : in those units
@@ -603,8 +603,8 @@ def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), to
 
     Returns
     -------
-    InverseDisplacement: ``displacement`` (the polished ``w``, a new array of `initial`'s
-    shape), ``iterations`` (steps taken),
+    InverseDisplacement: ``displacement`` (the polished ``w``, of `initial`'s shape),
+    ``iterations`` (steps taken),
     ``residual_p999`` and ``residual_max`` (99.9th percentile and largest ``|r|``).
     """
     for name, field in (("u", u), ("initial", initial)):
@@ -617,7 +617,7 @@ def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), to
     to_lattice = xp.asarray(np.linalg.inv(to_u[:, :3]), dtype=np.float32)  # dw/dm = dw/dk (dm/dk)^-1
     scale = xp.asarray(np.asarray(spacing, dtype=np.float32).reshape(3, 1))
     shape = tuple(int(n) for n in initial.shape[1:])
-    w = xp.array(initial, dtype=np.float32).reshape(3, -1)  # a copy, updated node by node
+    w = xp.ascontiguousarray(initial, dtype=np.float32).reshape(3, -1)  # updated node by node
 
     def mismatch(at, w_at):  # r and |r| at the nodes `at`
         index = xp.stack(xp.unravel_index(at, shape)).astype(np.float32)
@@ -627,7 +627,7 @@ def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), to
 
     # At every node first: one pass of the kernels over the lattice (m(k) - k is affine in k).
     shift = to_u - np.hstack([np.eye(3), np.zeros((3, 1))])
-    r = warp(u, affine_field(initial, shift, np.eye(3)), padding="border").reshape(3, -1)
+    r = warp(u, affine_field(w.reshape(initial.shape), shift, np.eye(3)), padding="border").reshape(3, -1)
     r += w
     length = xp.sqrt(((r * scale) ** 2).sum(axis=0))
     active = xp.flatnonzero(length > tolerance)
