@@ -350,8 +350,9 @@ class FieldsStage(Stage):
         # modes, so the grids give identical warped images.
         for field_array, _ in (state.forward_field, state.inverse_field):
             transforms.quantize(field_array, transforms.FIELD_QUANTUM_MM)
-        return {"grid": self.options.grid, "quantum_mm": transforms.FIELD_QUANTUM_MM, "forward_grid": list(forward_grid[0]),
-                "inverse_grid": list(inverse_grid[0]), "inverse_iterations": polish.iterations,
+        return {"grid": self.options.grid, "quantum_mm": transforms.FIELD_QUANTUM_MM,
+                "forward_grid": list(forward_grid[0]), "inverse_grid": list(inverse_grid[0]),
+                "inverse_iterations": polish.iterations,
                 "inverse_residual_p999_mm": polish.residual_p999, "inverse_residual_max_mm": polish.residual_max,
                 "inverse_tolerance_mm": self.options.inverse_tolerance_mm}
 
