@@ -32,6 +32,7 @@ True
 
 import contextlib
 import contextvars
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,6 +44,8 @@ __all__ = [
     "affine_resample",
     "integrate_velocity",
     "compose",
+    "invert_displacement",
+    "InverseDisplacement",
     "upsample_field",
     "downsample_haar",
     "affine_field",
@@ -564,6 +567,114 @@ def compose(u_outer, u_inner):
     else:
         _C.compose(_view5(u_outer, False), _view5(u_inner, False), out)
     return _unbatch(out, len(inner_shape) == 5)
+
+
+class InverseDisplacement(NamedTuple):
+    """What `invert_displacement` returns."""
+
+    displacement: object
+    iterations: int
+    residual_p999: float
+    residual_max: float
+
+
+def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), tolerance=0.01, max_iterations=10):
+    """Polish `initial`, an approximate inverse of ``phi = id + u``, into its numerical inverse
+    at the nodes of a lattice: ``phi(psi(m)) = m`` there, ``psi(m) = m + w``.
+
+    Node ``k`` of the lattice sits at ``m(k) = lattice @ [k, 1]`` in voxels of ``u``'s grid
+    (default: ``u``'s own grid). Each step is Newton's with the Jacobian of ``phi`` at
+    ``psi(m)`` taken as the inverse of ``psi``'s own (finite differences along the lattice):
+    ``w <- w - (I + dw/dm) r``, ``r = w + u(m + w) = phi(psi(m)) - m``. A node whose ``|r|`` a
+    step would raise keeps its value (near folds and the grid's border Newton may not
+    converge). Steps stop once at most one node in a thousand has ``|r|`` above `tolerance`
+    (each axis scaled by `spacing`), or after `max_iterations`. ``u`` is read trilinearly with
+    border padding, as in `compose`.
+
+    Parameters
+    ----------
+    u : float32 array (3, X, Y, Z), the forward displacement in voxels
+    initial : float32 array (3, *lattice shape), e.g. ``exp(-v)`` read at the nodes, in voxels
+        of ``u``'s grid; polished in place when C-contiguous (no second lattice-sized copy)
+    lattice : 3x4 (or 4x4) array-like, lattice index -> voxel of ``u``; None: the identity
+    spacing : 3 positive numbers, the unit of ``|r|`` per axis (voxel size in mm: mm)
+    tolerance : in those units
+    max_iterations : int >= 0
+
+    Returns
+    -------
+    InverseDisplacement: ``displacement`` (the polished ``w``, of `initial`'s shape),
+    ``iterations`` (steps taken),
+    ``residual_p999`` and ``residual_max`` (99.9th percentile and largest ``|r|``).
+    """
+    for name, field in (("u", u), ("initial", initial)):
+        if len(_check_field(field, name)[0]) != 4:
+            raise ValueError(f"{name} must have shape (3, X, Y, Z), got {tuple(field.shape)}")
+    if not is_int(max_iterations) or max_iterations < 0:
+        raise ValueError(f"max_iterations must be an int >= 0, got {max_iterations!r}")
+    xp = array_namespace(u, initial)
+    to_u = np.eye(4)[:3] if lattice is None else np.asarray(lattice, dtype=np.float64)[:3]
+    to_lattice = xp.asarray(np.linalg.inv(to_u[:, :3]), dtype=np.float32)  # dw/dm = dw/dk (dm/dk)^-1
+    scale = xp.asarray(np.asarray(spacing, dtype=np.float32).reshape(3, 1))
+    shape = tuple(int(n) for n in initial.shape[1:])
+    w = xp.ascontiguousarray(initial, dtype=np.float32).reshape(3, -1)  # updated node by node
+
+    def mismatch(at, w_at):  # r and |r| at the nodes `at`
+        index = xp.stack(xp.unravel_index(at, shape)).astype(np.float32)
+        position = xp.asarray(to_u[:, :3], dtype=np.float32) @ index + xp.asarray(to_u[:, 3:], dtype=np.float32)
+        r = _read_at(u, position + w_at) + w_at
+        return r, xp.sqrt(((r * scale) ** 2).sum(axis=0))
+
+    # At every node first: one pass of the kernels over the lattice (m(k) - k is affine in k).
+    shift = to_u - np.hstack([np.eye(3), np.zeros((3, 1))])
+    r = warp(u, affine_field(w.reshape(initial.shape), shift, np.eye(3)), padding="border").reshape(3, -1)
+    r += w
+    length = xp.sqrt(((r * scale) ** 2).sum(axis=0))
+    active = xp.flatnonzero(length > tolerance)
+    iterations = 0
+    # Only nodes still off by more than `tolerance` take a step: after the first few, a handful.
+    while len(active) * 1000 > w.shape[1] and iterations < max_iterations:
+        r_at, w_at = r[:, active], w[:, active]
+        step = to_lattice @ r_at  # r in lattice steps
+        moved = w_at - r_at
+        for axis, slope in enumerate(_lattice_slopes(w, active, shape)):
+            moved -= slope * step[axis]
+        new_r, new_length = mismatch(active, moved)
+        better = new_length <= length[active]
+        kept = active[better]
+        w[:, kept], r[:, kept], length[kept] = moved[:, better], new_r[:, better], new_length[better]
+        active = active[length[active] > tolerance]
+        iterations += 1
+    return InverseDisplacement(w.reshape(initial.shape), iterations, float(xp.percentile(length, 99.9)),
+                               float(length.max()))
+
+
+def _read_at(field, points):
+    """`field` (C, X, Y, Z) read at `points` (3, n), voxel coordinates of its grid (trilinear,
+    border padding): `warp` over a small cube of the points, whose own indices stay small so
+    that float32 keeps the coordinates exact to ~1e-5 voxels."""
+    xp = array_namespace(field, points)
+    count = points.shape[1]
+    side = max(1, int(np.ceil(count ** (1 / 3))))
+    cube = xp.zeros((3, side ** 3), np.float32)
+    cube[:, :count] = points
+    cube -= xp.indices((side,) * 3, dtype=np.float32).reshape(3, -1)
+    return warp(field, cube.reshape(3, side, side, side), padding="border").reshape(field.shape[0], -1)[:, :count]
+
+
+def _lattice_slopes(w, at, shape):
+    """d w / d k_axis at the flat nodes `at` of a (3, prod(shape)) field, for each axis: central
+    differences, one-sided at the lattice's faces (as numpy.gradient)."""
+    xp = array_namespace(w, at)
+    index = xp.unravel_index(at, shape)
+    strides = np.cumprod((1,) + tuple(shape[::-1]))[:-1][::-1]
+    slopes = []
+    for axis, size in enumerate(shape):
+        up = xp.where(index[axis] < size - 1, at + int(strides[axis]), at)
+        down = xp.where(index[axis] > 0, at - int(strides[axis]), at)
+        span = xp.maximum((up - down) // int(strides[axis]), 1).astype(np.float32)
+        slopes.append((w[:, up] - w[:, down]) / span)
+    return slopes
 
 
 def upsample_field(u, shape=None):

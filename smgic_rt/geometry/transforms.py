@@ -35,6 +35,7 @@ __all__ = [
     "InvalidTransformError",
     "check_field_placement",
     "model_to_native_displacement",
+    "model_to_native_inverse",
     "sampling_coordinates",
     "sample_image",
     "warp_image",
@@ -303,20 +304,52 @@ def model_to_native_displacement(
     affine stage's fixed-world -> moving-world matrix after the forward deformation, or its
     inverse before the inverse deformation.
     """
-    if model_displacement.ndim != 4 or model_displacement.shape[0] != 3:
-        raise ValueError(f"model_displacement must have shape (3, X, Y, Z), got {model_displacement.shape}")
-    native_affine = np.asarray(native_affine, dtype=np.float64)
-    model_affine = np.asarray(model_affine, dtype=np.float64)
-    before = np.eye(4) if world_before is None else np.asarray(world_before, dtype=np.float64)
-    after = np.eye(4) if world_after is None else np.asarray(world_after, dtype=np.float64)
-    # Every step but u is affine, so with x a native voxel index:
-    #   m(x) = Q x, Q = G^-1 before N;  map(p) - p = (after G Q - N) x + after_lin G_lin u(m(x)).
-    # Two passes in _C: one affine resampling of u, then the per-voxel affine and linear terms.
-    to_model = np.linalg.solve(model_affine, before @ native_affine)
-    u_at = _ops().affine_resample(_float32(model_displacement), to_model, tuple(int(n) for n in native_shape),
-                                  interpolation="linear", padding="border")
-    offset = after @ model_affine @ to_model - native_affine
-    return _ops().affine_field(u_at, offset[:3], after[:3, :3] @ model_affine[:3, :3], out=u_at)
+    composition = _NativeComposition(model_displacement, model_affine, native_shape, native_affine, world_before,
+                                     world_after)
+    return composition.to_world(composition.read(model_displacement))
+
+
+class _NativeComposition:
+    """``p -> world_after(G (m + u(m)))``, ``m = G^-1 world_before(p)``, at the voxels ``x`` of a
+    native grid. Every step but u is affine, so ``m(x) = Q x`` with ``Q = G^-1 before N``, and
+    ``map(p) - p = (after G Q - N) x + after_lin G_lin u(m(x))``: one affine resampling of u in
+    `read`, then the per-voxel affine and linear terms in `to_world` (two passes in _C)."""
+
+    def __init__(self, model_displacement, model_affine, native_shape, native_affine, world_before, world_after):
+        if model_displacement.ndim != 4 or model_displacement.shape[0] != 3:
+            raise ValueError(f"model_displacement must have shape (3, X, Y, Z), got {model_displacement.shape}")
+        native_affine = np.asarray(native_affine, dtype=np.float64)
+        self.model_affine = np.asarray(model_affine, dtype=np.float64)
+        before = np.eye(4) if world_before is None else np.asarray(world_before, dtype=np.float64)
+        self.after = np.eye(4) if world_after is None else np.asarray(world_after, dtype=np.float64)
+        self.shape = tuple(int(n) for n in native_shape)
+        self.to_model = np.linalg.solve(self.model_affine, before @ native_affine)
+        self.offset = self.after @ self.model_affine @ self.to_model - native_affine
+
+    def read(self, model_displacement):
+        """u(m(x)), in model voxels, at every native voxel (trilinear, border padding)."""
+        return _ops().affine_resample(_float32(model_displacement), self.to_model, self.shape,
+                                      interpolation="linear", padding="border")
+
+    def to_world(self, u_at):
+        """``map(p) - p`` in RAS mm from `read`'s values (written into them)."""
+        return _ops().affine_field(u_at, self.offset[:3], self.after[:3, :3] @ self.model_affine[:3, :3], out=u_at)
+
+
+def model_to_native_inverse(forward_model, inverse_model, model_affine, native_shape, native_affine, *,
+                            world_before=None, tolerance_mm: float = 0.01, max_iterations: int = 10):
+    """The inverse of ``m -> m + forward_model(m)`` (model voxels) as a RAS-mm displacement on a
+    native grid, `world_before` before it (as in `model_to_native_displacement`), its deformable
+    part the numerical inverse of the forward one at every native voxel: `inverse_model` (e.g.
+    ``exp(-v)``) read there and polished by `smgic_rt.geometry.ops.invert_displacement` (its
+    stopping rule, with `tolerance_mm` in the model grid's mm). Returns ``(field, polish)``:
+    the (3, X, Y, Z) float32 field and the `ops.InverseDisplacement` (iterations, residuals)."""
+    composition = _NativeComposition(inverse_model, model_affine, native_shape, native_affine, world_before, None)
+    spacing = np.linalg.norm(composition.model_affine[:3, :3], axis=0)
+    polish = _ops().invert_displacement(_float32(forward_model), composition.read(inverse_model),
+                                        composition.to_model, spacing=spacing, tolerance=tolerance_mm,
+                                        max_iterations=max_iterations)
+    return composition.to_world(polish.displacement), polish
 
 
 def _to_image_voxels(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, image_affine: np.ndarray,
