@@ -376,8 +376,7 @@ class Registrar:
             "backend": self.backend,
             "bundle_id": str(self.bundle.id),
             "quality": self.quality,
-            "metric": {name: records[name]["stats"].get("metric", self.stage(name).options.metric)
-                       for name in ("affine", "refine")},
+            "metric": self.metric,
             "stages": records,
             "stages_run": [name for name, record in records.items() if record["ran"]],
             "seconds": seconds,

@@ -225,9 +225,9 @@ def _half_steps(options: RefineOptions, factor: int) -> int:
 
 
 # The MIND similarity is minus this weight times the mean (over voxels and channels) squared
-# descriptor difference: a scale at which the levels' regulariser weights, made for local NCC,
-# balance it as well (docs/contrasts.md).
-MIND_WEIGHT = 10.0
+# descriptor difference: its balance against the levels' regulariser weights, which were made
+# for local NCC (the choice: docs/contrasts.md).
+MIND_WEIGHT = 0.1
 
 
 @dataclass

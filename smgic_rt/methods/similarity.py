@@ -29,7 +29,7 @@ __all__ = ["MIND_RADIUS", "MIND_DILATION", "mind_descriptors", "descriptor_reach
 # The patch (2 radius + 1)^3 and the neighbours' distance, in voxels of the grid the descriptors
 # are made on.
 MIND_RADIUS = 1
-MIND_DILATION = 1
+MIND_DILATION = 2
 
 _SIX = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
 # The 12 pairs of the six neighbours that are sqrt(2) apart (the self-similarity context).
@@ -37,9 +37,9 @@ _PAIRS = tuple((a, b) for i, a in enumerate(_SIX) for b in _SIX[i + 1:]
                if sum((p - q) ** 2 for p, q in zip(a, b)) == 2)
 
 
-def descriptor_reach(radius: int = MIND_RADIUS, dilation: int = MIND_DILATION) -> int:
+def descriptor_reach() -> int:
     """How far (voxels, along each axis) a descriptor reads the image around its voxel."""
-    return int(radius) + int(dilation)
+    return MIND_RADIUS + MIND_DILATION
 
 
 def grow(excluded, radius: int):
@@ -65,7 +65,7 @@ def _shifted(padded, offset, pad, shape):
     return padded[tuple(slice(pad + o, pad + o + n) for o, n in zip(offset, shape))]
 
 
-def mind_descriptors(image, *, excluded=None, radius: int = MIND_RADIUS, dilation: int = MIND_DILATION):
+def mind_descriptors(image, *, excluded=None):
     """MIND-SSC of `image` (X, Y, Z): float32 (12, X, Y, Z), each channel ``1 - exp(-d_c / v)`` of
     the patch distance ``d_c`` of one neighbour pair, less the voxel's smallest, ``v`` the mean of
     the ``d_c`` at that voxel, clipped to [1e-3, 1e3] times its mean over the image (over the
@@ -73,7 +73,7 @@ def mind_descriptors(image, *, excluded=None, radius: int = MIND_RADIUS, dilatio
     A flat region gives zeros, as the zero padding of the warps does."""
     xp = ops.array_namespace(image)
     image = xp.asarray(image, dtype=np.float32)
-    shape = image.shape
+    shape, radius, dilation = image.shape, MIND_RADIUS, MIND_DILATION
     padded = xp.pad(image, dilation, mode="edge")
     distances = xp.empty((len(_PAIRS), *shape), np.float32)
     for channel, (a, b) in enumerate(_PAIRS):
@@ -83,7 +83,7 @@ def mind_descriptors(image, *, excluded=None, radius: int = MIND_RADIUS, dilatio
     distances = box_mean(distances, radius)
     distances -= distances.min(axis=0)
     variance = distances.mean(axis=0)
-    counted = variance if excluded is None else variance[~grow(excluded, descriptor_reach(radius, dilation))]
+    counted = variance if excluded is None else variance[~grow(excluded, descriptor_reach())]
     scale = float(counted.mean(dtype=np.float64)) if counted.size else 0.0
     if not scale > 0:  # a flat image: nothing to describe
         return xp.zeros_like(distances)
