@@ -157,23 +157,32 @@ def _pyramid(data, affine, resolutions, with_mask, metric="ncc", excluded=None):
         if excluded is not None:  # any weight of an excluded voxel in a resampled one excludes it
             excluded_source = preprocess.resample(excluded_source, excluded_affine, grid, shape)
             excluded_affine = grid
-            touched = excluded_source > 1e-3
-        mask = None
-        if with_mask:
-            # The foreground and a rim of ~8 mm around it: the edge of the brain carries signal.
-            radius = max(1, int(round(8.0 / spacing)))
-            mask = (box_mean((image > 0.05).astype(np.float32)[None], radius)[0] > 0).astype(np.float32)
-        level = _Level(xp.ascontiguousarray(image), grid, mask)
-        if metric == "mind":
-            level.features = mind_descriptors(image, excluded=touched)
-        if touched is not None:
-            reached = grow(touched, descriptor_reach() if metric == "mind" else 0)
-            if with_mask:
-                level.mask = xp.ascontiguousarray(mask * (~reached).astype(np.float32))
-            else:
-                level.excluded = xp.ascontiguousarray(reached.astype(np.float32))
-        out[spacing] = level
+            touched = excluded_source > 0
+        out[spacing] = _make_level(xp.ascontiguousarray(image), grid, with_mask, metric, touched)
     return out
+
+
+def _make_level(image, grid, with_mask: bool, metric: str, touched=None) -> _Level:
+    """One resolution of one image: with `with_mask` (the fixed image) the mask of the voxels
+    summed, with `metric` "mind" the descriptors, with `touched` (boolean, the voxels that
+    excluded ones weigh in) the voxels the similarity must not read, grown by what a descriptor
+    reads: out of the fixed mask, or (the moving image) in `_Level.excluded`."""
+    xp = ops.array_namespace(image)
+    mask = None
+    if with_mask:
+        # The foreground and a rim of ~8 mm around it: the edge of the brain carries signal.
+        radius = max(1, int(round(8.0 / abs(float(grid[0, 0])))))
+        mask = (box_mean((image > 0.05).astype(np.float32)[None], radius)[0] > 0).astype(np.float32)
+    level = _Level(image, grid, mask)
+    if metric == "mind":
+        level.features = mind_descriptors(image, excluded=touched)
+    if touched is not None:
+        reached = grow(touched, descriptor_reach() if metric == "mind" else 0)
+        if with_mask:
+            level.mask = xp.ascontiguousarray(mask * (~reached).astype(np.float32))
+        else:
+            level.excluded = xp.ascontiguousarray(reached.astype(np.float32))
+    return level
 
 
 def _voxel_map(fixed: _Level, moving: _Level, world):

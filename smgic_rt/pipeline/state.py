@@ -147,7 +147,7 @@ class PairState:
                 continue
             resampled = preprocess.resample(volume.data, volume.affine if seen is None else seen, grid.affine,
                                             grid.shape, antialias_strength=antialias)
-            out.append(self.xp.asarray(resampled > 1e-3))
+            out.append(self.xp.asarray(resampled > 0))
         return tuple(out)
 
     def _moving_seen(self):
