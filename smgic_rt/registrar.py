@@ -365,8 +365,8 @@ class Registrar:
         with ops.cpu_threads(self.threads):
             records = run_stages(self.stages, state)
             result = self._result(state, records)
+            self._check_contrast(state, result.stats)
             result.assess()
-            self._warn_contrast(state, result.stats)
         return result
 
     def _result(self, state: PairState, records: dict) -> RegistrationResult:
@@ -411,19 +411,18 @@ class Registrar:
         )
 
 
-    def _warn_contrast(self, state: PairState, stats: dict) -> None:
-        """Warn (log and ``stats["warnings"]``) when a stage that ran compared by NCC a pair whose
-        intensities say the contrasts differ (`similarity.contrasts_differ`, after the affine
-        stage, on the model grid)."""
+    def _check_contrast(self, state: PairState, stats: dict) -> None:
+        """Record whether the pair's intensities say the contrasts differ
+        (`similarity.contrast_check`, after the affine stage, on the model grid), and warn (log
+        and ``stats["warnings"]``) when a stage that ran compared such a pair by NCC."""
         from .methods.similarity import contrast_check
 
+        if state.model_grid is None:
+            return
+        check = stats["contrast_check"] = contrast_check(*state.images(state.model_grid, state.antialias))
         ncc_stages = [name for name in ("affine", "refine") if name in stats["stages_run"]
                       and stats["metric"][name] == "ncc"]
-        if not ncc_stages or state.model_grid is None:
-            return
-        check = contrast_check(*state.images(state.model_grid, state.antialias))
-        stats["contrast_check"] = check
-        if check["differ"]:
+        if check["differ"] and ncc_stages:
             message = (f"the images' intensities say their contrasts differ (moving-image means over the fixed "
                        f"image's intensity quartiles {check['quartile_means']}: not rising as for one contrast), "
                        f"yet the {' and '.join(ncc_stages)} compared them by NCC; use metric='mind' "

@@ -289,4 +289,7 @@ def test_mind_registers_t2_onto_t1_where_ncc_fails_and_ncc_warns():
         mapped = points + np.moveaxis(result.forward_ras, 0, -1)[brain]
         errors[metric] = float(np.linalg.norm(mapped - (points @ truth[:3, :3].T + truth[:3, 3]), axis=1).mean())
         assert bool(result.stats.get("warnings")) == (metric == "ncc")
+        assert result.stats["contrast_check"]["differ"]
+        # local NCC of a T2 and a T1 says nothing of their alignment: the flag does not judge it
+        assert not any("local NCC" in reason for reason in result.stats["flag_reasons"])
     assert errors["mind"] < 2.0 and errors["ncc"] > 3 * errors["mind"]
