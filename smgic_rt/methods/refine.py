@@ -18,6 +18,11 @@ from zero, and says so). A step that does not lower the objective is never taken
 is checked against the start on the model grid: the refinement never returns a velocity worse by
 its objective than the one it was given.
 
+The similarity is local NCC or, with ``RefineOptions.metric="mind"``, minus the mean squared
+difference of the two images' MIND-SSC descriptors (`smgic_rt.methods.similarity`), made once per
+grid and warped as the images are; exclusion masks (``fixed_exclude``, ``moving_exclude``) take
+the voxels that read excluded ones out of either similarity, the regulariser left as it is.
+
 The per-voxel work (box means, local NCC and its derivatives, gradients, Gaussian filters,
 warps, scaling and squaring) runs in `smgic_rt._C` through `smgic_rt.geometry.ops`; the whole-array
 arithmetic between the kernels is written once against the inputs' namespace
