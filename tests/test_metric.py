@@ -293,3 +293,18 @@ def test_mind_registers_t2_onto_t1_where_ncc_fails_and_ncc_warns():
         # local NCC of a T2 and a T1 says nothing of their alignment: the flag does not judge it
         assert not any("local NCC" in reason for reason in result.stats["flag_reasons"])
     assert errors["mind"] < 2.0 and errors["ncc"] > 3 * errors["mind"]
+
+
+def test_batch_takes_the_metric_and_refuses_unknown_ones(tmp_path):
+    from smgic_rt.batch import register_many
+    from smgic_rt.batch.cli import main as batch_main
+
+    anatomical = str(package_file("nibabel", "tests/data/anatomical.nii"))
+    with pytest.raises(ValueError, match=r"metric must be one of \['ncc', 'mind'\], got 'nmi'"):
+        register_many([(anatomical, anatomical)], tmp_path / "out", metric="nmi")
+    assert not (tmp_path / "out").exists()  # refused before any work
+    table = tmp_path / "pairs.csv"
+    table.write_text(f"fixed,moving,moving_exclude\n{anatomical},{anatomical},\n")
+    with pytest.raises(SystemExit) as usage:
+        batch_main([str(table), "-o", str(tmp_path / "out"), "--metric", "nmi"])
+    assert usage.value.code == 2
