@@ -2,7 +2,8 @@
 
     smgic-register FIXED MOVING -o OUTDIR [--moving-labels FILE] [--backend NAME] [--qc]
                    [--overwrite] [--bundle PATH] [--affine MODE] [--network MODE] [--refine MODE]
-                   [--refine-seconds S] [--fields-grid compact|native] [--threads N]
+                   [--refine-seconds S] [--fields-grid compact|native] [--threads N] [--metric ncc|mind]
+                   [--fixed-exclude MASK] [--moving-exclude MASK]
                    [--initial-transform T [--initial-format itk|fsl|lta|ras]] [--export fsl|lta]
     smgic-apply TRANSFORM REFERENCE INPUT OUTPUT [--interpolation linear|nearest|label]
     smgic-apply -t T [-t T ...] -r REFERENCE -i IN -o OUT [-i IN -o OUT ...] (smgic_rt.apply)
@@ -66,6 +67,10 @@ def _add_register_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--moving-labels", help="label map in the moving space to warp with generic-label interpolation")
     parser.add_argument("--fixed-mask", help="brain mask on the fixed grid")
     parser.add_argument("--moving-mask", help="brain mask on the moving grid")
+    parser.add_argument("--fixed-exclude", metavar="MASK",
+                        help="cost-function mask on the fixed grid (nonzero = exclude: a lesion, an artefact): "
+                             "those voxels are left out of the similarity, the transform stays smooth across them")
+    parser.add_argument("--moving-exclude", metavar="MASK", help="the same on the moving grid")
     parser.add_argument("--initial-transform", metavar="T",
                         help="start from this fixed -> moving affine: ITK/ANTs .mat/.txt, FSL FLIRT .mat "
                              "(-in MOVING -ref FIXED), FreeSurfer .lta, or a 4x4 RAS text matrix; with --affine off "
@@ -93,6 +98,7 @@ def _add_register_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The Registrar's options (backend, bundle, stages), shared by smgic-register and smgic-batch."""
+    from .options import METRICS
     from .pipeline import STAGE_MODES
     from .presets import QUALITIES
     from .registrar import BACKENDS
@@ -104,6 +110,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--affine", default="auto", choices=STAGE_MODES, help="affine stage (default: auto)")
     parser.add_argument("--network", default="auto", choices=STAGE_MODES, help="the network stage (default: auto)")
     parser.add_argument("--refine", default="auto", choices=STAGE_MODES, help="refinement (default: auto)")
+    parser.add_argument("--metric", default="ncc", choices=METRICS,
+                        help="what the affine stage and the refinement compare: ncc (one contrast, default) or "
+                             "mind (different contrasts: T2, PD, FLAIR, EPI onto T1)")
 
 
 def _add_apply_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +130,7 @@ def registrar_from_args(args):
     # Only the time limit is given: every other field stays the preset's.
     refine_options = None if args.refine_seconds is None else RefineOptions(max_seconds=args.refine_seconds)
     return Registrar(args.bundle, backend=args.backend, quality=args.quality, affine=args.affine, network=args.network,
-                     refine=args.refine,
+                     refine=args.refine, metric=args.metric,
                      refine_options=refine_options, fields_options=FieldsOptions(grid=args.fields_grid),
                      threads=args.threads)
 
@@ -153,7 +162,8 @@ def _run_register(args) -> int:
     imports = _import_in_background(_REGISTRATION_MODULES)
     # Every check that needs no model runs first, so bad input fails in well under a second.
     pair = job.load_pair(args.fixed, args.moving, moving_labels=args.moving_labels, fixed_mask=args.fixed_mask,
-                         moving_mask=args.moving_mask)
+                         moving_mask=args.moving_mask, fixed_exclude=args.fixed_exclude,
+                         moving_exclude=args.moving_exclude)
     outdir = job.check_output(pair, args.outdir, overwrite=args.overwrite)
     initial = None
     if args.initial_transform is not None:

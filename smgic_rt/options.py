@@ -14,10 +14,12 @@ import os
 import numbers
 
 __all__ = ["is_int", "is_number", "check_int", "check_number", "check_choice", "records_given", "given_fields", "merged",
-           "BACKENDS", "STAGE_MODES", "check_mode", "check_registrar_options"]
+           "with_given", "BACKENDS", "STAGE_MODES", "METRICS", "check_mode", "check_registrar_options"]
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 STAGE_MODES = ("auto", "on", "off")
+# What the affine stage and the refinement compare images by (smgic_rt.methods.similarity).
+METRICS = ("ncc", "mind")
 
 
 def is_int(value) -> bool:
@@ -106,18 +108,29 @@ def merged(preset, explicit):
     return dataclasses.replace(preset, **{name: getattr(explicit, name) for name in given_fields(explicit)})
 
 
+def with_given(options, cls, **fields):
+    """A `cls` given the fields `options` was given (None: none) and `fields` besides, so that it
+    still merges field by field over a preset."""
+    if options is not None and not isinstance(options, cls):
+        raise TypeError(f"options must be a {cls.__module__}.{cls.__name__}, got {type(options).__name__}")
+    given = {} if options is None else {name: getattr(options, name) for name in given_fields(options)}
+    return cls(**{**given, **fields})
+
+
 def check_registrar_options(*, backend="auto", quality="fast", affine="auto", network="auto", refine="auto",
-                            threads=None) -> dict:
+                            threads=None, metric=None) -> dict:
     """The Registrar's arguments checked and normalised: one check for the API, the CLIs and batch
     (batch calls it before any worker starts)."""
     from .presets import QUALITIES
 
     check_choice(backend, "backend", BACKENDS)
+    if metric is not None:
+        check_choice(metric, "metric", METRICS)
     check_choice(quality, "quality", QUALITIES)
     if is_number(refine):
         raise ValueError(f"refine must be one of {list(STAGE_MODES)}, got {refine!r}; the refinement's budget "
                          "is RefineOptions(levels=...) (or max_seconds=..., a wall-clock limit)")
     return {"backend": backend, "quality": quality, "affine": check_mode(affine, "affine"),
-            "network": check_mode(network, "network"), "refine": check_mode(refine, "refine"),
+            "network": check_mode(network, "network"), "refine": check_mode(refine, "refine"), "metric": metric,
             # Threads beyond the machine's only wait on each other.
             "threads": check_int(threads, "threads", minimum=1, maximum=os.cpu_count() or 1, allow_none=True)}

@@ -24,7 +24,7 @@ from . import __version__, io
 from .io import atomic, outputs
 from .geometry import transforms
 from .models import default_bundle_path
-from .options import BACKENDS, check_registrar_options
+from .options import BACKENDS, check_registrar_options, with_given
 from .pipeline import (AffineStage, FieldsStage, IntegrateStage, LoadStage, NetworkStage, PairState, PreprocessOptions,
                        PreprocessStage, QualityStage, RefineStage, ResampleStage, run_stages, volume_or_load)
 
@@ -240,6 +240,13 @@ class Registrar:
         affine stage's optimiser (42 sums read back per evaluation) and handing the network
         backend its inputs; "cpu" (the default) keeps everything in numpy. The same code runs
         either way (`smgic_rt.geometry.ops.array_namespace`).
+    metric : {"ncc", "mind"} or None
+        What the affine stage and the refinement compare the images by
+        (`smgic_rt.methods.similarity`): "ncc" (local normalised cross-correlation) for images of
+        one contrast, "mind" (MIND-SSC descriptors) for different contrasts (a T2, PD, FLAIR or
+        EPI image onto a T1). None: the stages' options say (NCC by default). Registering with
+        NCC a pair whose intensities say the contrasts differ logs a warning and records it in
+        ``stats["warnings"]``.
     threads : positive int or None
         CPU threads for one registration: the network on onnxruntime or torch, and the `_C`
         kernels that `register` calls (for the calling thread only, so several Registrars may
@@ -250,14 +257,20 @@ class Registrar:
 
     def __init__(self, bundle=None, backend: str = "auto", *, quality: str = "fast", affine="auto", network="auto",
                  refine="auto", affine_options=None, network_options=None, refine_options=None, fields_options=None,
-                 threads=None, device: str = "cpu"):
+                 threads=None, device: str = "cpu", metric: str | None = None):
         checked = check_registrar_options(backend=backend, quality=quality, affine=affine, network=network,
-                                          refine=refine, threads=threads)
+                                          refine=refine, threads=threads, metric=metric)
         self.threads = threads
         self.device = device
         self._xp = _array_module(device)
         from .presets import stage_options
 
+        if metric is not None:  # given here, it is given to both stages' options
+            from .methods.affine import AffineOptions
+            from .methods.refine import RefineOptions
+
+            affine_options = _with_metric(affine_options, AffineOptions, metric, "affine_options")
+            refine_options = _with_metric(refine_options, RefineOptions, metric, "refine_options")
         preset = stage_options(quality, affine_options=affine_options, refine_options=refine_options)
         self.quality = quality
         self.bundle = self._load_bundle(bundle)
@@ -322,7 +335,13 @@ class Registrar:
         """Each stage's mode ("auto", "on" or "off"), in pipeline order."""
         return {stage.name: stage.mode for stage in self.stages}
 
-    def register(self, fixed, moving, *, fixed_mask=None, moving_mask=None, initial=None) -> RegistrationResult:
+    @property
+    def metric(self) -> dict:
+        """The metric of the affine stage and of the refinement (their options')."""
+        return {name: self.stage(name).options.metric for name in ("affine", "refine")}
+
+    def register(self, fixed, moving, *, fixed_mask=None, moving_mask=None, initial=None, fixed_exclude=None,
+                 moving_exclude=None) -> RegistrationResult:
         """Register `moving` onto `fixed`.
 
         Each image is a path (.nii, .nii.gz, .mgz), a nibabel image, an (array, affine) pair or
@@ -332,17 +351,21 @@ class Registrar:
         matrix or an affine file (ITK/ANTs .mat/.txt, FSL FLIRT .mat of ``-in moving -ref
         fixed``, FreeSurfer .lta, 4x4 RAS text; `smgic_rt.io.transform_formats`, or ``(path,
         format)``); the affine stage starts from it, or, switched off, uses it as it is.
+        `fixed_exclude`, `moving_exclude`: cost-function masks on their image's grid (nonzero =
+        exclude: a lesion, an artefact): both stages leave those voxels out of the similarity,
+        while the regulariser keeps the transform smooth across them.
         """
         from .geometry import ops
 
         state = PairState(inputs={"fixed": fixed, "moving": moving, "fixed_mask": fixed_mask, "moving_mask": moving_mask,
-                                  "initial": initial},
+                                  "fixed_exclude": fixed_exclude, "moving_exclude": moving_exclude, "initial": initial},
                           grid_shape=tuple(int(n) for n in self.bundle.grid_shape),
                           spacing=tuple(float(s) for s in self.bundle.spacing),
                           integration_steps=int(self.bundle.steps), xp=self._xp)
         with ops.cpu_threads(self.threads):
             records = run_stages(self.stages, state)
             result = self._result(state, records)
+            self._check_contrast(state, result.stats)
             result.assess()
         return result
 
@@ -353,6 +376,7 @@ class Registrar:
             "backend": self.backend,
             "bundle_id": str(self.bundle.id),
             "quality": self.quality,
+            "metric": self.metric,
             "stages": records,
             "stages_run": [name for name, record in records.items() if record["ran"]],
             "seconds": seconds,
@@ -381,9 +405,39 @@ class Registrar:
             inverse_field=(to_host(state.inverse_field[0]), state.inverse_field[1]),
             forward_ras=to_host(state.forward_ras),
             threads=self.threads,
-            input_sources=tuple(v.source for v in (state.fixed, state.moving, state.fixed_mask, state.moving_mask)
+            input_sources=tuple(v.source for v in (state.fixed, state.moving, state.fixed_mask, state.moving_mask,
+                                                    state.fixed_exclude, state.moving_exclude)
                                 if v is not None and v.source is not None),
         )
+
+
+    def _check_contrast(self, state: PairState, stats: dict) -> None:
+        """Record whether the pair's intensities say the contrasts differ
+        (`similarity.contrast_check`, after the affine stage, on the model grid), and warn (log
+        and ``stats["warnings"]``) when a stage that ran compared such a pair by NCC."""
+        from .methods.similarity import contrast_check
+
+        if state.model_grid is None:
+            return
+        check = stats["contrast_check"] = contrast_check(*state.images(state.model_grid, state.antialias))
+        ncc_stages = [name for name in ("affine", "refine") if name in stats["stages_run"]
+                      and stats["metric"][name] == "ncc"]
+        if check["differ"] and ncc_stages:
+            message = (f"the images' intensities say their contrasts differ (moving-image means over the fixed "
+                       f"image's intensity quartiles {check['quartile_means']}: not rising as for one contrast), "
+                       f"yet the {' and '.join(ncc_stages)} compared them by NCC; use metric='mind' "
+                       f"(--metric mind)")
+            logger.warning(message)
+            stats.setdefault("warnings", []).append(message)
+
+
+def _with_metric(options, cls, metric: str, name: str):
+    """`options` (None: none) with `metric` given; refused when they name another metric."""
+    from .options import given_fields
+
+    if options is not None and "metric" in given_fields(options) and options.metric != metric:
+        raise ValueError(f"metric={metric!r} and {name}=...(metric={options.metric!r}) disagree; give one")
+    return with_given(options, cls, metric=metric)
 
 
 DEVICES = ("cpu", "cuda")

@@ -94,7 +94,8 @@ def test_explicit_options_keep_every_preset_field_they_were_not_given(quality):
     assert registrar.stage("refine").options == dataclasses.replace(preset, max_seconds=5)
     # Every field, given alone (a value other than the preset's), changes that field and no other.
     others = {"levels": (Level(2, 3),), "elastic_sigma": 0.5, "step": 0.25, "min_step": 0.01, "plateau": 1e-3,
-              "steps": 6, "eps": 1e-2, "boundary": 1, "zero_if_better": False, "antialias": 1.0, "max_seconds": 9.0}
+              "steps": 6, "eps": 1e-2, "boundary": 1, "zero_if_better": False, "antialias": 1.0, "max_seconds": 9.0,
+              "metric": "mind"}
     assert set(others) == {f.name for f in dataclasses.fields(RefineOptions)}
     for name, value in others.items():
         merged = stage_options(quality, refine_options=RefineOptions(**{name: value}))["refine_options"]

@@ -2,13 +2,13 @@
 
     smgic-batch PAIRS.csv -o OUTROOT [--workers N] [--threads-per-worker N]
                 [--scheduler tcp://HOST:PORT] [--backend NAME] [--bundle PATH]
-                [--affine MODE] [--network MODE] [--refine MODE] [--qc] [--no-progress]
+                [--affine MODE] [--network MODE] [--refine MODE] [--metric ncc|mind] [--qc] [--no-progress]
 
     >>> from smgic_rt.batch import register_many
     >>> summary = register_many("pairs.csv", "out/", workers=2)          # doctest: +SKIP
 
 PAIRS.csv has the columns ``fixed,moving`` and optionally ``moving_labels``, ``fixed_mask``,
-``moving_mask`` and ``id``; relative paths are read relative to the CSV's folder. Each pair's
+``moving_mask``, ``fixed_exclude``, ``moving_exclude`` and ``id``; relative paths are read relative to the CSV's folder. Each pair's
 outputs go to ``OUTROOT/<id>/`` and are exactly what ``smgic-register`` writes for that pair: the
 per-pair work is the CLI's (`smgic_rt.pipeline.job`: validate, register, save).
 

@@ -19,7 +19,8 @@ def main(argv=None) -> int:
     from ..cli import _configure_logging, add_model_arguments
 
     parser = argparse.ArgumentParser(prog="smgic-batch", description="Register every pair of a CSV (fixed,moving[,moving_labels,id]).")
-    parser.add_argument("pairs", help="CSV with columns fixed,moving and optionally moving_labels,fixed_mask,moving_mask,id")
+    parser.add_argument("pairs", help="CSV with columns fixed,moving and optionally moving_labels,fixed_mask,moving_mask,"
+                        "fixed_exclude,moving_exclude,id")
     parser.add_argument("-o", "--output", dest="out_root", required=True, help="output root: one folder per pair id")
     parser.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
     parser.add_argument("--threads-per-worker", type=int, help="threads per worker (default: cores / workers)")
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
         summary = register_many(
             args.pairs, args.out_root, bundle=args.bundle, backend=args.backend, workers=args.workers,
             scheduler=args.scheduler, threads_per_worker=args.threads_per_worker, quality=args.quality, affine=args.affine,
-            network=args.network, refine=args.refine, qc=args.qc, progress=not args.no_progress,
+            network=args.network, refine=args.refine, metric=args.metric, qc=args.qc, progress=not args.no_progress,
         )
     except KeyboardInterrupt:
         logger.error("interrupted; finished pairs are kept and a rerun skips them")

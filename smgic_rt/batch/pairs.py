@@ -12,7 +12,7 @@ from ..io import image_stem
 
 __all__ = ["PAIR_COLUMNS", "RESERVED_NAMES", "Pair", "PairsFileError", "read_pairs"]
 
-PAIR_COLUMNS = ("fixed", "moving", "moving_labels", "fixed_mask", "moving_mask", "id")
+PAIR_COLUMNS = ("fixed", "moving", "moving_labels", "fixed_mask", "moving_mask", "fixed_exclude", "moving_exclude", "id")
 # Names in OUTROOT that belong to smgic-batch itself, never a pair's id.
 RESERVED_NAMES = (".smgic-batch", "summary.csv", "summary.json", "report.html", ".smgic-report")
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
@@ -32,6 +32,8 @@ class Pair:
     moving_labels: str | None = None
     fixed_mask: str | None = None
     moving_mask: str | None = None
+    fixed_exclude: str | None = None
+    moving_exclude: str | None = None
 
 
 def _safe_id(text: str) -> str:
@@ -102,7 +104,8 @@ def _read_csv(path: Path):
         unknown = [c for c in header if c not in PAIR_COLUMNS]
         if missing or unknown:
             raise PairsFileError(
-                f"{path}: expected columns fixed,moving[,moving_labels,fixed_mask,moving_mask,id], got header {header}"
+                f"{path}: expected columns fixed,moving[,{','.join(c for c in PAIR_COLUMNS if c not in ('fixed', 'moving'))}], "
+                f"got header {header}"
                 + (f" (missing {missing})" if missing else "") + (f" (unknown {unknown})" if unknown else "")
             )
         reader.fieldnames = header

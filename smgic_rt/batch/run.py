@@ -25,7 +25,8 @@ SUMMARY_JSON = "summary.json"
 
 def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", workers: int | None = None,
                   scheduler=None, threads_per_worker: int | None = None, quality: str = "fast", affine="auto",
-                  network="auto", refine="auto", qc: bool = False, progress: bool = True, callback=None) -> dict:
+                  network="auto", refine="auto", metric=None, qc: bool = False, progress: bool = True,
+                  callback=None) -> dict:
     """Register every pair into ``out_root/<id>/``; returns the summary also written to
     ``out_root/summary.json`` (and ``summary.csv``).
 
@@ -35,7 +36,7 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
         See `read_pairs`.
     out_root : path
         Created if missing. Pairs whose outputs there are complete (`pair_is_complete`) are skipped.
-    bundle, backend, quality, affine, network, refine, qc
+    bundle, backend, quality, affine, network, refine, metric, qc
         As for `Registrar` and ``smgic-register``.
     workers : int, optional
         Local worker processes (default: one per core, at most one per pair). Not used with
@@ -70,7 +71,7 @@ def register_many(pairs, out_root, *, bundle=None, backend: str = "auto", worker
     pair_list = read_pairs(pairs)
     # The Registrar's own checks, here so that bad options fail before any worker starts.
     registrar_options = check_registrar_options(backend=backend, quality=quality, affine=affine, network=network,
-                                                refine=refine)
+                                                refine=refine, metric=metric)
     del registrar_options["threads"]  # each worker's own
     workers = check_int(workers, "workers", minimum=1, allow_none=True)
     threads = check_int(threads_per_worker, "threads_per_worker", minimum=1, allow_none=True)

@@ -61,7 +61,8 @@ def register_pair(registrar, pair: Pair, out_root, options: dict, *, qc: bool = 
     try:
         inputs = inputs_identity(pair)  # before reading, so a file changed meanwhile shows as stale
         loaded = job.load_pair(pair.fixed, pair.moving, moving_labels=pair.moving_labels,
-                               fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask)
+                               fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
+                               fixed_exclude=pair.fixed_exclude, moving_exclude=pair.moving_exclude)
         # overwrite: a stale folder of an earlier run is replaced, but only if smgic wrote it; one
         # of ours changed by hand is kept, renamed, and the pair redone (as the README says).
         kept = outputs.set_aside_changed_output(out_root / pair.id)

@@ -1,5 +1,10 @@
 """Global affine stage: moments initialisation, then multi-resolution rigid and affine
-optimisation of the normalised cross-correlation inside the (dilated) fixed foreground.
+optimisation of a similarity inside the (dilated) fixed foreground: the normalised
+cross-correlation (``metric="ncc"``), or for images of different contrasts the mean squared
+difference of their MIND-SSC descriptors (``"mind"``, `smgic_rt.methods.similarity`), each
+channel's sums from the same kernel. Exclusion masks take voxels out of the similarity: fixed
+ones from the mask of the sums, moving ones wherever the map reads them (recomputed per
+evaluation; the mask's own derivative is zero almost everywhere).
 
 The result maps fixed world (RAS mm) to moving world: a fixed-space point ``p`` samples the moving
 image at ``matrix @ p``. Each stage refines its start ``S`` as ``S @ U(theta)``, ``U`` a map about
@@ -9,7 +14,7 @@ shears for the affine stage. They are found by L-BFGS (scipy) with the exact gra
 sums and their derivatives by the 12 voxel-matrix entries, chained to the parameters. Each
 resolution runs on images resampled once to an isotropic RAS grid covering the whole image. The
 per-voxel work (resampling through the matrix, the NCC sums and their derivatives) is
-`smgic_rt._C.affine_ncc_sums`. The result is never below the best start by NCC.
+`smgic_rt._C.affine_ncc_sums`. The result is never below the best start by its similarity.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from .. import io
 from ..geometry import ops
 from . import preprocess
 from ..geometry.filters import box_mean
-from ..options import check_int, check_number, records_given
+from ..options import METRICS, check_choice, check_int, check_number, records_given
+from .similarity import descriptor_reach, grow, mind_descriptors
 
-__all__ = ["AffineLevel", "AffineOptions", "AffineResult", "register_affine", "ncc_and_gradient", "rotation_matrix"]
+__all__ = ["AffineLevel", "AffineOptions", "AffineResult", "register_affine", "ncc_and_gradient",
+           "similarity_and_gradient", "rotation_matrix"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class AffineOptions:
     levels: tuple = field(default_factory=_default_affine_levels)   # coarse to fine
     radius_mm: float = 60.0                     # lever arm that turns angles, scales, shears into mm
     moments: bool = True                        # principal-axes candidates at the start
+    metric: str = "ncc"                         # smgic_rt.methods.similarity.METRICS
 
     def __post_init__(self):
         levels = self.levels
@@ -66,6 +74,7 @@ class AffineOptions:
         check_number(self.radius_mm, "radius_mm", positive=True)
         if not isinstance(self.moments, bool):
             raise ValueError(f"moments must be True or False, got {self.moments!r}")
+        check_choice(self.metric, "affine metric", METRICS)
 
     @property
     def resolutions(self) -> tuple:
@@ -82,7 +91,9 @@ class AffineResult:
 class _Level:
     image: np.ndarray
     grid: np.ndarray                            # voxel -> world
-    mask: np.ndarray | None = None
+    mask: np.ndarray | None = None              # fixed: where the similarity is summed
+    features: np.ndarray | None = None          # (C, X, Y, Z) MIND descriptors ("mind")
+    excluded: np.ndarray | None = None          # moving: float32 1 where the similarity must not read
 
 
 def _check(data, affine, name):
@@ -128,32 +139,83 @@ def _block_means(data, affine, spacing):
     return data, affine
 
 
-def _pyramid(data, affine, resolutions, with_mask):
-    """Images resampled to each resolution (fine first, each from the previous), normalised."""
+def _pyramid(data, affine, resolutions, with_mask, metric="ncc", excluded=None):
+    """Images resampled to each resolution (fine first, each from the previous), normalised;
+    with `metric` "mind" their descriptors; with `excluded` (a mask on the image's grid) the
+    voxels the similarity must not read, grown by the descriptors' reach."""
     out = {}
     xp = ops.array_namespace(data)
     source, source_affine = _block_means(data, affine, min(resolutions))
+    if excluded is not None:
+        excluded_source, excluded_affine = _block_means(excluded, affine, min(resolutions))
     for spacing in sorted(resolutions):
         shape, grid = _covering_grid(data.shape, affine, spacing)
         resampled = preprocess.resample(source, source_affine, grid, shape)
         source, source_affine = resampled, grid
         image = preprocess.normalize_intensity(resampled)
-        mask = None
-        if with_mask:
-            # The foreground and a rim of ~8 mm around it: the edge of the brain carries signal.
-            radius = max(1, int(round(8.0 / spacing)))
-            mask = (box_mean((image > 0.05).astype(np.float32)[None], radius)[0] > 0).astype(np.float32)
-        out[spacing] = _Level(xp.ascontiguousarray(image), grid, mask)
+        touched = None
+        if excluded is not None:  # any weight of an excluded voxel in a resampled one excludes it
+            excluded_source = preprocess.resample(excluded_source, excluded_affine, grid, shape)
+            excluded_affine = grid
+            touched = excluded_source > 0
+        out[spacing] = _make_level(xp.ascontiguousarray(image), grid, with_mask, metric, touched)
     return out
+
+
+def _make_level(image, grid, with_mask: bool, metric: str, touched=None) -> _Level:
+    """One resolution of one image: with `with_mask` (the fixed image) the mask of the voxels
+    summed, with `metric` "mind" the descriptors, with `touched` (boolean, the voxels that
+    excluded ones weigh in) the voxels the similarity must not read, grown by what a descriptor
+    reads: out of the fixed mask, or (the moving image) in `_Level.excluded`."""
+    xp = ops.array_namespace(image)
+    mask = None
+    if with_mask:
+        # The foreground and a rim of ~8 mm around it: the edge of the brain carries signal.
+        radius = max(1, int(round(8.0 / abs(float(grid[0, 0])))))
+        mask = (box_mean((image > 0.05).astype(np.float32)[None], radius)[0] > 0).astype(np.float32)
+    level = _Level(image, grid, mask)
+    if metric == "mind":
+        level.features = mind_descriptors(image, excluded=touched)
+    if touched is not None:
+        reached = grow(touched, descriptor_reach() if metric == "mind" else 0)
+        if with_mask:
+            level.mask = xp.ascontiguousarray(mask * (~reached).astype(np.float32))
+        else:
+            level.excluded = xp.ascontiguousarray(reached.astype(np.float32))
+    return level
+
+
+def _voxel_map(fixed: _Level, moving: _Level, world):
+    return np.linalg.solve(moving.grid, world @ fixed.grid)  # fixed voxel -> moving voxel
+
+
+def _sums(fixed_image, mask, moving_image, voxel):
+    # The 3x4 map as the kernel takes it (float32, as it computes); on the GPU the 42 sums are
+    # this evaluation's one read back to the host.
+    return ops.to_host(ops.affine_ncc_sums(fixed_image, mask, moving_image,
+                                           voxel[:3].astype(np.float32).astype(np.float64)))
+
+
+def _world_gradient(d_voxel_rows, fixed: _Level, moving: _Level):
+    # voxel = inv(Gm) world Gf  =>  dE/dworld = inv(Gm)^T dE/dvoxel Gf^T
+    d_voxel = np.zeros((4, 4))
+    d_voxel[:3] = d_voxel_rows.reshape(3, 4)
+    return np.linalg.inv(moving.grid).T @ d_voxel @ fixed.grid.T
+
+
+def _mask_for(fixed: _Level, moving: _Level, voxel):
+    """The fixed mask less the voxels whose moving sample reads an excluded moving voxel."""
+    if moving.excluded is None:
+        return fixed.mask
+    read = ops.affine_resample(moving.excluded[None], voxel[:3], fixed.image.shape)[0]
+    kept = (read <= 0).astype(np.float32)
+    return kept if fixed.mask is None else fixed.mask * kept
 
 
 def ncc_and_gradient(fixed: _Level, moving: _Level, world: np.ndarray):
     """NCC of fixed and moving through `world` (4x4) and its gradient by the 4x4 world matrix."""
-    voxel = np.linalg.solve(moving.grid, world @ fixed.grid)  # fixed voxel -> moving voxel
-    # The 3x4 map as the kernel takes it (float32, as it computes); on the GPU the 42 sums are
-    # this evaluation's one read back to the host.
-    sums = ops.to_host(ops.affine_ncc_sums(fixed.image, fixed.mask, moving.image,
-                                              voxel[:3].astype(np.float32).astype(np.float64)))
+    voxel = _voxel_map(fixed, moving, world)
+    sums = _sums(fixed.image, _mask_for(fixed, moving, voxel), moving.image, voxel)
     s, sf, sm, sff, smm, sfm = sums[:6]
     if s < 10:
         return -1.0, np.zeros((4, 4))
@@ -166,11 +228,50 @@ def ncc_and_gradient(fixed: _Level, moving: _Level, world: np.ndarray):
     ncc = cov / root
     d_cov = gf / s - mf * g / s
     d_vm = 2.0 * (gm / s - mm * g / s)
-    d_voxel = np.zeros((4, 4))
-    d_voxel[:3] = (d_cov / root - 0.5 * ncc * d_vm / vm).reshape(3, 4)
-    # voxel = inv(Gm) world Gf  =>  dE/dworld = inv(Gm)^T dE/dvoxel Gf^T
-    d_world = np.linalg.inv(moving.grid).T @ d_voxel @ fixed.grid.T
-    return float(ncc), d_world
+    return float(ncc), _world_gradient(d_cov / root - 0.5 * ncc * d_vm / vm, fixed, moving)
+
+
+def mind_and_gradient(fixed: _Level, moving: _Level, world: np.ndarray):
+    """Minus the mean squared difference of the MIND descriptors (per voxel, over the channels)
+    of fixed and moving through `world`, and its gradient by the 4x4 world matrix. The kernel's
+    sums give it: ``sum (f - m)^2 = sff - 2 sfm + smm``, derivatives ``-2 d(sfm) + d(smm)``."""
+    voxel = _voxel_map(fixed, moving, world)
+    mask = _mask_for(fixed, moving, voxel)
+    channels = fixed.features.shape[0]
+    value, d_rows = 0.0, np.zeros(12)
+    for fixed_channel, moving_channel in zip(fixed.features, moving.features):
+        sums = _sums(fixed_channel, mask, moving_channel, voxel)
+        s, sff, smm, sfm = sums[0], sums[3], sums[4], sums[5]
+        if s < 10:
+            return -float(channels), np.zeros((4, 4))
+        value -= (sff - 2.0 * sfm + smm) / s
+        d_rows -= 2.0 * (sums[30:42] - sums[18:30]) / s
+    return float(value), _world_gradient(d_rows, fixed, moving)
+
+
+SIMILARITIES = {"ncc": ncc_and_gradient, "mind": mind_and_gradient}
+# The affine stage compares the descriptors' leading principal components (of both images'
+# descriptors together): one kernel call per component, and most of the variance in a few.
+MIND_COMPONENTS = 4
+
+
+def _principal_components(fixed: _Level, moving: _Level):
+    """Both levels' descriptors projected onto the `count` leading principal axes of their
+    channels (one basis for both, so that the squared differences keep their meaning)."""
+    xp = ops.array_namespace(fixed.features)
+    channels, count = fixed.features.shape[0], MIND_COMPONENTS
+    samples = [level.features.reshape(channels, -1)[:, ::4] for level in (fixed, moving)]
+    covariance = sum(ops.to_host(s.astype(np.float64) @ s.T.astype(np.float64)) for s in samples)
+    _, vectors = np.linalg.eigh(covariance)
+    basis = xp.asarray(vectors[:, ::-1][:, :count].T.astype(np.float32))  # (count, channels)
+    for level in (fixed, moving):
+        projected = basis @ level.features.reshape(channels, -1)
+        level.features = xp.ascontiguousarray(projected.reshape(count, *level.features.shape[1:]))
+
+
+def similarity_and_gradient(fixed: _Level, moving: _Level, world: np.ndarray, metric: str = "ncc"):
+    """The similarity `metric` (higher is better) of the pair through `world` and its gradient."""
+    return SIMILARITIES[metric](fixed, moving, world)
 
 
 def _compose(linear, translation, centre):
@@ -208,14 +309,15 @@ def _update(theta, centre, radius):
 
 
 def _optimise(fixed, moving, start, centre, iterations, options, rigid):
-    """L-BFGS on -NCC over ``start @ U(theta)``; returns the matrix and a record."""
+    """L-BFGS on minus the similarity over ``start @ U(theta)``; returns the matrix and a record."""
     from scipy import optimize
 
     count = 6 if rigid else 12
     radius = options.radius_mm
+    metric = options.metric
 
-    def negative_ncc(theta):
-        ncc, d_world = ncc_and_gradient(fixed, moving, start @ _update(theta, centre, radius))
+    def negative_similarity(theta):
+        value, d_world = similarity_and_gradient(fixed, moving, start @ _update(theta, centre, radius), metric)
         # d(U)/d(theta_j) by central differences of the closed form (exact to ~1e-9 here).
         gradient = np.empty(count)
         for j in range(count):
@@ -223,17 +325,17 @@ def _optimise(fixed, moving, start, centre, iterations, options, rigid):
             e[j] = 1e-4
             d_update = (_update(theta + e, centre, radius) - _update(theta - e, centre, radius)) / 2e-4
             gradient[j] = np.sum(d_world * (start @ d_update))
-        return -ncc, -gradient
+        return -value, -gradient
 
-    ncc_before = -negative_ncc(np.zeros(count))[0]
-    found = optimize.minimize(negative_ncc, np.zeros(count), jac=True, method="L-BFGS-B",
+    before = -negative_similarity(np.zeros(count))[0]
+    found = optimize.minimize(negative_similarity, np.zeros(count), jac=True, method="L-BFGS-B",
                               options={"maxiter": int(iterations), "gtol": 1e-7})
-    record = {"kind": "rigid" if rigid else "affine", "ncc_before": ncc_before, "iterations": int(found.nit),
+    record = {"kind": "rigid" if rigid else "affine", f"{metric}_before": before, "iterations": int(found.nit),
               "evaluations": int(found.nfev), "stop": str(found.message)}
-    if -found.fun < ncc_before:  # L-BFGS-B returns its best point, but never take a worse one
-        record.update(ncc_after=ncc_before)
+    if -found.fun < before:  # L-BFGS-B returns its best point, but never take a worse one
+        record.update({f"{metric}_after": before})
         return start, record
-    record.update(ncc_after=float(-found.fun))
+    record.update({f"{metric}_after": float(-found.fun)})
     return start @ _update(found.x, centre, radius), record
 
 
@@ -250,18 +352,47 @@ def _moments(level: _Level):
     return centre, (spread * weights[:, None]).T @ spread / weights.sum()
 
 
+def _check_excluded(excluded, image, name):
+    if excluded is None:
+        return None
+    xp = ops.array_namespace(image)
+    excluded = xp.asarray(excluded)
+    if tuple(excluded.shape) != tuple(image.shape):
+        raise ValueError(f"{name} must have its image's shape {tuple(image.shape)}, got {tuple(excluded.shape)}")
+    return xp.ascontiguousarray((excluded != 0).astype(np.float32))
+
+
 def register_affine(fixed, fixed_affine, moving, moving_affine, *, options: AffineOptions = AffineOptions(),
-                    initial=None) -> AffineResult:
+                    initial=None, fixed_exclude=None, moving_exclude=None) -> AffineResult:
     """Affine map fixed world -> moving world for this pair; see the module docstring.
 
     `initial` (4x4 fixed world -> moving world, e.g. another tool's alignment) replaces the
     moments' candidates: the optimisation starts from it, and the result is never below it.
+    `fixed_exclude`, `moving_exclude`: masks on the images' grids (nonzero = exclude) of voxels
+    that the similarity must not read (a lesion, an artefact).
     """
     fixed, fixed_affine = _check(fixed, fixed_affine, "fixed")
     moving, moving_affine = _check(moving, moving_affine, "moving")
+    fixed_exclude = _check_excluded(fixed_exclude, fixed, "fixed_exclude")
+    moving_exclude = _check_excluded(moving_exclude, moving, "moving_exclude")
     started = time.perf_counter()
-    fixed_levels = _pyramid(fixed, fixed_affine, options.resolutions, with_mask=True)
-    moving_levels = _pyramid(moving, moving_affine, options.resolutions, with_mask=False)
+    metric = options.metric
+    fixed_levels = _pyramid(fixed, fixed_affine, options.resolutions, with_mask=True, metric=metric,
+                            excluded=fixed_exclude)
+    moving_levels = _pyramid(moving, moving_affine, options.resolutions, with_mask=False, metric=metric,
+                             excluded=moving_exclude)
+    for spacing in options.resolutions:
+        if metric == "mind":
+            _principal_components(fixed_levels[spacing], moving_levels[spacing])
+        if not float(fixed_levels[spacing].mask.sum()) > 0:
+            raise ValueError(f"fixed_exclude leaves no voxel of the fixed foreground to compare at {spacing:g} mm")
+        left = moving_levels[spacing].excluded
+        if left is not None and not bool((left <= 0).any()):
+            raise ValueError(f"moving_exclude leaves no voxel of the moving image to compare at {spacing:g} mm")
+
+    def similarity(level, start):
+        return similarity_and_gradient(fixed_levels[level], moving_levels[level], start, metric)[0]
+
     coarse = options.resolutions[0]
     centre_f, cov_f = _moments(fixed_levels[coarse])
     centre_m, cov_m = _moments(moving_levels[coarse])
@@ -281,8 +412,7 @@ def register_affine(fixed, fixed_affine, moving, moving_affine, *, options: Affi
     # The inputs were checked finite and the pyramid is made by our kernels, which keep them so:
     # the optimiser's many small kernel calls need not scan them again.
     with ops.inputs_known_finite():
-        scores = {name: ncc_and_gradient(fixed_levels[coarse], moving_levels[coarse], start)[0]
-                  for name, start in candidates.items()}
+        scores = {name: similarity(coarse, start) for name, start in candidates.items()}
         best = max(scores, key=scores.get)
         matrix = candidates[best]
 
@@ -299,17 +429,17 @@ def register_affine(fixed, fixed_affine, moving, moving_affine, *, options: Affi
 
         # Never worse than the start: compare with the initial candidates at the finest resolution.
         finest = options.resolutions[-1]
-        final_ncc = ncc_and_gradient(fixed_levels[finest], moving_levels[finest], matrix)[0]
-        start_ncc = {name: ncc_and_gradient(fixed_levels[finest], moving_levels[finest], start)[0]
-                     for name, start in candidates.items()}
-    fallback = max(start_ncc, key=start_ncc.get)
-    kept = final_ncc >= start_ncc[fallback]
+        final = similarity(finest, matrix)
+        at_start = {name: similarity(finest, start) for name, start in candidates.items()}
+    fallback = max(at_start, key=at_start.get)
+    kept = final >= at_start[fallback]
     if not kept:
         matrix = candidates[fallback]
     stats = {
-        "initialisation": best, "initial_ncc": scores,
+        "metric": metric, "initialisation": best, f"initial_{metric}": scores,
         "stages": stages,
-        "ncc_before": start_ncc.get("identity", start_ncc.get("initial")), "ncc_after": max(final_ncc, start_ncc[fallback]),
+        f"{metric}_before": at_start.get("identity", at_start.get("initial")),
+        f"{metric}_after": max(final, at_start[fallback]),
         "kept_optimisation": bool(kept),
         "iterations": int(sum(s["iterations"] for s in stages)),
         "seconds": time.perf_counter() - started,

@@ -18,6 +18,11 @@ from zero, and says so). A step that does not lower the objective is never taken
 is checked against the start on the model grid: the refinement never returns a velocity worse by
 its objective than the one it was given.
 
+The similarity is local NCC or, with ``RefineOptions.metric="mind"``, minus the mean squared
+difference of the two images' MIND-SSC descriptors (`smgic_rt.methods.similarity`), made once per
+grid and warped as the images are; exclusion masks (``fixed_exclude``, ``moving_exclude``) take
+the voxels that read excluded ones out of either similarity, the regulariser left as it is.
+
 The per-voxel work (box means, local NCC and its derivatives, gradients, Gaussian filters,
 warps, scaling and squaring) runs in `smgic_rt._C` through `smgic_rt.geometry.ops`; the whole-array
 arithmetic between the kernels is written once against the inputs' namespace
@@ -38,7 +43,8 @@ import numpy as np
 
 from ..geometry import ops
 from ..geometry.filters import box_mean, smooth
-from ..options import check_choice, check_int, check_number, records_given
+from ..options import METRICS, check_choice, check_int, check_number, records_given
+from .similarity import descriptor_reach, grow, mind_descriptors, shrink_any
 
 __all__ = ["Level", "RefineOptions", "RefineResult", "refine_velocity", "objective", "GRADIENTS", "PER_LEVEL"]
 
@@ -130,6 +136,9 @@ class RefineOptions:
     # A wall-clock limit in seconds (None: none). The iteration counts are the budget; with a
     # time limit the result depends on the machine's load, so it is off by default.
     max_seconds: float | None = None
+    # What the images are compared by: local NCC of intensities, or ("mind") the squared
+    # differences of their MIND-SSC descriptors (`smgic_rt.methods.similarity`).
+    metric: str = "ncc"
 
     def __post_init__(self):
         levels = self.levels
@@ -147,6 +156,7 @@ class RefineOptions:
         check_int(self.boundary, "boundary", minimum=0, maximum=1000)
         check_number(self.antialias, "antialias", minimum=0, maximum=1)
         check_number(self.max_seconds, "max_seconds", positive=True, allow_none=True)
+        check_choice(self.metric, "refine metric", METRICS)
 
     @property
     def model_grid_levels(self) -> tuple:
@@ -219,20 +229,81 @@ def _half_steps(options: RefineOptions, factor: int) -> int:
     return max(1, options.steps - 1 - int(round(np.log2(factor))))
 
 
-def _evaluate(fixed, moving, v, level: Level, options: RefineOptions, factor: int = 1, fixed_means=None):
-    """Objective and what the next update needs (warped images and their NCC derivatives).
+# The MIND similarity is minus this weight times the mean (over voxels and channels) squared
+# descriptor difference: its balance against the levels' regulariser weights, which were made
+# for local NCC (the choice: docs/contrasts.md).
+MIND_WEIGHT = 0.1
+
+
+@dataclass
+class _Pair:
+    """One grid's images as the metric compares them: the images (``"ncc"``) or their MIND
+    descriptors (C, X, Y, Z), and the voxels each must not read (float32, grown by what a
+    descriptor reads; None: none)."""
+
+    fixed: object
+    moving: object
+    metric: str = "ncc"
+    fixed_excluded: object = None
+    moving_excluded: object = None
+
+
+def _make_pair(fixed, moving, metric, fixed_excluded=None, moving_excluded=None) -> _Pair:
+    if metric == "ncc":
+        return _Pair(fixed, moving, metric, *(None if e is None else e.astype(np.float32)
+                                               for e in (fixed_excluded, moving_excluded)))
+    reach = descriptor_reach()
+    return _Pair(mind_descriptors(fixed, excluded=fixed_excluded), mind_descriptors(moving, excluded=moving_excluded),
+                 metric, *(None if e is None else grow(e, reach).astype(np.float32)
+                           for e in (fixed_excluded, moving_excluded)))
+
+
+def _kept(pair: _Pair, backward, forward, radius: int):
+    """1 where the comparison reads no excluded voxel, 0 elsewhere (None without exclusions):
+    each excluded set warped as its image is (any weight on it counts), then grown by the NCC
+    window (a descriptor's own reach was added before the warp)."""
+    excluded = None
+    for mask, field in ((pair.fixed_excluded, backward), (pair.moving_excluded, forward)):
+        if mask is not None:
+            read = (mask if field is None else ops.warp(mask[None], field)[0]) > 0
+            excluded = read if excluded is None else excluded | read
+    if excluded is None:
+        return None
+    return (~grow(excluded, radius if pair.metric == "ncc" else 0)).astype(np.float32)
+
+
+def _evaluate(pair: _Pair, v, level: Level, options: RefineOptions, factor: int = 1, fixed_means=None):
+    """Objective, similarity and what the next update needs: the warped images (or descriptors),
+    the similarity's derivatives by them, the voxels compared (None: all) and the NCC box means.
     `fixed_means`: the box means of ``fixed`` and ``fixed * fixed`` (2, X, Y, Z) when only the
     moving image moves: they do not change within a level, so a level computes them once."""
-    xp = ops.array_namespace(fixed, moving, v)
+    xp = ops.array_namespace(pair.fixed, pair.moving, v)
+    fixed, moving = pair.fixed, pair.moving
+    channels = fixed[None] if pair.metric == "ncc" else fixed
     if level.symmetric:
         half = xp.ascontiguousarray(v * np.float32(0.5))
         steps = _half_steps(options, factor)
-        fixed_w = ops.warp(fixed[None], ops.integrate_velocity(-half, steps))[0]
-        moving_w = ops.warp(moving[None], ops.integrate_velocity(half, steps))[0]
+        backward = ops.integrate_velocity(-half, steps)
+        forward = ops.integrate_velocity(half, steps)
+        fixed_w = ops.warp(channels, backward)
     else:  # the fixed image as it is, the moving one through exp(v): compared on the fixed grid
         steps = _half_steps(options, factor) + 1
-        fixed_w = fixed
-        moving_w = ops.warp(moving[None], ops.integrate_velocity(xp.ascontiguousarray(v), steps))[0]
+        backward, fixed_w = None, channels
+        forward = ops.integrate_velocity(xp.ascontiguousarray(v), steps)
+    moving_w = ops.warp(moving[None] if pair.metric == "ncc" else moving, forward)
+    kept = _kept(pair, backward, forward, level.radius)
+    if pair.metric == "mind":
+        difference = moving_w - fixed_w
+        squared = (difference * difference).mean(axis=0)
+        if kept is not None:
+            squared = squared * kept
+            difference = difference * kept[None]
+        similarity = -MIND_WEIGHT * float(squared.mean(dtype=np.float64))
+        # d(similarity) / d(each voxel and channel) times the voxel count (as the NCC's are)
+        d_moving = difference * np.float32(-2.0 * MIND_WEIGHT / difference.shape[0])
+        value = -similarity + level.reg * _gradient_energy(v)
+        return value, similarity, (fixed_w, moving_w, None, -d_moving, d_moving, kept)
+    fixed_w, moving_w = fixed_w[0], moving_w[0]
     if fixed_means is None or level.symmetric:
         means = box_mean(xp.stack([fixed_w, moving_w, fixed_w * fixed_w, moving_w * moving_w, fixed_w * moving_w]),
                          level.radius)
@@ -240,9 +311,27 @@ def _evaluate(fixed, moving, v, level: Level, options: RefineOptions, factor: in
         moved = box_mean(xp.stack([moving_w, moving_w * moving_w, fixed_w * moving_w]), level.radius)
         means = xp.stack([fixed_means[0], moved[0], fixed_means[1], moved[1], moved[2]])
     cc, d_fixed, d_moving = ops.lncc(fixed_w, moving_w, means, options.eps)
+    if kept is not None:
+        cc, d_fixed, d_moving = cc * kept, d_fixed * kept, d_moving * kept
     ncc = float(cc.mean(dtype=np.float64))  # the host's one read of this evaluation (and the energy's)
     value = -ncc + level.reg * _gradient_energy(v)
-    return value, ncc, (fixed_w, moving_w, means, d_fixed, d_moving)
+    return value, ncc, (fixed_w, moving_w, means, d_fixed, d_moving, kept)
+
+
+def _force(fixed_w, moving_w, d_fixed, d_moving, symmetric: bool):
+    """d(similarity)/dv: the moving image (or each descriptor channel) moves with +grad M, the
+    fixed one with -grad F when both move."""
+    if moving_w.ndim == 3:
+        force = d_moving[None] * ops.image_gradient(moving_w)
+        if symmetric:
+            force = force - d_fixed[None] * ops.image_gradient(fixed_w)
+        return force
+    force = 0
+    for channel in range(moving_w.shape[0]):
+        force = force + d_moving[channel][None] * ops.image_gradient(moving_w[channel])
+        if symmetric:
+            force = force - d_fixed[channel][None] * ops.image_gradient(fixed_w[channel])
+    return force
 
 
 def _ncc_derivatives(fixed_w, moving_w, means, level: Level, eps: float):
@@ -260,35 +349,38 @@ def _ncc_derivatives(fixed_w, moving_w, means, level: Level, eps: float):
     return ops.ncc_exact_derivatives(fixed_w, moving_w, means, eps, level.radius, both=level.symmetric)
 
 
-def objective(fixed, moving, velocity, options: RefineOptions = RefineOptions()) -> float:
+def objective(fixed, moving, velocity, options: RefineOptions = RefineOptions(), *, fixed_exclude=None,
+              moving_exclude=None) -> float:
     """The refinement's objective (lower is better) for `velocity` on this pair, as its last
-    level defines it."""
+    level defines it (its metric `options.metric`, the exclusion masks on the images' grid)."""
     fixed, moving, velocity = _check(fixed, moving, velocity)
-    return _evaluate(fixed, moving, velocity, options.levels[-1], options)[0]
+    pair = _make_pair(fixed, moving, options.metric, *_check_excluded(fixed, fixed_exclude, moving_exclude))
+    return _evaluate(pair, velocity, options.levels[-1], options)[0]
 
 
-def _optimise_level(fixed, moving, v, level: Level, options: RefineOptions, deadline, factor):
-    xp = ops.array_namespace(fixed, moving, v)
-    fixed_means = None if level.symmetric else box_mean(xp.stack([fixed, fixed * fixed]), level.radius)
-    value, ncc, cache = _evaluate(fixed, moving, v, level, options, factor, fixed_means)
-    record = {"shape": list(fixed.shape), "objective_before": value, "ncc_before": ncc, "iterations": 0,
+def _optimise_level(pair: _Pair, v, level: Level, options: RefineOptions, deadline, factor):
+    xp = ops.array_namespace(pair.fixed, pair.moving, v)
+    fixed = pair.fixed
+    fixed_means = None
+    if pair.metric == "ncc" and not level.symmetric:
+        fixed_means = box_mean(xp.stack([fixed, fixed * fixed]), level.radius)
+    value, similarity, cache = _evaluate(pair, v, level, options, factor, fixed_means)
+    key = pair.metric
+    record = {"shape": list(v.shape[1:]), "objective_before": value, f"{key}_before": similarity, "iterations": 0,
               "accepted": 0, "stop": "iterations"}
     step, history = options.step, [value]
-    weight = _boundary_weight(fixed.shape, options.boundary, xp)
+    weight = _boundary_weight(tuple(v.shape[1:]), options.boundary, xp)
     for _ in range(level.iterations):
         if deadline is not None and time.perf_counter() > deadline:
             record["stop"] = "budget"
             break
-        fixed_w, moving_w, means, d_fixed, d_moving = cache
-        if level.gradient == "exact":
+        fixed_w, moving_w, means, d_fixed, d_moving, kept = cache
+        # With exclusions the NCC force keeps the window form (the kernel knows no weights).
+        if pair.metric == "ncc" and level.gradient == "exact" and kept is None:
             d_fixed, d_moving = _ncc_derivatives(fixed_w, moving_w, means, level, options.eps)
-        # d(ncc)/dv: moving_w = M(x + v/2 ...) moves with +grad M, fixed_w with -grad F (when
-        # symmetric; otherwise the fixed image does not move).
-        force = d_moving[None] * ops.image_gradient(moving_w)
-        if level.symmetric:
-            force = force - d_fixed[None] * ops.image_gradient(fixed_w)
-        # Descent direction of the whole objective: smoothed NCC force plus the regulariser's
-        # own gradient (-d/dv of reg |grad v|^2 is 2 reg times the Laplacian of v).
+        force = _force(fixed_w, moving_w, d_fixed, d_moving, level.symmetric)
+        # Descent direction of the whole objective: smoothed similarity force plus the
+        # regulariser's own gradient (-d/dv of reg |grad v|^2 is 2 reg times the Laplacian of v).
         force = smooth(force, level.fluid_sigma) + np.float32(2 * level.reg) * _laplacian(v)
         if weight is not None:
             force *= weight
@@ -301,9 +393,9 @@ def _optimise_level(fixed, moving, v, level: Level, options: RefineOptions, dead
             candidate = v + np.float32(step / peak) * force
             if options.elastic_sigma > 0:
                 candidate = smooth(candidate, options.elastic_sigma)
-            cand_value, cand_ncc, cand_cache = _evaluate(fixed, moving, candidate, level, options, factor, fixed_means)
+            cand_value, cand_similarity, cand_cache = _evaluate(pair, candidate, level, options, factor, fixed_means)
             if cand_value < value:
-                v, value, ncc, cache = candidate, cand_value, cand_ncc, cand_cache
+                v, value, similarity, cache = candidate, cand_value, cand_similarity, cand_cache
                 record["accepted"] += 1
                 step = min(step * 1.2, 2 * options.step)
                 break
@@ -315,8 +407,23 @@ def _optimise_level(fixed, moving, v, level: Level, options: RefineOptions, dead
         if len(history) > 5 and history[-6] - history[-1] < options.plateau:
             record["stop"] = "plateau"
             break
-    record.update(objective_after=value, ncc_after=ncc)
+    record.update({"objective_after": value, f"{key}_after": similarity})
     return v, record
+
+
+def _check_excluded(fixed, fixed_exclude, moving_exclude):
+    """The exclusion masks as boolean arrays of the images' grid (None where not given)."""
+    xp = ops.array_namespace(fixed)
+    out = []
+    for name, mask in (("fixed_exclude", fixed_exclude), ("moving_exclude", moving_exclude)):
+        if mask is None:
+            out.append(None)
+            continue
+        mask = xp.asarray(mask)
+        if tuple(mask.shape) != tuple(fixed.shape):
+            raise ValueError(f"{name} must have the images' shape {tuple(fixed.shape)}, got {tuple(mask.shape)}")
+        out.append(mask != 0)
+    return out
 
 
 def _check(fixed, moving, velocity):
@@ -351,20 +458,35 @@ def _level_fits(factor: int, shape) -> bool:
     return 2 ** times == factor and not any(n % factor or n // factor < 4 for n in shape)
 
 
-def _run_levels(fixed, moving, start_velocity, run, options: RefineOptions, deadline):
+class _Pairs:
+    """The pair on each grid of the levels (the model grid halved `times` times), made once."""
+
+    def __init__(self, fixed, moving, metric, excluded=(None, None)):
+        self.fixed, self.moving, self.metric, self.excluded = fixed, moving, metric, excluded
+        self._made = {}
+
+    def halved(self, times: int) -> _Pair:
+        if times not in self._made:
+            fixed, moving = _downsample(self.fixed[None], times)[0], _downsample(self.moving[None], times)[0]
+            excluded = [None if e is None else shrink_any(e, times) for e in self.excluded]
+            self._made[times] = _make_pair(fixed, moving, self.metric, *excluded)
+        return self._made[times]
+
+
+def _run_levels(pairs: _Pairs, start_velocity, run, options: RefineOptions, deadline):
     """Coarse to fine over the levels `run`; returns (per-level records, velocity on the grid given)."""
-    xp = ops.array_namespace(fixed, moving, start_velocity)
+    xp = ops.array_namespace(start_velocity)
     levels = []
     v_full = start_velocity.copy()
     for level in run:
         factor = level.factor
-        if not _level_fits(factor, fixed.shape):
+        if not _level_fits(factor, start_velocity.shape[1:]):
             continue
         times = int(round(np.log2(factor)))
         tick = time.perf_counter()
-        f, m = _downsample(fixed[None], times)[0], _downsample(moving[None], times)[0]
+        pair = pairs.halved(times)
         v_start = _downsample(v_full, times) / np.float32(factor)
-        v_level, record = _optimise_level(f, m, xp.ascontiguousarray(v_start), level, options, deadline, factor)
+        v_level, record = _optimise_level(pair, xp.ascontiguousarray(v_start), level, options, deadline, factor)
         if times == 0:
             v_full = v_level
         else:
@@ -379,7 +501,7 @@ def _run_levels(fixed, moving, start_velocity, run, options: RefineOptions, dead
 
 
 def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = RefineOptions(),
-                    covered: float | None = None) -> RefineResult:
+                    covered: float | None = None, fixed_exclude=None, moving_exclude=None) -> RefineResult:
     """Refine `velocity` (3, X, Y, Z), voxels of the model grid, zeros when None) for this pair.
 
     `fixed`, `moving`: model-grid images (X, Y, Z), intensities about [0, 1]; all numpy or
@@ -388,13 +510,18 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
     where it is (its best so far) after that much wall-clock time. `covered`: the grid factor
     that the given velocity was made on (a network's last level); levels at least that coarse
     are skipped while that velocity is the start, and all run when zero replaces it.
+    `fixed_exclude`, `moving_exclude`: masks on the model grid (nonzero: the voxels of the fixed
+    image, and of the moving image as given, that the similarity must not read).
     """
     fixed, moving, start_velocity = _check(fixed, moving, velocity)
+    excluded = _check_excluded(fixed, fixed_exclude, moving_exclude)
     if options.levels[-1].factor < 1:
         raise ValueError(f"refine_velocity runs levels on the grid it is given (factor >= 1), got factors "
                          f"{[level.factor for level in options.levels]}; a finer grid needs its own images "
                          "(RefineOptions.by_grid, as the RefineStage runs them)")
     xp = ops.array_namespace(fixed, moving, start_velocity)
+    pairs = _Pairs(fixed, moving, options.metric, excluded)
+    metric = options.metric
     budget = options.max_seconds
     started = time.perf_counter()
     deadline = None if budget is None else started + float(budget)
@@ -413,29 +540,30 @@ def refine_velocity(fixed, moving, velocity=None, *, options: RefineOptions = Re
     start_in_first_level = (not choose_start and bool(fitting) and fitting[0].factor == 1
                             and fitting[0].settings == judged.settings)
     if not start_in_first_level:
-        start_value = given_value = _evaluate(fixed, moving, start_velocity, judged, options)[:2]
+        start_value = given_value = _evaluate(pairs.halved(0), start_velocity, judged, options)[:2]
     if choose_start:
         zero = xp.zeros_like(start_velocity)
-        zero_value = _evaluate(fixed, moving, zero, judged, options)[:2]
+        zero_value = _evaluate(pairs.halved(0), zero, judged, options)[:2]
         if zero_value[0] < given_value[0]:
             start_velocity, start_value, start = zero, zero_value, "zero"
     run = from_given if start == "given" else options.levels
     with ops.inputs_known_finite():  # _check made them finite; the kernels keep them so
-        levels, v_full = _run_levels(fixed, moving, start_velocity, run, options, deadline)
+        levels, v_full = _run_levels(pairs, start_velocity, run, options, deadline)
     if start_in_first_level:
-        start_value = given_value = (levels[0]["objective_before"], levels[0]["ncc_before"])
+        start_value = given_value = (levels[0]["objective_before"], levels[0][f"{metric}_before"])
     # A last level on the model grid has already evaluated v_full.
     if levels and levels[-1]["factor"] == 1:
-        end_value = (levels[-1]["objective_after"], levels[-1]["ncc_after"])
+        end_value = (levels[-1]["objective_after"], levels[-1][f"{metric}_after"])
     else:
-        end_value = _evaluate(fixed, moving, v_full, judged, options) if levels else start_value
+        end_value = _evaluate(pairs.halved(0), v_full, judged, options) if levels else start_value
     kept = end_value[0] < start_value[0]
     stats = {
         "levels": levels,
-        "start": start, "objective_given": given_value[0], "ncc_given": given_value[1],
-        "objective_before": start_value[0], "ncc_before": start_value[1],
+        "metric": metric,
+        "start": start, "objective_given": given_value[0], f"{metric}_given": given_value[1],
+        "objective_before": start_value[0], f"{metric}_before": start_value[1],
         "objective_after": end_value[0] if kept else start_value[0],
-        "ncc_after": end_value[1] if kept else start_value[1],
+        f"{metric}_after": end_value[1] if kept else start_value[1],
         "kept_refinement": bool(kept),
         "skipped_factors": [level.factor for level in options.levels if level not in run],
         "iterations": int(sum(r["iterations"] for r in levels)),

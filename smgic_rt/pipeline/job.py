@@ -30,16 +30,22 @@ class PairInputs:
     moving_labels: io.Volume | None = None
     fixed_mask: io.Volume | None = None
     moving_mask: io.Volume | None = None
+    fixed_exclude: io.Volume | None = None
+    moving_exclude: io.Volume | None = None
 
     @property
     def sources(self) -> tuple:
         """The files the pair was read from (never inside a folder we replace)."""
-        return tuple(v.source for v in (self.fixed, self.moving, self.moving_labels, self.fixed_mask, self.moving_mask)
+        return tuple(v.source for v in (self.fixed, self.moving, self.moving_labels, self.fixed_mask, self.moving_mask,
+                                        self.fixed_exclude, self.moving_exclude)
                      if v is not None and v.source is not None)
 
 
-def load_pair(fixed, moving, *, moving_labels=None, fixed_mask=None, moving_mask=None) -> PairInputs:
+def load_pair(fixed, moving, *, moving_labels=None, fixed_mask=None, moving_mask=None, fixed_exclude=None,
+              moving_exclude=None) -> PairInputs:
     """Load and validate every input of a pair (paths, nibabel images or (array, affine))."""
+    from .stages import load_exclusion
+
     fixed_volume = io.load_volume(fixed, name="fixed image")
     moving_volume = io.load_volume(moving, name="moving image")
     return PairInputs(
@@ -49,6 +55,10 @@ def load_pair(fixed, moving, *, moving_labels=None, fixed_mask=None, moving_mask
                                                                            like=moving_volume),
         fixed_mask=None if fixed_mask is None else io.load_mask(fixed_mask, like=fixed_volume, name="fixed mask"),
         moving_mask=None if moving_mask is None else io.load_mask(moving_mask, like=moving_volume, name="moving mask"),
+        fixed_exclude=None if fixed_exclude is None else load_exclusion(fixed_exclude, like=fixed_volume,
+                                                                        name="fixed exclusion mask"),
+        moving_exclude=None if moving_exclude is None else load_exclusion(moving_exclude, like=moving_volume,
+                                                                          name="moving exclusion mask"),
     )
 
 
@@ -63,6 +73,6 @@ def run_pair(registrar, pair: PairInputs, outdir, *, overwrite: bool = False, qc
     and write every output into `outdir` (with `export`'s files for other tools); returns the
     `RegistrationResult`."""
     result = registrar.register(pair.fixed, pair.moving, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
-                                initial=initial)
+                                initial=initial, fixed_exclude=pair.fixed_exclude, moving_exclude=pair.moving_exclude)
     result.save(outdir, overwrite=overwrite, moving_labels=pair.moving_labels, qc=qc, export=export)
     return result

@@ -75,6 +75,10 @@ class LoadStage(Stage):
         if inputs.get("moving_mask") is not None:
             state.moving_mask = volume_or_load(inputs["moving_mask"], io.load_mask, like=state.moving,
                                                name="moving mask")
+        for role, image in (("fixed", state.fixed), ("moving", state.moving)):
+            if inputs.get(f"{role}_exclude") is not None:
+                setattr(state, f"{role}_exclude", volume_or_load(inputs[f"{role}_exclude"], load_exclusion, like=image,
+                                                                 name=f"{role} exclusion mask"))
         # The host -> device boundary of a GPU run (`state.xp` cupy): every later stage works on
         # these (and, to resample it once, on the moving image's own data).
         xp = state.xp
@@ -91,6 +95,7 @@ class LoadStage(Stage):
 
             state.world_matrix = initial_matrix(inputs["initial"], state.fixed, state.moving)
         return {"fixed_mask": state.fixed_mask is not None, "moving_mask": state.moving_mask is not None,
+                "fixed_exclude": state.fixed_exclude is not None, "moving_exclude": state.moving_exclude is not None,
                 "initial_transform": state.world_matrix is not None}
 
 
@@ -106,8 +111,10 @@ class AffineStage(Stage):
     def run(self, state):
         from ..methods.affine import register_affine
 
+        excluded = [None if v is None else state.xp.asarray(v.data) for v in (state.fixed_exclude, state.moving_exclude)]
         result = register_affine(state.fixed_data, state.fixed.affine, state.moving_data, state.moving.affine,
-                                 options=self.options, initial=state.world_matrix)
+                                 options=self.options, initial=state.world_matrix, fixed_exclude=excluded[0],
+                                 moving_exclude=excluded[1])
         state.world_matrix = np.asarray(result.matrix, dtype=np.float64)
         return result.stats
 
@@ -243,8 +250,10 @@ class RefineStage(Stage):
             velocity = state.velocity
             if velocity is not None and tuple(velocity.shape[1:]) != tuple(grid.shape):
                 velocity = ops.upsample_field(state.xp.ascontiguousarray(velocity), grid.shape)
+            fixed_exclude, moving_exclude = state.exclusions(grid, state.antialias)
             refined = refine_velocity(fixed, moving, velocity, options=options,
-                                      covered=state.network_covers if factor == 1 else None)
+                                      covered=state.network_covers if factor == 1 else None,
+                                      fixed_exclude=fixed_exclude, moving_exclude=moving_exclude)
             state.velocity, state.velocity_grid = as_field(refined.velocity, "refined velocity"), grid
             records.append(refined.stats if factor == 1 else
                            {**refined.stats, "grid_shape": list(grid.shape), "spacing_mm": list(grid.spacing)})
@@ -422,6 +431,15 @@ def _background(data) -> float:
     if level:
         logger.info("background at %g, not 0: registered as if it were 0", level)
     return level
+
+
+def load_exclusion(image, *, like: io.Volume, name: str) -> io.Volume:
+    """A cost-function mask (nonzero: exclude) on the grid of `like` (`io.load_mask`'s checks),
+    refused when it excludes every voxel."""
+    volume = io.load_mask(image, like=like, name=name)
+    if bool(volume.data.all()):
+        raise io.InvalidImageError(f"{name} excludes every voxel of the {like.name}: nothing is left to compare")
+    return volume
 
 
 def volume_or_load(image, loader, **kwargs) -> io.Volume:

@@ -48,11 +48,15 @@ class PairState:
     (`fixed`, `moving`, their masks) and saves (`smgic_rt.registrar.RegistrationResult`).
 
     ``inputs`` holds the images as given (``fixed``, ``moving``, ``fixed_mask``,
-    ``moving_mask``, and an optional ``initial`` transform: paths, nibabel images, (array, affine) pairs or validated `io.Volume`s).
+    ``moving_mask``, ``fixed_exclude``, ``moving_exclude``, and an optional ``initial`` transform:
+    paths, nibabel images, (array, affine) pairs or validated `io.Volume`s).
     Attributes filled by the stages (None until then):
 
     ``fixed``, ``moving``, ``fixed_mask``, ``moving_mask``
         The inputs loaded and validated, each once (load).
+    ``fixed_exclude``, ``moving_exclude``
+        Cost-function masks (1: a voxel the similarity must not read), loaded (load); on any
+        grid by `exclusions`.
     ``fixed_data``, ``moving_data``
         The images as registered: voxel data times the mask when one was given (load).
     ``world_matrix``
@@ -93,6 +97,8 @@ class PairState:
     moving: Volume | None = None
     fixed_mask: Volume | None = None
     moving_mask: Volume | None = None
+    fixed_exclude: Volume | None = None
+    moving_exclude: Volume | None = None
     fixed_data: np.ndarray | None = None
     moving_data: np.ndarray | None = None
     fixed_background: float = 0.0  # `preprocess.background_level`, taken off *_data
@@ -128,16 +134,34 @@ class PairState:
             self._images[key] = self._make_images(grid, antialias)
         return self._images[key]
 
+    def exclusions(self, grid: Grid, antialias: float) -> tuple:
+        """``(fixed, moving)`` exclusion masks on `grid` (boolean; None where not given), each
+        resampled as its image is (the moving one through the affine stage's matrix): a grid
+        voxel is excluded when any excluded voxel weighs in its value."""
+        from ..methods import preprocess
+
+        out = []
+        for volume, seen in ((self.fixed_exclude, None), (self.moving_exclude, self._moving_seen())):
+            if volume is None:
+                out.append(None)
+                continue
+            resampled = preprocess.resample(volume.data, volume.affine if seen is None else seen, grid.affine,
+                                            grid.shape, antialias_strength=antialias)
+            out.append(self.xp.asarray(resampled > 0))
+        return tuple(out)
+
+    def _moving_seen(self):
+        # prepare() reads moving at world points; seeing it through `world_matrix` means handing
+        # it the affine inv(M) @ A_moving (model voxel -> M G x -> moving voxel).
+        return (self.moving.affine if self.world_matrix is None
+                else np.linalg.inv(self.world_matrix) @ self.moving.affine)
+
     def _make_images(self, grid: Grid, antialias: float) -> tuple:
         from ..methods import preprocess
 
         fixed, _ = preprocess.prepare(self.fixed_data, self.fixed.affine, grid.shape, grid.spacing,
                                       grid_affine=grid.affine, intensity=self.intensity, antialias_strength=antialias)
-        # prepare() reads moving at world points; seeing it through `world_matrix` means handing
-        # it the affine inv(M) @ A_moving (model voxel -> M G x -> moving voxel).
-        seen = (self.moving.affine if self.world_matrix is None
-                else np.linalg.inv(self.world_matrix) @ self.moving.affine)
-        moving, _ = preprocess.prepare(self.moving_data, seen, grid.shape, grid.spacing, grid_affine=grid.affine,
+        moving, _ = preprocess.prepare(self.moving_data, self._moving_seen(), grid.shape, grid.spacing, grid_affine=grid.affine,
                                        intensity=self.intensity, antialias_strength=antialias)
         # From here on the pair's arrays live in `xp` (on the GPU for a device run).
         return self.xp.asarray(fixed), self.xp.asarray(moving)

@@ -27,6 +27,8 @@ keeps a 1 mm pair to a small fraction of a second:
   reflection about the fixed image's mid-sagittal plane; a rule only with ``same_subject=True``.
 
 Thresholds (`THRESHOLDS`) come from measured distributions of good and bad pairs (docs/tuning.md).
+For a pair whose intensities say the contrasts differ (``stats["contrast_check"]``, a T2 onto a
+T1) the local-NCC rules (`NCC_MEASUREMENTS`) are not applied: their values are still reported.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ __all__ = ["assess", "measure", "judge", "Threshold", "THRESHOLDS", "Together", 
 logger = logging.getLogger("smgic_rt")
 
 FLAGS = ("ok", "warn", "fail")
+# The measurements that compare intensities by local NCC: not judged for a pair whose contrasts
+# differ (``stats["contrast_check"]``, `smgic_rt.methods.similarity.contrast_check`).
+NCC_MEASUREMENTS = ("lncc", "lncc_gain", "mirror_margin")
 
 # Foreground: above this fraction of the 99th percentile of the positive voxels (after a light
 # smoothing on the measurement grid). Heads' noisy background stays below it, as do a stripped
@@ -372,7 +377,12 @@ def assess(result, *, moving_labels=None, same_subject: bool = False, thresholds
         measurements = measure(result, moving_labels=moving_labels, spacing_mm=spacing_mm)
     else:
         measurements = {**measured, **measure_labels(result, moving_labels, spacing_mm=spacing_mm)}
-    verdict = judge(measurements, tuple(thresholds) + ((MIRROR_RULE,) if same_subject else ()))
+    together = TOGETHER
+    if ((getattr(result, "stats", None) or {}).get("contrast_check") or {}).get("differ"):
+        # Images of different contrasts: local NCC of intensities does not measure their alignment.
+        thresholds = tuple(rule for rule in thresholds if rule.measurement not in NCC_MEASUREMENTS)
+        together = ()
+    verdict = judge(measurements, tuple(thresholds) + ((MIRROR_RULE,) if same_subject else ()), together)
     if verdict["flag"] != "ok":
         logger.debug("QC flag %s: %s", verdict["flag"], "; ".join(verdict["flag_reasons"]))
     return {**verdict, "qc_measurements": measurements}
