@@ -115,6 +115,8 @@ def _score_smgic(registrar, pair, **register_options) -> dict:
         "stage_seconds": result.stats.get("seconds"),
         # "given" (the network's velocity) or "zero" (dropped: it scored worse than none)
         "refine_start": refined.get("start"),
+        "metric": result.stats.get("metric"),  # what each stage compared by, where the Registrar says
+        "warnings": result.stats.get("warnings", []),
     }
 
 

@@ -253,7 +253,8 @@ def _attempt(unavailable: dict, name: str, pair_name: str, score):
         return None
 
 
-def run_contrast_set(pairs, metrics, peers=tuple(PEERS), scratch=None) -> dict:
+def run_contrast_set(pairs, metrics, peers=tuple(PEERS), scratch=None, on_pair=None) -> dict:
+    """Every row on every pair; `on_pair` (optional) is handed the report so far after each pair."""
     registrars, unavailable = {}, {}
     for metric in metrics:
         made = _attempt(unavailable, f"smgic_{metric}", "-", lambda: make_registrar(metric))
@@ -282,6 +283,8 @@ def run_contrast_set(pairs, metrics, peers=tuple(PEERS), scratch=None) -> dict:
                     log.info("%s: %s Dice %.3f in %.1f s", pair.name, name, result["dice"], result["seconds"])
                     row["methods"][name] = result
             rows.append(row)
+            if on_pair is not None:
+                on_pair({"per_pair": rows, "summary": summarise(rows, unavailable)})
     return {"per_pair": rows, "summary": summarise(rows, unavailable)}
 
 
@@ -306,6 +309,8 @@ def summarise(rows, unavailable) -> dict:
                                                           if keep(r) and name in r["methods"]]))
                                     for group, keep in groups.items()
                                     if any(keep(r) and name in r["methods"] for r in rows)}}
+        if any("warnings" in v for v in values):  # smgic rows: pairs on which the Registrar warned
+            summary[name]["warned_pairs"] = sum(bool(v["warnings"]) for v in values)
         if name in unavailable:
             summary[name]["failed"] = unavailable[name]
     for clock in ("seconds_mean", "cpu_seconds_mean"):
@@ -326,9 +331,9 @@ def make_lesion_pairs(seed: int = 0, spacing: float | None = None) -> list:
     return pairs
 
 
-def run_lesion_set(pairs, metrics, radius_mm: float, kind: str, near_mm: float) -> dict:
+def run_lesion_set(pairs, metrics, radius_mm: float, kind: str, near_mm: float, on_pair=None) -> dict:
     """Per pair and metric: Dice of the structures near the lesion, without it, with it, and with
-    it excluded from the similarity."""
+    it excluded from the similarity; `on_pair` as in `run_contrast_set`."""
     rows, unavailable = [], {}
     registrars = {m: r for m in metrics
                   if (r := _attempt(unavailable, f"smgic_{m}", "-", lambda m=m: make_registrar(m))) is not None}
@@ -353,6 +358,9 @@ def run_lesion_set(pairs, metrics, radius_mm: float, kind: str, near_mm: float) 
                     scores[case] = {k: result[k] for k in ("dice", "dice_per_structure", "seconds")}
             row["methods"][f"smgic_{metric}"] = scores
         rows.append(row)
+        if on_pair is not None:
+            on_pair({"radius_mm": radius_mm, "kind": kind, "near_mm": near_mm, "per_pair": rows,
+                     "unavailable": unavailable})
     return {"radius_mm": radius_mm, "kind": kind, "near_mm": near_mm, "per_pair": rows, "unavailable": unavailable}
 
 
@@ -368,6 +376,8 @@ def summary_table(report: dict) -> str:
             rows.append([name, "unavailable", "", "", "", "", "", "", "", entry["reason"][:90]])
             continue
         note = f"{entry['pairs']} pairs" + (f"; failed: {entry['failed'][:70]}" if "failed" in entry else "")
+        if "warned_pairs" in entry:
+            note += f"; warned on {entry['warned_pairs']}"
         rows.append([name, _number(entry["dice_mean"]), *(_number(entry["groups"].get(g)) for g in group_names),
                      _number(entry["seconds_mean"], 1), _number(entry.get("speedup_over_faster_peer_seconds"), 1),
                      _number(entry["cpu_seconds_mean"], 1), _number(entry.get("speedup_over_faster_peer_cpu_seconds"), 1),
@@ -399,6 +409,8 @@ def lesion_table(report: dict) -> str:
 
 def markdown(report: dict, command: str) -> str:
     lines = [f"# Other contrasts and lesions ({report['date']})", "",
+             *([] if report.get("complete", True) else ["**Partial: the run had not finished when this was written.**",
+                                                         ""]),
              f"`{command}` (benchmarks/contrasts.py's docstring describes the sets), {report['cpu_count']} CPUs "
              f"shared, {THREADS} threads per tool; load average at the start {report['load_average_start']}, "
              f"at the end {report['load_average_end']}; smgic_rt from {report['smgic_rt']['path']} at "
@@ -451,19 +463,30 @@ def main(argv=None) -> int:
               "spacing_mm": args.spacing, "threads": THREADS, "cpu_count": os.cpu_count(),
               "load_average_start": [round(v, 2) for v in os.getloadavg()], "warp_bounds": WARP_BOUNDS,
               "smgic_rt": smgic_source()}
+    command = "python benchmarks/contrasts.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    def save(part: str, results: dict, complete: bool = False) -> str:
+        """Keep what is measured so far (a long run on a shared machine may be cut short)."""
+        report[part] = results
+        report["complete"] = complete
+        report["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+        text = markdown(report, command)
+        if args.json:
+            common.write_json_atomic(report, args.json)
+        if args.markdown:
+            atomic.write_text(args.markdown, text)
+        return text
+
     if "contrast" in args.sets:
         pairs = make_contrast_pairs(args.seed, args.contrasts, cross_subject=args.cross_subject, spacing=args.spacing)
-        report["contrast"] = run_contrast_set(pairs, args.metrics, args.peers, args.workdir)
+        text = save("contrast", run_contrast_set(pairs, args.metrics, args.peers, args.workdir,
+                                                 on_pair=lambda partial: save("contrast", partial)),
+                    complete="lesion" not in args.sets)
     if "lesion" in args.sets:
-        report["lesion"] = run_lesion_set(make_lesion_pairs(args.seed, args.spacing), args.metrics,
-                                          args.lesion_radius, args.lesion_kind, args.near)
-    report["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    text = markdown(report, "python benchmarks/contrasts.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+        text = save("lesion", run_lesion_set(make_lesion_pairs(args.seed, args.spacing), args.metrics,
+                                             args.lesion_radius, args.lesion_kind, args.near,
+                                             on_pair=lambda partial: save("lesion", partial)), complete=True)
     print(text)
-    if args.json:
-        common.write_json_atomic(report, args.json)
-    if args.markdown:
-        atomic.write_text(args.markdown, text)
     return 0
 
 
