@@ -403,6 +403,14 @@ def lesion_table(report: dict) -> str:
             losses = [_number(None if clean is None or c not in cases else cases[c]["dice"] - clean)
                       for c in LESION_CASES[1:]]
             rows.append([r["pair"], method, ", ".join(r["near_structures"]), *cells, *losses])
+    methods = list(dict.fromkeys(m for r in report["lesion"]["per_pair"] for m in r["methods"]))
+    for method in methods:  # over the pairs on which all three cases ran
+        complete = [r["methods"][method] for r in report["lesion"]["per_pair"]
+                    if all(c in r["methods"].get(method, {}) for c in LESION_CASES)]
+        if complete:
+            means = [float(np.mean([cases[c]["dice"] for cases in complete])) for c in LESION_CASES]
+            rows.append([f"mean of {len(complete)} pairs", method, "", *(_number(m) for m in means),
+                         *(_number(m - means[0]) for m in means[1:])])
     return common.markdown_table(["pair", "method", "structures near the lesion", "no lesion", "lesion",
                                   "lesion, excluded", "lesion - no lesion", "excluded - no lesion"], rows)
 
