@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
