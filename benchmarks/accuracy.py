@@ -98,10 +98,11 @@ def _score_none(pair) -> dict:
     return {**_score_labels(pair, on_fixed), "folding_fraction": 0.0, "seconds": 0.0}
 
 
-def _score_smgic(registrar, pair) -> dict:
-    start = time.perf_counter()
-    result = registrar.register(pair.fixed, pair.moving)
-    seconds = time.perf_counter() - start
+def _score_smgic(registrar, pair, **register_options) -> dict:
+    """`registrar` on `pair` (`register_options`: more arguments of `Registrar.register`)."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = registrar.register(pair.fixed, pair.moving, **register_options)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     warped_labels = np.asarray(result.apply(pair.moving_labels, interpolation="label").dataobj)
     refined = (result.stats["stages"]["refine"]["stats"] or {})
     return {
@@ -110,9 +111,12 @@ def _score_smgic(registrar, pair) -> dict:
         # |exp(-v) o exp(v) - id| in the fixed brain, model-grid voxels
         "inverse_consistency_voxels": result.stats.get("inverse_consistency_voxels_brain_mean"),
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,  # every thread of this process, registration only
         "stage_seconds": result.stats.get("seconds"),
         # "given" (the network's velocity) or "zero" (dropped: it scored worse than none)
         "refine_start": refined.get("start"),
+        "metric": result.stats.get("metric"),  # what each stage compared by, where the Registrar says
+        "warnings": result.stats.get("warnings", []),
     }
 
 
@@ -127,21 +131,24 @@ def _write_pair(pair, workdir: Path) -> dict:
     return paths
 
 
-def _score_peer(tool: str, pair, workdir: Path) -> dict:
-    """Greedy or ANTs SyN as benchmarks/peer_tools.py runs them; seconds = registration only."""
+def _score_peer(tool: str, pair, workdir: Path, **tool_options) -> dict:
+    """Greedy or ANTs SyN as benchmarks/peer_tools.py runs them (`tool_options`: its runner's
+    keywords, e.g. ``metric``); seconds = registration only."""
     import ants
 
     paths = _write_pair(pair, workdir)
-    outcome = peer_tools.RUNNERS[tool](paths["fixed"], paths["moving"], workdir / "out", paths["moving_labels"], THREADS)
+    outcome = peer_tools.RUNNERS[tool](paths["fixed"], paths["moving"], workdir / "out", paths["moving_labels"], THREADS,
+                                       **tool_options)
     steps = outcome["seconds"]
-    seconds = steps["affine"] + steps["deformable"] if tool == "greedy" else steps["registration"]
+    registration = ("affine", "deformable") if tool == "greedy" else ("registration",)
+    seconds, cpu_seconds = (sum(outcome[clock][step] for step in registration) for clock in ("seconds", "cpu_seconds"))
     warped = np.rint(np.asarray(nib.load(outcome["files"]["warped_labels"]).dataobj)).astype(np.int32)
     # The Jacobian of the deformable part; the affine part has positive determinant here
     # (rotations and positive scalings), so it cannot add folds.
     jacobian = ants.create_jacobian_determinant_image(ants.image_read(str(paths["fixed"])),
                                                       str(outcome["files"]["warp"])).numpy()
     return {**_score_labels(pair, warped), "folding_fraction": common.folding_fraction(jacobian),
-            "seconds": seconds, "step_seconds": steps}
+            "seconds": seconds, "cpu_seconds": cpu_seconds, "step_seconds": steps}
 
 
 def _kept_ants_best(pair):
