@@ -27,6 +27,9 @@ def canonical(data: np.ndarray, affine: np.ndarray):
     return oriented, sizes
 
 
+_SLAB_VOXELS = 1 << 20
+
+
 def display_range(data: np.ndarray) -> tuple:
     """``(low, high)`` that `display_scaled` maps to 0 and 1: the 1st and 99th percentiles of the
     nonzero voxels (high above low); None for an image without a nonzero voxel."""
@@ -44,9 +47,13 @@ def display_scaled(data: np.ndarray, value_range=None) -> np.ndarray:
     if value_range is None:
         return np.zeros_like(data, dtype=np.float32)
     low, high = value_range
-    scaled = np.subtract(data, low)  # in place from here on: one array of the image's size
-    scaled /= high - low
-    return np.clip(scaled, 0, 1, out=scaled).astype(np.float32, copy=False)
+    scaled = np.empty(data.shape, np.float32)
+    step = max(1, _SLAB_VOXELS // max(1, data[:1].size))
+    for start in range(0, len(data), step):  # the arithmetic's wider temporaries one slab at a time
+        part = np.subtract(data[start:start + step], low)
+        part /= high - low
+        scaled[start:start + step] = np.clip(part, 0, 1, out=part)
+    return scaled
 
 
 def checkerboard(first: np.ndarray, second: np.ndarray, squares: int = 8, *, grid_shape=None, origin=None) -> np.ndarray:
