@@ -224,15 +224,18 @@ def _evaluate(fixed, moving, v, level: Level, options: RefineOptions, factor: in
     `fixed_means`: the box means of ``fixed`` and ``fixed * fixed`` (2, X, Y, Z) when only the
     moving image moves: they do not change within a level, so a level computes them once."""
     xp = ops.array_namespace(fixed, moving, v)
+    # Squaring steps: as few as keep the first step within ops.SQUARING_FIRST_STEP_VOXELS, at most
+    # the grid's own count (`_half_steps`), so a small velocity is not integrated in 7 steps.
     if level.symmetric:
         half = xp.ascontiguousarray(v * np.float32(0.5))
-        steps = _half_steps(options, factor)
+        steps = ops.squaring_steps(half, _half_steps(options, factor))
         fixed_w = ops.warp(fixed[None], ops.integrate_velocity(-half, steps))[0]
         moving_w = ops.warp(moving[None], ops.integrate_velocity(half, steps))[0]
     else:  # the fixed image as it is, the moving one through exp(v): compared on the fixed grid
-        steps = _half_steps(options, factor) + 1
+        v = xp.ascontiguousarray(v)
+        steps = ops.squaring_steps(v, _half_steps(options, factor) + 1)
         fixed_w = fixed
-        moving_w = ops.warp(moving[None], ops.integrate_velocity(xp.ascontiguousarray(v), steps))[0]
+        moving_w = ops.warp(moving[None], ops.integrate_velocity(v, steps))[0]
     if fixed_means is None or level.symmetric:
         means = box_mean(xp.stack([fixed_w, moving_w, fixed_w * fixed_w, moving_w * moving_w, fixed_w * moving_w]),
                          level.radius)
