@@ -90,21 +90,19 @@ const char* label_types_text() { return "uint8, int16, uint16, int32 or int64"; 
 
 // ---------------- CPU (numpy) ----------------
 
-void warp_cpu(py::array image, py::array displacement, py::array out, int interpolation, int padding,
-              const std::vector<double>& field_matrix, const std::vector<double>& field_linear) {
-  checked(image, "image", 5);
+// The geometry of a displacement warp of `image` (what: "image" or "labels") into `out`: (N, C) of
+// the image, (X, Y, Z) of the displacement, checked; the caller sets the value pointers.
+WarpParams displacement_geometry(const py::array& image, const py::array& displacement, const py::array& out,
+                                 int interpolation, int padding, const std::vector<double>& field_matrix,
+                                 const std::vector<double>& field_linear, const std::string& what) {
   checked(displacement, "displacement", 5);
-  checked(out, "out", 5);
-  check_mode(interpolation, padding);
   require(displacement.shape(1) == 3, "displacement must have 3 channels, got shape " + shape_text(displacement));
-  require(displacement.shape(0) == image.shape(0), "displacement and image batch sizes differ");
+  require(displacement.shape(0) == image.shape(0), "displacement and " + what + " batch sizes differ");
   require(out.shape(0) == image.shape(0) && out.shape(1) == image.shape(1) && out.shape(2) == displacement.shape(2) &&
               out.shape(3) == displacement.shape(3) && out.shape(4) == displacement.shape(4),
-          "out must have shape (N, C) of image and (X, Y, Z) of displacement, got " + shape_text(out));
+          "out must have shape (N, C) of " + what + " and (X, Y, Z) of displacement, got " + shape_text(out));
   WarpParams p{};
-  p.image = in_ptr(image);
   p.displacement = in_ptr(displacement);
-  p.out = out_ptr(out);
   p.batch = image.shape(0);
   p.channels = image.shape(1);
   p.in = grid_of(image);
@@ -112,6 +110,18 @@ void warp_cpu(py::array image, py::array displacement, py::array out, int interp
   p.interpolation = interpolation;
   p.padding = padding;
   set_displacement_map(p, field_matrix, field_linear);
+  return p;
+}
+
+void warp_cpu(py::array image, py::array displacement, py::array out, int interpolation, int padding,
+              const std::vector<double>& field_matrix, const std::vector<double>& field_linear) {
+  checked(image, "image", 5);
+  checked(out, "out", 5);
+  check_mode(interpolation, padding);
+  WarpParams p = displacement_geometry(image, displacement, out, interpolation, padding, field_matrix, field_linear,
+                                       "image");
+  p.image = in_ptr(image);
+  p.out = out_ptr(out);
   py::gil_scoped_release release;
   cpu::warp(p);
 }
@@ -141,24 +151,11 @@ void warp_labels_typed_cpu(const WarpParams& geometry, const py::array& image, p
 void warp_labels_cpu(py::array image, py::array displacement, py::array out, int interpolation, int padding,
                      const std::vector<double>& field_matrix, const std::vector<double>& field_linear) {
   checked_labels(image, "labels");
-  checked(displacement, "displacement", 5);
   checked_labels(out, "out");
   check_label_mode(interpolation, padding);
-  require(displacement.shape(1) == 3, "displacement must have 3 channels, got shape " + shape_text(displacement));
-  require(displacement.shape(0) == image.shape(0), "displacement and labels batch sizes differ");
-  require(out.shape(0) == image.shape(0) && out.shape(1) == image.shape(1) && out.shape(2) == displacement.shape(2) &&
-              out.shape(3) == displacement.shape(3) && out.shape(4) == displacement.shape(4),
-          "out must have shape (N, C) of labels and (X, Y, Z) of displacement, got " + shape_text(out));
   if (!out.writeable()) throw py::value_error("output array must be writeable");
-  WarpParams geometry{};
-  geometry.displacement = in_ptr(displacement);
-  geometry.batch = image.shape(0);
-  geometry.channels = image.shape(1);
-  geometry.in = grid_of(image);
-  geometry.out_grid = grid_of(out);
-  geometry.interpolation = interpolation;
-  geometry.padding = padding;
-  set_displacement_map(geometry, field_matrix, field_linear);
+  const WarpParams geometry = displacement_geometry(image, displacement, out, interpolation, padding, field_matrix,
+                                                    field_linear, "labels");
 #define SMGIC_DISPATCH(T, NAME)                                                                   \
   if (py::isinstance<py::array_t<T>>(image)) {                                                    \
     if (!py::isinstance<py::array_t<T>>(out)) throw py::type_error("out must have the labels' dtype " #NAME); \
@@ -297,14 +294,12 @@ Launch where(uintptr_t out, int device, uintptr_t stream) {
   return Launch{device >= 0 ? device : cuda::pointer_device(out), stream};
 }
 
-void warp_cuda(uintptr_t image, const Shape5& image_shape, uintptr_t displacement, uintptr_t out,
-               const Shape5& out_shape, int interpolation, int padding, int device, uintptr_t stream,
-               const std::vector<double>& field_matrix, const std::vector<double>& field_linear) {
-  check_mode(interpolation, padding);
+// The geometry of a displacement warp on the GPU; the caller sets the value pointers.
+WarpParams device_displacement_geometry(uintptr_t displacement, const Shape5& image_shape, const Shape5& out_shape,
+                                        int interpolation, int padding, const std::vector<double>& field_matrix,
+                                        const std::vector<double>& field_linear) {
   WarpParams p{};
-  p.image = dptr(image);
   p.displacement = dptr(displacement);
-  p.out = dmut(out);
   p.batch = out_shape[0];
   p.channels = out_shape[1];
   p.in = grid_of(image_shape);
@@ -312,6 +307,17 @@ void warp_cuda(uintptr_t image, const Shape5& image_shape, uintptr_t displacemen
   p.interpolation = interpolation;
   p.padding = padding;
   set_displacement_map(p, field_matrix, field_linear);
+  return p;
+}
+
+void warp_cuda(uintptr_t image, const Shape5& image_shape, uintptr_t displacement, uintptr_t out,
+               const Shape5& out_shape, int interpolation, int padding, int device, uintptr_t stream,
+               const std::vector<double>& field_matrix, const std::vector<double>& field_linear) {
+  check_mode(interpolation, padding);
+  WarpParams p = device_displacement_geometry(displacement, image_shape, out_shape, interpolation, padding,
+                                              field_matrix, field_linear);
+  p.image = dptr(image);
+  p.out = dmut(out);
   cuda::warp(p, where(out, device, stream));
 }
 
@@ -329,15 +335,8 @@ void warp_labels_cuda(uintptr_t image, const Shape5& image_shape, uintptr_t disp
                       uintptr_t stream, const std::vector<double>& field_matrix,
                       const std::vector<double>& field_linear) {
   check_label_mode(interpolation, padding);
-  WarpParams geometry{};
-  geometry.displacement = dptr(displacement);
-  geometry.batch = out_shape[0];
-  geometry.channels = out_shape[1];
-  geometry.in = grid_of(image_shape);
-  geometry.out_grid = grid_of(out_shape);
-  geometry.interpolation = interpolation;
-  geometry.padding = padding;
-  set_displacement_map(geometry, field_matrix, field_linear);
+  const WarpParams geometry = device_displacement_geometry(displacement, image_shape, out_shape, interpolation, padding,
+                                                           field_matrix, field_linear);
 #define SMGIC_DISPATCH(T, NAME) \
   if (dtype == #NAME) return warp_labels_typed_cuda<T>(geometry, image, out, where(out, device, stream));
   SMGIC_LABEL_TYPES(SMGIC_DISPATCH)
