@@ -198,6 +198,9 @@ SMGIC_HOST_DEVICE void sample_channels(const float* image, int64_t channels, con
 // ---- parameter structs: plain pointers and sizes, no framework types ----
 
 // out[n, :, x] = image[n, :, x + u(x)] (displacement given) or image[n, :, M @ [x, 1]] (matrix given).
+// With `map_displacement`, u(x) is the stored field read through the per-voxel affine change of
+// units of `affine_field` (field_matrix @ [x, 1] + field_linear @ field(x), the same arithmetic), so
+// a field in other units (RAS mm) is warped with directly, without a converted copy of it.
 struct WarpParams {
   const float* image;         // (N, C, in)
   const float* displacement;  // (N, 3, out); null means: use matrix
@@ -206,15 +209,22 @@ struct WarpParams {
   Grid3 in, out_grid;
   int interpolation, padding;
   float matrix[12];  // row-major 3x4, output voxel -> input voxel; by value so it reaches the device
+  bool map_displacement;
+  float field_matrix[12];  // row-major 3x4
+  float field_linear[9];   // row-major 3x3
 };
 
-// A warp of an integer label map (int64 values): the geometry of `warp` (displacement or
-// matrix, interpolation kNearest or kLabel, padding) with integer input and output.
+// A warp of an integer label map (values of type T, one of SMGIC_LABEL_TYPES): the geometry of
+// `warp` (displacement or matrix, interpolation kNearest or kLabel, padding) with integer input
+// and output of the map's own type, so a label map is never widened in memory.
+template <typename T>
 struct LabelWarpParams {
-  WarpParams geometry;   // image and out unused
-  const int64_t* image;  // (N, C, in)
-  int64_t* out;          // (N, C, out)
+  WarpParams geometry;  // image and out unused
+  const T* image;       // (N, C, in)
+  T* out;               // (N, C, out)
 };
+// X(C++ type, numpy name)
+#define SMGIC_LABEL_TYPES(X) X(uint8_t, uint8) X(int16_t, int16) X(uint16_t, uint16) X(int32_t, int32) X(int64_t, int64)
 
 // out = scale*inner(x) + scale*outer(x + scale*inner(x)), fields on the same kind of grid:
 // inner and out on `grid`, outer on `outer_grid`, border padding (fields).
@@ -266,6 +276,13 @@ struct JacobianParams {
 
 // ---- per-voxel kernels; (n, x, y, z) indexes the output ----
 
+// One component of `affine_field`: m . [x, 1] + l . f, in this order (the warp that reads a
+// field through it must give the very values affine_field stores).
+SMGIC_HOST_DEVICE float affine_field_component(const float* m, const float* l, float fx, float fy, float fz, float f0,
+                                               float f1, float f2) {
+  return m[0] * fx + m[1] * fy + m[2] * fz + m[3] + l[0] * f0 + l[1] * f1 + l[2] * f2;
+}
+
 // The input-grid position that output voxel (n, x, y, z) of a warp or affine resample reads.
 SMGIC_HOST_DEVICE void warp_position(const WarpParams& p, int64_t n, int64_t x, int64_t y, int64_t z, float& px,
                                      float& py, float& pz) {
@@ -278,9 +295,18 @@ SMGIC_HOST_DEVICE void warp_position(const WarpParams& p, int64_t n, int64_t x, 
   } else {
     const int64_t out_cs = p.out_grid.voxels();
     const float* u = p.displacement + n * 3 * out_cs + (x * p.out_grid.ny + y) * p.out_grid.nz + z;
-    px = fx + u[0];
-    py = fy + u[out_cs];
-    pz = fz + u[2 * out_cs];
+    float u0 = u[0], u1 = u[out_cs], u2 = u[2 * out_cs];
+    if (p.map_displacement) {
+      const float* m = p.field_matrix;
+      const float* l = p.field_linear;
+      const float f0 = u0, f1 = u1, f2 = u2;
+      u0 = affine_field_component(m, l, fx, fy, fz, f0, f1, f2);
+      u1 = affine_field_component(m + 4, l + 3, fx, fy, fz, f0, f1, f2);
+      u2 = affine_field_component(m + 8, l + 6, fx, fy, fz, f0, f1, f2);
+    }
+    px = fx + u0;
+    py = fy + u1;
+    pz = fz + u2;
   }
 }
 
@@ -294,7 +320,8 @@ SMGIC_HOST_DEVICE void warp_voxel(const WarpParams& p, int64_t n, int64_t x, int
   sample_channels(image, p.channels, p.in, px, py, pz, p.interpolation, p.padding, 1.0f, out, out_cs);
 }
 
-SMGIC_HOST_DEVICE void warp_label_voxel(const LabelWarpParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+template <typename T>
+SMGIC_HOST_DEVICE void warp_label_voxel(const LabelWarpParams<T>& p, int64_t n, int64_t x, int64_t y, int64_t z) {
   const WarpParams& g = p.geometry;
   const int64_t out_cs = g.out_grid.voxels();
   const int64_t v = (x * g.out_grid.ny + y) * g.out_grid.nz + z;
@@ -353,7 +380,7 @@ SMGIC_UNROLL
   for (int c = 0; c < 3; ++c) {
     const float* m = p.matrix + 4 * c;
     const float* l = p.linear + 3 * c;
-    out[c * cs] = m[0] * fx + m[1] * fy + m[2] * fz + m[3] + l[0] * f0 + l[1] * f1 + l[2] * f2;
+    out[c * cs] = affine_field_component(m, l, fx, fy, fz, f0, f1, f2);
   }
 }
 

@@ -74,37 +74,60 @@ WarpParams affine_params(const std::vector<double>& matrix) {
   return p;
 }
 
+// The change of units a warp reads its displacement through (`affine_field`'s matrix, 12 values, and
+// linear part, 9), or none when both are empty. Converted to float as affine_field_params does.
+void set_displacement_map(WarpParams& p, const std::vector<double>& matrix, const std::vector<double>& linear) {
+  p.map_displacement = !(matrix.empty() && linear.empty());
+  if (!p.map_displacement) return;
+  require(matrix.size() == 12 && linear.size() == 9,
+          "a displacement map needs 12 matrix values (3x4) and 9 linear values (3x3), got " +
+              std::to_string(matrix.size()) + " and " + std::to_string(linear.size()));
+  for (int i = 0; i < 12; ++i) p.field_matrix[i] = static_cast<float>(matrix[i]);
+  for (int i = 0; i < 9; ++i) p.field_linear[i] = static_cast<float>(linear[i]);
+}
+
+const char* label_types_text() { return "uint8, int16, uint16, int32 or int64"; }
+
 // ---------------- CPU (numpy) ----------------
 
-void warp_cpu(py::array image, py::array displacement, py::array out, int interpolation, int padding) {
-  checked(image, "image", 5);
+// The geometry of a displacement warp of `image` (what: "image" or "labels") into `out`: (N, C) of
+// the image, (X, Y, Z) of the displacement, checked; the caller sets the value pointers.
+WarpParams displacement_geometry(const py::array& image, const py::array& displacement, const py::array& out,
+                                 int interpolation, int padding, const std::vector<double>& field_matrix,
+                                 const std::vector<double>& field_linear, const std::string& what) {
   checked(displacement, "displacement", 5);
-  checked(out, "out", 5);
-  check_mode(interpolation, padding);
   require(displacement.shape(1) == 3, "displacement must have 3 channels, got shape " + shape_text(displacement));
-  require(displacement.shape(0) == image.shape(0), "displacement and image batch sizes differ");
+  require(displacement.shape(0) == image.shape(0), "displacement and " + what + " batch sizes differ");
   require(out.shape(0) == image.shape(0) && out.shape(1) == image.shape(1) && out.shape(2) == displacement.shape(2) &&
               out.shape(3) == displacement.shape(3) && out.shape(4) == displacement.shape(4),
-          "out must have shape (N, C) of image and (X, Y, Z) of displacement, got " + shape_text(out));
+          "out must have shape (N, C) of " + what + " and (X, Y, Z) of displacement, got " + shape_text(out));
   WarpParams p{};
-  p.image = in_ptr(image);
   p.displacement = in_ptr(displacement);
-  p.out = out_ptr(out);
   p.batch = image.shape(0);
   p.channels = image.shape(1);
   p.in = grid_of(image);
   p.out_grid = grid_of(out);
   p.interpolation = interpolation;
   p.padding = padding;
+  set_displacement_map(p, field_matrix, field_linear);
+  return p;
+}
+
+void warp_cpu(py::array image, py::array displacement, py::array out, int interpolation, int padding,
+              const std::vector<double>& field_matrix, const std::vector<double>& field_linear) {
+  checked(image, "image", 5);
+  checked(out, "out", 5);
+  check_mode(interpolation, padding);
+  WarpParams p = displacement_geometry(image, displacement, out, interpolation, padding, field_matrix, field_linear,
+                                       "image");
+  p.image = in_ptr(image);
+  p.out = out_ptr(out);
   py::gil_scoped_release release;
   cpu::warp(p);
 }
 
-// A C-contiguous int64 label array of rank 5; raises TypeError/ValueError naming `name`.
+// A C-contiguous label array of rank 5 (its type: SMGIC_LABEL_TYPES); raises ValueError naming `name`.
 py::array checked_labels(const py::array& a, const char* name) {
-  if (!py::isinstance<py::array_t<int64_t>>(a) || a.dtype().kind() != 'i' || a.itemsize() != 8) {
-    throw py::type_error(std::string(name) + " must be int64, got dtype " + std::string(py::str(a.dtype())));
-  }
   if (a.ndim() != 5) throw py::value_error(std::string(name) + " must have 5 dimensions, got shape " + shape_text(a));
   if (!(a.flags() & py::array::c_style)) throw py::value_error(std::string(name) + " must be C-contiguous");
   return a;
@@ -115,29 +138,33 @@ void check_label_mode(int interpolation, int padding) {
   require(interpolation != kLinear, "label maps are warped with interpolation 1 (nearest) or 2 (label), got 0 (linear)");
 }
 
-void warp_labels_cpu(py::array image, py::array displacement, py::array out, int interpolation, int padding) {
-  checked_labels(image, "labels");
-  checked(displacement, "displacement", 5);
-  checked_labels(out, "out");
-  check_label_mode(interpolation, padding);
-  require(displacement.shape(1) == 3, "displacement must have 3 channels, got shape " + shape_text(displacement));
-  require(displacement.shape(0) == image.shape(0), "displacement and labels batch sizes differ");
-  require(out.shape(0) == image.shape(0) && out.shape(1) == image.shape(1) && out.shape(2) == displacement.shape(2) &&
-              out.shape(3) == displacement.shape(3) && out.shape(4) == displacement.shape(4),
-          "out must have shape (N, C) of labels and (X, Y, Z) of displacement, got " + shape_text(out));
-  if (!out.writeable()) throw py::value_error("output array must be writeable");
-  LabelWarpParams p{};
-  p.geometry.displacement = in_ptr(displacement);
-  p.geometry.batch = image.shape(0);
-  p.geometry.channels = image.shape(1);
-  p.geometry.in = grid_of(image);
-  p.geometry.out_grid = grid_of(out);
-  p.geometry.interpolation = interpolation;
-  p.geometry.padding = padding;
-  p.image = static_cast<const int64_t*>(image.data());
-  p.out = static_cast<int64_t*>(out.mutable_data());
+template <typename T>
+void warp_labels_typed_cpu(const WarpParams& geometry, const py::array& image, py::array& out) {
+  LabelWarpParams<T> p{};
+  p.geometry = geometry;
+  p.image = static_cast<const T*>(image.data());
+  p.out = static_cast<T*>(out.mutable_data());
   py::gil_scoped_release release;
   cpu::warp_labels(p);
+}
+
+void warp_labels_cpu(py::array image, py::array displacement, py::array out, int interpolation, int padding,
+                     const std::vector<double>& field_matrix, const std::vector<double>& field_linear) {
+  checked_labels(image, "labels");
+  checked_labels(out, "out");
+  check_label_mode(interpolation, padding);
+  if (!out.writeable()) throw py::value_error("output array must be writeable");
+  const WarpParams geometry = displacement_geometry(image, displacement, out, interpolation, padding, field_matrix,
+                                                    field_linear, "labels");
+#define SMGIC_DISPATCH(T, NAME)                                                                   \
+  if (py::isinstance<py::array_t<T>>(image)) {                                                    \
+    if (!py::isinstance<py::array_t<T>>(out)) throw py::type_error("out must have the labels' dtype " #NAME); \
+    return warp_labels_typed_cpu<T>(geometry, image, out);                                        \
+  }
+  SMGIC_LABEL_TYPES(SMGIC_DISPATCH)
+#undef SMGIC_DISPATCH
+  throw py::type_error(std::string("labels must be ") + label_types_text() + ", got dtype " +
+                       std::string(py::str(image.dtype())));
 }
 
 void affine_cpu(py::array image, const std::vector<double>& matrix, py::array out, int interpolation, int padding) {
@@ -267,36 +294,54 @@ Launch where(uintptr_t out, int device, uintptr_t stream) {
   return Launch{device >= 0 ? device : cuda::pointer_device(out), stream};
 }
 
-void warp_cuda(uintptr_t image, const Shape5& image_shape, uintptr_t displacement, uintptr_t out,
-               const Shape5& out_shape, int interpolation, int padding, int device, uintptr_t stream) {
-  check_mode(interpolation, padding);
+// The geometry of a displacement warp on the GPU; the caller sets the value pointers.
+WarpParams device_displacement_geometry(uintptr_t displacement, const Shape5& image_shape, const Shape5& out_shape,
+                                        int interpolation, int padding, const std::vector<double>& field_matrix,
+                                        const std::vector<double>& field_linear) {
   WarpParams p{};
-  p.image = dptr(image);
   p.displacement = dptr(displacement);
-  p.out = dmut(out);
   p.batch = out_shape[0];
   p.channels = out_shape[1];
   p.in = grid_of(image_shape);
   p.out_grid = grid_of(out_shape);
   p.interpolation = interpolation;
   p.padding = padding;
+  set_displacement_map(p, field_matrix, field_linear);
+  return p;
+}
+
+void warp_cuda(uintptr_t image, const Shape5& image_shape, uintptr_t displacement, uintptr_t out,
+               const Shape5& out_shape, int interpolation, int padding, int device, uintptr_t stream,
+               const std::vector<double>& field_matrix, const std::vector<double>& field_linear) {
+  check_mode(interpolation, padding);
+  WarpParams p = device_displacement_geometry(displacement, image_shape, out_shape, interpolation, padding,
+                                              field_matrix, field_linear);
+  p.image = dptr(image);
+  p.out = dmut(out);
   cuda::warp(p, where(out, device, stream));
 }
 
+template <typename T>
+void warp_labels_typed_cuda(const WarpParams& geometry, uintptr_t image, uintptr_t out, const Launch& at) {
+  LabelWarpParams<T> p{};
+  p.geometry = geometry;
+  p.image = reinterpret_cast<const T*>(image);
+  p.out = reinterpret_cast<T*>(out);
+  cuda::warp_labels(p, at);
+}
+
 void warp_labels_cuda(uintptr_t image, const Shape5& image_shape, uintptr_t displacement, uintptr_t out,
-                      const Shape5& out_shape, int interpolation, int padding, int device, uintptr_t stream) {
+                      const Shape5& out_shape, int interpolation, int padding, const std::string& dtype, int device,
+                      uintptr_t stream, const std::vector<double>& field_matrix,
+                      const std::vector<double>& field_linear) {
   check_label_mode(interpolation, padding);
-  LabelWarpParams p{};
-  p.geometry.displacement = dptr(displacement);
-  p.geometry.batch = out_shape[0];
-  p.geometry.channels = out_shape[1];
-  p.geometry.in = grid_of(image_shape);
-  p.geometry.out_grid = grid_of(out_shape);
-  p.geometry.interpolation = interpolation;
-  p.geometry.padding = padding;
-  p.image = reinterpret_cast<const int64_t*>(image);
-  p.out = reinterpret_cast<int64_t*>(out);
-  cuda::warp_labels(p, where(out, device, stream));
+  const WarpParams geometry = device_displacement_geometry(displacement, image_shape, out_shape, interpolation, padding,
+                                                           field_matrix, field_linear);
+#define SMGIC_DISPATCH(T, NAME) \
+  if (dtype == #NAME) return warp_labels_typed_cuda<T>(geometry, image, out, where(out, device, stream));
+  SMGIC_LABEL_TYPES(SMGIC_DISPATCH)
+#undef SMGIC_DISPATCH
+  throw py::type_error(std::string("labels must be ") + label_types_text() + ", got dtype " + dtype);
 }
 
 void affine_cuda(uintptr_t image, const Shape5& image_shape, const std::vector<double>& matrix, uintptr_t out,
@@ -421,8 +466,14 @@ void bind_kernels(py::module_& m) {
   m.def("cuda_available", &cuda_available, "True when built with CUDA and a driver and GPU are present");
   m.def("all_finite", &all_finite_cpu, "True when every value of a float32 array is finite");
   // CPU kernels: 5-D (N, C, X, Y, Z) float32 C-contiguous arrays, output preallocated by ops.py.
-  m.def("warp", &warp_cpu, "out[n,:,x] = image[n,:,x+u(x)]");
-  m.def("warp_labels", &warp_labels_cpu, "out[n,:,x] = labels[n,:,x+u(x)], int64 labels, nearest or generic label");
+  // field_matrix, field_linear: read the displacement through affine_field's change of units (empty: as it is)
+  const auto fm = py::arg("field_matrix") = std::vector<double>{};
+  const auto fl = py::arg("field_linear") = std::vector<double>{};
+  m.def("warp", &warp_cpu, "out[n,:,x] = image[n,:,x+u(x)]", py::arg("image"), py::arg("displacement"), py::arg("out"),
+        py::arg("interpolation"), py::arg("padding"), fm, fl);
+  m.def("warp_labels", &warp_labels_cpu,
+        "out[n,:,x] = labels[n,:,x+u(x)], integer labels in their own type, nearest or generic label", py::arg("labels"),
+        py::arg("displacement"), py::arg("out"), py::arg("interpolation"), py::arg("padding"), fm, fl);
   m.def("affine_resample", &affine_cpu, "out[n,:,x] = image[n,:,M@[x,1]], M 3x4 row-major (12 values)");
   m.def("compose", &compose_cpu, "out = u_inner + u_outer o (id + u_inner), border padding");
   m.def("integrate_velocity", &integrate_cpu, "scaling and squaring: out = exp(velocity)");
@@ -436,10 +487,10 @@ void bind_kernels(py::module_& m) {
   const auto dev = py::arg("device") = -1;
   const auto str = py::arg("stream") = uintptr_t{0};
   m.def("warp_cuda", &warp_cuda, "warp on the GPU", py::arg("image"), py::arg("image_shape"), py::arg("displacement"),
-        py::arg("out"), py::arg("out_shape"), py::arg("interpolation"), py::arg("padding"), dev, str);
+        py::arg("out"), py::arg("out_shape"), py::arg("interpolation"), py::arg("padding"), dev, str, fm, fl);
   m.def("warp_labels_cuda", &warp_labels_cuda, "warp_labels on the GPU", py::arg("labels"), py::arg("labels_shape"),
-        py::arg("displacement"), py::arg("out"), py::arg("out_shape"), py::arg("interpolation"), py::arg("padding"), dev,
-        str);
+        py::arg("displacement"), py::arg("out"), py::arg("out_shape"), py::arg("interpolation"), py::arg("padding"),
+        py::arg("dtype"), dev, str, fm, fl);
   m.def("affine_resample_cuda", &affine_cuda, "affine_resample on the GPU", py::arg("image"), py::arg("image_shape"),
         py::arg("matrix"), py::arg("out"), py::arg("out_shape"), py::arg("interpolation"), py::arg("padding"), dev, str);
   m.def("compose_cuda", &compose_cuda, "compose on the GPU", py::arg("outer"), py::arg("outer_shape"), py::arg("inner"),

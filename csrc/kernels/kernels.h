@@ -10,7 +10,8 @@
 namespace smgic {
 namespace cpu {
 void warp(const WarpParams& p);
-void warp_labels(const LabelWarpParams& p);
+template <typename T>
+void warp_labels(const LabelWarpParams<T>& p);  // T: one of SMGIC_LABEL_TYPES
 void compose(const ComposeParams& p);
 // Scaling and squaring: out = exp(velocity); `scratch` is a buffer of the same size as out.
 void integrate_velocity(const float* velocity, float* out, float* scratch, int64_t batch, const Grid3& grid,
@@ -28,7 +29,8 @@ namespace cuda {
 // on `where.stream` only, never waits for the GPU, and throws CudaError (std::runtime_error)
 // naming the kernel on a launch error. Results are ready for later work on that stream.
 void warp(const WarpParams& p, const Launch& where);
-void warp_labels(const LabelWarpParams& p, const Launch& where);
+template <typename T>
+void warp_labels(const LabelWarpParams<T>& p, const Launch& where);  // T: one of SMGIC_LABEL_TYPES
 void compose(const ComposeParams& p, const Launch& where);
 void integrate_velocity(const float* velocity, float* out, float* scratch, int64_t batch, const Grid3& grid,
                         int steps, const Launch& where);

@@ -114,10 +114,14 @@ void warp(const WarpParams& p) {
   }
 }
 
-void warp_labels(const LabelWarpParams& p) {
+template <typename T>
+void warp_labels(const LabelWarpParams<T>& p) {
   for_each_voxel(p.geometry.batch, p.geometry.out_grid,
                  [&](int64_t n, int64_t x, int64_t y, int64_t z) { warp_label_voxel(p, n, x, y, z); });
 }
+#define SMGIC_INSTANTIATE(T, NAME) template void warp_labels<T>(const LabelWarpParams<T>&);
+SMGIC_LABEL_TYPES(SMGIC_INSTANTIATE)
+#undef SMGIC_INSTANTIATE
 
 void compose(const ComposeParams& p) {
   const Grid3& g = p.grid;

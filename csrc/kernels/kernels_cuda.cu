@@ -39,7 +39,8 @@ void launch(const Params& p, int64_t batch, const Grid3& g, const Launch& where,
 
 // __device__ wrappers so the host/device inline functions can be template arguments.
 __device__ void warp_fn(const WarpParams& p, int64_t n, int64_t x, int64_t y, int64_t z) { warp_voxel(p, n, x, y, z); }
-__device__ void warp_label_fn(const LabelWarpParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+template <typename T>
+__device__ void warp_label_fn(const LabelWarpParams<T>& p, int64_t n, int64_t x, int64_t y, int64_t z) {
   warp_label_voxel(p, n, x, y, z);
 }
 __device__ void compose_fn(const ComposeParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
@@ -66,10 +67,14 @@ void warp(const WarpParams& p, const Launch& where) {
   launch<WarpParams, warp_fn>(p, p.batch, p.out_grid, where, p.displacement ? "warp" : "affine_resample");
 }
 
-void warp_labels(const LabelWarpParams& p, const Launch& where) {
+template <typename T>
+void warp_labels(const LabelWarpParams<T>& p, const Launch& where) {
   DeviceGuard guard(where.device);
-  launch<LabelWarpParams, warp_label_fn>(p, p.geometry.batch, p.geometry.out_grid, where, "warp_labels");
+  launch<LabelWarpParams<T>, warp_label_fn<T>>(p, p.geometry.batch, p.geometry.out_grid, where, "warp_labels");
 }
+#define SMGIC_INSTANTIATE(T, NAME) template void warp_labels<T>(const LabelWarpParams<T>&, const Launch&);
+SMGIC_LABEL_TYPES(SMGIC_INSTANTIATE)
+#undef SMGIC_INSTANTIATE
 
 void compose(const ComposeParams& p, const Launch& where) {
   DeviceGuard guard(where.device);

@@ -43,6 +43,8 @@ __all__ = [
     "warp",
     "affine_resample",
     "integrate_velocity",
+    "squaring_steps",
+    "SQUARING_FIRST_STEP_VOXELS",
     "compose",
     "invert_displacement",
     "InverseDisplacement",
@@ -384,7 +386,7 @@ def _unbatch(out, batched_input):
 # ---------------------------------------------------------------- public functions
 
 
-def warp(image, displacement, *, interpolation="linear", padding="zeros"):
+def warp(image, displacement, *, interpolation="linear", padding="zeros", displacement_map=None):
     """Pull-warp ``image`` through ``displacement``: ``out[:, x] = image[:, x + u(x)]``.
 
     Parameters
@@ -396,6 +398,12 @@ def warp(image, displacement, *, interpolation="linear", padding="zeros"):
         the label whose indicator interpolates highest, ANTs' "generic label"; ties go to the
         smaller label)
     padding : "zeros" or "border" (clamp to the edge)
+    displacement_map : optional ``(matrix, linear)`` (3x4 or 4x4, and 3x3): ``u`` is then the
+        stored field read through :func:`affine_field`'s change of units,
+        ``u(x) = matrix @ [x, 1] + linear @ displacement(x)`` (e.g. a RAS-mm field of the
+        output grid -> voxels of the image), with that function's very arithmetic, so the
+        result equals warping with ``affine_field(displacement, matrix, linear)`` without
+        making that array.
 
     Returns
     -------
@@ -404,61 +412,91 @@ def warp(image, displacement, *, interpolation="linear", padding="zeros"):
     interp_code = _choice(interpolation, "interpolation", _INTERPOLATION)
     pad_code = _choice(padding, "padding", _PADDING)
     image_shape, image_dev = _check_array(image, "image", (4, 5))
-    return _pull("image", image, image_shape, image_dev, displacement, (interp_code, pad_code), "float32", "warp")
+    return _pull("image", image, image_shape, image_dev, displacement, (interp_code, pad_code), "float32", "warp",
+                 displacement_map)
 
 
-def _pull(name, image, image_shape, image_dev, displacement, modes, dtype, kernel):
+def _displacement_map_values(displacement_map):
+    """``{"field_matrix": 12 values, "field_linear": 9}`` of a `displacement_map`, or {} for None."""
+    if displacement_map is None:
+        return {}
+    try:
+        matrix, linear = displacement_map
+    except (TypeError, ValueError):
+        raise TypeError("displacement_map must be a (matrix, linear) pair or None, got "
+                        f"{type(displacement_map).__name__}") from None
+    lin = np.asarray(linear, dtype=np.float64)
+    if lin.shape != (3, 3) or not np.all(np.isfinite(lin)):
+        raise ValueError(f"displacement_map's linear part must be a finite 3x3 matrix, got shape {lin.shape}")
+    return {"field_matrix": _affine_values(matrix, "displacement_map's matrix"),
+            "field_linear": [float(v) for v in lin.reshape(-1)]}
+
+
+def _pull(name, image, image_shape, image_dev, displacement, modes, dtype, kernel, displacement_map=None):
     """The shared body of `warp` and `warp_labels`: checks the field, allocates the output of
     `dtype` and runs ``_C.<kernel>`` (or ``_C.<kernel>_cuda`` on CUDA arrays)."""
     field_shape, field_dev = _check_field(displacement, "displacement")
     on_device = _check_same_kind([(name, image_dev), ("displacement", field_dev)])
     _check_same_rank(name, image_shape, "displacement", field_shape)
+    mapping = _displacement_map_values(displacement_map)
     image5, field5 = _batched(image_shape), _batched(field_shape)
     out_shape = (image5[0], image5[1]) + field5[2:]
     out = _empty(image, out_shape, on_device, dtype=dtype)
     if on_device:
         device, stream = launch_target((name, image), ("displacement", displacement))
-        getattr(_C, f"{kernel}_cuda")(_ptr(image), image5, _ptr(displacement), _ptr(out), out_shape, *modes,
-                                      device, stream)
+        extra = (dtype,) if kernel == "warp_labels" else ()
+        getattr(_C, f"{kernel}_cuda")(_ptr(image), image5, _ptr(displacement), _ptr(out), out_shape, *modes, *extra,
+                                      device, stream, **mapping)
         return out if len(image_shape) == 5 else out[0]
-    getattr(_C, kernel)(_view5(image, False), _view5(displacement, False), out, *modes)
+    getattr(_C, kernel)(_view5(image, False), _view5(displacement, False), out, *modes, **mapping)
     return _unbatch(out, len(image_shape) == 5)
 
 
-def warp_labels(labels, displacement, *, interpolation="label", padding="zeros"):
-    """Pull-warp an integer label map: :func:`warp`'s geometry on int64 values, which are only
-    compared and copied (never converted to float), so every label survives exactly.
+# The integer types label maps are warped in as they are (csrc SMGIC_LABEL_TYPES); others are
+# widened to int64 by the caller (`smgic_rt.geometry.transforms`).
+LABEL_DTYPES = ("uint8", "int16", "uint16", "int32", "int64")
+
+
+def warp_labels(labels, displacement, *, interpolation="label", padding="zeros", displacement_map=None):
+    """Pull-warp an integer label map: :func:`warp`'s geometry on integer values, which are only
+    compared and copied (never converted to float, nor widened), so every label survives exactly.
 
     Parameters
     ----------
-    labels : int64 array, (C, Xi, Yi, Zi) or (N, C, Xi, Yi, Zi), numpy or CUDA
+    labels : integer array of a type in `LABEL_DTYPES` (uint8, int16, uint16, int32, int64),
+        (C, Xi, Yi, Zi) or (N, C, Xi, Yi, Zi), C-contiguous, numpy or CUDA
     displacement : float32 array, (3, X, Y, Z) or (N, 3, X, Y, Z), as in :func:`warp`
     interpolation : "label" (generic label, as in :func:`warp`) or "nearest"
     padding : "zeros" or "border"
+    displacement_map : as in :func:`warp`
 
     Returns
     -------
-    int64 array (C, X, Y, Z) or (N, C, X, Y, Z), same kind (numpy/CUDA) as the inputs.
+    array of ``labels``' type, (C, X, Y, Z) or (N, C, X, Y, Z), same kind (numpy/CUDA) as the inputs.
     """
     interp_code = _choice(interpolation, "interpolation", {k: v for k, v in _INTERPOLATION.items() if k != "linear"})
     pad_code = _choice(padding, "padding", _PADDING)
+    wanted = " or ".join(LABEL_DTYPES)
     if _is_device(labels):
         interface = labels.__cuda_array_interface__
-        if interface["typestr"] != "<i8" or interface.get("strides") not in (None, _contiguous_strides(interface["shape"], 8)):
-            raise TypeError(f"labels must be a C-contiguous int64 array, got typestr {interface['typestr']!r}")
+        dtype = np.dtype(interface["typestr"])
+        if dtype.name not in LABEL_DTYPES or interface.get("strides") not in (
+                None, _contiguous_strides(interface["shape"], dtype.itemsize)):
+            raise TypeError(f"labels must be a C-contiguous {wanted} array, got typestr {interface['typestr']!r}")
         labels_shape = tuple(int(s) for s in interface["shape"])
         labels_on_device = True
     elif isinstance(labels, np.ndarray):
-        if labels.dtype != np.int64 or not labels.flags.c_contiguous:
-            raise TypeError(f"labels must be a C-contiguous int64 array, got {labels.dtype}; "
+        dtype = labels.dtype
+        if dtype.name not in LABEL_DTYPES or not labels.flags.c_contiguous:
+            raise TypeError(f"labels must be a C-contiguous {wanted} array, got {labels.dtype}; "
                             "pass np.ascontiguousarray(labels, dtype=np.int64)")
         labels_shape, labels_on_device = labels.shape, False
     else:
-        raise TypeError(f"labels must be an int64 numpy array or a CUDA array, got {type(labels).__name__}")
+        raise TypeError(f"labels must be an integer numpy array or a CUDA array, got {type(labels).__name__}")
     if len(labels_shape) not in (4, 5):
         raise ValueError(f"labels must have 4 or 5 dimensions, got shape {labels_shape}")
-    return _pull("labels", labels, labels_shape, labels_on_device, displacement, (interp_code, pad_code), "int64",
-                 "warp_labels")
+    return _pull("labels", labels, labels_shape, labels_on_device, displacement, (interp_code, pad_code), dtype.name,
+                 "warp_labels", displacement_map)
 
 
 def _contiguous_strides(shape, itemsize):
@@ -539,6 +577,37 @@ def integrate_velocity(velocity, steps=7):
     else:
         _C.integrate_velocity(_view5(velocity, False), out, int(steps))
     return _unbatch(out, len(shape) == 5)
+
+
+# The largest first step, v / 2^n, of an integration whose step count `squaring_steps` chooses.
+SQUARING_FIRST_STEP_VOXELS = 1.0 / 8.0
+
+
+def squaring_steps(velocity, max_steps, first_step=SQUARING_FIRST_STEP_VOXELS):
+    """The fewest scaling-and-squaring steps ``n <= max_steps`` whose first step ``v / 2^n`` moves
+    no voxel more than `first_step` voxels along any axis (``max |v_c(x)| / 2^n <= first_step``).
+
+    The bound: with ``L`` the velocity's largest partial derivative ``max |d v_c / d x_a|`` (voxels
+    per voxel), ``integrate_velocity(v, n)`` differs from ``integrate_velocity(v, max_steps)`` by
+    at most ``first_step * L`` voxels at any voxel (the first-order term left out by a first step
+    of length ``h`` is ``h/2 (Dv) v / |v|``, carried through the squarings), and not at all
+    when ``n == max_steps``. tests/test_integration_steps.py holds the bound on random smooth
+    velocities and on a real refinement's. Small velocities (early iterations, coarse levels)
+    take fewer steps; large ones keep ``max_steps``, so no integration is less exact than
+    ``first_step`` allows nor more costly than ``max_steps``.
+
+    One pass over `velocity` (its largest and smallest value); a host read on the GPU.
+    """
+    if not is_int(max_steps) or not 0 <= int(max_steps) <= _MAX_STEPS:
+        raise ValueError(f"max_steps must be an int in [0, {_MAX_STEPS}], got {max_steps!r}")
+    if not first_step > 0:
+        raise ValueError(f"first_step must be a positive number of voxels, got {first_step!r}")
+    xp = array_namespace(velocity)
+    largest = max(float(xp.max(velocity)), -float(xp.min(velocity)))
+    steps = 0
+    while steps < int(max_steps) and largest / 2.0 ** steps > first_step:
+        steps += 1
+    return steps
 
 
 def compose(u_outer, u_inner):

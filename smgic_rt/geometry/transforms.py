@@ -352,15 +352,22 @@ def model_to_native_inverse(forward_model, inverse_model, model_affine, native_s
     return composition.to_world(polish.displacement), polish
 
 
-def _to_image_voxels(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, image_affine: np.ndarray,
-                     *, relative: bool) -> np.ndarray:
-    """Voxel coordinates in an image (with `image_affine`) of ``p + d(p)`` for every field voxel
-    ``x`` (``p = field_affine x``), or with `relative` those coordinates minus ``x``."""
+def _image_voxel_map(field_affine: np.ndarray, image_affine: np.ndarray, *, relative: bool) -> tuple:
+    """``(matrix, linear)`` for `ops.affine_field` that take a RAS-mm displacement ``d`` on a field's
+    grid to the voxel coordinates in an image (with `image_affine`) of ``p + d(p)`` for every field
+    voxel ``x`` (``p = field_affine x``), or with `relative` to those coordinates minus ``x``."""
     to_image = np.linalg.inv(np.asarray(image_affine, dtype=np.float64))
     matrix = (to_image @ np.asarray(field_affine, dtype=np.float64))[:3]
     if relative:
         matrix = matrix - _IDENTITY_3X4
-    return _ops().affine_field(_float32(displacement_ras_mm), matrix, to_image[:3, :3])
+    return matrix, to_image[:3, :3]
+
+
+def _to_image_voxels(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, image_affine: np.ndarray,
+                     *, relative: bool) -> np.ndarray:
+    """`_image_voxel_map`'s coordinates as an array (float32, (3, X, Y, Z))."""
+    matrix, linear = _image_voxel_map(field_affine, image_affine, relative=relative)
+    return _ops().affine_field(_float32(displacement_ras_mm), matrix, linear)
 
 
 def sampling_coordinates(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, image_affine: np.ndarray) -> np.ndarray:
@@ -374,14 +381,19 @@ def _check_interpolation(interpolation: str) -> None:
         raise ValueError(f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}")
 
 
-def _sample_relative(data: np.ndarray, displacement: np.ndarray, interpolation: str) -> np.ndarray:
-    """`data` read at ``x + displacement(x)`` (voxels of `data`), zeros outside. Integer data
-    (label maps) read by "nearest" or "label" stays integer: warped as int64 values, never
-    through float, and returned in `data`'s own type."""
+def _sample_relative(data: np.ndarray, displacement: np.ndarray, interpolation: str, displacement_map=None) -> np.ndarray:
+    """`data` read at ``x + u(x)`` (voxels of `data`; `u` the displacement, read through
+    `displacement_map` as `ops.warp` does), zeros outside. Integer data (label maps) read by
+    "nearest" or "label" stays integer: warped in its own type where `ops.warp_labels` has it
+    (else as int64), never through float, and returned in `data`'s own type."""
     if data.dtype.kind in "iub" and interpolation != "linear":
-        labels = np.ascontiguousarray(data, dtype=np.int64)[None]
-        return _ops().warp_labels(labels, displacement, interpolation=interpolation, padding="zeros")[0].astype(data.dtype)
-    out = _ops().warp(_float32(data)[None], displacement, interpolation=interpolation, padding="zeros")[0]
+        dtype = data.dtype if data.dtype.name in _ops().LABEL_DTYPES else np.int64
+        labels = np.ascontiguousarray(data, dtype=dtype)[None]
+        warped = _ops().warp_labels(labels, displacement, interpolation=interpolation, padding="zeros",
+                                    displacement_map=displacement_map)[0]
+        return warped.astype(data.dtype, copy=False)
+    out = _ops().warp(_float32(data)[None], displacement, interpolation=interpolation, padding="zeros",
+                      displacement_map=displacement_map)[0]
     return out.astype(np.int32) if interpolation == "label" else out
 
 
@@ -402,8 +414,10 @@ def warp_image(data: np.ndarray, image_affine: np.ndarray, displacement_ras_mm: 
     """The image (`data` on `image_affine`) read at ``p + d(p)`` for every voxel ``p`` of the
     field's grid, as ``antsApplyTransforms`` does with that field; zeros outside the image."""
     _check_interpolation(interpolation)
-    displacement = _to_image_voxels(displacement_ras_mm, field_affine, image_affine, relative=True)
-    return _sample_relative(data, displacement, interpolation)
+    # The field's change of units is done inside the warp, voxel by voxel: no converted copy of a
+    # field the size of the output grid (3 floats a voxel) is ever made.
+    displacement_map = _image_voxel_map(field_affine, image_affine, relative=True)
+    return _sample_relative(data, _float32(displacement_ras_mm), interpolation, displacement_map)
 
 
 def displacement_on_grid(displacement_ras_mm: np.ndarray, field_affine: np.ndarray, shape, affine: np.ndarray) -> np.ndarray:
@@ -496,15 +510,35 @@ def linear_quasi_interpolant(samples):
     return out
 
 
+# Voxels of the field per slab of `field_jacobian_determinant`: its voxel-unit copy is made one
+# slab at a time, never of the whole grid.
+_JACOBIAN_SLAB_VOXELS = 1 << 21
+
+
 def field_jacobian_determinant(displacement_ras_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """det of the Jacobian of ``p -> p + d(p)`` on the field's grid (float32, (X, Y, Z)).
 
     det(I + grad_p d) equals det(I + grad_i u) for the same map written in voxel units
-    ``u = R^-1 d`` (R the affine's 3x3 part), which is what the kernel computes.
+    ``u = R^-1 d`` (R the affine's 3x3 part), which is what the kernel computes. Computed in slabs
+    along the first axis, each read with one neighbouring plane on either side, so that every
+    central difference sees the values it would on the whole grid: the result is the whole
+    grid's, bit for bit, without a voxel-unit copy of the whole field.
     """
+    ops = _ops()
     rotation_inverse = np.linalg.inv(np.asarray(affine, dtype=np.float64)[:3, :3])
-    voxel_displacement = _ops().affine_field(_float32(displacement_ras_mm), np.zeros((3, 4)), rotation_inverse)
-    return _ops().jacobian_determinant(voxel_displacement)
+    xp = ops.array_namespace(displacement_ras_mm)
+    size = displacement_ras_mm.shape[1]
+    plane = max(1, int(np.prod(displacement_ras_mm.shape[2:])))
+    step = max(1, _JACOBIAN_SLAB_VOXELS // plane)
+    out = xp.empty(displacement_ras_mm.shape[1:], dtype=np.float32)
+    for start in range(0, size, step):
+        stop = min(size, start + step)
+        low, high = max(0, start - 1), min(size, stop + 1)  # one plane of context on either side
+        slab = displacement_ras_mm[:, low:high].astype(np.float32, order="C")  # a copy, changed in place below
+        # The matrix part is zero: the change of units does not depend on the voxel index.
+        voxel_displacement = ops.affine_field(slab, np.zeros((3, 4)), rotation_inverse, out=slab)
+        out[start:stop] = ops.jacobian_determinant(voxel_displacement)[start - low:stop - low]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import errno
+import io as _stdio
 import logging
 import os
 import warnings
@@ -727,6 +728,16 @@ def _write_gzip_parallel(data: bytes, path: Path, threads: int | None = None) ->
             handle.write(member)
 
 
+def _file_bytes(image: nib.Nifti1Image) -> memoryview:
+    """The bytes of `image`'s file (what ``to_bytes`` gives, without its copy), leaving the image
+    holding none of them: nibabel's writer points the image's ``file_map`` at its output, which
+    would keep the bytes of every saved image alive as long as the image."""
+    buffer, file_map = _stdio.BytesIO(), image.file_map
+    image.to_stream(buffer)
+    image.file_map = file_map
+    return buffer.getbuffer()
+
+
 def save_image_atomic(image, path, *, threads: int | None = None) -> Path:
     """Write a nibabel image to `path` atomically; `threads` compress a ``.nii.gz`` (None: all
     cores)."""
@@ -735,7 +746,7 @@ def save_image_atomic(image, path, *, threads: int | None = None) -> Path:
     try:
         with atomic.atomic_path(path, suffix=suffix) as temp:
             if suffix == ".nii.gz" and isinstance(image, nib.Nifti1Image):
-                _write_gzip_parallel(image.to_bytes(), temp, threads)
+                _write_gzip_parallel(_file_bytes(image), temp, threads)
             else:
                 nib.save(image, str(temp))
     except OSError as error:

@@ -280,16 +280,19 @@ def _evaluate(pair: _Pair, v, level: Level, options: RefineOptions, factor: int 
     xp = ops.array_namespace(pair.fixed, pair.moving, v)
     fixed, moving = pair.fixed, pair.moving
     channels = fixed[None] if pair.metric == "ncc" else fixed
+    # Squaring steps: as few as keep the first step within ops.SQUARING_FIRST_STEP_VOXELS, at most
+    # the grid's own count (`_half_steps`), so a small velocity is not integrated in 7 steps.
     if level.symmetric:
         half = xp.ascontiguousarray(v * np.float32(0.5))
-        steps = _half_steps(options, factor)
+        steps = ops.squaring_steps(half, _half_steps(options, factor))
         backward = ops.integrate_velocity(-half, steps)
         forward = ops.integrate_velocity(half, steps)
         fixed_w = ops.warp(channels, backward)
     else:  # the fixed image as it is, the moving one through exp(v): compared on the fixed grid
-        steps = _half_steps(options, factor) + 1
+        v = xp.ascontiguousarray(v)
+        steps = ops.squaring_steps(v, _half_steps(options, factor) + 1)
         backward, fixed_w = None, channels
-        forward = ops.integrate_velocity(xp.ascontiguousarray(v), steps)
+        forward = ops.integrate_velocity(v, steps)
     moving_w = ops.warp(moving[None] if pair.metric == "ncc" else moving, forward)
     kept = _kept(pair, backward, forward, level.radius)
     if pair.metric == "mind":

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..io import atomic
 
-__all__ = ["save_qc_png", "checkerboard", "canonical", "display_scaled", "central_slices"]
+__all__ = ["save_qc_png", "checkerboard", "canonical", "display_range", "display_scaled", "central_planes",
+           "central_slices", "display_planes"]
 
 
 def canonical(data: np.ndarray, affine: np.ndarray):
@@ -26,37 +27,75 @@ def canonical(data: np.ndarray, affine: np.ndarray):
     return oriented, sizes
 
 
-def display_scaled(data: np.ndarray) -> np.ndarray:
-    """Intensities mapped to [0, 1] by the 1st/99th percentiles of the nonzero voxels."""
+_SLAB_VOXELS = 1 << 20
+
+
+def display_range(data: np.ndarray) -> tuple:
+    """``(low, high)`` that `display_scaled` maps to 0 and 1: the 1st and 99th percentiles of the
+    nonzero voxels (high above low); None for an image without a nonzero voxel."""
     values = data[data != 0]
     if values.size == 0:
-        return np.zeros_like(data, dtype=np.float32)
+        return None
     low, high = np.percentile(values, [1, 99])
-    if high <= low:
-        high = low + 1.0
-    return np.clip((data - low) / (high - low), 0, 1).astype(np.float32)
+    return low, (low + 1.0 if high <= low else high)
 
 
-def checkerboard(first: np.ndarray, second: np.ndarray, squares: int = 8) -> np.ndarray:
-    """Alternate blocks of `first` and `second` (same shape), about `squares` per axis."""
+def display_scaled(data: np.ndarray, value_range=None) -> np.ndarray:
+    """Intensities mapped to [0, 1] (float32) by `display_range` (of `data` itself, or the given
+    `value_range`, e.g. a whole volume's for one of its planes)."""
+    value_range = display_range(data) if value_range is None else value_range
+    if value_range is None:
+        return np.zeros_like(data, dtype=np.float32)
+    low, high = value_range
+    scaled = np.empty(data.shape, np.float32)
+    step = max(1, _SLAB_VOXELS // max(1, data[:1].size))
+    for start in range(0, len(data), step):  # the arithmetic's wider temporaries one slab at a time
+        part = np.subtract(data[start:start + step], low)
+        part /= high - low
+        scaled[start:start + step] = np.clip(part, 0, 1, out=part)
+    return scaled
+
+
+def checkerboard(first: np.ndarray, second: np.ndarray, squares: int = 8, *, grid_shape=None, origin=None) -> np.ndarray:
+    """Alternate blocks of `first` and `second` (same shape), about `squares` per axis.
+
+    `first` and `second` may be a part of larger volumes of shape `grid_shape` starting at voxel
+    `origin` (e.g. one plane): the blocks are then the whole volumes' blocks."""
     if first.shape != second.shape:
         raise ValueError(f"checkerboard needs two arrays of one shape, got {first.shape} and {second.shape}")
-    index = np.indices(first.shape)
-    block = [max(1, n // squares) for n in first.shape]
+    grid_shape = first.shape if grid_shape is None else tuple(grid_shape)
+    origin = (0,) * first.ndim if origin is None else tuple(origin)
+    block = [max(1, n // squares) for n in grid_shape]
+    index = np.ogrid[tuple(slice(o, o + n) for o, n in zip(origin, first.shape))]
     parity = sum(index[axis] // block[axis] for axis in range(first.ndim)) % 2
     return np.where(parity == 0, first, second)
 
 
+def central_planes(volume: np.ndarray) -> list:
+    """``(origin, plane)`` of the three central planes (sagittal, coronal, axial) of a RAS volume:
+    the planes as (1, Y, Z), (X, 1, Z), (X, Y, 1) views and the voxel each starts at."""
+    centre = [n // 2 for n in volume.shape]
+    planes = []
+    for axis in range(3):
+        origin = [0, 0, 0]
+        origin[axis] = centre[axis]
+        index = tuple(slice(c, c + 1) if a == axis else slice(None) for a, c in enumerate(centre))
+        planes.append((tuple(origin), volume[index]))
+    return planes
+
+
 def central_slices(volume: np.ndarray, sizes: np.ndarray):
     """(image, aspect) of the three central planes, oriented for display (superior/anterior up)."""
-    cx, cy, cz = (n // 2 for n in volume.shape)
-    sagittal = volume[cx, :, :].T  # rows: S..I after flipud, columns: A..P
-    coronal = volume[:, cy, :].T
-    axial = volume[:, :, cz].T
+    return display_planes([plane for _, plane in central_planes(volume)], sizes)
+
+
+def display_planes(planes, sizes: np.ndarray):
+    """(image, aspect) of `central_planes`' three planes, oriented for display."""
+    sagittal, coronal, axial = (plane.squeeze(axis) for axis, plane in enumerate(planes))
     return [
-        (np.flipud(sagittal), sizes[2] / sizes[1]),
-        (np.flipud(coronal), sizes[2] / sizes[0]),
-        (np.flipud(axial), sizes[1] / sizes[0]),
+        (np.flipud(sagittal.T), sizes[2] / sizes[1]),  # rows: S..I after flipud, columns: A..P
+        (np.flipud(coronal.T), sizes[2] / sizes[0]),
+        (np.flipud(axial.T), sizes[1] / sizes[0]),
     ]
 
 
@@ -75,19 +114,30 @@ def save_qc_png(path, fixed, moving, warped, jacobian, *, title: str | None = No
     moving_data, moving_sizes = canonical(np.asarray(moving.dataobj, dtype=np.float32), moving.affine)
     warped_data, _ = canonical(np.asarray(warped.dataobj, dtype=np.float32), warped.affine)
     jacobian_data, _ = canonical(np.asarray(jacobian.dataobj, dtype=np.float32), jacobian.affine)
-    fixed_scaled, moving_scaled, warped_scaled = display_scaled(fixed_data), display_scaled(moving_data), display_scaled(warped_data)
+    # Only the three central planes of each volume are drawn: each is scaled by its whole
+    # volume's display range, and nothing else of the size of a volume is made.
+    fixed_range = display_range(fixed_data)
+
+    def planes_of(data, value_range=None):
+        return [(origin, display_scaled(plane, display_range(data) if value_range is None else value_range))
+                for origin, plane in central_planes(data)]
+
+    fixed_planes, warped_planes = planes_of(fixed_data, fixed_range), planes_of(warped_data)
+    board = [(origin, checkerboard(f, w, grid_shape=fixed_data.shape, origin=origin))
+             for (origin, f), (_, w) in zip(fixed_planes, warped_planes)]
+    log_jacobian = [(origin, np.log2(np.clip(plane, 1e-3, None))) for origin, plane in central_planes(jacobian_data)]
     rows = [
-        ("fixed", fixed_scaled, fixed_sizes, dict(cmap="gray", vmin=0, vmax=1)),
-        ("moving", moving_scaled, moving_sizes, dict(cmap="gray", vmin=0, vmax=1)),
-        ("warped", warped_scaled, fixed_sizes, dict(cmap="gray", vmin=0, vmax=1)),
-        ("checkerboard fixed/warped", checkerboard(fixed_scaled, warped_scaled), fixed_sizes, dict(cmap="gray", vmin=0, vmax=1)),
+        ("fixed", fixed_planes, fixed_sizes, dict(cmap="gray", vmin=0, vmax=1)),
+        ("moving", planes_of(moving_data), moving_sizes, dict(cmap="gray", vmin=0, vmax=1)),
+        ("warped", warped_planes, fixed_sizes, dict(cmap="gray", vmin=0, vmax=1)),
+        ("checkerboard fixed/warped", board, fixed_sizes, dict(cmap="gray", vmin=0, vmax=1)),
         # log2 so that expansion x2 and shrinkage x0.5 look alike; folds (J <= 0) clip to the bottom.
-        ("log2 Jacobian", np.log2(np.clip(jacobian_data, 1e-3, None)), fixed_sizes, dict(cmap="RdBu_r", vmin=-1.5, vmax=1.5)),
+        ("log2 Jacobian", log_jacobian, fixed_sizes, dict(cmap="RdBu_r", vmin=-1.5, vmax=1.5)),
     ]
     figure = Figure(figsize=(9, 14), dpi=80)
     axes = figure.subplots(len(rows), 3)
-    for row, (label, volume, sizes, style) in enumerate(rows):
-        for column, (plane, aspect) in enumerate(central_slices(volume, sizes)):
+    for row, (label, planes, sizes, style) in enumerate(rows):
+        for column, (plane, aspect) in enumerate(display_planes([plane for _, plane in planes], sizes)):
             ax = axes[row, column]
             shown = ax.imshow(plane, aspect=aspect, interpolation="nearest", **style)
             ax.set_xticks([])
