@@ -1,5 +1,6 @@
 """Shared pytest setup: CUDA-marked tests run only where smgic_rt._C has CUDA and a GPU answers;
-`package_file` finds a data package's file or skips the test."""
+`package_file` finds a data package's file or skips the test; `nilearn_brain` a real brain on a
+model grid."""
 
 from pathlib import Path
 
@@ -16,6 +17,17 @@ def package_file(package: str, relative: str) -> Path:
         return find(package, relative)
     except DemoDataError as error:
         pytest.skip(str(error))
+
+
+def nilearn_brain(shape, spacing):
+    """The ICBM 2009a brain (nilearn) prepared on a `shape` model grid of `spacing` mm, as the
+    refinement sees its images."""
+    import nibabel as nib
+    import numpy as np
+    from smgic_rt.methods import preprocess
+
+    image = nib.load(package_file("nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
+    return preprocess.prepare(np.asarray(image.dataobj, np.float32), image.affine, shape, spacing)[0]
 
 
 def _cuda_available():

@@ -9,10 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import package_file
+from conftest import nilearn_brain, package_file
 from smgic_rt import Registrar, cli
 from smgic_rt.geometry import ops
-from smgic_rt.methods import affine, preprocess, refine, similarity
+from smgic_rt.methods import affine, refine, similarity
 from smgic_rt.methods.affine import AffineOptions
 from smgic_rt.methods.refine import Level, RefineOptions, objective
 
@@ -21,9 +21,7 @@ SHAPE = (40, 48, 40)
 
 @pytest.fixture(scope="module")
 def brain():
-    image = nib.load(package_file("nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
-    data, _ = preprocess.prepare(np.asarray(image.dataobj, np.float32), image.affine, SHAPE, 4.0)
-    return data
+    return nilearn_brain(SHAPE, 4.0)
 
 
 def _smooth_field(seed, peak, shape=SHAPE):

@@ -9,9 +9,8 @@ import pytest
 
 from smgic_rt import _C
 from smgic_rt.geometry import ops
-from smgic_rt.methods import preprocess
 from smgic_rt.geometry.filters import box_mean, gaussian_taps
-from conftest import package_file
+from conftest import nilearn_brain
 from smgic_rt.methods.refine import PER_LEVEL, Level, RefineOptions, objective, refine_velocity
 
 SHAPE = (48, 56, 48)
@@ -19,11 +18,7 @@ SHAPE = (48, 56, 48)
 
 @pytest.fixture(scope="module")
 def brain():
-    import nibabel as nib
-
-    image = nib.load(package_file("nilearn", "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
-    data, _ = preprocess.prepare(np.asarray(image.dataobj, np.float32), image.affine, SHAPE, 3.5)
-    return data
+    return nilearn_brain(SHAPE, 3.5)
 
 
 def _smooth_velocity(seed, peak):
