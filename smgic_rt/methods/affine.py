@@ -29,7 +29,7 @@ from ..geometry import ops
 from . import preprocess
 from ..geometry.filters import box_mean
 from ..options import METRICS, check_choice, check_int, check_number, records_given
-from .similarity import descriptor_reach, grow, mind_descriptors
+from .similarity import descriptor_reach, excluded_voxels, grow, mind_descriptors
 
 __all__ = ["AffineLevel", "AffineOptions", "AffineResult", "register_affine", "ncc_and_gradient",
            "similarity_and_gradient", "rotation_matrix"]
@@ -62,7 +62,7 @@ class AffineOptions:
     levels: tuple = field(default_factory=_default_affine_levels)   # coarse to fine
     radius_mm: float = 60.0                     # lever arm that turns angles, scales, shears into mm
     moments: bool = True                        # principal-axes candidates at the start
-    metric: str = "ncc"                         # smgic_rt.methods.similarity.METRICS
+    metric: str = "ncc"                         # smgic_rt.options.METRICS
 
     def __post_init__(self):
         levels = self.levels
@@ -353,13 +353,8 @@ def _moments(level: _Level):
 
 
 def _check_excluded(excluded, image, name):
-    if excluded is None:
-        return None
-    xp = ops.array_namespace(image)
-    excluded = xp.asarray(excluded)
-    if tuple(excluded.shape) != tuple(image.shape):
-        raise ValueError(f"{name} must have its image's shape {tuple(image.shape)}, got {tuple(excluded.shape)}")
-    return xp.ascontiguousarray((excluded != 0).astype(np.float32))
+    excluded = excluded_voxels(excluded, image, name)
+    return None if excluded is None else ops.array_namespace(image).ascontiguousarray(excluded.astype(np.float32))
 
 
 def register_affine(fixed, fixed_affine, moving, moving_affine, *, options: AffineOptions = AffineOptions(),

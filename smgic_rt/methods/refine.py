@@ -44,7 +44,7 @@ import numpy as np
 from ..geometry import ops
 from ..geometry.filters import box_mean, smooth
 from ..options import METRICS, check_choice, check_int, check_number, records_given
-from .similarity import descriptor_reach, grow, mind_descriptors, shrink_any
+from .similarity import descriptor_reach, excluded_voxels, grow, mind_descriptors, shrink_any
 
 __all__ = ["Level", "RefineOptions", "RefineResult", "refine_velocity", "objective", "GRADIENTS", "PER_LEVEL"]
 
@@ -263,9 +263,9 @@ def _kept(pair: _Pair, backward, forward, radius: int):
     each excluded set warped as its image is (any weight on it counts), then grown by the NCC
     window (a descriptor's own reach was added before the warp)."""
     excluded = None
-    for mask, field in ((pair.fixed_excluded, backward), (pair.moving_excluded, forward)):
+    for mask, through in ((pair.fixed_excluded, backward), (pair.moving_excluded, forward)):
         if mask is not None:
-            read = (mask if field is None else ops.warp(mask[None], field)[0]) > 0
+            read = (mask if through is None else ops.warp(mask[None], through)[0]) > 0
             excluded = read if excluded is None else excluded | read
     if excluded is None:
         return None
@@ -416,17 +416,8 @@ def _optimise_level(pair: _Pair, v, level: Level, options: RefineOptions, deadli
 
 def _check_excluded(fixed, fixed_exclude, moving_exclude):
     """The exclusion masks as boolean arrays of the images' grid (None where not given)."""
-    xp = ops.array_namespace(fixed)
-    out = []
-    for name, mask in (("fixed_exclude", fixed_exclude), ("moving_exclude", moving_exclude)):
-        if mask is None:
-            out.append(None)
-            continue
-        mask = xp.asarray(mask)
-        if tuple(mask.shape) != tuple(fixed.shape):
-            raise ValueError(f"{name} must have the images' shape {tuple(fixed.shape)}, got {tuple(mask.shape)}")
-        out.append(mask != 0)
-    return out
+    return [excluded_voxels(mask, fixed, name, "the images'")
+            for name, mask in (("fixed_exclude", fixed_exclude), ("moving_exclude", moving_exclude))]
 
 
 def _check(fixed, moving, velocity):

@@ -21,10 +21,9 @@ import numpy as np
 
 from ..geometry import ops
 from ..geometry.filters import box_mean
-from ..options import METRICS
 
-__all__ = ["MIND_RADIUS", "MIND_DILATION", "mind_descriptors", "descriptor_reach", "grow", "shrink_any",
-           "contrast_check"]
+__all__ = ["MIND_RADIUS", "MIND_DILATION", "mind_descriptors", "descriptor_reach", "excluded_voxels", "grow",
+           "shrink_any", "contrast_check"]
 
 # The patch (2 radius + 1)^3 and the neighbours' distance, in voxels of the grid the descriptors
 # are made on.
@@ -40,6 +39,18 @@ _PAIRS = tuple((a, b) for i, a in enumerate(_SIX) for b in _SIX[i + 1:]
 def descriptor_reach() -> int:
     """How far (voxels, along each axis) a descriptor reads the image around its voxel."""
     return MIND_RADIUS + MIND_DILATION
+
+
+def excluded_voxels(mask, image, name: str, grid: str = "its image's"):
+    """`mask` (nonzero: exclude) as a boolean array of `image`'s namespace, refused unless it has
+    `image`'s shape (`grid` says whose shape that is, for the message); None stays None."""
+    if mask is None:
+        return None
+    xp = ops.array_namespace(image)
+    mask = xp.asarray(mask)
+    if tuple(mask.shape) != tuple(image.shape):
+        raise ValueError(f"{name} must have {grid} shape {tuple(image.shape)}, got {tuple(mask.shape)}")
+    return mask != 0
 
 
 def grow(excluded, radius: int):
