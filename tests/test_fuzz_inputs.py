@@ -397,6 +397,19 @@ def _made(cls, arguments):
     return cls(**arguments) if isinstance(arguments, dict) else arguments
 
 
+def _options_or_refusal(options_cls, level_cls, kwargs, names):
+    """`options_cls` built from drawn `kwargs` (its levels made of `level_cls`, as a list or a
+    tuple), or None when refused, the refusal naming one of the fields `names`."""
+    kwargs = dict(kwargs)
+    as_list = kwargs.pop("as_list")
+    try:
+        levels = [_made(level_cls, arguments) for arguments in kwargs.pop("levels")]
+        return options_cls(levels=levels if as_list else tuple(levels), **kwargs)
+    except ValueError as error:
+        assert _names_a_field(error, names), error
+        return None
+
+
 def _names_a_field(error, names) -> bool:
     """The message starts with the field refused (``step``, ``level reg``, ``affine levels``, ...)."""
     return any(str(error).startswith(f"{name} must") for name in names)
@@ -442,13 +455,9 @@ def test_refine_options_refuse_or_run(kwargs, seed):
 
     from smgic_rt.methods.refine import Level, RefineOptions, refine_velocity
 
-    kwargs = dict(kwargs)
-    as_list = kwargs.pop("as_list")
-    try:
-        levels = [_made(Level, arguments) for arguments in kwargs.pop("levels")]
-        options = RefineOptions(levels=levels if as_list else tuple(levels), **kwargs)
-    except ValueError as error:
-        assert _names_a_field(error, _field_names(RefineOptions) + _field_names(Level, "level ")), error
+    options = _options_or_refusal(RefineOptions, Level, kwargs,
+                                  _field_names(RefineOptions) + _field_names(Level, "level "))
+    if options is None:
         return
     _finite_in_range(options)
     # refine_velocity runs the levels on the grid it is given (the finer grids have their own
@@ -482,13 +491,9 @@ def affine_options(draw):
 def test_affine_options_refuse_or_hold_finite_values(kwargs):
     from smgic_rt.methods.affine import AffineLevel, AffineOptions
 
-    kwargs = dict(kwargs)
-    as_list = kwargs.pop("as_list")
-    try:
-        levels = [_made(AffineLevel, arguments) for arguments in kwargs.pop("levels")]
-        options = AffineOptions(levels=levels if as_list else tuple(levels), **kwargs)
-    except ValueError as error:
-        assert _names_a_field(error, ["affine levels", "radius_mm", "moments"] + _field_names(AffineLevel, "affine level ")), error
+    options = _options_or_refusal(AffineOptions, AffineLevel, kwargs,
+                                  ["affine levels", "radius_mm", "moments"] + _field_names(AffineLevel, "affine level "))
+    if options is None:
         return
     assert isinstance(options.levels, tuple) and options.levels
     for level in options.levels:
