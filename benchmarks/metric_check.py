@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -26,16 +25,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402,F401  (puts the repository on sys.path)
 from smgic_rt import Registrar  # noqa: E402
-from smgic_rt.demo import package_file  # noqa: E402
 from smgic_rt.methods.affine import rotation_matrix  # noqa: E402
-
-SPM = ("spm_runtime", "_spm/_spm.ctf")
+from training.data import SPM_ARCHIVE, load_image  # noqa: E402  (reads members of SPM's archive)
 
 
 def spm_image(member: str) -> nib.Nifti1Image:
-    with zipfile.ZipFile(package_file(*SPM)) as archive:
-        data = archive.read(f"fsroot/_spm/cleaned/spm/{member}")
-    return nib.Nifti1Image.from_bytes(data)
+    return load_image((*SPM_ARCHIVE, f"fsroot/_spm/cleaned/spm/{member}"))
 
 
 def misplacement(image, seed: int) -> np.ndarray:
