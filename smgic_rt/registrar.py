@@ -410,7 +410,6 @@ class Registrar:
                                 if v is not None and v.source is not None),
         )
 
-
     def _check_contrast(self, state: PairState, stats: dict) -> None:
         """Record whether the pair's intensities say the contrasts differ
         (`similarity.contrast_check`, after the affine stage, on the model grid), and warn (log
