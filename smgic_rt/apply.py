@@ -7,8 +7,14 @@ FreeSurfer ``.lta``, a 4x4 RAS text matrix; `smgic_rt.io.transform_formats`), ea
 written ``[T,1]`` to use its inverse. A reference point ``p`` maps to ``T_last(...T_1(T_0(p)))``
 (the first listed acts on the point first, as antspyx ``apply_transforms`` and
 ``apply_transforms_to_points`` do), and an image is read at the mapped points. An affine is
-inverted exactly; a field cannot be, so ``[warp.nii.gz,1]`` reads the ``inverse_warp.nii.gz``
-that smgic-register wrote beside it (and the other way round).
+inverted exactly. ``[F,1]`` for a displacement field ``F`` is the inverse of ``F`` itself,
+solved at each point (or image voxel) being mapped: the ``p`` with ``p + d(p) = q``, by Newton's
+method (`InverseFieldStep`), started from the sibling field smgic-register wrote beside it
+(``inverse_warp.nii.gz`` for ``warp.nii.gz`` and the other way round) where there is one. That
+sibling file is the inverse as any tool reads it, trilinear between its nodes, so within about a
+tenth of a millimetre of the exact one (`docs/`, ``benchmarks/results/``); ``[warp.nii.gz,1]``
+is exact to `INVERSE_TOLERANCE_MM` wherever the field is invertible. Points where Newton does
+not get there (folds) keep their best estimate and are counted by `InverseNotConvergedWarning`.
 
 Points follow ITK: they move with the transform that would warp an image the other way. To
 bring points from the moving image into the fixed image use inverse_warp.nii.gz, the transform
@@ -23,6 +29,7 @@ import csv
 import io as text_io
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,16 +41,29 @@ from .geometry import transforms
 from .geometry.transforms import InvalidTransformError
 from .io import atomic
 
-__all__ = ["AffineStep", "FieldStep", "TransformChain", "load_chain", "parse_transform", "apply_to_image",
-           "apply_to_points_csv", "apply_to_streamlines", "apply_to_file", "POINT_SPACES", "SIBLING_FIELDS"]
+__all__ = ["AffineStep", "FieldStep", "InverseFieldStep", "InverseNotConvergedWarning", "TransformChain", "load_chain",
+           "parse_transform", "apply_to_image", "apply_to_points_csv", "apply_to_streamlines", "apply_to_file",
+           "POINT_SPACES", "SIBLING_FIELDS", "INVERSE_TOLERANCE_MM", "INVERSE_MAX_STEPS"]
 
 POINT_SPACES = ("lps", "ras")
-# smgic-register's two fields, each the other's inverse
+# smgic-register's two fields, each the other's inverse: [F,1] starts Newton from F's sibling
 SIBLING_FIELDS = {"warp.nii.gz": "inverse_warp.nii.gz", "inverse_warp.nii.gz": "warp.nii.gz"}
 # Slabs of the reference grid mapped at once: a few float64 (3, ...) arrays of a slab hold less
 # than one float32 volume.
 _SLABS_PER_VOLUME = 48
 _SPEC = re.compile(r"^\[\s*(?P<path>.+?)\s*,\s*(?P<flag>[01])\s*\]$")
+# [F,1] stops Newton once |p + d(p) - q| is below this at every point: p's error is that residual
+# over 1 - |grad d|, and float32 coordinates read a field to about 1e-5 mm.
+INVERSE_TOLERANCE_MM = 1e-4
+INVERSE_MAX_STEPS = 20
+# Points solved at once by [F,1]: its Newton arrays stay a few MB whatever the slab or point set.
+_INVERSE_CHUNK = 1 << 16
+
+
+def _affine_map(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """A 4x4 matrix applied to points (3, ...) as homogeneous coordinates, float64."""
+    shape = (3,) + (1,) * (points.ndim - 1)
+    return np.einsum("ij,j...->i...", matrix[:3, :3], points) + matrix[:3, 3].reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -54,8 +74,7 @@ class AffineStep:
     source: str
 
     def map(self, points: np.ndarray) -> np.ndarray:
-        shape = (3,) + (1,) * (points.ndim - 1)
-        return np.einsum("ij,j...->i...", self.matrix[:3, :3], points) + self.matrix[:3, 3].reshape(shape)
+        return _affine_map(self.matrix, points)
 
 
 @dataclass(frozen=True)
@@ -68,18 +87,106 @@ class FieldStep:
     source: str
 
     def map(self, points: np.ndarray) -> np.ndarray:
+        return points + self.read(_affine_map(np.linalg.inv(self.affine), points))
+
+    def read(self, index: np.ndarray) -> np.ndarray:
+        """``d`` (RAS mm, float32) at voxel coordinates (3, ...) of the field's grid: a (3, X, Y, Z)
+        block is read as it is, other shapes through a near-cubic block (`_as_block`)."""
         from .geometry import ops
 
-        block = points if points.ndim == 4 else _as_block(points.reshape(3, -1))
-        to_voxels = np.linalg.inv(self.affine)
-        index = np.einsum("ij,j...->i...", to_voxels[:3, :3], block) + to_voxels[:3, 3].reshape(3, 1, 1, 1)
+        block = index if index.ndim == 4 else _as_block(index.reshape(3, -1))
         # The kernel reads at x + u(x), x the block's own index: small, so float32 keeps u exact.
-        relative = ops.affine_field(index.astype(np.float32), -_IDENTITY_3X4, np.eye(3))
-        moved = block + ops.warp(self.displacement, relative, interpolation="linear", padding="zeros")
-        return moved if points.ndim == 4 else moved.reshape(3, -1)[:, :points[0].size].reshape(points.shape)
+        relative = ops.affine_field(block.astype(np.float32), -_IDENTITY_3X4, np.eye(3))
+        values = ops.warp(self.displacement, relative, interpolation="linear", padding="zeros")
+        return values if index.ndim == 4 else values.reshape(3, -1)[:, :index[0].size].reshape(index.shape)
+
+    def jacobian(self, points: np.ndarray) -> np.ndarray:
+        """``d(q + d(q))/dq`` (n, 3, 3) at points (3, n), exact for the trilinear read: along voxel
+        axis ``a`` it is the difference of `read` on the two faces of the point's cell (the lower
+        cell's on a face itself)."""
+        to_voxels = np.linalg.inv(self.affine)
+        index = _affine_map(to_voxels, points)
+        faces = np.tile(index, (1, 6))
+        count = index.shape[1]
+        for axis in range(3):
+            low = slice(2 * axis * count, (2 * axis + 1) * count)
+            high = slice((2 * axis + 1) * count, (2 * axis + 2) * count)
+            faces[axis, low] = np.floor(index[axis])
+            faces[axis, high] = faces[axis, low] + 1.0
+        values = self.read(faces).astype(np.float64).reshape(3, 3, 2, count)  # (component, axis, face, point)
+        per_voxel = values[:, :, 1] - values[:, :, 0]
+        return np.eye(3) + np.einsum("ian,aj->nij", per_voxel, to_voxels[:3, :3])
 
 
 _IDENTITY_3X4 = np.hstack([np.eye(3), np.zeros((3, 1))])
+
+
+class InverseNotConvergedWarning(UserWarning):
+    """``[F,1]`` left `count` of `total` points with ``|p + d(p) - q|`` above the tolerance
+    (near a fold, or where ``F`` maps no point onto ``q``): they keep their best estimate."""
+
+    def __init__(self, source: str, count: int, total: int, tolerance: float):
+        super().__init__(f"[{source},1]: {count} of {total} point(s) kept an estimate off by more than {tolerance:g} mm "
+                         "(Newton did not converge: a fold of the field, or no point maps there)")
+        self.source, self.count, self.total, self.tolerance = source, count, total, tolerance
+
+
+@dataclass(frozen=True)
+class InverseFieldStep:
+    """``q -> p`` with ``p + d(p) = q``: the inverse of `field`, solved at each point by Newton's
+    method on `field`'s own trilinear read (`FieldStep.map` and `FieldStep.jacobian`), started
+    from `start` (an approximate inverse field, e.g. smgic-register's sibling file) or else from
+    ``q - d(q)``. A step that would raise a point's residual is not taken and its length halved
+    for the next try; points still above `tolerance` (mm) after `max_steps` keep their best
+    estimate and are counted by an `InverseNotConvergedWarning`."""
+
+    field: FieldStep
+    start: FieldStep | None = None
+    tolerance: float = INVERSE_TOLERANCE_MM
+    max_steps: int = INVERSE_MAX_STEPS
+
+    @property
+    def source(self) -> str:
+        return f"[{self.field.source},1]"
+
+    def map(self, points: np.ndarray) -> np.ndarray:
+        flat = np.asarray(points, dtype=np.float64).reshape(3, -1)
+        mapped = np.empty_like(flat)
+        missed = 0
+        for begin in range(0, flat.shape[1], _INVERSE_CHUNK):
+            chunk = slice(begin, begin + _INVERSE_CHUNK)
+            mapped[:, chunk], residual = self.solve(flat[:, chunk])
+            missed += int(np.count_nonzero(residual > self.tolerance))
+        if missed:
+            warnings.warn(InverseNotConvergedWarning(self.field.source, missed, flat.shape[1], self.tolerance),
+                          stacklevel=2)
+        return mapped.reshape(np.shape(points))
+
+    def solve(self, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(p, |p + d(p) - q|)``, (3, n) and (n,), for targets ``q`` (3, n), RAS mm."""
+        field = self.field
+        p = self.start.map(targets) if self.start is not None else 2.0 * targets - field.map(targets)
+        residual = field.map(p) - targets
+        length = np.linalg.norm(residual, axis=0)
+        scale = np.ones_like(length)  # halved at a point each time its step is refused
+        active = np.flatnonzero(length > self.tolerance)
+        for _ in range(self.max_steps):
+            if not active.size:
+                break
+            jacobian = field.jacobian(p[:, active])
+            singular = np.abs(np.linalg.det(jacobian)) < 1e-9  # a fold's crease: a plain residual step
+            jacobian[singular] = np.eye(3)
+            step = np.linalg.solve(jacobian, residual[:, active].T[..., None])[..., 0].T
+            moved = p[:, active] - scale[active] * step
+            moved_residual = field.map(moved) - targets[:, active]
+            moved_length = np.linalg.norm(moved_residual, axis=0)
+            better = moved_length < length[active]
+            taken = active[better]
+            p[:, taken], residual[:, taken], length[taken] = moved[:, better], moved_residual[:, better], moved_length[better]
+            scale[taken] = 1.0
+            scale[active[~better]] *= 0.5
+            active = active[length[active] > self.tolerance]
+        return p, length
 
 
 def _as_block(flat: np.ndarray) -> np.ndarray:
@@ -123,6 +230,11 @@ def _is_field(path: Path) -> bool:
     return path.name.endswith((".nii", ".nii.gz"))
 
 
+def _field_step(path: Path) -> FieldStep:
+    displacement, affine = transforms.itk_image_to_displacement(path, name=f"transform '{path.name}'")
+    return FieldStep(displacement, affine, str(path))
+
+
 def load_chain(specs, *, fixed=None, moving=None) -> TransformChain:
     """A `TransformChain` from transforms in ANTs' order: paths, ``"[path,1]"`` strings,
     ``(path, invert)`` pairs, 4x4 matrices or nibabel field images. An FSL FLIRT matrix is read
@@ -142,15 +254,12 @@ def load_chain(specs, *, fixed=None, moving=None) -> TransformChain:
         path, invert = spec if isinstance(spec, tuple) else parse_transform(os.fspath(spec))
         path = Path(os.fspath(path)).expanduser()
         if _is_field(path):
+            field = _field_step(path)
             if invert:
-                sibling = SIBLING_FIELDS.get(path.name)
-                if sibling is None or not (path.parent / sibling).is_file():
-                    raise InvalidTransformError(
-                        f"transform '{path}': a displacement field cannot be inverted by [T,1]; pass its inverse "
-                        "field (smgic-register writes warp.nii.gz and inverse_warp.nii.gz side by side)")
-                path = path.parent / sibling
-            displacement, affine = transforms.itk_image_to_displacement(path, name=f"transform '{path.name}'")
-            steps.append(FieldStep(displacement, affine, str(path)))
+                sibling = path.parent / SIBLING_FIELDS.get(path.name, path.name)
+                start = _field_step(sibling) if sibling != path and sibling.is_file() else None
+                field = InverseFieldStep(field, start)
+            steps.append(field)
         else:
             matrix = transform_formats.read_affine(path, fixed=fixed, moving=moving)
             steps.append(AffineStep(np.linalg.inv(matrix) if invert else matrix, str(path) + (" (inverted)" if invert else "")))
@@ -174,10 +283,8 @@ def _input_coordinates(chain: TransformChain, reference_shape, reference_affine,
     index = np.stack(np.meshgrid(np.arange(reference_shape[0], dtype=np.float64),
                                  np.arange(reference_shape[1], dtype=np.float64),
                                  np.arange(z0, z1, dtype=np.float64), indexing="ij"))
-    world = np.einsum("ij,j...->i...", reference_affine[:3, :3], index) + reference_affine[:3, 3].reshape(3, 1, 1, 1)
-    mapped = chain.map_points(world)
-    to_input = np.linalg.inv(input_affine)
-    return (np.einsum("ij,j...->i...", to_input[:3, :3], mapped) + to_input[:3, 3].reshape(3, 1, 1, 1)).astype(np.float32)
+    mapped = chain.map_points(_affine_map(reference_affine, index))
+    return _affine_map(np.linalg.inv(input_affine), mapped).astype(np.float32)
 
 
 def _warped_slabs(chain, volume: io.Volume, reference_shape, reference_affine, interpolation: str, dtype):
@@ -409,9 +516,10 @@ def add_arguments(parser) -> None:
                              "or use -t/-r/-i/-o")
     parser.add_argument("-t", "--transform", action="append", default=[], metavar="T",
                         help="a transform, repeated in ANTs' order (the first acts on the point first): "
-                             "warp.nii.gz or inverse_warp.nii.gz (either: [warp.nii.gz,1] reads its inverse), "
-                             "any ITK displacement field, an affine (.mat/.txt ITK, .lta, 4x4 RAS text), "
-                             "[affine,1] for its inverse")
+                             "warp.nii.gz, inverse_warp.nii.gz or any ITK displacement field, an affine "
+                             "(.mat/.txt ITK, .lta, 4x4 RAS text); [T,1] for its inverse: exact for an affine, "
+                             "and for a field F solved at each point (inverse_warp.nii.gz is the inverse as a file "
+                             "for other tools, within ~0.1 mm; [warp.nii.gz,1] is exact)")
     parser.add_argument("-r", "--reference", help="image defining the output grid (and a .trk output's header)")
     parser.add_argument("-i", "--input", action="append", default=[], metavar="IN",
                         help="image, label map, 4-D series (.nii/.nii.gz/.mgz), points (.csv) or streamlines "
@@ -480,11 +588,32 @@ def run(args, logger) -> int:
     # a FLIRT matrix relates the reference grid and the one image it reads
     chain = load_chain(specs, fixed=grid, moving=images[0] if len(images) == 1 else None)
     for step in chain.steps:
-        if isinstance(step, FieldStep) and grid is not None:
-            transforms.check_field_placement(step.displacement, step.affine, grid.shape, grid.affine,
-                                             name=f"transform '{step.source}'")
+        field = step.field if isinstance(step, InverseFieldStep) else step
+        if isinstance(field, FieldStep) and grid is not None:
+            transforms.check_field_placement(field.displacement, field.affine, grid.shape, grid.affine,
+                                             name=f"transform '{field.source}'")
     for source, output in jobs:
-        apply_to_file(chain, source, output, reference=grid, interpolation=args.interpolation,
-                      points_space=args.points_space, threads=args.threads)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InverseNotConvergedWarning)
+            apply_to_file(chain, source, output, reference=grid, interpolation=args.interpolation,
+                          points_space=args.points_space, threads=args.threads)
+        _report_unconverged(caught, source, logger)
         logger.info("wrote %s", output)
     return 0
+
+
+def _report_unconverged(caught, source, logger) -> None:
+    """One log line per inverted field for the InverseNotConvergedWarnings of one input (one per
+    slab of an image), summed; other warnings go on as they came."""
+    missed = {}
+    for warning in caught:
+        if isinstance(warning.message, InverseNotConvergedWarning):
+            count, total, tolerance = missed.get(warning.message.source, (0, 0, None))
+            missed[warning.message.source] = (count + warning.message.count, total + warning.message.total,
+                                              warning.message.tolerance)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    for field, (count, total, tolerance) in missed.items():
+        logger.warning("%s: [%s,1] left %d of %d point(s) or voxel(s) off by more than %g mm (Newton did not "
+                       "converge: a fold of the field, or no point maps there); they keep their best estimate",
+                       source, field, count, total, tolerance)
