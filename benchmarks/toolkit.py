@@ -1,8 +1,9 @@
 """The toolkit's numbers (issue 34) on a real pair of different brains at 2 mm, with the shipped
 default bundle: smgic-apply against antspyx on 1,000 points inside the brain (forward through
 warp.nii.gz, back through inverse_warp.nii.gz), the forward-then-back distance per field grid,
-a 10-volume series' peak memory and time, and a chain with an ANTs affine against
-ants.apply_transforms.
+back through inverse_warp.nii.gz (a trilinear file) and through [warp.nii.gz,1] (Newton at each
+point), the fixed image resampled onto the moving grid through both, a 10-volume series' peak
+memory and time, and a chain with an ANTs affine against ants.apply_transforms.
 
     OMP_NUM_THREADS=1 python benchmarks/toolkit.py [--json benchmarks/results/toolkit.json]
 
@@ -27,7 +28,7 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 def _points(folder, reg, pair, ants, pandas):
     import numpy as np
 
-    from smgic_rt import cli
+    from smgic_rt import apply, cli
     from toolkit_support import brain_points
 
     lps = brain_points(pair["fixed"], 1000) * [-1, -1, 1]
@@ -40,10 +41,39 @@ def _points(folder, reg, pair, ants, pandas):
         theirs = ants.apply_transforms_to_points(3, pandas.read_csv(folder / source), [str(reg / field)])
         rows[f"{step}_vs_ants_max_mm"] = float(np.abs(ours - theirs[["x", "y", "z"]].to_numpy()).max())
         rows[f"{step}_points"] = ours
-    returned = np.linalg.norm(rows.pop("back_points") - lps, axis=1)
+    start = time.perf_counter()
+    cli.apply_main(["-t", f"[{reg / 'warp.nii.gz'},1]", "-i", str(folder / "forward.csv"), "-o",
+                    str(folder / "exact.csv"), "-q", "--overwrite"])
+    rows["exact_inverse_points_seconds"] = time.perf_counter() - start
+    exact = pandas.read_csv(folder / "exact.csv")[["x", "y", "z"]].to_numpy()
+    step = apply.load_chain([f"[{reg / 'warp.nii.gz'},1]"]).steps[0]
+    residual = step.solve(rows["forward_points"].T * [[-1], [-1], [1]])[1]
+    rows["exact_inverse_unconverged_points"] = int(np.count_nonzero(residual > step.tolerance))
     rows["moved_mean_mm"] = float(np.linalg.norm(rows.pop("forward_points") - lps, axis=1).mean())
-    rows.update({f"round_trip_{name}_mm": float(np.percentile(returned, q))
-                 for name, q in (("median", 50), ("p95", 95), ("max", 100))})
+    for prefix, back in (("round_trip", rows.pop("back_points")), ("round_trip_exact_inverse", exact)):
+        returned = np.linalg.norm(back - lps, axis=1)
+        rows.update({f"{prefix}_{name}_mm": float(np.percentile(returned, q))
+                     for name, q in (("median", 50), ("p95", 95), ("max", 100))})
+    return rows
+
+
+def _inverse_images(folder, reg, pair):
+    """The fixed image resampled onto the moving grid through inverse_warp.nii.gz and through
+    [warp.nii.gz,1]: seconds of each, and how far apart the two images are inside the brain."""
+    import nibabel as nib
+
+    from smgic_rt import cli
+    from toolkit_support import correlation
+
+    rows = {}
+    for name, transform in (("file", str(reg / "inverse_warp.nii.gz")), ("exact", f"[{reg / 'warp.nii.gz'},1]")):
+        start = time.perf_counter()
+        cli.apply_main(["-t", transform, "-r", str(pair["moving"]), "-i", str(pair["fixed"]), "-o",
+                        str(folder / f"inverse_{name}.nii.gz"), "-q", "--overwrite"])
+        rows[f"inverse_image_{name}_seconds"] = time.perf_counter() - start
+    images = [nib.load(str(folder / f"inverse_{name}.nii.gz")).get_fdata() for name in ("file", "exact")]
+    brain = nib.load(str(pair["moving"])).get_fdata() > 0
+    rows["inverse_image_file_vs_exact_correlation"] = correlation(images[0], images[1], brain)
     return rows
 
 
@@ -114,6 +144,7 @@ def main():
             assert cli.register_main([str(pair["fixed"]), str(pair["moving"]), "-o", str(reg), "-q",
                                       "--fields-grid", grid]) == 0
             results[grid] = {"register_seconds": time.perf_counter() - start, **_points(folder, reg, pair, ants, pandas)}
+        results["compact"].update(_inverse_images(folder, folder / "compact", pair))
         results["compact"].update(_series(folder, folder / "compact", pair))
         results["compact"].update(_chain(folder, folder / "compact", pair, ants))
     results["conditions"]["load_average_after"] = list(os.getloadavg())

@@ -604,16 +604,15 @@ def run(args, logger) -> int:
 
 def _report_unconverged(caught, source, logger) -> None:
     """One log line per inverted field for the InverseNotConvergedWarnings of one input (one per
-    slab of an image), summed; other warnings go on as they came."""
+    call of the step: per slab of an image), summed; other warnings go on as they came."""
     missed = {}
     for warning in caught:
         if isinstance(warning.message, InverseNotConvergedWarning):
-            count, total, tolerance = missed.get(warning.message.source, (0, 0, None))
-            missed[warning.message.source] = (count + warning.message.count, total + warning.message.total,
-                                              warning.message.tolerance)
+            key = (warning.message.source, warning.message.tolerance)
+            missed[key] = missed.get(key, 0) + warning.message.count
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    for field, (count, total, tolerance) in missed.items():
-        logger.warning("%s: [%s,1] left %d of %d point(s) or voxel(s) off by more than %g mm (Newton did not "
-                       "converge: a fold of the field, or no point maps there); they keep their best estimate",
-                       source, field, count, total, tolerance)
+    for (field, tolerance), count in missed.items():
+        logger.warning("%s: [%s,1] left %d point(s) or voxel(s) off by more than %g mm (Newton did not converge: a "
+                       "fold of the field, or no point maps there); they keep their best estimate", source, field,
+                       count, tolerance)
