@@ -11,15 +11,17 @@ inverted exactly. ``[F,1]`` for a displacement field ``F`` is the inverse of ``F
 solved at each point (or image voxel) being mapped: the ``p`` with ``p + d(p) = q``, by Newton's
 method (`InverseFieldStep`), started from the sibling field smgic-register wrote beside it
 (``inverse_warp.nii.gz`` for ``warp.nii.gz`` and the other way round) where there is one. That
-sibling file is the inverse as any tool reads it, trilinear between its nodes, so within about a
-tenth of a millimetre of the exact one (`docs/`, ``benchmarks/results/``); ``[warp.nii.gz,1]``
-is exact to `INVERSE_TOLERANCE_MM` wherever the field is invertible. Points where Newton does
-not get there (folds) keep their best estimate and are counted by `InverseNotConvergedWarning`.
+sibling file is the inverse as any tool reads it: the numerical inverse at its nodes, trilinear
+between them, so close to but not exactly the inverse there (docs/tuning.md has the distances);
+``[warp.nii.gz,1]`` is exact to `INVERSE_TOLERANCE_MM` wherever the field is invertible. Points
+where Newton does not get there (folds) keep their best estimate and are counted by
+`InverseNotConvergedWarning`.
 
 Points follow ITK: they move with the transform that would warp an image the other way. To
-bring points from the moving image into the fixed image use inverse_warp.nii.gz, the transform
-that resamples the fixed image onto the moving grid. CSV files are read in the convention of
-``antsApplyTransformsToPoints`` (columns x, y, z in LPS mm, other columns kept) or as RAS mm.
+bring points from the moving image into the fixed image use ``[warp.nii.gz,1]`` (or
+inverse_warp.nii.gz), the transform that resamples the fixed image onto the moving grid. CSV
+files are read in the convention of ``antsApplyTransformsToPoints`` (columns x, y, z in LPS mm,
+other columns kept) or as RAS mm.
 """
 
 from __future__ import annotations
@@ -122,12 +124,12 @@ _IDENTITY_3X4 = np.hstack([np.eye(3), np.zeros((3, 1))])
 
 
 class InverseNotConvergedWarning(UserWarning):
-    """``[F,1]`` left `count` of `total` points with ``|p + d(p) - q|`` above the tolerance
-    (near a fold, or where ``F`` maps no point onto ``q``): they keep their best estimate."""
+    """``[F,1]`` left `count` of `total` points with ``|p + d(p) - q|`` above `tolerance` (mm),
+    near a fold of ``F``: they keep their best estimate."""
 
     def __init__(self, source: str, count: int, total: int, tolerance: float):
-        super().__init__(f"[{source},1]: {count} of {total} point(s) kept an estimate off by more than {tolerance:g} mm "
-                         "(Newton did not converge: a fold of the field, or no point maps there)")
+        super().__init__(f"[{source},1]: {count} of {total} point(s) kept an estimate off by more than "
+                         f"{tolerance:g} mm (Newton did not converge, near a fold of the field)")
         self.source, self.count, self.total, self.tolerance = source, count, total, tolerance
 
 
@@ -182,7 +184,8 @@ class InverseFieldStep:
             moved_length = np.linalg.norm(moved_residual, axis=0)
             better = moved_length < length[active]
             taken = active[better]
-            p[:, taken], residual[:, taken], length[taken] = moved[:, better], moved_residual[:, better], moved_length[better]
+            p[:, taken], residual[:, taken] = moved[:, better], moved_residual[:, better]
+            length[taken] = moved_length[better]
             scale[taken] = 1.0
             scale[active[~better]] *= 0.5
             active = active[length[active] > self.tolerance]
@@ -613,6 +616,5 @@ def _report_unconverged(caught, source, logger) -> None:
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     for (field, tolerance), count in missed.items():
-        logger.warning("%s: [%s,1] left %d point(s) or voxel(s) off by more than %g mm (Newton did not converge: a "
-                       "fold of the field, or no point maps there); they keep their best estimate", source, field,
-                       count, tolerance)
+        logger.warning("%s: [%s,1] left %d point(s) or voxel(s) off by more than %g mm (Newton did not converge, "
+                       "near a fold of the field); they keep their best estimate", source, field, count, tolerance)
