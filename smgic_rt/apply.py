@@ -58,8 +58,9 @@ _SPEC = re.compile(r"^\[\s*(?P<path>.+?)\s*,\s*(?P<flag>[01])\s*\]$")
 # over 1 - |grad d|, and float32 coordinates read a field to about 1e-5 mm.
 INVERSE_TOLERANCE_MM = 1e-4
 INVERSE_MAX_STEPS = 20
-# Points solved at once by [F,1]: its Newton arrays stay a few MB whatever the slab or point set.
-_INVERSE_CHUNK = 1 << 16
+# Points solved at once by [F,1]: its Newton arrays (under 1 kB a point) stay a few MB whatever
+# the slab or point set.
+_INVERSE_CHUNK = 1 << 13
 
 
 def _affine_map(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -103,7 +104,7 @@ class FieldStep:
         return values if index.ndim == 4 else values.reshape(3, -1)[:, :index[0].size].reshape(index.shape)
 
     def jacobian(self, points: np.ndarray) -> np.ndarray:
-        """``d(q + d(q))/dq`` (n, 3, 3) at points (3, n), exact for the trilinear read: along voxel
+        """``d(q + d(q))/dq`` (3, 3, n) at points (3, n), exact for the trilinear read: along voxel
         axis ``a`` it is the difference of `read` on the two faces of the point's cell (the lower
         cell's on a face itself)."""
         to_voxels = np.linalg.inv(self.affine)
@@ -116,8 +117,11 @@ class FieldStep:
             faces[axis, low] = np.floor(index[axis])
             faces[axis, high] = faces[axis, low] + 1.0
         values = self.read(faces).astype(np.float64).reshape(3, 3, 2, count)  # (component, axis, face, point)
-        per_voxel = values[:, :, 1] - values[:, :, 0]
-        return np.eye(3) + np.einsum("ian,aj->nij", per_voxel, to_voxels[:3, :3])
+        per_voxel = values[:, :, 1] - values[:, :, 0]  # d d_i / d index_a
+        jacobian = np.broadcast_to(np.eye(3)[:, :, None], (3, 3, count)).copy()
+        for axis in range(3):
+            jacobian += per_voxel[:, axis, None, :] * to_voxels[axis, :3, None]
+        return jacobian
 
 
 _IDENTITY_3X4 = np.hstack([np.eye(3), np.zeros((3, 1))])
@@ -175,10 +179,7 @@ class InverseFieldStep:
         for _ in range(self.max_steps):
             if not active.size:
                 break
-            jacobian = field.jacobian(p[:, active])
-            singular = np.abs(np.linalg.det(jacobian)) < 1e-9  # a fold's crease: a plain residual step
-            jacobian[singular] = np.eye(3)
-            step = np.linalg.solve(jacobian, residual[:, active].T[..., None])[..., 0].T
+            step = _solve_3x3(field.jacobian(p[:, active]), residual[:, active])
             moved = p[:, active] - scale[active] * step
             moved_residual = field.map(moved) - targets[:, active]
             moved_length = np.linalg.norm(moved_residual, axis=0)
@@ -190,6 +191,18 @@ class InverseFieldStep:
             scale[active[~better]] *= 0.5
             active = active[length[active] > self.tolerance]
         return p, length
+
+
+def _solve_3x3(matrices: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """``x`` (3, n) with ``matrices[:, :, k] @ x[:, k] = rhs[:, k]``, by Cramer's rule (the rows of
+    the inverse are cross products of the columns); where a matrix is singular (a fold's crease)
+    ``x = rhs``, a plain residual step."""
+    columns = [matrices[:, j] for j in range(3)]
+    rows = [np.cross(columns[(j + 1) % 3], columns[(j + 2) % 3], axis=0) for j in range(3)]
+    determinant = (columns[0] * rows[0]).sum(axis=0)
+    singular = np.abs(determinant) < 1e-9
+    solved = np.stack([(row * rhs).sum(axis=0) for row in rows]) / np.where(singular, 1.0, determinant)
+    return np.where(singular, rhs, solved)
 
 
 def _as_block(flat: np.ndarray) -> np.ndarray:
