@@ -272,8 +272,8 @@ def load_chain(specs, *, fixed=None, moving=None) -> TransformChain:
         if _is_field(path):
             field = _field_step(path)
             if invert:
-                sibling = path.parent / SIBLING_FIELDS.get(path.name, path.name)
-                start = _field_step(sibling) if sibling != path and sibling.is_file() else None
+                sibling = path.parent / SIBLING_FIELDS.get(path.name, "")
+                start = _field_step(sibling) if path.name in SIBLING_FIELDS and sibling.is_file() else None
                 field = InverseFieldStep(field, start)
             steps.append(field)
         else:
