@@ -250,23 +250,6 @@ def mind_and_gradient(fixed: _Level, moving: _Level, world: np.ndarray):
 
 
 SIMILARITIES = {"ncc": ncc_and_gradient, "mind": mind_and_gradient}
-# The affine stage compares the descriptors' leading principal components (of both images'
-# descriptors together): one kernel call per component, and most of the variance in a few.
-MIND_COMPONENTS = 4
-
-
-def _principal_components(fixed: _Level, moving: _Level):
-    """Both levels' descriptors projected onto the `count` leading principal axes of their
-    channels (one basis for both, so that the squared differences keep their meaning)."""
-    xp = ops.array_namespace(fixed.features)
-    channels, count = fixed.features.shape[0], MIND_COMPONENTS
-    samples = [level.features.reshape(channels, -1)[:, ::4] for level in (fixed, moving)]
-    covariance = sum(ops.to_host(s.astype(np.float64) @ s.T.astype(np.float64)) for s in samples)
-    _, vectors = np.linalg.eigh(covariance)
-    basis = xp.asarray(vectors[:, ::-1][:, :count].T.astype(np.float32))  # (count, channels)
-    for level in (fixed, moving):
-        projected = basis @ level.features.reshape(channels, -1)
-        level.features = xp.ascontiguousarray(projected.reshape(count, *level.features.shape[1:]))
 
 
 def similarity_and_gradient(fixed: _Level, moving: _Level, world: np.ndarray, metric: str = "ncc"):
@@ -377,8 +360,6 @@ def register_affine(fixed, fixed_affine, moving, moving_affine, *, options: Affi
     moving_levels = _pyramid(moving, moving_affine, options.resolutions, with_mask=False, metric=metric,
                              excluded=moving_exclude)
     for spacing in options.resolutions:
-        if metric == "mind":
-            _principal_components(fixed_levels[spacing], moving_levels[spacing])
         if not float(fixed_levels[spacing].mask.sum()) > 0:
             raise ValueError(f"fixed_exclude leaves no voxel of the fixed foreground to compare at {spacing:g} mm")
         left = moving_levels[spacing].excluded

@@ -232,7 +232,7 @@ def _half_steps(options: RefineOptions, factor: int) -> int:
 # The MIND similarity is minus this weight times the mean (over voxels and channels) squared
 # descriptor difference: its balance against the levels' regulariser weights, which were made
 # for local NCC (the choice: docs/contrasts.md).
-MIND_WEIGHT = 0.1
+MIND_WEIGHT = 1.0
 
 
 @dataclass
