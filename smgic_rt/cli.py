@@ -25,7 +25,7 @@ import logging
 import sys
 import threading
 
-from .process import keep_freed_memory
+from .process import registration_process
 
 logger = logging.getLogger("smgic_rt")
 
@@ -207,7 +207,7 @@ def _execute(program: str, run, args) -> int:
 
 def register_main(argv=None) -> int:
     """Console script ``smgic-register``."""
-    keep_freed_memory()
+    registration_process()
     parser = argparse.ArgumentParser(prog="smgic-register", description="Deformable registration of MOVING onto FIXED.")
     _add_register_arguments(parser)
     return _execute("smgic-register", _run_register, parser.parse_args(argv))
@@ -215,7 +215,7 @@ def register_main(argv=None) -> int:
 
 def apply_main(argv=None) -> int:
     """Console script ``smgic-apply``."""
-    keep_freed_memory()
+    registration_process()
     parser = argparse.ArgumentParser(prog="smgic-apply", description="Resample INPUT onto REFERENCE through TRANSFORM.")
     _add_apply_arguments(parser)
     return _execute("smgic-apply", _run_apply, parser.parse_args(argv))
@@ -223,7 +223,7 @@ def apply_main(argv=None) -> int:
 
 def main(argv=None) -> int:
     """``python -m smgic_rt.cli register|apply ...``."""
-    keep_freed_memory()
+    registration_process()
     parser = argparse.ArgumentParser(prog="python -m smgic_rt.cli", description="smgic_rt command-line tools")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_register_arguments(commands.add_parser("register", help="register two images (smgic-register)"))

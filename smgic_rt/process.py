@@ -1,8 +1,14 @@
 """Settings for a process that runs registrations and nothing else (our CLIs, batch workers).
 
-`keep_freed_memory` is called first thing by ``smgic-register`` and by every smgic-batch
-worker, never on ``import smgic_rt``: it changes how the whole process allocates memory, which is
-ours to decide only in our own processes.
+`registration_process` (`keep_freed_memory` and `passive_openmp_waits`) is called first thing by
+our console scripts and by every smgic-batch worker, never on ``import smgic_rt``: it changes how
+the whole process allocates memory and waits, which is ours to decide only in our own processes.
+
+Why passive waits: an OpenMP thread that reaches the end of a parallel loop first spins (libgomp:
+300,000 turns) before it sleeps. The registration runs thousands of short loops; on a machine
+whose other cores are busy (a pipeline running jobs side by side) its threads are descheduled in
+turn, and each spin takes CPU from the thread it waits for. Sleeping at once costs a wake-up per
+loop instead (docs/speed.md has the timings).
 
 Why: one 1 mm registration allocates and frees arrays of 30-90 MB dozens of times. glibc hands
 each of them back to the kernel (arrays that large are always mmap'd) and numpy asks the kernel
@@ -20,7 +26,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "passive_openmp_waits", "registration_process"]
 
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -51,3 +57,19 @@ def keep_freed_memory() -> dict:
         applied["malloc_mmap_max"] = bool(mallopt(_M_MMAP_MAX, 0))
         applied["malloc_trim_threshold"] = bool(mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
     return applied
+
+
+def passive_openmp_waits() -> dict:
+    """``OMP_WAIT_POLICY=PASSIVE`` for this process: OpenMP threads sleep as soon as they wait.
+    Only where the user has not chosen a policy or a spin count and before the OpenMP runtime
+    reads them (when `smgic_rt._C` loads). Returns what was applied, for the log."""
+    chosen = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+    if chosen or "smgic_rt._C" in sys.modules:
+        return {}
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return {"openmp_wait_policy": "PASSIVE"}
+
+
+def registration_process() -> dict:
+    """Every setting of this module, as our console scripts and batch workers apply them first."""
+    return {**keep_freed_memory(), **passive_openmp_waits()}

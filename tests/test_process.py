@@ -1,4 +1,5 @@
-"""smgic_rt.process.keep_freed_memory: in a fresh interpreter, as our CLIs call it first thing."""
+"""smgic_rt.process (keep_freed_memory, passive_openmp_waits): in a fresh interpreter, as our CLIs
+call them first thing."""
 
 from __future__ import annotations
 
@@ -49,3 +50,31 @@ def test_a_users_own_allocator_settings_are_left_alone():
     chosen = _probe("keep", MALLOC_ARENA_MAX="2", NUMPY_MADVISE_HUGEPAGE="1")
     assert chosen["applied"] == {} and chosen["hugepage_env"] == "1"
     assert chosen["kept_mib"] < 8
+
+
+WAITS = r"""
+import sys
+from smgic_rt.process import registration_process
+print(registration_process().get("openmp_wait_policy"))
+import smgic_rt._C  # libgomp reads its settings here and, with OMP_DISPLAY_ENV, prints them
+"""
+
+
+def _spin_count(**env):
+    """GOMP_SPINCOUNT as the OpenMP runtime of `smgic_rt._C` reports it, and what was applied."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    environment.update(OMP_DISPLAY_ENV="verbose", **env)
+    out = subprocess.run([sys.executable, "-c", WAITS], capture_output=True, text=True, check=True, env=environment)
+    spin = [line.split("=")[1].strip(" '") for line in out.stderr.splitlines() if line.strip().startswith("GOMP_SPINCOUNT")]
+    return out.stdout.strip(), (spin[0] if spin else None)
+
+
+def test_openmp_threads_sleep_at_once_unless_the_user_chose_a_policy():
+    applied, spin = _spin_count()
+    if spin is None:
+        pytest.skip("the OpenMP runtime of smgic_rt._C does not report GOMP_SPINCOUNT (not libgomp)")
+    assert (applied, spin) == ("PASSIVE", "0")
+    applied, spin = _spin_count(OMP_WAIT_POLICY="ACTIVE")
+    assert applied == "None" and int(spin) > 0
+    applied, spin = _spin_count(GOMP_SPINCOUNT="1000")
+    assert (applied, spin) == ("None", "1000")

@@ -46,9 +46,9 @@ def init_pool_worker(bundle: str, registrar_options: dict, threads: int, parent_
     # Before numpy / _C / onnxruntime load, so their thread pools take these sizes.
     for variable in _THREAD_VARIABLES:
         os.environ[variable] = str(threads)
-    from ..process import keep_freed_memory
+    from ..process import registration_process
 
-    keep_freed_memory()  # a worker process registers and nothing else
+    registration_process()  # a worker process registers and nothing else
     from .work import make_registrar
 
     try:
