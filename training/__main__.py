@@ -38,13 +38,14 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "smgic_rt" / "models" / 
 # cpu-coarse: levels 1-3 of the shipped architecture, from its weights, on what they see at run
 # time: pairs after our affine stage (a small residual misplacement), across different brains and
 # heads, a third rendered from label maps; the fast refinement's 8 and 4 mm levels as the teacher
-# (`training.teacher.coarse_options`) on a pool of pairs whose targets are computed once.
+# (`training.teacher.coarse_options`), weighted to dominate the paper's losses, on a pool of pairs
+# whose targets are computed once.
 RECIPES = {
     "cpu-coarse": {
         "grid": (80, 96, 80), "spacing": 2.0, "channels": 16, "stages": 3,
         "iterations": (200, 600, 1_000_000, 0), "lr": 1e-4, "validate_every": 100, "checkpoint_every": 50,
         "validation_pairs": 4, "max_rotation": 3.0, "max_translation": 3.0, "max_scale": 0.04, "max_shear": 0.02,
-        "teacher": "coarse", "teacher_weight": 1.0, "pair_pool": 1000, "synthetic_fraction": 0.3,
+        "teacher": "coarse", "teacher_weight": 10.0, "pair_pool": 1000, "synthetic_fraction": 0.3,
         "spm_heads": True, "init": DEFAULT_WEIGHTS,
     },
     "gpu-10min": {
