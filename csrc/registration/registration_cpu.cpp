@@ -110,11 +110,13 @@ void ncc_exact_derivatives(const float* f, const float* m, const float* means, f
 }
 
 namespace {
-// The `count` sums of terms_at(x, y, z, terms) (false: nothing to add) over the fixed grid fg, in
-// a fixed order (registration_math.h, kAffineSumSlabs): the result does not depend on the thread
-// count or on which thread ran which slab.
-template <int count, typename Terms>
-void fixed_order_sums(const Grid3& fg, const Terms& terms_at, double* sums) {
+// The Terms::count sums of terms_at (registration_math.h: AffineNccTerms, AffineSsdTerms; false:
+// nothing to add) over its fixed grid, in a fixed order (kAffineSumSlabs): the result does not
+// depend on the thread count or on which thread ran which slab.
+template <typename Terms>
+void fixed_order_sums(const Terms& terms_at, double* sums) {
+  constexpr int count = Terms::count;
+  const Grid3& fg = terms_at.fg;
   const int64_t rows = fg.nx * fg.ny;
   const int64_t slabs = rows < kAffineSumSlabs ? (rows > 0 ? rows : 1) : kAffineSumSlabs;
   std::vector<double> partial(static_cast<size_t>(slabs) * count, 0.0);
@@ -142,22 +144,12 @@ void fixed_order_sums(const Grid3& fg, const Terms& terms_at, double* sums) {
 
 void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
                      const float* matrix, double* sums) {
-  fixed_order_sums<kAffineSums>(
-      fg,
-      [&](int64_t x, int64_t y, int64_t z, double* terms) {
-        return affine_ncc_terms(fixed, mask, fg, moving, mg, matrix, x, y, z, terms);
-      },
-      sums);
+  fixed_order_sums(AffineNccTerms{{fixed, mask, fg, moving, mg, 1, affine_matrix(matrix)}}, sums);
 }
 
 void affine_ssd_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
                      int64_t channels, const float* matrix, double* sums) {
-  fixed_order_sums<kAffineSsdSums>(
-      fg,
-      [&](int64_t x, int64_t y, int64_t z, double* terms) {
-        return affine_ssd_terms(fixed, mask, fg, moving, mg, channels, matrix, x, y, z, terms);
-      },
-      sums);
+  fixed_order_sums(AffineSsdTerms{{fixed, mask, fg, moving, mg, channels, affine_matrix(matrix)}}, sums);
 }
 
 }  // namespace cpu

@@ -79,15 +79,21 @@ __global__ void ncc_exact_kernel(const float* f, const float* m, const float* su
   if (d_f) d_f[v] = df;
 }
 
-struct Matrix12 {
-  float m[12];
-};
-
 // Each block reduces its threads' `count` terms in shared memory (a fixed tree) and writes its
 // totals to its own workspace row: no atomics, so the result is the same from run to run.
-template <int count>
-__device__ void block_totals(const double* terms, bool valid, double* workspace) {
+template <typename Terms>
+__global__ void affine_block_sums_kernel(Terms terms_at, double* workspace) {
+  constexpr int count = Terms::count;
   __shared__ double partial[kThreads];
+  const Grid3 fg = terms_at.fg;
+  const int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  double terms[count];
+  bool valid = false;
+  if (v < fg.voxels()) {
+    int64_t x, y, z;
+    unflatten(v, fg, x, y, z);
+    valid = terms_at(x, y, z, terms);
+  }
   for (int k = 0; k < count; ++k) {
     partial[threadIdx.x] = valid ? terms[k] : 0.0;
     __syncthreads();
@@ -100,32 +106,6 @@ __device__ void block_totals(const double* terms, bool valid, double* workspace)
   }
 }
 
-__global__ void affine_block_sums_kernel(const float* fixed, const float* mask, Grid3 fg, const float* moving,
-                                         Grid3 mg, Matrix12 matrix, double* workspace) {
-  const int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  double terms[kAffineSums];
-  bool valid = false;
-  if (v < fg.voxels()) {
-    int64_t x, y, z;
-    unflatten(v, fg, x, y, z);
-    valid = affine_ncc_terms(fixed, mask, fg, moving, mg, matrix.m, x, y, z, terms);
-  }
-  block_totals<kAffineSums>(terms, valid, workspace);
-}
-
-__global__ void affine_ssd_block_sums_kernel(const float* fixed, const float* mask, Grid3 fg, const float* moving,
-                                             Grid3 mg, int64_t channels, Matrix12 matrix, double* workspace) {
-  const int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  double terms[kAffineSsdSums];
-  bool valid = false;
-  if (v < fg.voxels()) {
-    int64_t x, y, z;
-    unflatten(v, fg, x, y, z);
-    valid = affine_ssd_terms(fixed, mask, fg, moving, mg, channels, matrix.m, x, y, z, terms);
-  }
-  block_totals<kAffineSsdSums>(terms, valid, workspace);
-}
-
 // One thread per sum: the block rows of `count` sums added in block order.
 __global__ void affine_total_kernel(const double* workspace, int64_t blocks, int count, double* sums) {
   const int k = threadIdx.x;
@@ -135,26 +115,20 @@ __global__ void affine_total_kernel(const double* workspace, int64_t blocks, int
   sums[k] = total;
 }
 
-Matrix12 matrix12(const float* matrix) {
-  Matrix12 m;
-  for (int k = 0; k < 12; ++k) m.m[k] = matrix[k];
-  return m;
-}
-
-// The block-order reduction of `count` sums over the fixed grid fg: `launch_blocks(blocks)`
-// enqueues the per-block kernel into `workspace`, then one pass adds the rows into `sums`.
-template <typename LaunchBlocks>
-void block_order_sums(const Grid3& fg, int count, double* workspace, double* sums, const Launch& where,
-                      const std::string& name, const LaunchBlocks& launch_blocks) {
+// The block-order reduction of the Terms::count sums of `terms_at` over its fixed grid: the
+// per-block kernel into `workspace`, then one pass that adds the rows into `sums`.
+template <typename Terms>
+void block_order_sums(const Terms& terms_at, double* workspace, double* sums, const Launch& where,
+                      const std::string& name) {
   DeviceGuard guard(where.device);
-  const int64_t blocks = affine_sum_blocks(fg.voxels());
+  const int64_t blocks = affine_sum_blocks(terms_at.fg.voxels());
   if (blocks == 0) {
-    check(cudaMemsetAsync(sums, 0, sizeof(double) * count, stream_of(where)), (name + " (clear)").c_str());
+    check(cudaMemsetAsync(sums, 0, sizeof(double) * Terms::count, stream_of(where)), (name + " (clear)").c_str());
     return;
   }
-  launch_blocks(static_cast<unsigned>(blocks));
+  affine_block_sums_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream_of(where)>>>(terms_at, workspace);
   check_launch((name + " (blocks)").c_str());
-  affine_total_kernel<<<1, 64, 0, stream_of(where)>>>(workspace, blocks, count, sums);
+  affine_total_kernel<<<1, 64, 0, stream_of(where)>>>(workspace, blocks, Terms::count, sums);
   check_launch((name + " (total)").c_str());
 }
 }  // namespace
@@ -209,19 +183,14 @@ void ncc_exact_derivatives(const float* f, const float* m, const float* means, f
 
 void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
                      const float* matrix, double* workspace, double* sums, const Launch& where) {
-  const Matrix12 m = matrix12(matrix);
-  block_order_sums(fg, kAffineSums, workspace, sums, where, "affine_ncc_sums", [&](unsigned blocks) {
-    affine_block_sums_kernel<<<blocks, kThreads, 0, stream_of(where)>>>(fixed, mask, fg, moving, mg, m, workspace);
-  });
+  block_order_sums(AffineNccTerms{{fixed, mask, fg, moving, mg, 1, affine_matrix(matrix)}}, workspace, sums, where,
+                   "affine_ncc_sums");
 }
 
 void affine_ssd_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
                      int64_t channels, const float* matrix, double* workspace, double* sums, const Launch& where) {
-  const Matrix12 m = matrix12(matrix);
-  block_order_sums(fg, kAffineSsdSums, workspace, sums, where, "affine_ssd_sums", [&](unsigned blocks) {
-    affine_ssd_block_sums_kernel<<<blocks, kThreads, 0, stream_of(where)>>>(fixed, mask, fg, moving, mg, channels, m,
-                                                                             workspace);
-  });
+  block_order_sums(AffineSsdTerms{{fixed, mask, fg, moving, mg, channels, affine_matrix(matrix)}}, workspace, sums,
+                   where, "affine_ssd_sums");
 }
 
 namespace {

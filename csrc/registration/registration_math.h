@@ -244,4 +244,42 @@ SMGIC_UNROLL
   return true;
 }
 
+// The per-voxel terms of each affine sum as one plain struct (pointers, grids, the 3x4 matrix by
+// value) called at a fixed voxel: the CPU slab loop and the CUDA block kernel take either.
+struct AffineMatrix {
+  float m[12];
+};
+
+SMGIC_HOST_DEVICE AffineMatrix affine_matrix(const float* values) {
+  AffineMatrix out;
+  for (int k = 0; k < 12; ++k) out.m[k] = values[k];
+  return out;
+}
+
+// The inputs of either: fixed (`channels` volumes of fg), its mask (null: weight 1), moving
+// (`channels` volumes of mg), the map M (fixed voxel -> moving voxel). NCC reads one channel.
+struct AffineInputs {
+  const float* fixed;
+  const float* mask;
+  Grid3 fg;
+  const float* moving;
+  Grid3 mg;
+  int64_t channels;
+  AffineMatrix matrix;
+};
+
+struct AffineNccTerms : AffineInputs {
+  static constexpr int count = kAffineSums;
+  SMGIC_HOST_DEVICE bool operator()(int64_t x, int64_t y, int64_t z, double* terms) const {
+    return affine_ncc_terms(fixed, mask, fg, moving, mg, matrix.m, x, y, z, terms);
+  }
+};
+
+struct AffineSsdTerms : AffineInputs {
+  static constexpr int count = kAffineSsdSums;
+  SMGIC_HOST_DEVICE bool operator()(int64_t x, int64_t y, int64_t z, double* terms) const {
+    return affine_ssd_terms(fixed, mask, fg, moving, mg, channels, matrix.m, x, y, z, terms);
+  }
+};
+
 }  // namespace smgic
