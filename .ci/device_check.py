@@ -367,6 +367,8 @@ def _kernel_inputs(shape):
         "half_fixed": smooth(1, 0.5, grid=half, offset=0.5)[0],
         "half_moving": smooth(1, 0.5, grid=half, offset=0.5)[0],
         "half_mask": (smooth(1, 1.0, grid=half) > -0.3).astype(np.float32)[0],
+        "half_fixed_channels": smooth(4, 0.5, grid=half, offset=0.5),
+        "half_moving_channels": smooth(4, 0.5, grid=half, offset=0.5),
     }
 
 
@@ -399,6 +401,8 @@ def _kernel_cases(shape):
         "image_gradient": (lambda a: ops.image_gradient(a["volume"]), 1e-5),
         "affine_ncc_sums (half grid)": (lambda a: ops.affine_ncc_sums(a["half_fixed"], a["half_mask"],
                                                                       a["half_moving"], affine_half), "relative"),
+        "affine_ssd_sums (half grid, 4ch)": (lambda a: ops.affine_ssd_sums(
+            a["half_fixed_channels"], a["half_mask"], a["half_moving_channels"], affine_half), "relative"),
     }
 
 

@@ -13,6 +13,7 @@ import pytest
 from smgic_rt import Registrar
 from smgic_rt.geometry import ops
 from smgic_rt.geometry.filters import box_mean, smooth
+from smgic_rt.methods import similarity
 
 from test_registrar_support import package_file, rotation_degrees
 
@@ -66,6 +67,17 @@ def test_affine_ncc_sums_are_thread_count_independent_and_right(brain):
     expected = [weight.sum(), (weight * brain.reshape(-1)).sum(), (weight * sampled).sum()]
     # (float32 sample points in the kernel: a voxel at the moving grid's edge may fall either side)
     np.testing.assert_allclose(results[0][:3], expected, rtol=1e-3)
+
+
+def test_affine_ssd_sums_are_thread_count_independent(brain):
+    """The MIND affine stage's multi-channel sums: the same fixed-order reduction."""
+    fixed = similarity.mind_descriptors(brain)
+    moving = similarity.mind_descriptors(smooth(brain[None], 1.0)[0])
+    mask = (brain > 0.05).astype(np.float32)
+    matrix = _voxel_matrix(brain.shape)
+    results = _per_thread_count(lambda: ops.affine_ssd_sums(fixed, mask, moving, matrix))
+    _assert_bit_identical(results, "affine_ssd_sums")
+    assert 0 < results[0][0] < mask.sum()  # a rotated map: voxels inside and outside the moving grid
 
 
 def test_voxel_kernels_are_thread_count_independent(brain):

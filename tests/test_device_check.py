@@ -33,7 +33,7 @@ def test_device_check_cpu_writes_a_complete_report(tmp_path):
     names = {row["kernel"] for row in kernels["kernels"]}
     for expected in ("warp linear 1ch", "warp label", "integrate_velocity (7 steps)", "compose", "upsample_field",
                      "downsample_haar", "affine_field", "jacobian_determinant", "filter_axis gaussian", "lncc",
-                     "image_gradient", "affine_ncc_sums (half grid)"):
+                     "image_gradient", "affine_ncc_sums (half grid)", "affine_ssd_sums (half grid, 4ch)"):
         assert expected in names
     for row in kernels["kernels"]:
         assert row["status"] == "ok", row

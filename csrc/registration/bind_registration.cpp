@@ -114,23 +114,44 @@ py::tuple ncc_exact_cpu(const py::array& f, const py::array& m, const py::array&
   return py::make_tuple(d_f, d_m);
 }
 
+// The checks both affine sums share: the 3x4 matrix, a moving grid of at least 2 voxels per
+// axis, and the mask (None, or a float32 volume of the fixed grid): its pointer or null.
+const float* checked_affine_inputs(const Grid3& fg, const Grid3& mg, py::object mask,
+                                   const std::vector<float>& matrix, py::array_t<float>& mask_array) {
+  if (matrix.size() != 12) throw py::value_error("matrix must have 12 values (3x4 row-major)");
+  if (mg.nx < 2 || mg.ny < 2 || mg.nz < 2) throw py::value_error("moving must have at least 2 voxels per axis");
+  if (mask.is_none()) return nullptr;
+  mask_array = checked(mask.cast<py::array>(), "mask", 3);
+  if (grid_last3(mask_array).voxels() != fg.voxels()) throw py::value_error("mask must have the fixed grid's shape");
+  return mask_array.data();
+}
+
 std::vector<double> affine_sums_cpu(const py::array& fixed, py::object mask, const py::array& moving,
                                     const std::vector<float>& matrix) {
   auto f = checked(fixed, "fixed", 3), mv = checked(moving, "moving", 3);
-  if (matrix.size() != 12) throw py::value_error("matrix must have 12 values (3x4 row-major)");
   const Grid3 fg = grid_last3(f), mg = grid_last3(mv);
-  if (mg.nx < 2 || mg.ny < 2 || mg.nz < 2) throw py::value_error("moving must have at least 2 voxels per axis");
-  const float* mask_ptr = nullptr;
   py::array_t<float> mask_array;
-  if (!mask.is_none()) {
-    mask_array = checked(mask.cast<py::array>(), "mask", 3);
-    if (grid_last3(mask_array).voxels() != fg.voxels()) throw py::value_error("mask must have the fixed grid's shape");
-    mask_ptr = mask_array.data();
-  }
+  const float* mask_ptr = checked_affine_inputs(fg, mg, mask, matrix, mask_array);
   std::vector<double> sums(kAffineSums);
   {
     py::gil_scoped_release release;
     cpu::affine_ncc_sums(f.data(), mask_ptr, fg, mv.data(), mg, matrix.data(), sums.data());
+  }
+  return sums;
+}
+
+// affine_ssd_sums(fixed (C, X, Y, Z), mask (X, Y, Z) or None, moving (C, Xm, Ym, Zm), matrix)
+std::vector<double> affine_ssd_sums_cpu(const py::array& fixed, py::object mask, const py::array& moving,
+                                        const std::vector<float>& matrix) {
+  auto f = checked(fixed, "fixed", 4), mv = checked(moving, "moving", 4);
+  if (f.shape(0) != mv.shape(0)) throw py::value_error("fixed and moving must have the same number of channels");
+  const Grid3 fg = grid_last3(f), mg = grid_last3(mv);
+  py::array_t<float> mask_array;
+  const float* mask_ptr = checked_affine_inputs(fg, mg, mask, matrix, mask_array);
+  std::vector<double> sums(kAffineSsdSums);
+  {
+    py::gil_scoped_release release;
+    cpu::affine_ssd_sums(f.data(), mask_ptr, fg, mv.data(), mg, f.shape(0), matrix.data(), sums.data());
   }
   return sums;
 }
@@ -191,29 +212,58 @@ std::vector<float> matrix12(const std::vector<float>& matrix) {
   return matrix;
 }
 
-// With `workspace` and `sums` (device buffers the caller keeps across evaluations: kAffineSums
-// and affine_ncc_workspace_size doubles) it only enqueues and returns None; without them (0) it
-// returns the sums as a list, through buffers cached per (device, stream), waiting for that
-// stream only.
+// With `workspace` and `sums` (device buffers the caller keeps across evaluations: `count` sums
+// and affine_*_workspace_size doubles) `enqueue(workspace, sums, at)` only enqueues and None is
+// returned; without them (0) `to_host(host, at)` returns the sums as a list, through buffers
+// cached per (device, stream), waiting for that stream only.
+template <typename Enqueue, typename ToHost>
+py::object device_sums(uintptr_t fixed, uintptr_t workspace, uintptr_t sums, int count, int device, uintptr_t stream,
+                       const Enqueue& enqueue, const ToHost& to_host) {
+  if ((workspace == 0) != (sums == 0)) throw py::value_error("pass both workspace and sums, or neither");
+  const Launch at = where(workspace ? sums : fixed, device, stream);
+  if (sums) {
+    enqueue(reinterpret_cast<double*>(workspace), reinterpret_cast<double*>(sums), at);
+    return py::none();
+  }
+  std::vector<double> host(count);
+  {
+    py::gil_scoped_release release;
+    to_host(host.data(), at);
+  }
+  return py::cast(host);
+}
+
 py::object affine_sums_cuda(uintptr_t fixed, uintptr_t mask, const Shape3& fixed_shape, uintptr_t moving,
                             const Shape3& moving_shape, const std::vector<float>& matrix, uintptr_t workspace,
                             uintptr_t sums, int device, uintptr_t stream) {
   const auto m = matrix12(matrix);
-  if ((workspace == 0) != (sums == 0)) throw py::value_error("pass both workspace and sums, or neither");
-  const Launch at = where(workspace ? sums : fixed, device, stream);
-  if (sums) {
-    cuda::affine_ncc_sums(dptr(fixed), mask ? dptr(mask) : nullptr, grid3(fixed_shape), dptr(moving),
-                          grid3(moving_shape), m.data(), reinterpret_cast<double*>(workspace),
-                          reinterpret_cast<double*>(sums), at);
-    return py::none();
-  }
-  std::vector<double> host(kAffineSums);
-  {
-    py::gil_scoped_release release;
-    cuda::affine_ncc_sums_to_host(dptr(fixed), mask ? dptr(mask) : nullptr, grid3(fixed_shape), dptr(moving),
-                                  grid3(moving_shape), m.data(), host.data(), at);
-  }
-  return py::cast(host);
+  const float* mask_ptr = mask ? dptr(mask) : nullptr;
+  const Grid3 fg = grid3(fixed_shape), mg = grid3(moving_shape);
+  return device_sums(
+      fixed, workspace, sums, kAffineSums, device, stream,
+      [&](double* w, double* s, const Launch& at) {
+        cuda::affine_ncc_sums(dptr(fixed), mask_ptr, fg, dptr(moving), mg, m.data(), w, s, at);
+      },
+      [&](double* host, const Launch& at) {
+        cuda::affine_ncc_sums_to_host(dptr(fixed), mask_ptr, fg, dptr(moving), mg, m.data(), host, at);
+      });
+}
+
+py::object affine_ssd_sums_cuda(uintptr_t fixed, uintptr_t mask, const Shape3& fixed_shape, int64_t channels,
+                                uintptr_t moving, const Shape3& moving_shape, const std::vector<float>& matrix,
+                                uintptr_t workspace, uintptr_t sums, int device, uintptr_t stream) {
+  const auto m = matrix12(matrix);
+  if (channels < 1) throw py::value_error("channels must be at least 1, got " + std::to_string(channels));
+  const float* mask_ptr = mask ? dptr(mask) : nullptr;
+  const Grid3 fg = grid3(fixed_shape), mg = grid3(moving_shape);
+  return device_sums(
+      fixed, workspace, sums, kAffineSsdSums, device, stream,
+      [&](double* w, double* s, const Launch& at) {
+        cuda::affine_ssd_sums(dptr(fixed), mask_ptr, fg, dptr(moving), mg, channels, m.data(), w, s, at);
+      },
+      [&](double* host, const Launch& at) {
+        cuda::affine_ssd_sums_to_host(dptr(fixed), mask_ptr, fg, dptr(moving), mg, channels, m.data(), host, at);
+      });
 }
 #endif
 
@@ -233,6 +283,11 @@ void bind_registration(pybind11::module_& m) {
   m.def("affine_ncc_sums", &affine_sums_cpu, "sums for the masked NCC of fixed and moving through a 3x4 voxel map");
   m.def("affine_ncc_workspace_size", [](int64_t voxels) { return affine_sum_blocks(voxels) * kAffineSums; },
         "doubles of device workspace that affine_ncc_sums_cuda needs for a fixed grid of `voxels`");
+  m.attr("AFFINE_SSD_SUMS") = kAffineSsdSums;
+  m.def("affine_ssd_sums", &affine_ssd_sums_cpu,
+        "sums for the masked SSD over the channels of fixed (C, X, Y, Z) and moving (C, ...) through a 3x4 voxel map");
+  m.def("affine_ssd_workspace_size", [](int64_t voxels) { return affine_sum_blocks(voxels) * kAffineSsdSums; },
+        "doubles of device workspace that affine_ssd_sums_cuda needs for a fixed grid of `voxels`");
 #ifdef SMGIC_WITH_CUDA
   const auto dev = py::arg("device") = -1;
   const auto str = py::arg("stream") = uintptr_t{0};
@@ -250,5 +305,10 @@ void bind_registration(pybind11::module_& m) {
         "returned as a list", py::arg("fixed"), py::arg("mask"), py::arg("fixed_shape"), py::arg("moving"),
         py::arg("moving_shape"), py::arg("matrix"), py::arg("workspace") = uintptr_t{0},
         py::arg("sums") = uintptr_t{0}, dev, str);
+  m.def("affine_ssd_sums_cuda", &affine_ssd_sums_cuda,
+        "affine SSD sums on the GPU (fixed, moving: `channels` volumes each): into device float64 `sums` "
+        "asynchronously, or (workspace = sums = 0) returned as a list", py::arg("fixed"), py::arg("mask"),
+        py::arg("fixed_shape"), py::arg("channels"), py::arg("moving"), py::arg("moving_shape"), py::arg("matrix"),
+        py::arg("workspace") = uintptr_t{0}, py::arg("sums") = uintptr_t{0}, dev, str);
 #endif
 }

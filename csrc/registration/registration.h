@@ -32,6 +32,10 @@ void ncc_exact_derivatives(const float* f, const float* m, const float* means, f
 // The kAffineSums sums of affine_ncc_terms over the fixed grid, in a fixed order (kAffineSumSlabs).
 void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
                      const float* matrix, double* sums);
+// The kAffineSsdSums sums of affine_ssd_terms over the fixed grid (fixed: `channels` volumes of
+// fg, moving: `channels` volumes of mg), in the same fixed order.
+void affine_ssd_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
+                     int64_t channels, const float* matrix, double* sums);
 }  // namespace cpu
 
 #ifdef SMGIC_WITH_CUDA
@@ -55,6 +59,13 @@ void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, con
 // the host waits for `where.stream` only (the values are needed on the host).
 void affine_ncc_sums_to_host(const float* fixed, const float* mask, const Grid3& fg, const float* moving,
                              const Grid3& mg, const float* matrix, double* host_sums, const Launch& where);
+// The multi-channel SSD sums (kAffineSsdSums, affine_ssd_terms) alike: `workspace` holds
+// affine_sum_blocks(fg.voxels()) * kAffineSsdSums doubles.
+void affine_ssd_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
+                     int64_t channels, const float* matrix, double* workspace, double* sums, const Launch& where);
+void affine_ssd_sums_to_host(const float* fixed, const float* mask, const Grid3& fg, const float* moving,
+                             const Grid3& mg, int64_t channels, const float* matrix, double* host_sums,
+                             const Launch& where);
 }  // namespace cuda
 #endif
 }  // namespace smgic

@@ -109,32 +109,47 @@ void ncc_exact_derivatives(const float* f, const float* m, const float* means, f
   }
 }
 
-void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
-                     const float* matrix, double* sums) {
-  // Fixed-order reduction (registration_math.h, kAffineSumSlabs): the result does not depend on
-  // the thread count or on which thread ran which slab.
+namespace {
+// The Terms::count sums of terms_at (registration_math.h: AffineNccTerms, AffineSsdTerms; false:
+// nothing to add) over its fixed grid, in a fixed order (kAffineSumSlabs): the result does not
+// depend on the thread count or on which thread ran which slab.
+template <typename Terms>
+void fixed_order_sums(const Terms& terms_at, double* sums) {
+  constexpr int count = Terms::count;
+  const Grid3& fg = terms_at.fg;
   const int64_t rows = fg.nx * fg.ny;
   const int64_t slabs = rows < kAffineSumSlabs ? (rows > 0 ? rows : 1) : kAffineSumSlabs;
-  std::vector<double> partial(static_cast<size_t>(slabs) * kAffineSums, 0.0);
+  std::vector<double> partial(static_cast<size_t>(slabs) * count, 0.0);
 #pragma omp parallel for schedule(static)
   for (int64_t slab = 0; slab < slabs; ++slab) {
-    double local[kAffineSums] = {0.0};
-    double terms[kAffineSums];
+    double local[count] = {0.0};
+    double terms[count];
     const int64_t end = slab_begin(rows, slabs, slab + 1);
     for (int64_t row = slab_begin(rows, slabs, slab); row < end; ++row) {
       const int64_t x = row / fg.ny, y = row % fg.ny;
       for (int64_t z = 0; z < fg.nz; ++z) {
-        if (affine_ncc_terms(fixed, mask, fg, moving, mg, matrix, x, y, z, terms)) {
-          for (int k = 0; k < kAffineSums; ++k) local[k] += terms[k];
+        if (terms_at(x, y, z, terms)) {
+          for (int k = 0; k < count; ++k) local[k] += terms[k];
         }
       }
     }
-    for (int k = 0; k < kAffineSums; ++k) partial[slab * kAffineSums + k] = local[k];
+    for (int k = 0; k < count; ++k) partial[slab * count + k] = local[k];
   }
-  for (int k = 0; k < kAffineSums; ++k) sums[k] = 0.0;
+  for (int k = 0; k < count; ++k) sums[k] = 0.0;
   for (int64_t slab = 0; slab < slabs; ++slab) {
-    for (int k = 0; k < kAffineSums; ++k) sums[k] += partial[slab * kAffineSums + k];
+    for (int k = 0; k < count; ++k) sums[k] += partial[slab * count + k];
   }
+}
+}  // namespace
+
+void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
+                     const float* matrix, double* sums) {
+  fixed_order_sums(AffineNccTerms{{fixed, mask, fg, moving, mg, 1, affine_matrix(matrix)}}, sums);
+}
+
+void affine_ssd_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
+                     int64_t channels, const float* matrix, double* sums) {
+  fixed_order_sums(AffineSsdTerms{{fixed, mask, fg, moving, mg, channels, affine_matrix(matrix)}}, sums);
 }
 
 }  // namespace cpu

@@ -79,44 +79,58 @@ __global__ void ncc_exact_kernel(const float* f, const float* m, const float* su
   if (d_f) d_f[v] = df;
 }
 
-struct Matrix12 {
-  float m[12];
-};
-
-// Each block reduces its threads' terms in shared memory (a fixed tree) and writes its totals to
-// its own workspace row: no atomics, so the result is the same from run to run.
-__global__ void affine_block_sums_kernel(const float* fixed, const float* mask, Grid3 fg, const float* moving,
-                                         Grid3 mg, Matrix12 matrix, double* workspace) {
+// Each block reduces its threads' `count` terms in shared memory (a fixed tree) and writes its
+// totals to its own workspace row: no atomics, so the result is the same from run to run.
+template <typename Terms>
+__global__ void affine_block_sums_kernel(Terms terms_at, double* workspace) {
+  constexpr int count = Terms::count;
   __shared__ double partial[kThreads];
+  const Grid3 fg = terms_at.fg;
   const int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  double terms[kAffineSums];
+  double terms[count];
   bool valid = false;
   if (v < fg.voxels()) {
     int64_t x, y, z;
     unflatten(v, fg, x, y, z);
-    valid = affine_ncc_terms(fixed, mask, fg, moving, mg, matrix.m, x, y, z, terms);
+    valid = terms_at(x, y, z, terms);
   }
-  for (int k = 0; k < kAffineSums; ++k) {
+  for (int k = 0; k < count; ++k) {
     partial[threadIdx.x] = valid ? terms[k] : 0.0;
     __syncthreads();
     for (int s = blockDim.x / 2; s > 0; s >>= 1) {
       if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
       __syncthreads();
     }
-    if (threadIdx.x == 0) workspace[blockIdx.x * static_cast<int64_t>(kAffineSums) + k] = partial[0];
+    if (threadIdx.x == 0) workspace[blockIdx.x * static_cast<int64_t>(count) + k] = partial[0];
     __syncthreads();
   }
 }
 
-// One thread per sum: the block rows added in block order.
-__global__ void affine_total_kernel(const double* workspace, int64_t blocks, double* sums) {
+// One thread per sum: the block rows of `count` sums added in block order.
+__global__ void affine_total_kernel(const double* workspace, int64_t blocks, int count, double* sums) {
   const int k = threadIdx.x;
-  if (k >= kAffineSums) return;
+  if (k >= count) return;
   double total = 0.0;
-  for (int64_t b = 0; b < blocks; ++b) total += workspace[b * kAffineSums + k];
+  for (int64_t b = 0; b < blocks; ++b) total += workspace[b * count + k];
   sums[k] = total;
 }
 
+// The block-order reduction of the Terms::count sums of `terms_at` over its fixed grid: the
+// per-block kernel into `workspace`, then one pass that adds the rows into `sums`.
+template <typename Terms>
+void block_order_sums(const Terms& terms_at, double* workspace, double* sums, const Launch& where,
+                      const std::string& name) {
+  DeviceGuard guard(where.device);
+  const int64_t blocks = affine_sum_blocks(terms_at.fg.voxels());
+  if (blocks == 0) {
+    check(cudaMemsetAsync(sums, 0, sizeof(double) * Terms::count, stream_of(where)), (name + " (clear)").c_str());
+    return;
+  }
+  affine_block_sums_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream_of(where)>>>(terms_at, workspace);
+  check_launch((name + " (blocks)").c_str());
+  affine_total_kernel<<<1, 64, 0, stream_of(where)>>>(workspace, blocks, Terms::count, sums);
+  check_launch((name + " (total)").c_str());
+}
 }  // namespace
 
 void filter_axis(const float* in, float* out, int64_t channels, const Grid3& g, int axis, const FilterTaps& taps,
@@ -169,19 +183,14 @@ void ncc_exact_derivatives(const float* f, const float* m, const float* means, f
 
 void affine_ncc_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
                      const float* matrix, double* workspace, double* sums, const Launch& where) {
-  DeviceGuard guard(where.device);
-  const int64_t blocks = affine_sum_blocks(fg.voxels());
-  if (blocks == 0) {
-    check(cudaMemsetAsync(sums, 0, sizeof(double) * kAffineSums, stream_of(where)), "affine_ncc_sums (clear)");
-    return;
-  }
-  Matrix12 m;
-  for (int k = 0; k < 12; ++k) m.m[k] = matrix[k];
-  affine_block_sums_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream_of(where)>>>(fixed, mask, fg, moving,
-                                                                                              mg, m, workspace);
-  check_launch("affine_ncc_sums (blocks)");
-  affine_total_kernel<<<1, 64, 0, stream_of(where)>>>(workspace, blocks, sums);
-  check_launch("affine_ncc_sums (total)");
+  block_order_sums(AffineNccTerms{{fixed, mask, fg, moving, mg, 1, affine_matrix(matrix)}}, workspace, sums, where,
+                   "affine_ncc_sums");
+}
+
+void affine_ssd_sums(const float* fixed, const float* mask, const Grid3& fg, const float* moving, const Grid3& mg,
+                     int64_t channels, const float* matrix, double* workspace, double* sums, const Launch& where) {
+  block_order_sums(AffineSsdTerms{{fixed, mask, fg, moving, mg, channels, affine_matrix(matrix)}}, workspace, sums,
+                   where, "affine_ssd_sums");
 }
 
 namespace {
@@ -191,10 +200,11 @@ namespace {
 // overwrite each other's sums.
 struct AffineBuffers {
   std::mutex mutex;
-  double* device = nullptr;  // workspace, then kAffineSums sums
-  double* pinned = nullptr;
+  double* device = nullptr;  // workspace, then the sums
+  double* pinned = nullptr;  // kAffineSums doubles: room for either kind of sums
   int64_t capacity = 0;      // doubles of `device`
 };
+static_assert(kAffineSsdSums <= kAffineSums, "the pinned copy holds kAffineSums doubles");
 
 AffineBuffers& buffers_for(const Launch& where) {
   static std::mutex registry_mutex;
@@ -202,30 +212,50 @@ AffineBuffers& buffers_for(const Launch& where) {
   std::lock_guard<std::mutex> lock(registry_mutex);
   return registry[{where.device, where.stream}];  // std::map never moves its elements
 }
+
+// `count` sums over the fixed grid fg, enqueued by `enqueue(workspace, sums)` into this (device,
+// stream)'s cached buffers, copied to `host_sums`; the host waits for `where.stream` only.
+template <typename Enqueue>
+void sums_to_host(const Grid3& fg, int count, double* host_sums, const Launch& where, const std::string& name,
+                  const Enqueue& enqueue) {
+  DeviceGuard guard(where.device);
+  AffineBuffers& buffers = buffers_for(where);
+  std::lock_guard<std::mutex> lock(buffers.mutex);
+  const int64_t needed = affine_sum_blocks(fg.voxels()) * count + count;
+  if (buffers.capacity < needed) {
+    // The old buffer may still be read by work queued on this stream: wait before freeing it.
+    check(cudaStreamSynchronize(stream_of(where)), (name + " (grow workspace)").c_str());
+    if (buffers.device) cudaFree(buffers.device);
+    buffers.device = nullptr;
+    buffers.capacity = 0;
+    check(cudaMalloc(&buffers.device, sizeof(double) * needed), (name + " (workspace)").c_str());
+    buffers.capacity = needed;
+    if (!buffers.pinned) {
+      check(cudaMallocHost(&buffers.pinned, sizeof(double) * kAffineSums), (name + " (host)").c_str());
+    }
+  }
+  double* sums = buffers.device + (needed - count);
+  enqueue(buffers.device, sums);
+  check(cudaMemcpyAsync(buffers.pinned, sums, sizeof(double) * count, cudaMemcpyDeviceToHost, stream_of(where)),
+        (name + " (copy)").c_str());
+  check(cudaStreamSynchronize(stream_of(where)), name.c_str());
+  for (int k = 0; k < count; ++k) host_sums[k] = buffers.pinned[k];
+}
 }  // namespace
 
 void affine_ncc_sums_to_host(const float* fixed, const float* mask, const Grid3& fg, const float* moving,
                              const Grid3& mg, const float* matrix, double* host_sums, const Launch& where) {
-  DeviceGuard guard(where.device);
-  AffineBuffers& buffers = buffers_for(where);
-  std::lock_guard<std::mutex> lock(buffers.mutex);
-  const int64_t needed = affine_sum_blocks(fg.voxels()) * kAffineSums + kAffineSums;
-  if (buffers.capacity < needed) {
-    // The old buffer may still be read by work queued on this stream: wait before freeing it.
-    check(cudaStreamSynchronize(stream_of(where)), "affine_ncc_sums (grow workspace)");
-    if (buffers.device) cudaFree(buffers.device);
-    buffers.device = nullptr;
-    buffers.capacity = 0;
-    check(cudaMalloc(&buffers.device, sizeof(double) * needed), "affine_ncc_sums (workspace)");
-    buffers.capacity = needed;
-    if (!buffers.pinned) check(cudaMallocHost(&buffers.pinned, sizeof(double) * kAffineSums), "affine_ncc_sums (host)");
-  }
-  double* sums = buffers.device + (needed - kAffineSums);
-  affine_ncc_sums(fixed, mask, fg, moving, mg, matrix, buffers.device, sums, where);
-  check(cudaMemcpyAsync(buffers.pinned, sums, sizeof(double) * kAffineSums, cudaMemcpyDeviceToHost, stream_of(where)),
-        "affine_ncc_sums (copy)");
-  check(cudaStreamSynchronize(stream_of(where)), "affine_ncc_sums");
-  for (int k = 0; k < kAffineSums; ++k) host_sums[k] = buffers.pinned[k];
+  sums_to_host(fg, kAffineSums, host_sums, where, "affine_ncc_sums", [&](double* workspace, double* sums) {
+    affine_ncc_sums(fixed, mask, fg, moving, mg, matrix, workspace, sums, where);
+  });
+}
+
+void affine_ssd_sums_to_host(const float* fixed, const float* mask, const Grid3& fg, const float* moving,
+                             const Grid3& mg, int64_t channels, const float* matrix, double* host_sums,
+                             const Launch& where) {
+  sums_to_host(fg, kAffineSsdSums, host_sums, where, "affine_ssd_sums", [&](double* workspace, double* sums) {
+    affine_ssd_sums(fixed, mask, fg, moving, mg, channels, matrix, workspace, sums, where);
+  });
 }
 
 }  // namespace cuda

@@ -12,7 +12,7 @@ namespace smgic {
 // the 12 entries k of the 3x4 voxel matrix (row-major): sum dm_k, sum f dm_k, sum m dm_k.
 constexpr int kAffineSums = 6 + 3 * 12;
 
-// Fixed-order reduction of the affine sums, the same for any thread count (issue 15): the
+// Fixed-order reduction of the affine sums (NCC and SSD), the same for any thread count (issue 15): the
 // (x, y) rows of the fixed grid are cut into kAffineSumSlabs contiguous slabs, each slab is
 // summed sequentially in row order, and the slab totals are added in slab order. Threads only
 // decide who computes which slab. The first `rows % slabs` slabs get one row more: exactly how
@@ -29,7 +29,8 @@ SMGIC_HOST_DEVICE int64_t slab_begin(int64_t rows, int64_t slabs, int64_t slab) 
 
 // CUDA: one thread per fixed voxel in blocks of kAffineThreads; each block writes its totals to
 // a workspace row, and one pass sums the rows in block order (no atomics, so the GPU sums are
-// also the same from run to run). Workspace: affine_sum_blocks(voxels) * kAffineSums doubles.
+// also the same from run to run). Workspace: affine_sum_blocks(voxels) times the number of sums
+// (kAffineSums, kAffineSsdSums) doubles.
 constexpr int kAffineThreads = 256;
 SMGIC_HOST_DEVICE int64_t affine_sum_blocks(int64_t voxels) { return (voxels + kAffineThreads - 1) / kAffineThreads; }
 
@@ -120,10 +121,10 @@ SMGIC_HOST_DEVICE void ncc_exact_voxel(float f, float m, const float* s, int64_t
   d_f = m * s[0] - s[2 * stride] - f * s[5 * stride] + s[6 * stride];
 }
 
-// Trilinear value and gradient (per voxel index) of `image` at p; false when p is outside
-// [0, n-1] on some axis (the caller skips such points).
-SMGIC_HOST_DEVICE bool linear_value_gradient(const float* image, const Grid3& g, float px, float py, float pz,
-                                             float& value, float& gx, float& gy, float& gz) {
+// The trilinear cell of p in grid g (lower corner and fractions), false when p is outside
+// [0, n-1] on some axis (the caller skips such points); p == n-1 takes the last cell, t = 1.
+// Computed once per point and read for every channel by linear_value_gradient.
+SMGIC_HOST_DEVICE bool linear_cell(const Grid3& g, float px, float py, float pz, InteriorPoint& q) {
   if (!(px >= 0.0f && py >= 0.0f && pz >= 0.0f && px <= static_cast<float>(g.nx - 1) &&
         py <= static_cast<float>(g.ny - 1) && pz <= static_cast<float>(g.nz - 1))) {
     return false;
@@ -132,9 +133,19 @@ SMGIC_HOST_DEVICE bool linear_value_gradient(const float* image, const Grid3& g,
   if (x0 > g.nx - 2) x0 = g.nx - 2;
   if (y0 > g.ny - 2) y0 = g.ny - 2;
   if (z0 > g.nz - 2) z0 = g.nz - 2;
-  const float tx = px - static_cast<float>(x0), ty = py - static_cast<float>(y0), tz = pz - static_cast<float>(z0);
+  q.base = (x0 * g.ny + y0) * g.nz + z0;
+  q.tx = px - static_cast<float>(x0);
+  q.ty = py - static_cast<float>(y0);
+  q.tz = pz - static_cast<float>(z0);
+  return true;
+}
+
+// Trilinear value and gradient (per voxel index) of one channel `image` of grid g in cell q.
+SMGIC_HOST_DEVICE void linear_value_gradient(const float* image, const Grid3& g, const InteriorPoint& q, float& value,
+                                             float& gx, float& gy, float& gz) {
+  const float tx = q.tx, ty = q.ty, tz = q.tz;
   const int64_t sx = g.ny * g.nz, sy = g.nz;
-  const float* b = image + (x0 * g.ny + y0) * g.nz + z0;
+  const float* b = image + q.base;
   const float c000 = b[0], c001 = b[1], c010 = b[sy], c011 = b[sy + 1];
   const float c100 = b[sx], c101 = b[sx + 1], c110 = b[sx + sy], c111 = b[sx + sy + 1];
   const float c00 = c000 + tz * (c001 - c000), c01 = c010 + tz * (c011 - c010);
@@ -145,40 +156,130 @@ SMGIC_HOST_DEVICE bool linear_value_gradient(const float* image, const Grid3& g,
   gy = (1.0f - tx) * (c01 - c00) + tx * (c11 - c10);
   const float d00 = c001 - c000, d01 = c011 - c010, d10 = c101 - c100, d11 = c111 - c110;
   gz = (1.0f - tx) * ((1.0f - ty) * d00 + ty * d01) + tx * ((1.0f - ty) * d10 + ty * d11);
-  return true;
 }
 
-// Contributions of fixed voxel (x, y, z) to the affine NCC sums (see kAffineSums): the moving
-// image is read at M [x, 1] (M: 3x4 row-major, fixed voxel -> moving voxel), weighted by the
-// fixed mask. Writes nothing and returns false when the point falls outside the moving image.
-SMGIC_HOST_DEVICE bool affine_ncc_terms(const float* fixed, const float* mask, const Grid3& fg, const float* moving,
-                                        const Grid3& mg, const float* m, int64_t x, int64_t y, int64_t z,
-                                        double* terms) {
-  const int64_t v = (x * fg.ny + y) * fg.nz + z;
-  const float w = mask ? mask[v] : 1.0f;
-  if (!(w > 0.0f)) return false;
+// Where fixed voxel (x, y, z) reads the moving grid: its mask weight `w`, its coordinates
+// (x, y, z, 1) as the derivatives by the 3x4 matrix M (row-major, fixed voxel -> moving voxel)
+// need them, and the trilinear cell of M [x, 1]. False when the weight is not positive or the
+// point falls outside the moving grid: the voxel contributes nothing.
+struct AffineRead {
+  int64_t v;
+  float w;
+  float coords[4];
+  InteriorPoint cell;
+};
+
+SMGIC_HOST_DEVICE bool affine_read(const float* mask, const Grid3& fg, const Grid3& mg, const float* m, int64_t x,
+                                   int64_t y, int64_t z, AffineRead& r) {
+  r.v = (x * fg.ny + y) * fg.nz + z;
+  r.w = mask ? mask[r.v] : 1.0f;
+  if (!(r.w > 0.0f)) return false;
   const float fx = static_cast<float>(x), fy = static_cast<float>(y), fz = static_cast<float>(z);
+  r.coords[0] = fx;
+  r.coords[1] = fy;
+  r.coords[2] = fz;
+  r.coords[3] = 1.0f;
   const float px = m[0] * fx + m[1] * fy + m[2] * fz + m[3];
   const float py = m[4] * fx + m[5] * fy + m[6] * fz + m[7];
   const float pz = m[8] * fx + m[9] * fy + m[10] * fz + m[11];
+  return linear_cell(mg, px, py, pz, r.cell);
+}
+
+// Contributions of fixed voxel (x, y, z) to the affine NCC sums (see kAffineSums): the moving
+// image is read at M [x, 1], weighted by the fixed mask. Writes nothing and returns false when
+// the voxel contributes nothing (affine_read).
+SMGIC_HOST_DEVICE bool affine_ncc_terms(const float* fixed, const float* mask, const Grid3& fg, const float* moving,
+                                        const Grid3& mg, const float* m, int64_t x, int64_t y, int64_t z,
+                                        double* terms) {
+  AffineRead r;
+  if (!affine_read(mask, fg, mg, m, x, y, z, r)) return false;
   float value, g[3];
-  if (!linear_value_gradient(moving, mg, px, py, pz, value, g[0], g[1], g[2])) return false;
-  const double f = fixed[v], mv = value, wd = w;
+  linear_value_gradient(moving, mg, r.cell, value, g[0], g[1], g[2]);
+  const double f = fixed[r.v], mv = value, wd = r.w;
   terms[0] = wd;
   terms[1] = wd * f;
   terms[2] = wd * mv;
   terms[3] = wd * f * f;
   terms[4] = wd * mv * mv;
   terms[5] = wd * f * mv;
-  const float coords[4] = {fx, fy, fz, 1.0f};
 SMGIC_UNROLL
   for (int k = 0; k < 12; ++k) {
-    const double dm = wd * g[k / 4] * coords[k % 4];
+    const double dm = wd * g[k / 4] * r.coords[k % 4];
     terms[6 + k] = dm;
     terms[18 + k] = dm * f;
     terms[30 + k] = dm * mv;
   }
   return true;
 }
+
+// Number of sums of the multi-channel affine SSD (the MIND descriptors' comparison): S = sum w,
+// E = sum w sum_c r_c^2 with r_c = m_c - f_c, then for each entry k of the 3x4 voxel matrix
+// (row-major) D_k = sum w (sum_c r_c dm_c/dp_{k/4}) coords_{k%4}, so dE/dM_k = 2 D_k.
+constexpr int kAffineSsdSums = 2 + 12;
+
+// Contributions of fixed voxel (x, y, z) to the SSD sums of `channels` fixed volumes (C, fg)
+// and moving volumes (C, mg), every channel read in the one cell of M [x, 1]. Writes nothing and
+// returns false when the voxel contributes nothing (affine_read).
+SMGIC_HOST_DEVICE bool affine_ssd_terms(const float* fixed, const float* mask, const Grid3& fg, const float* moving,
+                                        const Grid3& mg, int64_t channels, const float* m, int64_t x, int64_t y,
+                                        int64_t z, double* terms) {
+  AffineRead r;
+  if (!affine_read(mask, fg, mg, m, x, y, z, r)) return false;
+  const int64_t fixed_stride = fg.voxels(), moving_stride = mg.voxels();
+  double squares = 0.0, by_axis[3] = {0.0, 0.0, 0.0};
+  for (int64_t c = 0; c < channels; ++c) {
+    float value, g[3];
+    linear_value_gradient(moving + c * moving_stride, mg, r.cell, value, g[0], g[1], g[2]);
+    const double residual = static_cast<double>(value) - static_cast<double>(fixed[c * fixed_stride + r.v]);
+    squares += residual * residual;
+    by_axis[0] += residual * g[0];
+    by_axis[1] += residual * g[1];
+    by_axis[2] += residual * g[2];
+  }
+  const double wd = r.w;
+  terms[0] = wd;
+  terms[1] = wd * squares;
+SMGIC_UNROLL
+  for (int k = 0; k < 12; ++k) terms[2 + k] = wd * by_axis[k / 4] * r.coords[k % 4];
+  return true;
+}
+
+// The per-voxel terms of each affine sum as one plain struct (pointers, grids, the 3x4 matrix by
+// value) called at a fixed voxel: the CPU slab loop and the CUDA block kernel take either.
+struct AffineMatrix {
+  float m[12];
+};
+
+SMGIC_HOST_DEVICE AffineMatrix affine_matrix(const float* values) {
+  AffineMatrix out;
+  for (int k = 0; k < 12; ++k) out.m[k] = values[k];
+  return out;
+}
+
+// The inputs of either: fixed (`channels` volumes of fg), its mask (null: weight 1), moving
+// (`channels` volumes of mg), the map M (fixed voxel -> moving voxel). NCC reads one channel.
+struct AffineInputs {
+  const float* fixed;
+  const float* mask;
+  Grid3 fg;
+  const float* moving;
+  Grid3 mg;
+  int64_t channels;
+  AffineMatrix matrix;
+};
+
+struct AffineNccTerms : AffineInputs {
+  static constexpr int count = kAffineSums;
+  SMGIC_HOST_DEVICE bool operator()(int64_t x, int64_t y, int64_t z, double* terms) const {
+    return affine_ncc_terms(fixed, mask, fg, moving, mg, matrix.m, x, y, z, terms);
+  }
+};
+
+struct AffineSsdTerms : AffineInputs {
+  static constexpr int count = kAffineSsdSums;
+  SMGIC_HOST_DEVICE bool operator()(int64_t x, int64_t y, int64_t z, double* terms) const {
+    return affine_ssd_terms(fixed, mask, fg, moving, mg, channels, matrix.m, x, y, z, terms);
+  }
+};
 
 }  // namespace smgic

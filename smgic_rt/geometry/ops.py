@@ -57,6 +57,7 @@ __all__ = [
     "ncc_exact_derivatives",
     "image_gradient",
     "affine_ncc_sums",
+    "affine_ssd_sums",
     "build_info",
     "cpu_threads",
     "cuda_available",
@@ -974,6 +975,7 @@ def image_gradient(volume):
 
 
 AFFINE_SUMS = int(_C.AFFINE_SUMS)
+AFFINE_SSD_SUMS = int(_C.AFFINE_SSD_SUMS)
 
 
 def affine_ncc_sums(fixed, mask, moving, matrix, *, workspace=None, out=None):
@@ -988,8 +990,34 @@ def affine_ncc_sums(fixed, mask, moving, matrix, *, workspace=None, out=None):
     allocated when None); pass both to reuse them across the evaluations of an optimiser and
     read `out` once per evaluation. Returns a float64 numpy array (CPU) or `out` (CUDA).
     """
-    fixed_shape, fixed_dev = _check_volumes(fixed, "fixed", 3)
-    moving_shape, moving_dev = _check_volumes(moving, "moving", 3)
+    return _affine_sums("ncc", fixed, mask, moving, matrix, workspace, out)
+
+
+def affine_ssd_sums(fixed, mask, moving, matrix, *, workspace=None, out=None):
+    """The sums of the masked sum of squared differences over the channels of `fixed`
+    ``(C, X, Y, Z)`` and `moving` ``(C, Xm, Ym, Zm)`` read through a voxel map (the MIND
+    descriptors of the affine stage), and their derivatives by the 12 entries of the 3x4 matrix:
+    ``AFFINE_SSD_SUMS`` float64 values ``S = sum w``, ``E = sum w sum_c (m_c - f_c)^2``, then
+    ``D_k`` with ``dE/dM_k = 2 D_k`` (layout in csrc/registration/registration_math.h). Every
+    channel is read in one trilinear cell per fixed voxel; a voxel whose point falls outside the
+    moving grid adds nothing. Reduction order, `workspace` (of
+    ``_C.affine_ssd_workspace_size(fixed voxels)`` values) and `out` as in `affine_ncc_sums`.
+    """
+    return _affine_sums("ssd", fixed, mask, moving, matrix, workspace, out)
+
+
+def _affine_sums(kind, fixed, mask, moving, matrix, workspace, out):
+    """`affine_ncc_sums` (`kind` "ncc": 3-D volumes) or `affine_ssd_sums` ("ssd": 4-D, channels
+    first): the inputs checked once, then the CPU or the CUDA kernel."""
+    rank = 3 if kind == "ncc" else 4
+    fixed_shape, fixed_dev = _check_volumes(fixed, "fixed", rank)
+    moving_shape, moving_dev = _check_volumes(moving, "moving", rank)
+    channels = 1
+    if kind == "ssd":
+        if fixed_shape[0] != moving_shape[0]:
+            raise ValueError(f"fixed and moving must have the same number of channels, got {fixed_shape[0]} and "
+                             f"{moving_shape[0]}")
+        channels, fixed_shape, moving_shape = int(fixed_shape[0]), tuple(fixed_shape[1:]), tuple(moving_shape[1:])
     kinds = [("fixed", fixed_dev), ("moving", moving_dev)]
     if mask is not None:
         mask_shape, mask_dev = _check_volumes(mask, "mask", 3)
@@ -1003,20 +1031,29 @@ def affine_ncc_sums(fixed, mask, moving, matrix, *, workspace=None, out=None):
         matrix = np.reshape(np.asarray(matrix, dtype=np.float64), (3, 4))
     values = _affine_values(matrix, "matrix")
     if not on_device:
-        return np.asarray(_C.affine_ncc_sums(fixed, mask, moving, values), dtype=np.float64)
-    size = int(_C.affine_ncc_workspace_size(int(np.prod(fixed_shape))))
+        sums = _C.affine_ncc_sums if kind == "ncc" else _C.affine_ssd_sums
+        return np.asarray(sums(fixed, mask, moving, values), dtype=np.float64)
+    voxels = int(np.prod(fixed_shape))
+    if kind == "ncc":
+        size, count = int(_C.affine_ncc_workspace_size(voxels)), AFFINE_SUMS
+    else:
+        size, count = int(_C.affine_ssd_workspace_size(voxels)), AFFINE_SSD_SUMS
     named = [("fixed", fixed), ("moving", moving)] + ([("mask", mask)] if mask is not None else [])
     buffers = {}
-    for name, given, count in (("workspace", workspace, size), ("out", out, AFFINE_SUMS)):
+    for name, given, length in (("workspace", workspace, size), ("out", out, count)):
         if given is None:
-            given = _empty(fixed, (count,), True, "float64")
+            given = _empty(fixed, (length,), True, "float64")
         else:
             interface = getattr(given, "__cuda_array_interface__", None)
-            if interface is None or interface["typestr"] != "<f8" or int(np.prod(interface["shape"])) < count:
-                raise ValueError(f"{name} must be a CUDA float64 array of at least {count} values")
+            if interface is None or interface["typestr"] != "<f8" or int(np.prod(interface["shape"])) < length:
+                raise ValueError(f"{name} must be a CUDA float64 array of at least {length} values")
             named.append((name, given))
         buffers[name] = given
     device, stream = launch_target(*named)
-    _C.affine_ncc_sums_cuda(_ptr(fixed), _ptr(mask) if mask is not None else 0, fixed_shape, _ptr(moving),
-                            moving_shape, values, _ptr(buffers["workspace"]), _ptr(buffers["out"]), device, stream)
+    pointers = (_ptr(fixed), _ptr(mask) if mask is not None else 0, fixed_shape)
+    rest = (_ptr(moving), moving_shape, values, _ptr(buffers["workspace"]), _ptr(buffers["out"]), device, stream)
+    if kind == "ncc":
+        _C.affine_ncc_sums_cuda(*pointers, *rest)
+    else:
+        _C.affine_ssd_sums_cuda(*pointers, channels, *rest)
     return buffers["out"]

@@ -1,8 +1,8 @@
 """Global affine stage: moments initialisation, then multi-resolution rigid and affine
 optimisation of a similarity inside the (dilated) fixed foreground: the normalised
 cross-correlation (``metric="ncc"``), or for images of different contrasts the mean squared
-difference of their MIND-SSC descriptors (``"mind"``, `smgic_rt.methods.similarity`), each
-channel's sums from the same kernel. Exclusion masks take voxels out of the similarity: fixed
+difference of their MIND-SSC descriptors (``"mind"``, `smgic_rt.methods.similarity`), summed
+over the channels by one kernel call. Exclusion masks take voxels out of the similarity: fixed
 ones from the mask of the sums, moving ones wherever the map reads them (recomputed per
 evaluation; the mask's own derivative is zero almost everywhere).
 
@@ -10,11 +10,12 @@ The result maps fixed world (RAS mm) to moving world: a fixed-space point ``p`` 
 image at ``matrix @ p``. Each stage refines its start ``S`` as ``S @ U(theta)``, ``U`` a map about
 the fixed brain centre whose parameters are all measured in mm of motion (angles, log-scales and
 shears times a brain radius): translation and rotation for the rigid stage, plus scales and
-shears for the affine stage. They are found by L-BFGS (scipy) with the exact gradient: the NCC
-sums and their derivatives by the 12 voxel-matrix entries, chained to the parameters. Each
-resolution runs on images resampled once to an isotropic RAS grid covering the whole image. The
-per-voxel work (resampling through the matrix, the NCC sums and their derivatives) is
-`smgic_rt._C.affine_ncc_sums`. The result is never below the best start by its similarity.
+shears for the affine stage. They are found by L-BFGS (scipy) with the exact gradient: the
+similarity's sums and their derivatives by the 12 voxel-matrix entries, chained to the
+parameters. Each resolution runs on images resampled once to an isotropic RAS grid covering the
+whole image. The per-voxel work (resampling through the matrix, the sums and their derivatives)
+is `smgic_rt._C.affine_ncc_sums` (NCC) or `smgic_rt._C.affine_ssd_sums` (MIND, every channel
+in one pass). The result is never below the best start by its similarity.
 """
 
 from __future__ import annotations
@@ -189,11 +190,9 @@ def _voxel_map(fixed: _Level, moving: _Level, world):
     return np.linalg.solve(moving.grid, world @ fixed.grid)  # fixed voxel -> moving voxel
 
 
-def _sums(fixed_image, mask, moving_image, voxel):
-    # The 3x4 map as the kernel takes it (float32, as it computes); on the GPU the 42 sums are
-    # this evaluation's one read back to the host.
-    return ops.to_host(ops.affine_ncc_sums(fixed_image, mask, moving_image,
-                                           voxel[:3].astype(np.float32).astype(np.float64)))
+def _kernel_matrix(voxel):
+    """The 3x4 map as the kernels take it (float32, as they compute)."""
+    return voxel[:3].astype(np.float32).astype(np.float64)
 
 
 def _world_gradient(d_voxel_rows, fixed: _Level, moving: _Level):
@@ -215,7 +214,9 @@ def _mask_for(fixed: _Level, moving: _Level, voxel):
 def ncc_and_gradient(fixed: _Level, moving: _Level, world: np.ndarray):
     """NCC of fixed and moving through `world` (4x4) and its gradient by the 4x4 world matrix."""
     voxel = _voxel_map(fixed, moving, world)
-    sums = _sums(fixed.image, _mask_for(fixed, moving, voxel), moving.image, voxel)
+    # on the GPU the 42 sums are this evaluation's one read back to the host
+    sums = ops.to_host(ops.affine_ncc_sums(fixed.image, _mask_for(fixed, moving, voxel), moving.image,
+                                           _kernel_matrix(voxel)))
     s, sf, sm, sff, smm, sfm = sums[:6]
     if s < 10:
         return -1.0, np.zeros((4, 4))
@@ -232,21 +233,17 @@ def ncc_and_gradient(fixed: _Level, moving: _Level, world: np.ndarray):
 
 
 def mind_and_gradient(fixed: _Level, moving: _Level, world: np.ndarray):
-    """Minus the mean squared difference of the MIND descriptors (per voxel, over the channels)
-    of fixed and moving through `world`, and its gradient by the 4x4 world matrix. The kernel's
-    sums give it: ``sum (f - m)^2 = sff - 2 sfm + smm``, derivatives ``-2 d(sfm) + d(smm)``."""
+    """Minus the mean over the voxels of the squared difference of the MIND descriptors, summed
+    over the channels, of fixed and moving through `world`, and its gradient by the 4x4 world
+    matrix, from the kernel's multi-channel sums (`ops.affine_ssd_sums`): ``-E / S``, and
+    ``-2 D / S`` by the voxel matrix."""
     voxel = _voxel_map(fixed, moving, world)
-    mask = _mask_for(fixed, moving, voxel)
-    channels = fixed.features.shape[0]
-    value, d_rows = 0.0, np.zeros(12)
-    for fixed_channel, moving_channel in zip(fixed.features, moving.features):
-        sums = _sums(fixed_channel, mask, moving_channel, voxel)
-        s, sff, smm, sfm = sums[0], sums[3], sums[4], sums[5]
-        if s < 10:
-            return -float(channels), np.zeros((4, 4))
-        value -= (sff - 2.0 * sfm + smm) / s
-        d_rows -= 2.0 * (sums[30:42] - sums[18:30]) / s
-    return float(value), _world_gradient(d_rows, fixed, moving)
+    sums = ops.to_host(ops.affine_ssd_sums(fixed.features, _mask_for(fixed, moving, voxel), moving.features,
+                                           _kernel_matrix(voxel)))
+    s, squares, d_rows = sums[0], sums[1], sums[2:14]
+    if s < 10:
+        return -float(fixed.features.shape[0]), np.zeros((4, 4))
+    return float(-squares / s), _world_gradient(-2.0 * d_rows / s, fixed, moving)
 
 
 SIMILARITIES = {"ncc": ncc_and_gradient, "mind": mind_and_gradient}
