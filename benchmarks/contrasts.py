@@ -45,6 +45,8 @@ import os
 # Same thread budget for every method; must be set before numpy/onnxruntime/ITK start threads.
 os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# As our console scripts run (smgic_rt.process.passive_openmp_waits).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
