@@ -249,13 +249,11 @@ class _Pair:
 
 
 def _make_pair(fixed, moving, metric, fixed_excluded=None, moving_excluded=None) -> _Pair:
-    if metric == "ncc":
-        return _Pair(fixed, moving, metric, *(None if e is None else e.astype(np.float32)
-                                               for e in (fixed_excluded, moving_excluded)))
-    reach = descriptor_reach()
-    return _Pair(mind_descriptors(fixed, excluded=fixed_excluded), mind_descriptors(moving, excluded=moving_excluded),
-                 metric, *(None if e is None else grow(e, reach).astype(np.float32)
-                           for e in (fixed_excluded, moving_excluded)))
+    excluded = (fixed_excluded, moving_excluded)
+    if metric == "mind":
+        fixed, moving = (mind_descriptors(image, excluded=e) for image, e in zip((fixed, moving), excluded))
+    reach = descriptor_reach() if metric == "mind" else 0
+    return _Pair(fixed, moving, metric, *(None if e is None else grow(e, reach).astype(np.float32) for e in excluded))
 
 
 def _kept(pair: _Pair, backward, forward, radius: int):
@@ -324,14 +322,12 @@ def _evaluate(pair: _Pair, v, level: Level, options: RefineOptions, factor: int 
 def _force(fixed_w, moving_w, d_fixed, d_moving, symmetric: bool):
     """d(similarity)/dv: the moving image (or each descriptor channel) moves with +grad M, the
     fixed one with -grad F when both move."""
-    if moving_w.ndim == 3:
-        force = d_moving[None] * ops.image_gradient(moving_w)
-        if symmetric:
-            force = force - d_fixed[None] * ops.image_gradient(fixed_w)
-        return force
-    force = 0
-    for channel in range(moving_w.shape[0]):
-        force = force + d_moving[channel][None] * ops.image_gradient(moving_w[channel])
+    if moving_w.ndim == 3:  # one image: one channel (d_fixed None when only the moving one moves)
+        fixed_w, moving_w, d_fixed, d_moving = [fixed_w], [moving_w], [d_fixed], [d_moving]
+    force = None
+    for channel in range(len(moving_w)):
+        moved = d_moving[channel][None] * ops.image_gradient(moving_w[channel])
+        force = moved if force is None else force + moved
         if symmetric:
             force = force - d_fixed[channel][None] * ops.image_gradient(fixed_w[channel])
     return force
