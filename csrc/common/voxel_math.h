@@ -87,8 +87,10 @@ SMGIC_HOST_DEVICE bool nearest_axis(float p, int64_t n, int padding, int64_t& i)
   return true;
 }
 
-SMGIC_HOST_DEVICE float apply_linear(const Stencil& s, const float* channel) {
-  float sum = 0.0f;
+// V: float (one channel) or a vector of channels stored together per voxel (CPU integration).
+template <typename V>
+SMGIC_HOST_DEVICE V apply_linear(const Stencil& s, const V* channel) {
+  V sum = V{};
 SMGIC_UNROLL
   for (int k = 0; k < 8; ++k) sum += s.weight[k] * channel[s.offset[k]];
   return sum;
@@ -116,16 +118,21 @@ SMGIC_HOST_DEVICE bool interior_point(const Grid3& g, float px, float py, float 
   return true;
 }
 
-// Trilinear value as 7 lerps (fewer operations than 8 weighted corners).
+// Trilinear value as 7 lerps (fewer operations than 8 weighted corners). `b` points at the lower
+// corner; V: float (one channel) or a vector of channels stored together per voxel (CPU integration).
+template <typename V>
+SMGIC_HOST_DEVICE V interior_lerps(const V* b, float tx, float ty, float tz, int64_t sx, int64_t sy) {
+  const V c00 = b[0] + tz * (b[1] - b[0]);
+  const V c01 = b[sy] + tz * (b[sy + 1] - b[sy]);
+  const V c10 = b[sx] + tz * (b[sx + 1] - b[sx]);
+  const V c11 = b[sx + sy] + tz * (b[sx + sy + 1] - b[sx + sy]);
+  const V c0 = c00 + ty * (c01 - c00);
+  const V c1 = c10 + ty * (c11 - c10);
+  return c0 + tx * (c1 - c0);
+}
+
 SMGIC_HOST_DEVICE float interior_linear(const InteriorPoint& q, const float* channel, int64_t sx, int64_t sy) {
-  const float* b = channel + q.base;
-  const float c00 = b[0] + q.tz * (b[1] - b[0]);
-  const float c01 = b[sy] + q.tz * (b[sy + 1] - b[sy]);
-  const float c10 = b[sx] + q.tz * (b[sx + 1] - b[sx]);
-  const float c11 = b[sx + sy] + q.tz * (b[sx + sy + 1] - b[sx + sy]);
-  const float c0 = c00 + q.ty * (c01 - c00);
-  const float c1 = c10 + q.ty * (c11 - c10);
-  return c0 + q.tx * (c1 - c0);
+  return interior_lerps(channel + q.base, q.tx, q.ty, q.tz, sx, sy);
 }
 
 // Nearest and generic-label reads of every channel at point p, for any value type T (float

@@ -7,7 +7,6 @@
 #include <pybind11/stl.h>
 
 #include <array>
-#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -210,8 +209,7 @@ void integrate_cpu(py::array velocity, py::array out, int steps) {
   const int64_t batch = velocity.shape(0);
   const Grid3 g = grid_of(velocity);
   py::gil_scoped_release release;
-  std::unique_ptr<float[]> scratch(new float[static_cast<size_t>(batch * 3 * g.voxels())]);
-  cpu::integrate_velocity(v, o, scratch.get(), batch, g, steps);
+  cpu::integrate_velocity(v, o, batch, g, steps);
 }
 
 void upsample_cpu(py::array field, py::array out) {

@@ -13,9 +13,8 @@ void warp(const WarpParams& p);
 template <typename T>
 void warp_labels(const LabelWarpParams<T>& p);  // T: one of SMGIC_LABEL_TYPES
 void compose(const ComposeParams& p);
-// Scaling and squaring: out = exp(velocity); `scratch` is a buffer of the same size as out.
-void integrate_velocity(const float* velocity, float* out, float* scratch, int64_t batch, const Grid3& grid,
-                        int steps);
+// Scaling and squaring: out = exp(velocity), compose_voxel's arithmetic step by step.
+void integrate_velocity(const float* velocity, float* out, int64_t batch, const Grid3& grid, int steps);
 void upsample(const UpsampleParams& p);
 void downsample_haar(const HaarParams& p);
 void affine_field(const AffineFieldParams& p);
