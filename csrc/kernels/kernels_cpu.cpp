@@ -230,8 +230,9 @@ void integrate_velocity(const float* velocity, float* out, int64_t batch, const 
   // The field is interleaved once on the way in, squared `steps` times between two interleaved
   // buffers, and written back as planar channels by the last step. The first step reads v itself
   // with scale 2^-steps: u1 = u0 + u0 o (id + u0), u0 = v / 2^steps.
-  std::unique_ptr<Vec4[]> fields[2] = {std::unique_ptr<Vec4[]>(new Vec4[batch * cs]),
-                                       std::unique_ptr<Vec4[]>(steps > 1 ? new Vec4[batch * cs] : nullptr)};
+  const int64_t field_size = batch * cs;
+  std::unique_ptr<Vec4[]> storage(new Vec4[(steps > 1 ? 2 : 1) * field_size]);
+  Vec4* const fields[2] = {storage.get(), storage.get() + (steps > 1 ? field_size : 0)};
   const float first_scale = std::ldexp(1.0f, -steps);
   const int64_t rows = batch * g.nx * g.ny;
   const SquareRow square = square_row();
@@ -242,11 +243,11 @@ void integrate_velocity(const float* velocity, float* out, int64_t batch, const 
     for (int64_t row = 0; row < rows; ++row) {
       const int64_t n = row / (g.nx * g.ny), v0 = (row % (g.nx * g.ny)) * g.nz;
       const float* from = velocity + n * 3 * cs + v0;
-      Vec4* to = fields[0].get() + n * cs + v0;
+      Vec4* to = fields[0] + n * cs + v0;
       for (int64_t z = 0; z < g.nz; ++z) to[z] = Vec4{from[z], from[cs + z], from[2 * cs + z], 0.0f};
     }
     for (int step = 0; step < steps; ++step) {
-      const Vec4* current = fields[step % 2].get();
+      const Vec4* current = fields[step % 2];
       const bool last = step == steps - 1;
 #pragma omp for schedule(static)
       for (int64_t row = 0; row < rows; ++row) {
@@ -254,7 +255,7 @@ void integrate_velocity(const float* velocity, float* out, int64_t batch, const 
         const int64_t x = (row / g.ny) % g.nx;
         const int64_t n = row / (g.ny * g.nx);
         const int64_t v0 = (x * g.ny + y) * g.nz;
-        Vec4* to = last ? last_row.data() : fields[(step + 1) % 2].get() + n * cs + v0;
+        Vec4* to = last ? last_row.data() : fields[(step + 1) % 2] + n * cs + v0;
         square(current + n * cs, g, x, y, step == 0 ? first_scale : 1.0f, to);
         if (last) {
           float* planar = out + n * 3 * cs + v0;
