@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <memory>
 #include <vector>
 
 namespace smgic {
@@ -26,18 +25,12 @@ void for_each_voxel(int64_t batch, const Grid3& g, Body body) {
 }  // namespace
 
 namespace {
-// target_clones picks an AVX-512/AVX2 build at load time on CPUs that have them while the module
-// stays runnable on any x86-64. The AVX-512 build fuses each lerp's multiply and add (FMA), so
-// the interior reads of warp and integrate_velocity round as that build does on such CPUs.
+// Interior trilinear reads of one channel along a row. target_clones picks an AVX-512/AVX2 build
+// at load time on CPUs that have them while the module stays runnable on any x86-64; the AVX-512
+// build fuses each lerp's multiply and add (FMA), which integrate_cpu.cpp reproduces.
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define SMGIC_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SMGIC_CPU_CLONES
+__attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
-
-// Interior trilinear reads of one channel along a row, written branch-free so the compiler can
-// vectorise it.
-SMGIC_CPU_CLONES
 void interior_row(const float* channel, const int64_t* base, const float* tx, const float* ty, const float* tz,
                   float* out, int64_t count, int64_t sx, int64_t sy) {
   for (int64_t i = 0; i < count; ++i) {
@@ -159,112 +152,6 @@ void compose(const ComposeParams& p) {
         sampler.read(p.outer + (n * 3 + c) * outer_cs, sampled.data());
         float* out = p.out + n * 3 * cs + c * cs + row_offset;
         for (int64_t z = 0; z < g.nz; ++z) out[z] = p.scale * inner[c * cs + z] + p.scale * sampled[z];
-      }
-    }
-  }
-}
-
-namespace {
-// A displacement at one voxel, channels stored together (x, y, z, unused): scaling and squaring
-// reads 8 corners of all 3 channels at once, one 16-byte load per corner.
-typedef float Vec4 __attribute__((vector_size(16)));
-
-// Returns v unchanged but opaque to the optimiser, so that the product it holds is rounded on its
-// own and never fused with the add that follows (FMA): every clone then rounds compose_voxel's
-// `scale * value` terms as the plain build does.
-inline Vec4 rounded(Vec4 v) {
-  asm("" : "+x"(v));
-  return v;
-}
-
-// Border points (a corner outside the grid): the checked stencil of compose_voxel, compiled for
-// the baseline target and kept out of the clones so that its weighted sum is never fused either.
-__attribute__((noinline)) Vec4 border_read(const Vec4* field, const Grid3& g, float px, float py, float pz) {
-  return apply_linear(linear_stencil(g, px, py, pz, kBorder), field);
-}
-
-// One scaling-and-squaring step along the row (x, y) of `field` (one batch item, interleaved):
-// out[z] = s u(x) + s u(x + s u(x)), compose_voxel's arithmetic with outer = inner = u.
-// Whether the lerps are fused (FMA) is decided by the build it is inlined into (square_row).
-__attribute__((always_inline)) inline void square_row_body(const Vec4* field, const Grid3& g, int64_t x, int64_t y,
-                                                            float scale, Vec4* out) {
-  const int64_t sx = g.ny * g.nz, sy = g.nz;
-  const Vec4* u = field + (x * g.ny + y) * g.nz;
-  const float fx = static_cast<float>(x), fy = static_cast<float>(y);
-  for (int64_t z = 0; z < g.nz; ++z) {
-    const Vec4 step = rounded(scale * u[z]);
-    const float px = fx + step[0], py = fy + step[1], pz = static_cast<float>(z) + step[2];
-    InteriorPoint q;
-    const Vec4 sampled = interior_point(g, px, py, pz, q) ? interior_lerps(field + q.base, q.tx, q.ty, q.tz, sx, sy)
-                                                          : border_read(field, g, px, py, pz);
-    out[z] = step + rounded(scale * sampled);
-  }
-}
-
-using SquareRow = void (*)(const Vec4*, const Grid3&, int64_t, int64_t, float, Vec4*);
-
-void square_row_plain(const Vec4* field, const Grid3& g, int64_t x, int64_t y, float scale, Vec4* out) {
-  square_row_body(field, g, x, y, scale, out);
-}
-
-// The build of interior_row that a CPU runs fuses the lerps exactly when the CPU has AVX-512F (the
-// clone it picks); integration picks its build the same way so that it rounds as compose does.
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-__attribute__((target("avx2,fma"))) void square_row_fused(const Vec4* field, const Grid3& g, int64_t x, int64_t y,
-                                                           float scale, Vec4* out) {
-  square_row_body(field, g, x, y, scale, out);
-}
-
-SquareRow square_row() { return __builtin_cpu_supports("avx512f") ? square_row_fused : square_row_plain; }
-#else
-SquareRow square_row() { return square_row_plain; }
-#endif
-}  // namespace
-
-void integrate_velocity(const float* velocity, float* out, int64_t batch, const Grid3& g, int steps) {
-  const int64_t cs = g.voxels();
-  if (steps == 0) {
-    std::memcpy(out, velocity, sizeof(float) * batch * 3 * cs);
-    return;
-  }
-  // The field is interleaved once on the way in, squared `steps` times between two interleaved
-  // buffers, and written back as planar channels by the last step. The first step reads v itself
-  // with scale 2^-steps: u1 = u0 + u0 o (id + u0), u0 = v / 2^steps.
-  const int64_t field_size = batch * cs;
-  std::unique_ptr<Vec4[]> storage(new Vec4[(steps > 1 ? 2 : 1) * field_size]);
-  Vec4* const fields[2] = {storage.get(), storage.get() + (steps > 1 ? field_size : 0)};
-  const float first_scale = std::ldexp(1.0f, -steps);
-  const int64_t rows = batch * g.nx * g.ny;
-  const SquareRow square = square_row();
-#pragma omp parallel
-  {
-    std::vector<Vec4> last_row(g.nz);
-#pragma omp for schedule(static)
-    for (int64_t row = 0; row < rows; ++row) {
-      const int64_t n = row / (g.nx * g.ny), v0 = (row % (g.nx * g.ny)) * g.nz;
-      const float* from = velocity + n * 3 * cs + v0;
-      Vec4* to = fields[0] + n * cs + v0;
-      for (int64_t z = 0; z < g.nz; ++z) to[z] = Vec4{from[z], from[cs + z], from[2 * cs + z], 0.0f};
-    }
-    for (int step = 0; step < steps; ++step) {
-      const Vec4* current = fields[step % 2];
-      const bool last = step == steps - 1;
-#pragma omp for schedule(static)
-      for (int64_t row = 0; row < rows; ++row) {
-        const int64_t y = row % g.ny;
-        const int64_t x = (row / g.ny) % g.nx;
-        const int64_t n = row / (g.ny * g.nx);
-        const int64_t v0 = (x * g.ny + y) * g.nz;
-        Vec4* to = last ? last_row.data() : fields[(step + 1) % 2] + n * cs + v0;
-        square(current + n * cs, g, x, y, step == 0 ? first_scale : 1.0f, to);
-        if (last) {
-          float* planar = out + n * 3 * cs + v0;
-          for (int64_t z = 0; z < g.nz; ++z) {
-            planar[z] = to[z][0];
-            planar[cs + z] = to[z][1];
-            planar[2 * cs + z] = to[z][2];
-          }
-        }
       }
     }
   }
