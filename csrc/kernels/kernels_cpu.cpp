@@ -3,7 +3,6 @@
 #include "kernels/kernels.h"
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 namespace smgic {
