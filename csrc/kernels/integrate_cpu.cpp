@@ -98,46 +98,63 @@ __attribute__((target("avx512f"))) void square_row_fused(const Vec4* field, cons
   const float fx = static_cast<float>(x), fy = static_cast<float>(y);
   __m512 voxel = _mm512_setr_ps(fx, fy, 0, 0, fx, fy, 1, 0, fx, fy, 2, 0, fx, fy, 3, 0);
   const __m512 next_group = _mm512_setr_ps(0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0);
+  // A chunk of the row at a time: first every group's corners and fractions, then the reads,
+  // whose addresses are then all known (the loads of one group need not wait on the next's
+  // arithmetic), then the border voxels.
+  constexpr int kGroups = 16;
+  __m512 steps[kGroups], fractions[kGroups];
+  unsigned valid[kGroups], border[kGroups];
   alignas(64) int32_t corner[16];
-  alignas(64) float position[16], step_lanes[16];
-  int64_t base[4];
-  for (int64_t z = 0; z < nz; z += 4, voxel = _mm512_add_ps(voxel, next_group)) {
-    const int64_t count = nz - z < 4 ? nz - z : 4;
-    const unsigned valid = (1u << (4 * count)) - 1u;
-    const __m512 step = rounded512(_mm512_mul_ps(s, _mm512_maskz_loadu_ps(static_cast<__mmask16>(valid), u + 4 * z)));
-    const __m512 p = _mm512_add_ps(voxel, step);
-    const unsigned inside = _mm512_cmp_ps_mask(p, lower_bound, _CMP_GE_OQ) &
-                            _mm512_cmp_ps_mask(p, upper_bound, _CMP_LT_OQ) & valid;
-    // Lanes outside read as 0, so that no product below can overflow; bit 4j: voxel j inside.
-    const __m512i corner_index = _mm512_maskz_cvttps_epi32(static_cast<__mmask16>(inside), p);
-    const unsigned full = inside & (inside >> 1) & (inside >> 2) & (inside >> 3);
-    const __m512 t = _mm512_sub_ps(p, _mm512_cvtepi32_ps(corner_index));
-    _mm512_store_si512(corner, corner_index);
-    for (int j = 0; j < 4; ++j) {
-      const int64_t b = (corner[4 * j] * ny + corner[4 * j + 1]) * nz + corner[4 * j + 2];
-      base[j] = (full >> (4 * j)) & 1u ? b : 0;
-    }
-    const unsigned border = (0x1111u & valid) & ~full;
-    __m512 b000, b001, b010, b011, b100, b101, b110, b111;
-    load_z_pairs(f, base, 0, b000, b001);
-    load_z_pairs(f, base, sy, b010, b011);
-    load_z_pairs(f, base, sx, b100, b101);
-    load_z_pairs(f, base, sx + sy, b110, b111);
-    const __m512 tx = _mm512_permute_ps(t, 0x00), ty = _mm512_permute_ps(t, 0x55), tz = _mm512_permute_ps(t, 0xAA);
-    const __m512 c0 = fused_lerp(fused_lerp(b000, b001, tz), fused_lerp(b010, b011, tz), ty);
-    const __m512 c1 = fused_lerp(fused_lerp(b100, b101, tz), fused_lerp(b110, b111, tz), ty);
-    const __m512 sampled = fused_lerp(c0, c1, tx);
-    _mm512_mask_storeu_ps(o + 4 * z, static_cast<__mmask16>(valid), _mm512_add_ps(step, rounded512(_mm512_mul_ps(s, sampled))));
-    if (border) {
-      _mm512_store_ps(position, p);
-      _mm512_store_ps(step_lanes, step);
+  alignas(64) float position[16], own[16];
+  int64_t base[4 * kGroups];
+  for (int64_t chunk = 0; chunk < nz; chunk += 4 * kGroups) {
+    const int groups = static_cast<int>(nz - chunk < 4 * kGroups ? (nz - chunk + 3) / 4 : kGroups);
+    for (int q = 0; q < groups; ++q, voxel = _mm512_add_ps(voxel, next_group)) {
+      const int64_t z = chunk + 4 * q;
+      const int64_t count = nz - z < 4 ? nz - z : 4;
+      valid[q] = (1u << (4 * count)) - 1u;
+      steps[q] = rounded512(_mm512_mul_ps(s, _mm512_maskz_loadu_ps(static_cast<__mmask16>(valid[q]), u + 4 * z)));
+      const __m512 p = _mm512_add_ps(voxel, steps[q]);
+      const unsigned inside = _mm512_cmp_ps_mask(p, lower_bound, _CMP_GE_OQ) &
+                              _mm512_cmp_ps_mask(p, upper_bound, _CMP_LT_OQ) & valid[q];
+      // Lanes outside read as 0, so that no product below can overflow; bit 4j: voxel j inside.
+      const __m512i corner_index = _mm512_maskz_cvttps_epi32(static_cast<__mmask16>(inside), p);
+      const unsigned full = inside & (inside >> 1) & (inside >> 2) & (inside >> 3);
+      border[q] = (0x1111u & valid[q]) & ~full;
+      // Border voxels keep their position in place of the fractions, for border_read.
+      const unsigned full_lanes = (full & 0x1111u) * 0xFu;
+      fractions[q] = _mm512_mask_sub_ps(p, static_cast<__mmask16>(full_lanes), p, _mm512_cvtepi32_ps(corner_index));
+      _mm512_store_si512(corner, corner_index);
       for (int j = 0; j < 4; ++j) {
-        if (!((border >> (4 * j)) & 1u)) continue;
-        const float* at = position + 4 * j;
-        const Vec4 value = border_read(field, g, at[0], at[1], at[2]);
-        Vec4 own;
-        std::memcpy(&own, step_lanes + 4 * j, sizeof(own));
-        out[z + j] = own + rounded(scale * value);
+        const int64_t b = (corner[4 * j] * ny + corner[4 * j + 1]) * nz + corner[4 * j + 2];
+        base[4 * q + j] = (full >> (4 * j)) & 1u ? b : 0;
+      }
+    }
+    for (int q = 0; q < groups; ++q) {
+      const int64_t* at = base + 4 * q;
+      __m512 b000, b001, b010, b011, b100, b101, b110, b111;
+      load_z_pairs(f, at, 0, b000, b001);
+      load_z_pairs(f, at, sy, b010, b011);
+      load_z_pairs(f, at, sx, b100, b101);
+      load_z_pairs(f, at, sx + sy, b110, b111);
+      const __m512 t = fractions[q];
+      const __m512 tx = _mm512_permute_ps(t, 0x00), ty = _mm512_permute_ps(t, 0x55), tz = _mm512_permute_ps(t, 0xAA);
+      const __m512 c0 = fused_lerp(fused_lerp(b000, b001, tz), fused_lerp(b010, b011, tz), ty);
+      const __m512 c1 = fused_lerp(fused_lerp(b100, b101, tz), fused_lerp(b110, b111, tz), ty);
+      const __m512 sampled = fused_lerp(c0, c1, tx);
+      _mm512_mask_storeu_ps(o + 4 * (chunk + 4 * q), static_cast<__mmask16>(valid[q]),
+                            _mm512_add_ps(steps[q], rounded512(_mm512_mul_ps(s, sampled))));
+    }
+    for (int q = 0; q < groups; ++q) {
+      if (!border[q]) continue;
+      _mm512_store_ps(position, fractions[q]);
+      _mm512_store_ps(own, steps[q]);
+      for (int j = 0; j < 4; ++j) {
+        if (!((border[q] >> (4 * j)) & 1u)) continue;
+        const Vec4 value = border_read(field, g, position[4 * j], position[4 * j + 1], position[4 * j + 2]);
+        Vec4 step;
+        std::memcpy(&step, own + 4 * j, sizeof(step));
+        out[chunk + 4 * q + j] = step + rounded(scale * value);
       }
     }
   }
