@@ -161,6 +161,16 @@ __attribute__((target("avx512f"))) void square_row_fused(const Vec4* field, cons
 }
 #endif
 
+// Row `row` of the (N, X, Y) rows: batch item n, (x, y), and the offset v0 of (x, y, 0) in a channel.
+struct RowAt {
+  int64_t n, x, y, v0;
+};
+
+RowAt row_at(int64_t row, const Grid3& g) {
+  const int64_t plane = g.nx * g.ny, xy = row % plane;
+  return {row / plane, xy / g.ny, xy % g.ny, xy * g.nz};
+}
+
 using SquareRow = void (*)(const Vec4*, const Grid3&, int64_t, int64_t, float, Vec4*);
 
 SquareRow square_row(const Grid3& g) {
@@ -191,23 +201,20 @@ void integrate_velocity(const float* velocity, float* out, int64_t batch, const 
     std::vector<Vec4> last_row(g.nz);
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < rows; ++row) {
-      const int64_t n = row / (g.nx * g.ny), v0 = (row % (g.nx * g.ny)) * g.nz;
-      const float* from = velocity + n * 3 * cs + v0;
-      Vec4* to = fields[0] + n * cs + v0;
+      const RowAt r = row_at(row, g);
+      const float* from = velocity + r.n * 3 * cs + r.v0;
+      Vec4* to = fields[0] + r.n * cs + r.v0;
       for (int64_t z = 0; z < g.nz; ++z) to[z] = Vec4{from[z], from[cs + z], from[2 * cs + z], 0.0f};
     }
     for (int step = 0; step < steps; ++step) {
       const bool last = step == steps - 1;
 #pragma omp for schedule(static)
       for (int64_t row = 0; row < rows; ++row) {
-        const int64_t y = row % g.ny;
-        const int64_t x = (row / g.ny) % g.nx;
-        const int64_t n = row / (g.ny * g.nx);
-        const int64_t v0 = (x * g.ny + y) * g.nz;
-        Vec4* to = last ? last_row.data() : fields[(step + 1) % 2] + n * cs + v0;
-        square(fields[step % 2] + n * cs, g, x, y, step == 0 ? first_scale : 1.0f, to);
+        const RowAt r = row_at(row, g);
+        Vec4* to = last ? last_row.data() : fields[(step + 1) % 2] + r.n * cs + r.v0;
+        square(fields[step % 2] + r.n * cs, g, r.x, r.y, step == 0 ? first_scale : 1.0f, to);
         if (last) {
-          float* planar = out + n * 3 * cs + v0;
+          float* planar = out + r.n * 3 * cs + r.v0;
           for (int64_t z = 0; z < g.nz; ++z) {
             planar[z] = to[z][0];
             planar[cs + z] = to[z][1];
