@@ -84,6 +84,21 @@ __attribute__((target("avx512f"))) inline __m512 fused_lerp(__m512 a, __m512 b, 
   return _mm512_fmadd_ps(t, _mm512_sub_ps(b, a), a);
 }
 
+// x0 sx + y0 sy + z0 of 4 voxels (int32 lanes x0, y0, z0, 0 each; sx and sy below 2^31) as int64,
+// for every lane (products of 32-bit values cannot overflow 64 bits); a voxel whose bit j of
+// `keep` is clear gets 0.
+__attribute__((target("avx512f"))) inline void corner_offsets(__m512i corner, __m512i strides, unsigned keep,
+                                                                 int64_t* out) {
+  __m512i a = _mm512_mul_epi32(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(corner)), strides);  // voxels 0, 1
+  __m512i b = _mm512_mul_epi32(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(corner, 1)), strides);
+  a = _mm512_add_epi64(a, _mm512_permutex_epi64(a, _MM_SHUFFLE(1, 0, 3, 2)));
+  b = _mm512_add_epi64(b, _mm512_permutex_epi64(b, _MM_SHUFFLE(1, 0, 3, 2)));
+  a = _mm512_add_epi64(a, _mm512_shuffle_epi32(a, _MM_PERM_BADC));
+  b = _mm512_add_epi64(b, _mm512_shuffle_epi32(b, _MM_PERM_BADC));
+  const __m512i sums = _mm512_permutex2var_epi64(a, _mm512_setr_epi64(0, 4, 8, 12, 0, 0, 0, 0), b);
+  _mm512_mask_storeu_epi64(out, 0xF, _mm512_maskz_mov_epi64(static_cast<__mmask8>(keep), sums));
+}
+
 __attribute__((target("avx512f"))) void square_row_fused(const Vec4* field, const Grid3& g, int64_t x, int64_t y,
                                                           float scale, Vec4* out) {
   const int64_t ny = g.ny, nz = g.nz, sx = ny * nz, sy = nz;
@@ -101,6 +116,8 @@ __attribute__((target("avx512f"))) void square_row_fused(const Vec4* field, cons
   // A chunk of the row at a time: first every group's corners and fractions, then the reads,
   // whose addresses are then all known (the loads of one group need not wait on the next's
   // arithmetic), then the border voxels.
+  const bool narrow_planes = sx < (int64_t{1} << 31);
+  const __m512i strides = _mm512_setr_epi64(sx, sy, 1, 0, sx, sy, 1, 0);
   constexpr int kGroups = 16;
   __m512 steps[kGroups], fractions[kGroups];
   unsigned valid[kGroups], border[kGroups];
@@ -117,17 +134,21 @@ __attribute__((target("avx512f"))) void square_row_fused(const Vec4* field, cons
       const __m512 p = _mm512_add_ps(voxel, steps[q]);
       const unsigned inside = _mm512_cmp_ps_mask(p, lower_bound, _CMP_GE_OQ) &
                               _mm512_cmp_ps_mask(p, upper_bound, _CMP_LT_OQ) & valid[q];
-      // Lanes outside read as 0, so that no product below can overflow; bit 4j: voxel j inside.
-      const __m512i corner_index = _mm512_maskz_cvttps_epi32(static_cast<__mmask16>(inside), p);
-      const unsigned full = inside & (inside >> 1) & (inside >> 2) & (inside >> 3);
+      const __m512i corner_index = _mm512_cvttps_epi32(p);
+      // Bit 4j: voxel j inside; keep, bit j: the same.
+      const unsigned full = inside & (inside >> 1) & (inside >> 2) & (inside >> 3) & 0x1111u;
+      const unsigned keep = (full | full >> 3 | full >> 6 | full >> 9) & 0xFu;
       border[q] = (0x1111u & valid[q]) & ~full;
       // Border voxels keep their position in place of the fractions, for border_read.
-      const unsigned full_lanes = (full & 0x1111u) * 0xFu;
-      fractions[q] = _mm512_mask_sub_ps(p, static_cast<__mmask16>(full_lanes), p, _mm512_cvtepi32_ps(corner_index));
-      _mm512_store_si512(corner, corner_index);
-      for (int j = 0; j < 4; ++j) {
-        const int64_t b = (corner[4 * j] * ny + corner[4 * j + 1]) * nz + corner[4 * j + 2];
-        base[4 * q + j] = (full >> (4 * j)) & 1u ? b : 0;
+      fractions[q] = _mm512_mask_sub_ps(p, static_cast<__mmask16>(full * 0xFu), p, _mm512_cvtepi32_ps(corner_index));
+      if (narrow_planes) {
+        corner_offsets(corner_index, strides, keep, base + 4 * q);
+      } else {  // lanes outside read as 0, so that no product can overflow
+        _mm512_store_si512(corner, _mm512_maskz_mov_epi32(static_cast<__mmask16>(inside), corner_index));
+        for (int j = 0; j < 4; ++j) {
+          const int64_t b = (corner[4 * j] * ny + corner[4 * j + 1]) * nz + corner[4 * j + 2];
+          base[4 * q + j] = (keep >> j) & 1u ? b : 0;
+        }
       }
     }
     for (int q = 0; q < groups; ++q) {
