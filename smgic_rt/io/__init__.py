@@ -23,6 +23,7 @@ the target and rename it into place.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import errno
 import io as _stdio
@@ -753,30 +754,67 @@ def image_stem(path) -> str:
 _GZIP_CHUNK = 8 << 20
 
 
-def _write_gzip_parallel(data: bytes, path: Path, threads: int | None = None) -> None:
-    """Write `data` as gzip compressed in 8 MiB pieces on `threads` threads (None: all cores),
-    with ISA-L (python-isal).
+class _GzipMembers(_stdio.RawIOBase):
+    """A write-only binary file whose bytes become gzip members of `_GZIP_CHUNK` bytes each (the
+    last one shorter), compressed with ISA-L (python-isal) on `pool` while more is written, and
+    written to `handle` in order; at most `ahead` pieces wait, so a file is never held whole.
 
-    Each piece is a complete gzip member and a gzip file may hold several in a row (RFC 1952);
-    zlib, nibabel, ITK and ANTs read such files as one stream. Compressing two 1 mm displacement
-    fields was the largest single cost of saving a registration: ISA-L's level 1 compresses
-    several times faster than zlib's level 1 (nibabel's) to a similar size (docs/tuning.md).
+    A gzip file may hold several members in a row (RFC 1952); zlib, nibabel, ITK and ANTs read
+    such files as one stream. Compressing two 1 mm displacement fields was the largest single cost
+    of saving a registration: ISA-L's level 1 compresses several times faster than zlib's level 1
+    (nibabel's) to a similar size (docs/tuning.md).
     """
-    from isal import igzip
 
-    view = memoryview(data)  # pieces without copies
-    pieces = [view[i:i + _GZIP_CHUNK] for i in range(0, len(data), _GZIP_CHUNK)] or [b""]
-    workers = max(1, min(len(pieces), threads or len(os.sched_getaffinity(0))))
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool, open(path, "wb") as handle:
-        # ISA-L releases the GIL while compressing, so the threads run in parallel.
-        for member in pool.map(lambda piece: igzip.compress(piece, compresslevel=1, mtime=0), pieces):
-            handle.write(member)
+    def __init__(self, handle, pool, ahead: int):
+        super().__init__()
+        self._handle, self._pool, self._ahead = handle, pool, max(1, ahead)
+        self._piece, self._pending, self._size, self._members = bytearray(), collections.deque(), 0, 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        count = len(view)
+        while view:
+            taken = view[:_GZIP_CHUNK - len(self._piece)]
+            self._piece += taken
+            view = view[len(taken):]
+            if len(self._piece) == _GZIP_CHUNK:
+                self._submit()
+        self._size += count
+        return count
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0 and offset == self._size:
+            return self._size
+        raise OSError(errno.ESPIPE, "a gzip stream is written in order")
+
+    def finish(self) -> None:
+        """Compress what is left (an empty file is one empty member) and write every member."""
+        if self._piece or not self._members:
+            self._submit()
+        while self._pending:
+            self._handle.write(self._pending.popleft().result())
+
+    def _submit(self) -> None:
+        from isal import igzip
+
+        piece, self._piece = self._piece, bytearray()
+        # ISA-L releases the GIL while compressing, so the pool's threads run in parallel.
+        self._pending.append(self._pool.submit(igzip.compress, piece, compresslevel=1, mtime=0))
+        self._members += 1
+        while len(self._pending) > self._ahead:
+            self._handle.write(self._pending.popleft().result())
 
 
-def _file_bytes(image: nib.Nifti1Image) -> memoryview:
-    """The bytes of `image`'s file (what ``to_bytes`` gives, without its copy), leaving the image
-    holding none of them: nibabel's writer points the image's ``file_map`` at its output, which
-    would keep the bytes of every saved image alive as long as the image.
+def _write_nifti_gz(image: nib.Nifti1Image, path: Path, threads: int | None = None) -> None:
+    """Write `image` as a .nii.gz compressed on `threads` threads (None: all cores), as
+    `_GzipMembers`, leaving the image holding no reference to the file: nibabel's writer points
+    the image's ``file_map`` at its output.
 
     C-ordered voxels are handed to nibabel in file order (`fortran_ordered`), in an image with
     this one's header as it would write it: nibabel's own transposing write is several times slower.
@@ -786,10 +824,12 @@ def _file_bytes(image: nib.Nifti1Image) -> memoryview:
         if ordered is not image.dataobj:
             image.update_header()  # what nibabel's writer does first; the copy takes the header as it is
             image = type(image)(ordered, None, image.header)
-    buffer, file_map = _stdio.BytesIO(), image.file_map
-    image.to_stream(buffer)
-    image.file_map = file_map
-    return buffer.getbuffer()
+    workers = max(1, threads or len(os.sched_getaffinity(0)))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool, open(path, "wb") as handle:
+        members, file_map = _GzipMembers(handle, pool, ahead=workers), image.file_map
+        image.to_stream(members)
+        image.file_map = file_map
+        members.finish()
 
 
 def save_image_atomic(image, path, *, threads: int | None = None) -> Path:
@@ -800,7 +840,7 @@ def save_image_atomic(image, path, *, threads: int | None = None) -> Path:
     try:
         with atomic.atomic_path(path, suffix=suffix) as temp:
             if suffix == ".nii.gz" and isinstance(image, nib.Nifti1Image):
-                _write_gzip_parallel(_file_bytes(image), temp, threads)
+                _write_nifti_gz(image, temp, threads)
             else:
                 nib.save(image, str(temp))
     except OSError as error:
