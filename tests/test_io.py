@@ -184,6 +184,16 @@ def test_saved_file_is_nibabels_own_file(tmp_path, make):
     assert gzip.decompress(path.read_bytes()) == expected
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_a_saved_image_keeps_no_reference_to_its_file(tmp_path, order):
+    """nibabel's writer points an image's file_map at what it wrote; a registration's saved
+    images would then hold their files (the streaming writer, its pieces) as long as they live."""
+    data = np.asarray(_volume((20, 30, 40)), order=order)
+    image = io.make_nifti(data, np.eye(4))
+    io.save_image_atomic(image, tmp_path / "x.nii.gz")
+    assert all(holder.fileobj is None and holder.filename is None for holder in image.file_map.values())
+    assert image.dataobj is data
+
 def test_itk_field_image_holds_the_lps_displacement():
     """The field image (built in file order) holds -x, -y, +z of the RAS displacement at every voxel."""
     from smgic_rt.geometry import transforms
