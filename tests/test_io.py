@@ -195,12 +195,15 @@ def test_a_saved_image_keeps_no_reference_to_its_file(tmp_path, order):
     assert image.dataobj is data
 
 def test_itk_field_image_holds_the_lps_displacement():
-    """The field image (built in file order) holds -x, -y, +z of the RAS displacement at every voxel."""
+    """The field image holds -x, -y, +z of the RAS displacement at every voxel, C-ordered as ever
+    (its file order is made only when it is written)."""
     from smgic_rt.geometry import transforms
 
     displacement = np.random.default_rng(5).normal(size=(3, 6, 7, 8)).astype(np.float32)
     data = np.asarray(transforms.displacement_to_itk_image(displacement, np.eye(4)).dataobj)
-    assert data.shape == (6, 7, 8, 1, 3) and data.dtype == np.float32
+    assert data.shape == (6, 7, 8, 1, 3) and data.dtype == np.float32 and data.flags.c_contiguous
+    in_file_order = io.fortran_ordered(data)
+    assert in_file_order.flags.f_contiguous and np.array_equal(in_file_order, data)
     np.testing.assert_array_equal(np.moveaxis(data[:, :, :, 0], -1, 0), displacement * np.array([-1, -1, 1], np.float32)[:, None, None, None])
 
 

@@ -98,12 +98,9 @@ def displacement_to_itk_image(displacement_ras_mm: np.ndarray, affine: np.ndarra
     displacement = np.asarray(displacement_ras_mm)
     if displacement.ndim != 4 or displacement.shape[0] != 3:
         raise ValueError(f"displacement_ras_mm must have shape (3, X, Y, Z), got {displacement.shape}")
-    # In the file's (Fortran) order, which nibabel writes as it is.
-    data = np.empty((*displacement.shape[1:], 1, 3), dtype=np.float32, order="F")
-    for c, flip in enumerate((True, True, False)):
-        component = io.reversed_axes(displacement[c], out=data[:, :, :, 0, c].T)
-        if flip:
-            np.negative(component, out=component)
+    data = np.empty((*displacement.shape[1:], 1, 3), dtype=np.float32)
+    for c, sign in enumerate((-1.0, -1.0, 1.0)):
+        np.multiply(displacement[c], np.float32(sign), out=data[:, :, :, 0, c], casting="unsafe")
     image = make_nifti(data, affine)
     image.header.set_intent("vector", (), name="")
     image.header.set_xyzt_units("mm")

@@ -488,11 +488,15 @@ def c_ordered(data: np.ndarray, dtype=None) -> np.ndarray:
 
 
 def fortran_ordered(data: np.ndarray) -> np.ndarray:
-    """A C-ordered 3-D `data` as a Fortran-ordered copy (the order of a NIfTI file's voxels, which
-    nibabel then writes without a transposing copy of its own); anything else as it is."""
-    if data.ndim == 3 and data.flags.c_contiguous and not data.flags.f_contiguous:
-        return reversed_axes(data).T
-    return data
+    """A C-ordered `data` of 3 or more dimensions (a volume, an ITK field's (X, Y, Z, 1, 3)) as a
+    Fortran-ordered copy, volume by volume through `reversed_axes`: the order of a NIfTI file's
+    voxels, which nibabel then writes without a transposing copy of its own. Anything else as it is."""
+    if data.ndim < 3 or not data.flags.c_contiguous or data.flags.f_contiguous:
+        return data
+    out = np.empty(data.shape, dtype=data.dtype, order="F")
+    for volume in np.ndindex(*data.shape[3:]):
+        reversed_axes(data[(...,) + volume], out=out[(...,) + volume].T)
+    return out
 
 
 def _check_finite(data: np.ndarray, name: str) -> None:
