@@ -98,10 +98,7 @@ def _add_register_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The Registrar's options (backend, bundle, stages), shared by smgic-register and smgic-batch."""
-    from .options import METRICS
-    from .pipeline import STAGE_MODES
-    from .presets import QUALITIES
-    from .registrar import BACKENDS
+    from .options import BACKENDS, METRICS, QUALITIES, STAGE_MODES
 
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="inference backend (default: auto)")
     parser.add_argument("--bundle", help="model bundle folder or zip (default: the installed default bundle)")

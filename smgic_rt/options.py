@@ -14,12 +14,14 @@ import os
 import numbers
 
 __all__ = ["is_int", "is_number", "check_int", "check_number", "check_choice", "records_given", "given_fields", "merged",
-           "with_given", "BACKENDS", "STAGE_MODES", "METRICS", "check_mode", "check_registrar_options"]
+           "with_given", "BACKENDS", "STAGE_MODES", "METRICS", "QUALITIES", "check_mode", "check_registrar_options"]
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 STAGE_MODES = ("auto", "on", "off")
 # What the affine stage and the refinement compare images by (smgic_rt.methods.similarity).
 METRICS = ("ncc", "mind")
+# The presets of smgic_rt.presets, named here so that a command line is parsed without the stages.
+QUALITIES = ("fast", "accurate")
 
 
 def is_int(value) -> bool:
@@ -121,8 +123,6 @@ def check_registrar_options(*, backend="auto", quality="fast", affine="auto", ne
                             threads=None, metric=None) -> dict:
     """The Registrar's arguments checked and normalised: one check for the API, the CLIs and batch
     (batch calls it before any worker starts)."""
-    from .presets import QUALITIES
-
     check_choice(backend, "backend", BACKENDS)
     if metric is not None:
         check_choice(metric, "metric", METRICS)

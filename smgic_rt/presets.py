@@ -17,11 +17,9 @@ from __future__ import annotations
 
 from .methods.affine import AffineOptions
 from .methods.refine import Level, RefineOptions
-from .options import check_choice, merged
+from .options import QUALITIES, check_choice, merged
 
 __all__ = ["QUALITIES", "PRESETS", "stage_options"]
-
-QUALITIES = ("fast", "accurate")
 
 _ACCURATE = dict(gradient="exact", symmetric=False)
 

@@ -395,7 +395,7 @@ class Registrar:
         from .geometry.ops import to_host
 
         return RegistrationResult(
-            warped=io.make_nifti(to_host(state.warped).astype(np.float32), state.fixed.affine),
+            warped=io.make_nifti(to_host(state.warped).astype(np.float32, copy=False), state.fixed.affine),
             jacobian=io.make_nifti(to_host(state.jacobian), state.fixed.affine),
             stats=stats,
             affine_matrix=state.world_matrix,

@@ -105,6 +105,20 @@ def test_itk_text_and_binary_from_ants_read_alike(tmp_path):
     np.testing.assert_allclose((binary[:3, :3] @ (point * flip) + binary[:3, 3]) * flip, expected, atol=1e-4)
 
 
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_itk_mat_is_the_file_nitransforms_writes(tmp_path, seed):
+    """Our ITK .mat (written without importing nitransforms) holds nitransforms' bytes, signed
+    zeros included: a rotation by a right angle and the identity have exact zeros."""
+    from nitransforms.io import itk
+
+    quarter = np.eye(4)
+    quarter[:3, :3] = rotation_matrix(np.radians([0.0, 0.0, 90.0]))
+    for k, matrix in enumerate((_matrix(seed), np.eye(4), quarter)):
+        transform_formats.write_affine(matrix, tmp_path / f"ours{k}.mat")
+        itk.ITKLinearTransform.from_ras(matrix).to_filename(str(tmp_path / f"nitransforms{k}.mat"))
+        assert (tmp_path / f"ours{k}.mat").read_bytes() == (tmp_path / f"nitransforms{k}.mat").read_bytes()
+
 def test_fsl_warp_of_an_affine_is_nitransforms_flirt_matrix(images):
     """An affine written as an FSL relative warp equals, voxel for voxel, the displacement that
     nitransforms' FLIRT matrix gives in FSL's coordinates (two independent routes to FSL's frame)."""

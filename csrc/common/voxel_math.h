@@ -135,6 +135,28 @@ SMGIC_HOST_DEVICE float interior_linear(const InteriorPoint& q, const float* cha
   return interior_lerps(channel + q.base, q.tx, q.ty, q.tz, sx, sy);
 }
 
+// The generic label at an interior point whose 8 corners hold one label in every channel: that
+// label (the general rule's answer, as corner 0 always has weight there), written to out[c *
+// out_stride]; false, writing nothing, otherwise. Most voxels of a label map lie inside one
+// structure or in the background, and this skips their weights.
+template <typename T>
+SMGIC_HOST_DEVICE bool uniform_labels(const T* image, int64_t channels, const Grid3& g, float px, float py, float pz,
+                                      T* out, int64_t out_stride) {
+  InteriorPoint q;
+  if (!interior_point(g, px, py, pz, q)) return false;
+  const int64_t cs = g.voxels(), sx = g.ny * g.nz, sy = g.nz;
+  for (int64_t c = 0; c < channels; ++c) {
+    const T* b = image + c * cs + q.base;
+    const T label = b[0];
+    if (!(b[1] == label && b[sy] == label && b[sy + 1] == label && b[sx] == label && b[sx + 1] == label &&
+          b[sx + sy] == label && b[sx + sy + 1] == label)) {
+      return false;
+    }
+  }
+  for (int64_t c = 0; c < channels; ++c) out[c * out_stride] = image[c * cs + q.base];
+  return true;
+}
+
 // Nearest and generic-label reads of every channel at point p, for any value type T (float
 // images, integer label maps): values are only compared and copied, never converted, so integer
 // labels of any size stay exact. Writes out[c * out_stride]; 0 outside (zeros padding).
@@ -150,6 +172,7 @@ SMGIC_HOST_DEVICE void sample_discrete(const T* image, int64_t channels, const G
     for (int64_t c = 0; c < channels; ++c) out[c * out_stride] = inside ? image[c * cs + offset] : T(0);
     return;
   }
+  if (uniform_labels(image, channels, g, px, py, pz, out, out_stride)) return;
   const Stencil s = linear_stencil(g, px, py, pz, padding);
   for (int64_t c = 0; c < channels; ++c) {
     const T* channel = image + c * cs;

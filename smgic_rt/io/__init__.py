@@ -23,6 +23,7 @@ the target and rename it into place.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import errno
 import io as _stdio
@@ -52,6 +53,9 @@ __all__ = [
     "world_box",
     "format_world_box",
     "check_affine",
+    "reversed_axes",
+    "c_ordered",
+    "fortran_ordered",
     "open_image",
     "check_header",
     "read_voxels",
@@ -450,6 +454,51 @@ def check_affine(affine: np.ndarray, name: str) -> np.ndarray:
     return affine
 
 
+def reversed_axes(array: np.ndarray, dtype=None, *, out: np.ndarray | None = None) -> np.ndarray:
+    """``array.transpose(2, 1, 0)`` (3-D) as a new C-contiguous array of `dtype` (default: its own),
+    or written into `out` (C-contiguous, that shape).
+
+    A NIfTI file holds its voxels in Fortran order, our arrays are C-ordered: reading and writing
+    an image turns one into the other. numpy's own transposing copy of a grid whose sizes are
+    powers of two (a 256^3 conformed image) hits the same cache sets with every strided read; one
+    plane of the middle axis at a time, gathered into a small contiguous buffer first, does not.
+    """
+    array = np.asarray(array)
+    if array.ndim != 3:
+        raise ValueError(f"reversed_axes needs a 3-D array, got shape {array.shape}")
+    first, middle, last = array.shape
+    if out is None:
+        out = np.empty((last, middle, first), dtype=array.dtype if dtype is None else dtype)
+    elif out.shape != (last, middle, first) or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous array of shape {(last, middle, first)}, got {out.shape}")
+    dtype = out.dtype
+    plane = np.empty((first, last), dtype=dtype)
+    for j in range(middle):
+        np.copyto(plane, array[:, j, :], casting="unsafe")
+        out[:, j, :] = plane.T
+    return out
+
+
+def c_ordered(data: np.ndarray, dtype=None) -> np.ndarray:
+    """`data` as a C-contiguous array of `dtype` (default: its own); a Fortran-ordered 3-D array
+    (the voxels of a NIfTI file) through `reversed_axes`, anything else as numpy does it."""
+    if data.ndim == 3 and data.flags.f_contiguous and not data.flags.c_contiguous:
+        return reversed_axes(data.T, dtype)
+    return np.ascontiguousarray(data, dtype=dtype)
+
+
+def fortran_ordered(data: np.ndarray) -> np.ndarray:
+    """A C-ordered `data` of 3 or more dimensions (a volume, an ITK field's (X, Y, Z, 1, 3)) as a
+    Fortran-ordered copy, volume by volume through `reversed_axes`: the order of a NIfTI file's
+    voxels, which nibabel then writes without a transposing copy of its own. Anything else as it is."""
+    if data.ndim < 3 or not data.flags.c_contiguous or data.flags.f_contiguous:
+        return data
+    out = np.empty(data.shape, dtype=data.dtype, order="F")
+    for volume in np.ndindex(*data.shape[3:]):
+        reversed_axes(data[(...,) + volume], out=out[(...,) + volume].T)
+    return out
+
+
 def _check_finite(data: np.ndarray, name: str) -> None:
     if data.dtype.kind == "f":
         bad = ~np.isfinite(data)
@@ -508,9 +557,10 @@ def load_volume(image, *, name: str = "image", allow_constant: bool = False, min
     _check_finite(data, name)
     if data.dtype.kind == "b":
         data = data.astype(np.float32)
-    as_float32 = np.ascontiguousarray(data, dtype=np.float32)
-    # float64 -> float32 can overflow (1e300 becomes inf): what we hand on must be finite too.
-    _check_finite(as_float32, f"{name} (as float32)")
+    as_float32 = c_ordered(data, np.float32)
+    if data.dtype.itemsize > 4 and data.dtype.kind == "f":
+        # float64 -> float32 can overflow (1e300 becomes inf): what we hand on must be finite too.
+        _check_finite(as_float32, f"{name} (as float32)")
     low, high = float(as_float32.min()), float(as_float32.max())
     if not high > low and not allow_constant:
         raise InvalidImageError(f"{name} is constant (every voxel is {low}); there is nothing to register")
@@ -535,7 +585,7 @@ def load_label_map(image, *, name: str = "label map", like: Volume | None = None
     data = _squeeze_to_3d(data, name)
     affine = check_affine(affine, name)
     data = _integer_labels(data, name)
-    labels = Volume(np.ascontiguousarray(data), affine, name, source)
+    labels = Volume(c_ordered(data), affine, name, source)
     if like is not None:
         check_overlap(labels, like, name=name, min_fraction=min_overlap)
     return labels
@@ -605,7 +655,7 @@ def load_mask(image, *, like: Volume, name: str = "mask") -> Volume:
             f"{name} must lie on the grid of the {like.name} (same affine), got affine "
             f"{np.round(affine, 4).tolist()} vs {np.round(like.affine, 4).tolist()}"
         )
-    return Volume(np.ascontiguousarray(mask.astype(np.float32)), affine, name, source)
+    return Volume(c_ordered(mask, np.float32), affine, name, source)
 
 
 # At most this many voxels are mapped to decide an overlap (a strided sample of larger maps):
@@ -708,34 +758,82 @@ def image_stem(path) -> str:
 _GZIP_CHUNK = 8 << 20
 
 
-def _write_gzip_parallel(data: bytes, path: Path, threads: int | None = None) -> None:
-    """Write `data` as gzip compressed in 8 MiB pieces on `threads` threads (None: all cores),
-    with ISA-L (python-isal).
+class _GzipMembers(_stdio.RawIOBase):
+    """A write-only binary file whose bytes become gzip members of `_GZIP_CHUNK` bytes each (the
+    last one shorter), compressed with ISA-L (python-isal) on `pool` while more is written, and
+    written to `handle` in order; at most `ahead` pieces wait, so a file is never held whole.
 
-    Each piece is a complete gzip member and a gzip file may hold several in a row (RFC 1952);
-    zlib, nibabel, ITK and ANTs read such files as one stream. Compressing two 1 mm displacement
-    fields was the largest single cost of saving a registration: ISA-L's level 1 compresses
-    several times faster than zlib's level 1 (nibabel's) to a similar size (docs/tuning.md).
+    A gzip file may hold several members in a row (RFC 1952); zlib, nibabel, ITK and ANTs read
+    such files as one stream. Compressing two 1 mm displacement fields was the largest single cost
+    of saving a registration: ISA-L's level 1 compresses several times faster than zlib's level 1
+    (nibabel's) to a similar size (docs/tuning.md).
     """
-    from isal import igzip
 
-    view = memoryview(data)  # pieces without copies
-    pieces = [view[i:i + _GZIP_CHUNK] for i in range(0, len(data), _GZIP_CHUNK)] or [b""]
-    workers = max(1, min(len(pieces), threads or len(os.sched_getaffinity(0))))
+    def __init__(self, handle, pool, ahead: int):
+        super().__init__()
+        self._handle, self._pool, self._ahead = handle, pool, max(1, ahead)
+        self._piece, self._pending, self._size, self._members = bytearray(), collections.deque(), 0, 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        count = len(view)
+        while view:
+            taken = view[:_GZIP_CHUNK - len(self._piece)]
+            self._piece += taken
+            view = view[len(taken):]
+            if len(self._piece) == _GZIP_CHUNK:
+                self._submit()
+        self._size += count
+        return count
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0 and offset == self._size:
+            return self._size
+        raise OSError(errno.ESPIPE, "a gzip stream is written in order")
+
+    def finish(self) -> None:
+        """Compress what is left (an empty file is one empty member) and write every member."""
+        if self._piece or not self._members:
+            self._submit()
+        while self._pending:
+            self._handle.write(self._pending.popleft().result())
+
+    def _submit(self) -> None:
+        from isal import igzip
+
+        piece, self._piece = self._piece, bytearray()
+        # ISA-L releases the GIL while compressing, so the pool's threads run in parallel.
+        self._pending.append(self._pool.submit(igzip.compress, piece, compresslevel=1, mtime=0))
+        self._members += 1
+        while len(self._pending) > self._ahead:
+            self._handle.write(self._pending.popleft().result())
+
+
+def _write_nifti_gz(image: nib.Nifti1Image, path: Path, threads: int | None = None) -> None:
+    """Write `image` as a .nii.gz compressed on `threads` threads (None: all cores), as
+    `_GzipMembers`, leaving the image holding no reference to the file: nibabel's writer points
+    the image's ``file_map`` at its output.
+
+    C-ordered voxels are handed to nibabel in file order (`fortran_ordered`), in an image with
+    this one's header as it would write it: nibabel's own transposing write is several times slower.
+    """
+    if isinstance(image.dataobj, np.ndarray):
+        ordered = fortran_ordered(image.dataobj)
+        if ordered is not image.dataobj:
+            image.update_header()  # what nibabel's writer does first; the copy takes the header as it is
+            image = type(image)(ordered, None, image.header)
+    workers = max(1, threads or len(os.sched_getaffinity(0)))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool, open(path, "wb") as handle:
-        # ISA-L releases the GIL while compressing, so the threads run in parallel.
-        for member in pool.map(lambda piece: igzip.compress(piece, compresslevel=1, mtime=0), pieces):
-            handle.write(member)
-
-
-def _file_bytes(image: nib.Nifti1Image) -> memoryview:
-    """The bytes of `image`'s file (what ``to_bytes`` gives, without its copy), leaving the image
-    holding none of them: nibabel's writer points the image's ``file_map`` at its output, which
-    would keep the bytes of every saved image alive as long as the image."""
-    buffer, file_map = _stdio.BytesIO(), image.file_map
-    image.to_stream(buffer)
-    image.file_map = file_map
-    return buffer.getbuffer()
+        members, file_map = _GzipMembers(handle, pool, ahead=workers), image.file_map
+        image.to_stream(members)
+        image.file_map = file_map
+        members.finish()
 
 
 def save_image_atomic(image, path, *, threads: int | None = None) -> Path:
@@ -746,7 +844,7 @@ def save_image_atomic(image, path, *, threads: int | None = None) -> Path:
     try:
         with atomic.atomic_path(path, suffix=suffix) as temp:
             if suffix == ".nii.gz" and isinstance(image, nib.Nifti1Image):
-                _write_gzip_parallel(_file_bytes(image), temp, threads)
+                _write_nifti_gz(image, temp, threads)
             else:
                 nib.save(image, str(temp))
     except OSError as error:

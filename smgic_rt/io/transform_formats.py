@@ -172,13 +172,26 @@ def read_affine(path, *, fmt: str | None = None, fixed=None, moving=None) -> np.
     return _check_matrix(matrix, where)
 
 
+_LPS = np.diag([-1, -1, 1, 1])
+
+
+def _write_itk_mat(matrix: np.ndarray, path) -> None:
+    """The binary ITK .mat of a RAS fixed -> moving `matrix`, byte for byte what nitransforms'
+    ``ITKLinearTransform.from_ras(matrix).to_filename`` writes (tests/test_transform_formats.py),
+    through scipy.io alone: importing nitransforms (h5py, asyncio, scipy.ndimage) is most of what
+    writing every registration's affine.mat would cost."""
+    from scipy.io import savemat
+
+    parameters = _LPS.dot(matrix.dot(_LPS))  # nitransforms' expression: the same signed zeros
+    savemat(str(path), {"AffineTransform_double_3_3": np.hstack((parameters[:3, :3].reshape(-1), parameters[:3, 3]))[:, None],
+                        "fixed": np.zeros((3, 1), dtype="f4")}, format="4")
+
+
 def write_affine(matrix, path, *, fmt: str | None = None, fixed=None, moving=None) -> Path:
     """Write the 4x4 RAS fixed -> moving `matrix` as `fmt` (default: from the name: ``.lta``
     LTA, ``.mat`` ITK, ``.txt`` our RAS text), atomically. FSL and LTA need `fixed` and
     `moving` (the LTA's src is the moving image, dst the fixed one, as mri_robust_register
     writes ``--mov`` and ``--dst``)."""
-    from nitransforms.io import fsl, itk, lta
-
     path = Path(os.fspath(path))
     if fmt is None:
         fmt = {".lta": "lta", ".mat": "itk", ".txt": "ras"}.get(path.suffix.lower())
@@ -190,11 +203,13 @@ def write_affine(matrix, path, *, fmt: str | None = None, fixed=None, moving=Non
     if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
         raise ValueError(f"matrix must be a finite 4x4 matrix, got shape {matrix.shape}")
     if fmt == "itk":
-        with atomic.atomic_path(path, suffix=".mat") as temp:  # nitransforms picks binary for .mat
-            itk.ITKLinearTransform.from_ras(matrix).to_filename(str(temp))
+        with atomic.atomic_path(path, suffix=".mat") as temp:
+            _write_itk_mat(matrix, temp)
         return path
     if fmt == "ras":
         return atomic.write_text(path, "\n".join(" ".join(f"{v:.17g}" for v in row) for row in matrix) + "\n")
+    from nitransforms.io import fsl, lta
+
     _need({"fixed": fixed, "moving": moving}, fmt, path)
     fixed_grid, moving_grid = _grid(fixed, "fixed image"), _grid(moving, "moving image")
     if fmt == "fsl":
