@@ -19,6 +19,17 @@ struct Grid3 {
   SMGIC_HOST_DEVICE int64_t voxels() const { return nx * ny * nz; }
 };
 
+// Row `row` of the (N, X, Y) rows that the CPU loops share out (y fastest): item n of the batch
+// (or channel), the row's (x, y), and the offset v0 of (x, y, 0) within one grid.
+struct RowAt {
+  int64_t n, x, y, v0;
+};
+
+SMGIC_HOST_DEVICE RowAt row_at(int64_t row, const Grid3& g) {
+  const int64_t plane = g.nx * g.ny, xy = row % plane;
+  return {row / plane, xy / g.ny, xy % g.ny, xy * g.nz};
+}
+
 // Clamping with fmin/fmax also maps NaN to a finite bound, so a bad coordinate can never turn
 // into an out-of-range integer cast (undefined behaviour) inside a kernel.
 SMGIC_HOST_DEVICE float clamp_coordinate(float p, float lo, float hi) { return fminf(fmaxf(p, lo), hi); }

@@ -182,16 +182,6 @@ __attribute__((target("avx512f"))) void square_row_fused(const Vec4* field, cons
 }
 #endif
 
-// Row `row` of the (N, X, Y) rows: batch item n, (x, y), and the offset v0 of (x, y, 0) in a channel.
-struct RowAt {
-  int64_t n, x, y, v0;
-};
-
-RowAt row_at(int64_t row, const Grid3& g) {
-  const int64_t plane = g.nx * g.ny, xy = row % plane;
-  return {row / plane, xy / g.ny, xy % g.ny, xy * g.nz};
-}
-
 using SquareRow = void (*)(const Vec4*, const Grid3&, int64_t, int64_t, float, Vec4*);
 
 SquareRow square_row(const Grid3& g) {

@@ -15,10 +15,8 @@ void for_each_voxel(int64_t batch, const Grid3& g, Body body) {
   const int64_t rows = batch * g.nx * g.ny;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < rows; ++row) {
-    const int64_t y = row % g.ny;
-    const int64_t x = (row / g.ny) % g.nx;
-    const int64_t n = row / (g.ny * g.nx);
-    for (int64_t z = 0; z < g.nz; ++z) body(n, x, y, z);
+    const RowAt r = row_at(row, g);
+    for (int64_t z = 0; z < g.nz; ++z) body(r.n, r.x, r.y, z);
   }
 }
 }  // namespace
@@ -96,18 +94,15 @@ void warp(const WarpParams& p) {
     RowSampler sampler(p.in, p.padding, g.nz);
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < rows; ++row) {
-      const int64_t y = row % g.ny;
-      const int64_t x = (row / g.ny) % g.nx;
-      const int64_t n = row / (g.ny * g.nx);
+      const RowAt r = row_at(row, g);
       sampler.start_row();
       for (int64_t z = 0; z < g.nz; ++z) {
         float px, py, pz;
-        warp_position(p, n, x, y, z, px, py, pz);
+        warp_position(p, r.n, r.x, r.y, z, px, py, pz);
         sampler.set(z, px, py, pz);
       }
-      const int64_t row_offset = (x * g.ny + y) * g.nz;
       for (int64_t c = 0; c < p.channels; ++c) {
-        sampler.read(p.image + (n * p.channels + c) * in_cs, p.out + (n * p.channels + c) * out_cs + row_offset);
+        sampler.read(p.image + (r.n * p.channels + c) * in_cs, p.out + (r.n * p.channels + c) * out_cs + r.v0);
       }
     }
   }
@@ -137,19 +132,16 @@ void compose(const ComposeParams& p) {
     std::vector<float> sampled(g.nz);
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < rows; ++row) {
-      const int64_t y = row % g.ny;
-      const int64_t x = (row / g.ny) % g.nx;
-      const int64_t n = row / (g.ny * g.nx);
-      const int64_t row_offset = (x * g.ny + y) * g.nz;
-      const float* inner = p.inner + n * 3 * cs + row_offset;
+      const RowAt r = row_at(row, g);
+      const float* inner = p.inner + r.n * 3 * cs + r.v0;
       sampler.start_row();
       for (int64_t z = 0; z < g.nz; ++z) {
-        sampler.set(z, static_cast<float>(x) + p.scale * inner[z], static_cast<float>(y) + p.scale * inner[cs + z],
+        sampler.set(z, static_cast<float>(r.x) + p.scale * inner[z], static_cast<float>(r.y) + p.scale * inner[cs + z],
                     static_cast<float>(z) + p.scale * inner[2 * cs + z]);
       }
       for (int64_t c = 0; c < 3; ++c) {
-        sampler.read(p.outer + (n * 3 + c) * outer_cs, sampled.data());
-        float* out = p.out + n * 3 * cs + c * cs + row_offset;
+        sampler.read(p.outer + (r.n * 3 + c) * outer_cs, sampled.data());
+        float* out = p.out + r.n * 3 * cs + c * cs + r.v0;
         for (int64_t z = 0; z < g.nz; ++z) out[z] = p.scale * inner[c * cs + z] + p.scale * sampled[z];
       }
     }

@@ -123,11 +123,11 @@ void filter_axis(const float* in, float* out, int64_t channels, const Grid3& g, 
       const int64_t lo = radius < g.nz ? radius : g.nz, hi = g.nz - radius > lo ? g.nz - radius : lo;
 #pragma omp for schedule(static)
       for (int64_t row = 0; row < rows; ++row) {
-        const int64_t y = row % g.ny, x = (row / g.ny) % g.nx, c = row / (g.ny * g.nx);
-        const float* channel = in + c * cs;
-        float* o = out + c * cs + (x * g.ny + y) * g.nz;
-        for (int64_t z = 0; z < lo; ++z) o[z] = filter_axis_voxel(channel, g, axis, taps, radius, normalise_inside, x, y, z);
-        for (int64_t z = hi; z < g.nz; ++z) o[z] = filter_axis_voxel(channel, g, axis, taps, radius, normalise_inside, x, y, z);
+        const RowAt r = row_at(row, g);  // r.n: the channel
+        const float* channel = in + r.n * cs;
+        float* o = out + r.n * cs + r.v0;
+        for (int64_t z = 0; z < lo; ++z) o[z] = filter_axis_voxel(channel, g, axis, taps, radius, normalise_inside, r.x, r.y, z);
+        for (int64_t z = hi; z < g.nz; ++z) o[z] = filter_axis_voxel(channel, g, axis, taps, radius, normalise_inside, r.x, r.y, z);
       }
     }
   }
