@@ -23,7 +23,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-
 def load_module(checkout):
     """The compiled module of another checkout, imported from its file under a private name."""
     paths = glob.glob(os.path.join(checkout, "smgic_rt", "_C*.so"))
