@@ -44,6 +44,7 @@ def both_presets_on_a_real_pair():
 
 def test_each_preset_runs_its_levels_on_its_grids(both_presets_on_a_real_pair):
     assert QUALITIES == ("fast", "accurate")
+    assert tuple(PRESETS) == QUALITIES  # the names the command line offers (options.QUALITIES) are the presets
     for quality, (state, records) in both_presets_on_a_real_pair.items():
         stats = records["refine"]["stats"]
         ran = [(record["factor"], record["iterations"]) for record in stats["levels"]]
