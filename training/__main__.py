@@ -93,6 +93,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-translation", type=float, default=Augment.translation_mm, help="mm")
     parser.add_argument("--max-scale", type=float, default=Augment.scale, help="relative scale change per axis")
     parser.add_argument("--max-shear", type=float, default=Augment.shear)
+    parser.add_argument("--max-deformation", type=float, default=Augment.deformation_mm,
+                        help="mm: peak of each side's smooth nonlinear displacement")
     parser.add_argument("--stages", type=int, default=4, choices=(1, 2, 3, 4),
                         help="train stages 1..STAGES (default 4: every level)")
     parser.add_argument("--synthetic-fraction", type=float, default=0.0,
@@ -139,7 +141,8 @@ def main(argv=None) -> int:
                          validate_every=args.validate_every, checkpoint_every=args.checkpoint_every,
                          validation_pairs=args.validation_pairs, seed=args.seed, data_folder=args.data,
                          augment=Augment(rotation_deg=args.max_rotation, translation_mm=args.max_translation,
-                                         scale=args.max_scale, shear=args.max_shear),
+                                         scale=args.max_scale, shear=args.max_shear,
+                                         deformation_mm=args.max_deformation),
                          threads=args.threads, device=device, init=args.init, teacher_weight=args.teacher_weight,
                          teacher=args.teacher, pair_pool=args.pair_pool, stages=args.stages,
                          spm_heads=args.spm_heads, synthetic_fraction=args.synthetic_fraction)
