@@ -11,7 +11,7 @@ from smgic_rt import _C
 from smgic_rt.geometry import ops
 from smgic_rt.geometry.filters import box_mean, gaussian_taps
 from conftest import nilearn_brain
-from smgic_rt.methods.refine import PER_LEVEL, Level, RefineOptions, objective, refine_velocity
+from smgic_rt.methods.refine import PER_LEVEL, Level, RefineOptions, _boundary_weight, objective, refine_velocity
 
 SHAPE = (48, 56, 48)
 
@@ -357,3 +357,68 @@ def test_cuda_exact_ncc_kernel_matches_the_numpy_reference(brain, both):
 def test_an_unknown_gradient_is_refused():
     with pytest.raises(ValueError, match=r"gradient must be one of \['window', 'exact'\], got 'sobel'"):
         Level(1, 3, gradient="sobel")
+
+
+def _descent_numpy(force, velocity, reg2, weight):
+    """The refinement's descent direction as numpy computes it: force + reg2 * Laplacian(v)
+    (edge-replicated, -6 v then the x, y, z neighbours), times the weight; and its peak length."""
+    padded = np.pad(velocity, ((0, 0), (1, 1), (1, 1), (1, 1)), mode="edge")
+    core = (slice(None), slice(1, -1), slice(1, -1), slice(1, -1))
+    laplacian = -6.0 * padded[core]
+    for axis in (1, 2, 3):
+        for shift in (-1, 1):
+            index = list(core)
+            index[axis] = slice(1 + shift, padded.shape[axis] - 1 + shift)
+            laplacian += padded[tuple(index)]
+    out = force + np.float32(reg2) * laplacian
+    if weight is not None:
+        out *= weight
+    return out, float(np.sqrt(np.square(out).sum(axis=0)).max())
+
+
+def _descent_cases(brain):
+    rng = np.random.default_rng(3)
+    for shape in [(1, 1, 1), (2, 3, 4), (5, 1, 7), (33, 17, 9)]:
+        yield rng.standard_normal((3, *shape)).astype(np.float32), (rng.standard_normal((3, *shape)) * 4).astype(
+            np.float32), rng.random(shape, dtype=np.float32)
+    # A real image's gradient as the force, a smooth velocity of its grid, the refinement's weight.
+    yield ops.image_gradient(brain), _smooth_velocity(4, 2.0), _boundary_weight(brain.shape, 2)
+
+
+def test_the_descent_kernel_equals_numpy_bit_for_bit(brain):
+    cases = 0
+    for force, velocity, weight in _descent_cases(brain):
+        for w in (None, weight):
+            for reg2 in (np.float32(0.02), np.float32(2 * 0.01)):
+                want, want_peak = _descent_numpy(force, velocity, reg2, w)
+                got = force.copy()
+                peak = ops.descent_direction(got, velocity, reg2, w)
+                np.testing.assert_array_equal(got, want)
+                assert peak == want_peak
+                cases += 1
+    assert cases == 20
+
+
+def test_the_descent_kernel_reports_nan_and_refuses_bad_shapes():
+    force = np.ones((3, 4, 5, 6), np.float32)
+    velocity = np.zeros_like(force)
+    velocity[1, 2, 3, 4] = np.nan
+    assert np.isnan(ops.descent_direction(force, velocity, 0.02))
+    with pytest.raises(ValueError, match=r"force and velocity must both be \(3, X, Y, Z\)"):
+        ops.descent_direction(np.ones((2, 4, 5, 6), np.float32), np.ones((2, 4, 5, 6), np.float32), 0.02)
+    with pytest.raises(ValueError, match="weight must be"):
+        ops.descent_direction(np.ones((3, 4, 5, 6), np.float32), np.ones((3, 4, 5, 6), np.float32), 0.02,
+                              np.ones((4, 5, 5), np.float32))
+
+
+@pytest.mark.cuda
+def test_cuda_descent_kernel_matches_numpy(brain):
+    cupy = pytest.importorskip("cupy")
+    if not ops.cuda_available():
+        pytest.skip("no CUDA")
+    for force, velocity, weight in _descent_cases(brain):
+        want, want_peak = _descent_numpy(force, velocity, np.float32(0.02), weight)
+        got = cupy.asarray(force)
+        peak = ops.descent_direction(got, cupy.asarray(velocity), np.float32(0.02), cupy.asarray(weight))
+        np.testing.assert_array_equal(cupy.asnumpy(got), want)
+        assert peak == want_peak

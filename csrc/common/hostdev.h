@@ -17,3 +17,13 @@
 #define SMGIC_UNROLL
 #endif
 #endif
+
+// One rounded product and sum: nvcc fuses a * b + c into one FMA unless told not to, g++ (ISO mode,
+// no -mfma outside target clones) does not. Where CPU and GPU must round alike, use these.
+#if defined(__CUDA_ARCH__)
+SMGIC_HOST_DEVICE float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+SMGIC_HOST_DEVICE float add_rn(float a, float b) { return __fadd_rn(a, b); }
+#else
+SMGIC_HOST_DEVICE float mul_rn(float a, float b) { return a * b; }
+SMGIC_HOST_DEVICE float add_rn(float a, float b) { return a + b; }
+#endif

@@ -68,6 +68,28 @@ py::tuple lncc_cpu(const py::array& i, const py::array& j, const py::array& mean
   return py::make_tuple(cc, di, dj);
 }
 
+// descent_direction(force (3, X, Y, Z) in place, velocity (3, X, Y, Z), weight (X, Y, Z) or None, reg2) -> peak
+float descent_cpu(py::array force, const py::array& velocity, const py::object& weight, float reg2) {
+  auto f = checked(force, "force", 4), v = checked(velocity, "velocity", 4);
+  const Grid3 g = grid_last3(f);
+  if (f.shape(0) != 3 || v.shape(0) != 3 || grid_last3(v).voxels() != g.voxels() || v.shape(1) != g.nx ||
+      v.shape(2) != g.ny) {
+    throw py::value_error("descent_direction: force and velocity must both be (3, X, Y, Z) of one grid");
+  }
+  if (!f.writeable()) throw py::value_error("descent_direction: force must be writeable (it is updated in place)");
+  py::array_t<float> w;
+  if (!weight.is_none()) {
+    w = checked(py::cast<py::array>(weight), "weight", 3);
+    if (w.shape(0) != g.nx || w.shape(1) != g.ny || w.shape(2) != g.nz) {
+      throw py::value_error("descent_direction: weight must be (X, Y, Z) of the force's grid");
+    }
+  }
+  float* out = f.mutable_data();
+  const float* weights = weight.is_none() ? nullptr : w.data();
+  py::gil_scoped_release release;
+  return cpu::descent_direction(out, v.data(), weights, g, reg2);
+}
+
 py::array_t<float> gradient_cpu(const py::array& volume) {
   auto in = checked(volume, "volume", 3);
   const Grid3 g = grid_last3(in);
@@ -196,6 +218,12 @@ void gradient_cuda(uintptr_t in, uintptr_t out, const Shape3& shape, int device,
   cuda::image_gradient(dptr(in), dmut(out), grid3(shape), where(out, device, stream));
 }
 
+void descent_cuda(uintptr_t force, uintptr_t velocity, uintptr_t weight, const Shape3& shape, float reg2, int device,
+                  uintptr_t stream) {
+  cuda::descent_direction(dmut(force), dptr(velocity), weight == 0 ? nullptr : dptr(weight), grid3(shape), reg2,
+                          where(force, device, stream));
+}
+
 // `terms`, `scratch`: (kNccTermsBoth or kNccTermsMoving, *shape) device workspace; d_f 0: d_m only.
 void ncc_exact_cuda(uintptr_t f, uintptr_t m, uintptr_t means, uintptr_t terms, uintptr_t scratch, uintptr_t d_f,
                     uintptr_t d_m, const Shape3& shape, float eps, int radius, int device, uintptr_t stream) {
@@ -276,6 +304,9 @@ void bind_registration(pybind11::module_& m) {
   m.def("filter_axis", &filter_axis_cpu, "one separable filter pass along an axis of (C, X, Y, Z) volumes");
   m.def("lncc", &lncc_cpu, "per-voxel local NCC and its derivatives from five box means");
   m.def("image_gradient", &gradient_cpu, "central-difference gradient (3, X, Y, Z) of a volume");
+  m.def("descent_direction", &descent_cpu,
+        "the refinement's descent direction in place in `force`; returns its largest vector length",
+        py::arg("force"), py::arg("velocity"), py::arg("weight"), py::arg("reg2"));
   m.def("ncc_exact_derivatives", &ncc_exact_cpu, "exact derivatives of the mean local NCC by each voxel of f, m",
         py::arg("f"), py::arg("m"), py::arg("means"), py::arg("eps"), py::arg("radius"), py::arg("both"));
   m.attr("NCC_TERMS_BOTH") = kNccTermsBoth;
@@ -298,6 +329,8 @@ void bind_registration(pybind11::module_& m) {
   m.def("ncc_exact_derivatives_cuda", &ncc_exact_cuda, "ncc_exact_derivatives on the GPU into d_f (0: none), d_m",
         py::arg("f"), py::arg("m"), py::arg("means"), py::arg("terms"), py::arg("scratch"), py::arg("d_f"),
         py::arg("d_m"), py::arg("shape"), py::arg("eps"), py::arg("radius"), dev, str);
+  m.def("descent_direction_cuda", &descent_cuda, "descent_direction on the GPU, in place (weight 0: none)",
+        py::arg("force"), py::arg("velocity"), py::arg("weight"), py::arg("shape"), py::arg("reg2"), dev, str);
   m.def("image_gradient_cuda", &gradient_cuda, "image_gradient on the GPU into `out`", py::arg("volume"),
         py::arg("out"), py::arg("shape"), dev, str);
   m.def("affine_ncc_sums_cuda", &affine_sums_cuda,

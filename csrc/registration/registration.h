@@ -24,6 +24,9 @@ void lncc(const float* i, const float* j, const float* means, float* cc, float* 
           float eps);
 // Central differences (one-sided at the border) of one volume: out (3, X, Y, Z).
 void image_gradient(const float* in, float* out, const Grid3& g);
+// descent_voxel over the 3 channels of `force` (in place) and `velocity`, (3, X, Y, Z) each, with
+// `weight` (X, Y, Z) or null (1); returns the largest vector_length of the result.
+float descent_direction(float* force, const float* velocity, const float* weight, const Grid3& g, float reg2);
 // The exact NCC derivatives (registration_math.h) of the images f, m from their five box means:
 // d_m always, d_f when `d_f` is not null. `terms` and `scratch`: kNccTermsBoth (with d_f) or
 // kNccTermsMoving volumes of g each, the caller's workspace.
@@ -46,6 +49,9 @@ void filter_axis(const float* in, float* out, int64_t channels, const Grid3& g, 
 void lncc(const float* i, const float* j, const float* means, float* cc, float* d_i, float* d_j, const Grid3& g,
           float eps, const Launch& where);
 void image_gradient(const float* in, float* out, const Grid3& g, const Launch& where);
+// The CPU function's direction in place; the caller takes its largest length.
+void descent_direction(float* force, const float* velocity, const float* weight, const Grid3& g, float reg2,
+                       const Launch& where);
 void ncc_exact_derivatives(const float* f, const float* m, const float* means, float* terms, float* scratch,
                            float* d_f, float* d_m, const Grid3& g, float eps, const FilterTaps& box, int radius,
                            const Launch& where);

@@ -161,6 +161,45 @@ void image_gradient(const float* in, float* out, const Grid3& g) {
   }
 }
 
+float descent_direction(float* force, const float* velocity, const float* weight, const Grid3& g, float reg2) {
+  const int64_t cs = g.voxels(), rows = g.nx * g.ny, sx = g.ny * g.nz, sy = g.nz;
+  float peak = 0.0f;
+  bool not_a_number = false;
+#pragma omp parallel reduction(max : peak) reduction(|| : not_a_number)
+  {
+    std::vector<float> ones(g.nz, 1.0f);
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < rows; ++row) {
+      const RowAt r = row_at(row, g);
+      const float* w = weight != nullptr ? weight + r.v0 : ones.data();
+      const bool interior = r.x > 0 && r.x < g.nx - 1 && r.y > 0 && r.y < g.ny - 1 && g.nz > 2;
+      for (int c = 0; c < 3; ++c) {
+        const float* in = velocity + c * cs;
+        float* out = force + c * cs + r.v0;
+        if (!interior) {
+          for (int64_t z = 0; z < g.nz; ++z) out[z] = descent_voxel(in, g, r.x, r.y, z, out[z], reg2, w[z]);
+          continue;
+        }
+        // Away from the faces every neighbour exists: a loop the compiler vectorises.
+        const float* a = in + r.v0;
+        out[0] = descent_voxel(in, g, r.x, r.y, 0, out[0], reg2, w[0]);
+        for (int64_t z = 1; z < g.nz - 1; ++z) {
+          out[z] = descent_value(out[z], a[z], a[z - sx], a[z + sx], a[z - sy], a[z + sy], a[z - 1], a[z + 1], reg2,
+                                 w[z]);
+        }
+        out[g.nz - 1] = descent_voxel(in, g, r.x, r.y, g.nz - 1, out[g.nz - 1], reg2, w[g.nz - 1]);
+      }
+      const float* f0 = force + r.v0;
+      for (int64_t z = 0; z < g.nz; ++z) {
+        const float length = vector_length(f0[z], f0[cs + z], f0[2 * cs + z]);
+        not_a_number = not_a_number || length != length;
+        peak = length > peak ? length : peak;
+      }
+    }
+  }
+  return not_a_number ? NAN : peak;
+}
+
 void ncc_exact_derivatives(const float* f, const float* m, const float* means, float* terms, float* scratch,
                            float* d_f, float* d_m, const Grid3& g, float eps, int radius) {
   const int64_t cs = g.voxels();

@@ -62,6 +62,16 @@ __global__ void gradient_kernel(const float* in, float* out, Grid3 g) {
   out[2 * cs + v] = axis_derivative(in + v, z, g.nz, 1);
 }
 
+__global__ void descent_kernel(float* force, const float* velocity, const float* weight, Grid3 g, float reg2) {
+  const int64_t cs = g.voxels();
+  const int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (v >= cs) return;
+  int64_t x, y, z;
+  unflatten(v, g, x, y, z);
+  const float w = weight != nullptr ? weight[v] : 1.0f;
+  for (int c = 0; c < 3; ++c) force[c * cs + v] = descent_voxel(velocity + c * cs, g, x, y, z, force[c * cs + v], reg2, w);
+}
+
 __global__ void ncc_terms_kernel(const float* means, float* terms, Grid3 g, float eps, bool both) {
   const int64_t cs = g.voxels();
   const int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -160,6 +170,14 @@ void image_gradient(const float* in, float* out, const Grid3& g, const Launch& w
   DeviceGuard guard(where.device);
   gradient_kernel<<<blocks_for(g.voxels()), kThreads, 0, stream_of(where)>>>(in, out, g);
   check_launch("image_gradient");
+}
+
+void descent_direction(float* force, const float* velocity, const float* weight, const Grid3& g, float reg2,
+                       const Launch& where) {
+  if (g.voxels() == 0) return;
+  DeviceGuard guard(where.device);
+  descent_kernel<<<blocks_for(g.voxels()), kThreads, 0, stream_of(where)>>>(force, velocity, weight, g, reg2);
+  check_launch("descent_direction");
 }
 
 void ncc_exact_derivatives(const float* f, const float* m, const float* means, float* terms, float* scratch,

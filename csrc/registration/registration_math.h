@@ -57,6 +57,36 @@ SMGIC_HOST_DEVICE float filter_axis_voxel(const float* in, const Grid3& g, int a
   return normalise_inside ? sum / weight : sum;
 }
 
+// The refinement's descent direction at one voxel of one velocity channel (smgic_rt.methods.refine):
+// the smoothed similarity force s plus reg2 times the discrete Laplacian of the channel (its value
+// c and its six neighbours), times the boundary weight w. Every product and sum is rounded on its
+// own, in the order of the numpy formulation the refinement used before (-6 c, then the x, y, z
+// neighbours, lower first), so that CPU results stay bit-identical to it; the device rounds alike.
+SMGIC_HOST_DEVICE float descent_value(float s, float c, float xm, float xp, float ym, float yp, float zm, float zp,
+                                      float reg2, float w) {
+  float lap = mul_rn(-6.0f, c);
+  lap = add_rn(lap, xm);
+  lap = add_rn(lap, xp);
+  lap = add_rn(lap, ym);
+  lap = add_rn(lap, yp);
+  lap = add_rn(lap, zm);
+  lap = add_rn(lap, zp);
+  return mul_rn(add_rn(s, mul_rn(reg2, lap)), w);
+}
+
+// descent_value at voxel (x, y, z) of channel `c`, the neighbours edge-replicated at the faces.
+SMGIC_HOST_DEVICE float descent_voxel(const float* c, const Grid3& g, int64_t x, int64_t y, int64_t z, float s,
+                                      float reg2, float w) {
+  const int64_t sx = g.ny * g.nz, sy = g.nz, v = (x * g.ny + y) * g.nz + z;
+  return descent_value(s, c[v], c[x > 0 ? v - sx : v], c[x < g.nx - 1 ? v + sx : v], c[y > 0 ? v - sy : v],
+                       c[y < g.ny - 1 ? v + sy : v], c[z > 0 ? v - 1 : v], c[z < g.nz - 1 ? v + 1 : v], reg2, w);
+}
+
+// The length of a 3-vector as numpy's sqrt(sum(square(f), axis=0)) rounds it.
+SMGIC_HOST_DEVICE float vector_length(float a, float b, float c) {
+  return sqrtf(add_rn(add_rn(mul_rn(a, a), mul_rn(b, b)), mul_rn(c, c)));
+}
+
 // Local NCC at one voxel from its box means, and the derivatives of the voxel's score with
 // respect to the two intensities there (the window-overlap terms are dropped, as ANTs' CC metric
 // does). The score is (cov + eps) / sqrt((var_i + eps)(var_j + eps)): 1 for identical patches,

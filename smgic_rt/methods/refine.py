@@ -195,20 +195,6 @@ def _gradient_energy(v) -> float:
     return float(sum(xp.mean(xp.square(xp.diff(v, axis=a))) for a in (1, 2, 3)))
 
 
-def _laplacian(v):
-    """Discrete Laplacian of each channel (edge-replicated borders)."""
-    xp = ops.array_namespace(v)
-    padded = xp.pad(v, ((0, 0), (1, 1), (1, 1), (1, 1)), mode="edge")
-    core = (slice(None), slice(1, -1), slice(1, -1), slice(1, -1))
-    out = -6.0 * padded[core]
-    for axis in (1, 2, 3):
-        for shift in (-1, 1):
-            index = list(core)
-            index[axis] = slice(1 + shift, padded.shape[axis] - 1 + shift)
-            out += padded[tuple(index)]
-    return out.astype(np.float32)
-
-
 def _boundary_weight(shape, width: int, xp=np):
     """1 inside, falling linearly to 0 on the faces over `width` voxels (None when width is 0);
     made on the host (a few small arrays), handed over in `xp`."""
@@ -380,10 +366,8 @@ def _optimise_level(pair: _Pair, v, level: Level, options: RefineOptions, deadli
         force = _force(fixed_w, moving_w, d_fixed, d_moving, level.symmetric)
         # Descent direction of the whole objective: smoothed similarity force plus the
         # regulariser's own gradient (-d/dv of reg |grad v|^2 is 2 reg times the Laplacian of v).
-        force = smooth(force, level.fluid_sigma) + np.float32(2 * level.reg) * _laplacian(v)
-        if weight is not None:
-            force *= weight
-        peak = float(xp.sqrt(xp.square(force).sum(axis=0)).max())
+        force = smooth(force, level.fluid_sigma)
+        peak = ops.descent_direction(force, v, np.float32(2 * level.reg), weight)
         if not peak > 0:
             record["stop"] = "no force"
             break
