@@ -88,6 +88,33 @@ void filter_axis(const float* in, float* out, int64_t channels, const Grid3& g, 
     }
   }
   const int64_t piece_count = static_cast<int64_t>(pieces.size());
+  // Along z, the edge voxels of every row read the same taps at the same positions of their row:
+  // worked out once here, in filter_axis_voxel's order (so its sums and weights, bit for bit).
+  struct EdgeVoxel {
+    int64_t z;
+    int first, count;
+    float weight;
+  };
+  std::vector<EdgeVoxel> edges;
+  std::vector<int64_t> edge_reads;
+  std::vector<float> edge_taps;
+  if (axis == 2) {
+    const int64_t lo = radius < g.nz ? radius : g.nz, hi = g.nz - radius > lo ? g.nz - radius : lo;
+    for (int64_t z = 0; z < g.nz; ++z) {
+      if (z >= lo && z < hi) continue;
+      EdgeVoxel e{z, static_cast<int>(edge_taps.size()), 0, 0.0f};
+      for (int k = -radius; k <= radius; ++k) {
+        const int64_t j = z + k;
+        const bool inside = j >= 0 && j < g.nz;
+        if (normalise_inside && !inside) continue;
+        edge_reads.push_back(j < 0 ? 0 : (j >= g.nz ? g.nz - 1 : j));
+        edge_taps.push_back(taps[k + radius]);
+        e.weight += taps[k + radius];
+        ++e.count;
+      }
+      edges.push_back(e);
+    }
+  }
 #pragma omp parallel
   {
     std::vector<const float*> sources(2 * radius + 1);
@@ -120,14 +147,16 @@ void filter_axis(const float* in, float* out, int64_t channels, const Grid3& g, 
     }
     if (axis == 2) {  // the z-edge voxels of every row, after the runs that crossed them
       const int64_t rows = channels * g.nx * g.ny;
-      const int64_t lo = radius < g.nz ? radius : g.nz, hi = g.nz - radius > lo ? g.nz - radius : lo;
 #pragma omp for schedule(static)
       for (int64_t row = 0; row < rows; ++row) {
         const RowAt r = row_at(row, g);  // r.n: the channel
-        const float* channel = in + r.n * cs;
+        const float* source = in + r.n * cs + r.v0;
         float* o = out + r.n * cs + r.v0;
-        for (int64_t z = 0; z < lo; ++z) o[z] = filter_axis_voxel(channel, g, axis, taps, radius, normalise_inside, r.x, r.y, z);
-        for (int64_t z = hi; z < g.nz; ++z) o[z] = filter_axis_voxel(channel, g, axis, taps, radius, normalise_inside, r.x, r.y, z);
+        for (const EdgeVoxel& e : edges) {
+          float sum = 0.0f;
+          for (int k = e.first; k < e.first + e.count; ++k) sum += edge_taps[k] * source[edge_reads[k]];
+          o[e.z] = normalise_inside ? sum / e.weight : sum;
+        }
       }
     }
   }
