@@ -422,3 +422,21 @@ def test_cuda_descent_kernel_matches_numpy(brain):
         peak = ops.descent_direction(got, cupy.asarray(velocity), np.float32(0.02), cupy.asarray(weight))
         np.testing.assert_array_equal(cupy.asnumpy(got), want)
         assert peak == want_peak
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 3, 4), (3, 5, 6, 7), (2, 33, 17, 9), (3, 40, 48, 40), (3, 80, 96, 80)])
+def test_the_gradient_energy_kernel_is_numpys_mean_bit_for_bit(shape):
+    """Pairwise sums of over 128 values (numpy's blocks) and of fewer, every axis of the field."""
+    velocity = (np.random.default_rng(len(shape) + shape[1]).standard_normal(shape) * 3).astype(np.float32)
+    want = float(sum(np.mean(np.square(np.diff(velocity, axis=a))) for a in (1, 2, 3)))
+    assert ops.gradient_energy(velocity) == want
+
+
+def test_the_gradient_energy_of_a_real_refinement_velocity_is_numpys(brain):
+    velocity = _smooth_velocity(4, 2.0)
+    want = float(sum(np.mean(np.square(np.diff(velocity, axis=a))) for a in (1, 2, 3)))
+    assert ops.gradient_energy(velocity) == want
+    with ops.cpu_threads(2):  # the sums do not depend on who adds them
+        assert ops.gradient_energy(velocity) == want
+    with pytest.raises(ValueError, match="velocity must be C-contiguous"):
+        ops.gradient_energy(np.asfortranarray(velocity))

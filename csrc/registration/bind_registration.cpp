@@ -90,6 +90,14 @@ float descent_cpu(py::array force, const py::array& velocity, const py::object& 
   return cpu::descent_direction(out, v.data(), weights, g, reg2);
 }
 
+float gradient_energy_cpu(const py::array& velocity) {
+  auto v = checked(velocity, "velocity", 4);
+  const Grid3 g = grid_last3(v);
+  const int64_t channels = v.shape(0);
+  py::gil_scoped_release release;
+  return cpu::gradient_energy(v.data(), channels, g);
+}
+
 py::array_t<float> gradient_cpu(const py::array& volume) {
   auto in = checked(volume, "volume", 3);
   const Grid3 g = grid_last3(in);
@@ -304,6 +312,8 @@ void bind_registration(pybind11::module_& m) {
   m.def("filter_axis", &filter_axis_cpu, "one separable filter pass along an axis of (C, X, Y, Z) volumes");
   m.def("lncc", &lncc_cpu, "per-voxel local NCC and its derivatives from five box means");
   m.def("image_gradient", &gradient_cpu, "central-difference gradient (3, X, Y, Z) of a volume");
+  m.def("gradient_energy", &gradient_energy_cpu,
+        "sum over the axes of mean(square(diff(v, axis))) of (C, X, Y, Z) volumes, as numpy's float32 mean rounds it");
   m.def("descent_direction", &descent_cpu,
         "the refinement's descent direction in place in `force`; returns its largest vector length",
         py::arg("force"), py::arg("velocity"), py::arg("weight"), py::arg("reg2"));

@@ -27,6 +27,9 @@ void image_gradient(const float* in, float* out, const Grid3& g);
 // descent_voxel over the 3 channels of `force` (in place) and `velocity`, (3, X, Y, Z) each, with
 // `weight` (X, Y, Z) or null (1); returns the largest vector_length of the result.
 float descent_direction(float* force, const float* velocity, const float* weight, const Grid3& g, float reg2);
+// sum over the axes of mean(square(diff(v, axis))) of `channels` volumes, rounded as numpy's
+// float32 np.mean (pairwise sums) rounds it: the refinement's regulariser, bit for bit.
+float gradient_energy(const float* v, int64_t channels, const Grid3& g);
 // The exact NCC derivatives (registration_math.h) of the images f, m from their five box means:
 // d_m always, d_f when `d_f` is not null. `terms` and `scratch`: kNccTermsBoth (with d_f) or
 // kNccTermsMoving volumes of g each, the caller's workspace.

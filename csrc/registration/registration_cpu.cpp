@@ -1,6 +1,7 @@
 // CPU loops of the registration kernels: OpenMP over voxels, arithmetic in registration_math.h.
 #include "registration/registration.h"
 
+#include <cmath>
 #include <vector>
 
 namespace smgic {
@@ -227,6 +228,107 @@ float descent_direction(float* force, const float* velocity, const float* weight
     }
   }
   return not_a_number ? NAN : peak;
+}
+
+namespace {
+// numpy's pairwise summation of float32 (PW_BLOCKSIZE 128, 8 accumulators), which np.mean uses
+// for a contiguous array, over the values of square(diff(v, axis)) in C order: element i is read
+// through `at`, one row run at a time, so the sums are numpy's bit for bit.
+constexpr int64_t kPairwiseBlock = 128;
+
+struct DiffSquares {
+  const float* v;
+  int64_t dims[4];     // shape of diff(v, axis): (C, X, Y, Z) less one along the axis
+  int64_t strides[4];  // v's strides in values
+  int64_t step;        // v's stride along the axis
+
+  // values [start, start + n) into out (n <= kPairwiseBlock)
+  void values(int64_t start, int64_t n, float* out) const {
+    int64_t z = start % dims[3], rest = start / dims[3];
+    int64_t y = rest % dims[2];
+    rest /= dims[2];
+    int64_t x = rest % dims[1], c = rest / dims[1];
+    for (int64_t k = 0; k < n;) {
+      const float* a = v + c * strides[0] + x * strides[1] + y * strides[2] + z;
+      const int64_t run = dims[3] - z < n - k ? dims[3] - z : n - k;
+      for (int64_t i = 0; i < run; ++i) {
+        const float d = a[i + step] - a[i];
+        out[k + i] = d * d;
+      }
+      k += run;
+      z = 0;
+      if (++y == dims[2]) {
+        y = 0;
+        if (++x == dims[1]) {
+          x = 0;
+          ++c;
+        }
+      }
+    }
+  }
+};
+
+float pairwise_block(const float* a, int64_t n) {
+  if (n < 8) {
+    float res = -0.0f;
+    for (int64_t i = 0; i < n; ++i) res += a[i];
+    return res;
+  }
+  float r[8];
+  for (int j = 0; j < 8; ++j) r[j] = a[j];
+  int64_t i = 8;
+  for (; i < n - (n % 8); i += 8) {
+    for (int j = 0; j < 8; ++j) r[j] += a[i + j];
+  }
+  float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+  for (; i < n; ++i) res += a[i];
+  return res;
+}
+
+float pairwise_sum(const DiffSquares& d, int64_t start, int64_t n, int depth) {
+  if (n <= kPairwiseBlock) {
+    float block[kPairwiseBlock];
+    d.values(start, n, block);
+    return pairwise_block(block, n);
+  }
+  int64_t half = n / 2;
+  half -= half % 8;
+  float first = 0.0f, second = 0.0f;
+  if (depth < 6) {  // the top of the tree as tasks; the sums are the same whoever adds them
+#pragma omp task shared(first)
+    first = pairwise_sum(d, start, half, depth + 1);
+    second = pairwise_sum(d, start + half, n - half, depth + 1);
+#pragma omp taskwait
+  } else {
+    first = pairwise_sum(d, start, half, depth + 1);
+    second = pairwise_sum(d, start + half, n - half, depth + 1);
+  }
+  return first + second;
+}
+}  // namespace
+
+float gradient_energy(const float* v, int64_t channels, const Grid3& g) {
+  const int64_t sizes[4] = {channels, g.nx, g.ny, g.nz};
+  float total = 0.0f;
+  for (int axis = 1; axis <= 3; ++axis) {
+    DiffSquares d{v, {}, {g.nx * g.ny * g.nz, g.ny * g.nz, g.nz, 1}, 0};
+    int64_t count = 1;
+    for (int k = 0; k < 4; ++k) {
+      d.dims[k] = sizes[k] - (k == axis ? 1 : 0);
+      count *= d.dims[k];
+    }
+    d.step = d.strides[axis];
+    float sum = 0.0f;
+    if (count > 0) {
+#pragma omp parallel
+#pragma omp single
+      sum = pairwise_sum(d, 0, count, 0);
+    }
+    // np.mean: the float32 sum over the count (NaN when empty, as numpy's 0 / 0)
+    const float mean = count > 0 ? sum / static_cast<float>(count) : NAN;
+    total = axis == 1 ? mean : total + mean;
+  }
+  return total;
 }
 
 void ncc_exact_derivatives(const float* f, const float* m, const float* means, float* terms, float* scratch,

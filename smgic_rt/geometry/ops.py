@@ -57,6 +57,7 @@ __all__ = [
     "ncc_exact_derivatives",
     "image_gradient",
     "descent_direction",
+    "gradient_energy",
     "affine_ncc_sums",
     "affine_ssd_sums",
     "build_info",
@@ -998,6 +999,18 @@ def descent_direction(force, velocity, reg2, weight=None) -> float:
                               reg2, device, stream)
     xp = array_namespace(force)
     return float(xp.sqrt(xp.square(force).sum(axis=0)).max())
+
+
+def gradient_energy(velocity) -> float:
+    """``sum over the axes a of mean(square(diff(velocity, axis=a)))`` of a (C, X, Y, Z) field:
+    the refinement's regulariser |grad v|^2 (forward differences, per voxel and channel). On the
+    CPU one `_C` pass that rounds every difference, square and pairwise sum as numpy's float32
+    ``np.mean`` does, so the value is numpy's bit for bit; on a GPU that formula in its library."""
+    shape, on_device = _check_array(velocity, "velocity", (4,))
+    if not on_device:
+        return float(_C.gradient_energy(velocity))
+    xp = array_namespace(velocity)
+    return float(sum(xp.mean(xp.square(xp.diff(velocity, axis=a))) for a in (1, 2, 3)))
 
 
 AFFINE_SUMS = int(_C.AFFINE_SUMS)

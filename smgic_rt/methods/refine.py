@@ -190,11 +190,6 @@ class RefineResult:
     stats: dict = field(default_factory=dict)
 
 
-def _gradient_energy(v) -> float:
-    xp = ops.array_namespace(v)
-    return float(sum(xp.mean(xp.square(xp.diff(v, axis=a))) for a in (1, 2, 3)))
-
-
 def _boundary_weight(shape, width: int, xp=np):
     """1 inside, falling linearly to 0 on the faces over `width` voxels (None when width is 0);
     made on the host (a few small arrays), handed over in `xp`."""
@@ -288,7 +283,7 @@ def _evaluate(pair: _Pair, v, level: Level, options: RefineOptions, factor: int 
         similarity = -MIND_WEIGHT * float(squared.mean(dtype=np.float64))
         # d(similarity) / d(each voxel and channel) times the voxel count (as the NCC's are)
         d_moving = difference * np.float32(-2.0 * MIND_WEIGHT / difference.shape[0])
-        value = -similarity + level.reg * _gradient_energy(v)
+        value = -similarity + level.reg * ops.gradient_energy(v)
         return value, similarity, (fixed_w, moving_w, None, -d_moving, d_moving, kept)
     fixed_w, moving_w = fixed_w[0], moving_w[0]
     if fixed_means is None or level.symmetric:
@@ -301,7 +296,7 @@ def _evaluate(pair: _Pair, v, level: Level, options: RefineOptions, factor: int 
     if kept is not None:
         cc, d_fixed, d_moving = cc * kept, d_fixed * kept, d_moving * kept
     ncc = float(cc.mean(dtype=np.float64))  # the host's one read of this evaluation (and the energy's)
-    value = -ncc + level.reg * _gradient_energy(v)
+    value = -ncc + level.reg * ops.gradient_energy(v)
     return value, ncc, (fixed_w, moving_w, means, d_fixed, d_moving, kept)
 
 
