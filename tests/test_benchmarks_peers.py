@@ -52,7 +52,7 @@ def test_peer_runner_on_a_tiny_real_pair(tmp_path):
     to stay within seconds): outputs, Dice, memory and bytes are the tools' own."""
     _require_data()
     workdir = tmp_path / "not_yet_made"  # --workdir makes its folder
-    report = peers.run(["tiny"], list(peers.TOOLS), runs=1, workdir=workdir, smgic_args=["--refine", "off"])
+    report = peers.run(["tiny"], list(peers.DEFAULT_TOOLS), runs=1, workdir=workdir, smgic_args=["--refine", "off"])
     entry = report["pairs"]["tiny"]
     assert entry["pair"]["structures"]  # labels on both sides: Dice is scored
     expected_files = {"smgic": {"warp.nii.gz", "inverse_warp.nii.gz", "warped_labels.nii.gz", "report.json"},
@@ -74,4 +74,14 @@ def test_peer_runner_on_a_tiny_real_pair(tmp_path):
     assert "--refine off" in report["smgic_command"]
     table = peers.table(report)
     assert table.count("| tiny |") == 3
+    speedup = entry["summary"]["ants"]["seconds_median"] / entry["summary"]["smgic"]["seconds_median"]
+    assert f"{speedup:.1f}x wall" in table
     assert not list(workdir.iterdir())  # the scratch folder is gone
+
+
+def test_the_accurate_preset_is_a_tool_of_its_own():
+    pair = {"fixed": "F", "moving": "M", "moving_labels": "L"}
+    fast = peers.tool_command("smgic", pair, Path("OUT"), smgic_args=["--refine", "off"])
+    accurate = peers.tool_command("smgic_accurate", pair, Path("OUT"), smgic_args=["--refine", "off"])
+    assert accurate == fast[:-2] + ["--quality", "accurate", "--refine", "off"]
+    assert "smgic_accurate" not in peers.DEFAULT_TOOLS and set(peers.DEFAULT_TOOLS) < set(peers.TOOLS)
