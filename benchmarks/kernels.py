@@ -10,7 +10,8 @@ bandwidth counted as (bytes read once + bytes written) / time, a lower bound on 
 
 Then the registration kernels (csrc/registration) on the same grid at 1, 2 and --threads
 threads: affine_ncc_sums (the affine stage's per-evaluation sums; fixed-order reduction since
-issue 15), a Gaussian filter pass, the 5-channel box means, lncc and image_gradient.
+issue 15), a Gaussian filter pass, the 5-channel box means, lncc and image_gradient; the
+refinement's descent direction and regulariser, as `_C` passes and as the numpy they replaced.
 ``--registration-only`` skips the torch comparison; ``--json FILE`` writes every number.
 """
 
@@ -68,6 +69,31 @@ def registration_rows(shape, thread_counts, median_seconds):
         "lncc": lambda: _C.lncc(fixed, moving, means, 1e-3),
         "image_gradient": lambda: _C.image_gradient(fixed),
     }
+    # The refinement's per-iteration descent direction and per-evaluation regulariser: the _C
+    # passes (where this checkout has them) beside the numpy formulations they replaced.
+    velocity = np.ascontiguousarray(np.stack([fixed, moving, fixed]) * np.float32(4.0))
+    force = _C.image_gradient(moving)
+    weight = np.minimum(mask + np.float32(0.5), np.float32(1.0))
+
+    def descent_numpy():
+        padded = np.pad(velocity, ((0, 0), (1, 1), (1, 1), (1, 1)), mode="edge")
+        core = (slice(None), slice(1, -1), slice(1, -1), slice(1, -1))
+        laplacian = -6.0 * padded[core]
+        for axis in (1, 2, 3):
+            for shift in (-1, 1):
+                index = list(core)
+                index[axis] = slice(1 + shift, padded.shape[axis] - 1 + shift)
+                laplacian += padded[tuple(index)]
+        out = (force + np.float32(0.02) * laplacian) * weight
+        return float(np.sqrt(np.square(out).sum(axis=0)).max())
+
+    kernels["descent direction, numpy"] = descent_numpy
+    kernels["gradient energy, numpy"] = lambda: float(sum(np.mean(np.square(np.diff(velocity, axis=a)))
+                                                          for a in (1, 2, 3)))
+    if hasattr(_C, "descent_direction"):
+        kernels["descent_direction (+ copy)"] = lambda: _C.descent_direction(force.copy(), velocity, weight,
+                                                                            np.float32(0.02))
+        kernels["gradient_energy"] = lambda: _C.gradient_energy(velocity)
     rows = {}
     for name, kernel in kernels.items():
         rows[name] = {}
