@@ -190,8 +190,8 @@ def filter_axis_reference(volumes, axis, taps, normalise_inside):
     return np.moveaxis(total / weight if normalise_inside else total, -1, axis + 1)
 
 
-@pytest.mark.parametrize("shape", [(40, 48, 40), (9, 3, 31), (5, 6, 1)])
-@pytest.mark.parametrize("radius", [0, 1, 5])
+@pytest.mark.parametrize("shape", [(40, 48, 40), (9, 3, 31), (4, 5, 32), (3, 4, 47), (5, 6, 1)])
+@pytest.mark.parametrize("radius", [0, 1, 5, 7, 8])
 def test_filter_axis_is_the_per_voxel_sum_bit_for_bit(shape, radius):
     """Every value of the run-wise CPU filter, near the volume's edge (clamped or normalised) and
     away from it, is filter_axis_voxel's sum: the same operations in the same order."""

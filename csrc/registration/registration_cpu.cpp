@@ -2,7 +2,16 @@
 #include "registration/registration.h"
 
 #include <cmath>
+#include <cstdint>
 #include <vector>
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#include <immintrin.h>
+// GCC 12's AVX-512 intrinsics start from a self-initialised "undefined" register, which its
+// -Wmaybe-uninitialized reports at every inlined use (as in integrate_cpu.cpp).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 
 namespace smgic {
 namespace cpu {
@@ -34,6 +43,78 @@ void filter_row(float* __restrict__ o, const float* const* rows, const float* ta
     o[z] = sum;
   }
 }
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define SMGIC_EDGES_AVX512 1
+// Along z, the runs cross every row's edge voxels, which are then recomputed with clamped (or
+// skipped) taps: 2 radius voxels of 2 radius + 1 taps per row, more work than the row's interior
+// on the grids the refinement uses, unless vectorised (ZEdges).
+constexpr int kMaxEdgeRadius = 7;
+
+// Returns v unchanged but opaque to the optimiser, so that a product is rounded on its own and
+// never fused with the add that follows (filter_axis_voxel's arithmetic).
+__attribute__((target("avx512f"))) inline __m512 unfused(__m512 v) {
+  asm("" : "+v"(v));
+  return v;
+}
+
+// The z-edge voxels of rows of at least 32 values, radius <= kMaxEdgeRadius: the first and the
+// last 16 values of the row in two registers, and for each tap (in order) the clamped reads of
+// the r edge voxels at each end as a permutation of them. Taps that normalise_inside skips add a
+// +0.0 instead (the sum starts at +0.0, so it never is -0.0: adding +0.0 changes nothing).
+struct ZEdges {
+  alignas(64) int32_t low_index[2 * kMaxEdgeRadius + 1][16], high_index[2 * kMaxEdgeRadius + 1][16];
+  alignas(64) float low_weight[16], high_weight[16];
+  uint16_t low_keep[2 * kMaxEdgeRadius + 1], high_keep[2 * kMaxEdgeRadius + 1];
+  uint16_t low_lanes, high_lanes;
+  int taps;
+
+  // edge voxel z of the row (its values at 0..nz-1) reads value z + k - radius, clamped
+  ZEdges(int64_t nz, const float* t, int radius, bool normalise_inside) : taps(2 * radius + 1) {
+    low_lanes = static_cast<uint16_t>((1u << radius) - 1u);
+    high_lanes = static_cast<uint16_t>(~((1u << (16 - radius)) - 1u));
+    for (int l = 0; l < 16; ++l) low_weight[l] = high_weight[l] = 0.0f;
+    for (int k = 0; k < taps; ++k) {
+      low_keep[k] = high_keep[k] = 0;
+      for (int l = 0; l < 16; ++l) {
+        const int64_t lz = l, hz = nz - 16 + l;  // the voxel of lane l at each end
+        const int64_t lj = lz + k - radius, hj = hz + k - radius;
+        low_index[k][l] = static_cast<int32_t>(lj < 0 ? 0 : (lj > 15 ? 15 : lj));
+        high_index[k][l] = static_cast<int32_t>((hj >= nz ? nz - 1 : (hj < nz - 16 ? nz - 16 : hj)) - (nz - 16));
+        const bool low_in = !normalise_inside || lj >= 0, high_in = !normalise_inside || hj < nz;
+        if (low_in) {
+          low_keep[k] |= static_cast<uint16_t>(1u << l);
+          if (l < radius) low_weight[l] += t[k];
+        }
+        if (high_in) {
+          high_keep[k] |= static_cast<uint16_t>(1u << l);
+          if (l >= 16 - radius) high_weight[l] += t[k];
+        }
+      }
+    }
+  }
+};
+
+__attribute__((target("avx512f"))) void z_edges(const ZEdges& e, const float* source, float* o, int64_t nz,
+                                                const float* t, bool normalise_inside) {
+  const __m512 head = _mm512_loadu_ps(source), tail = _mm512_loadu_ps(source + nz - 16);
+  __m512 low = _mm512_setzero_ps(), high = _mm512_setzero_ps();
+  for (int k = 0; k < e.taps; ++k) {
+    const __m512 tap = _mm512_set1_ps(t[k]);
+    const __m512 a = unfused(_mm512_mul_ps(tap, _mm512_permutexvar_ps(_mm512_load_si512(e.low_index[k]), head)));
+    const __m512 b = unfused(_mm512_mul_ps(tap, _mm512_permutexvar_ps(_mm512_load_si512(e.high_index[k]), tail)));
+    low = _mm512_add_ps(low, _mm512_maskz_mov_ps(e.low_keep[k], a));
+    high = _mm512_add_ps(high, _mm512_maskz_mov_ps(e.high_keep[k], b));
+  }
+  if (normalise_inside) {
+    low = _mm512_div_ps(low, _mm512_mask_mov_ps(_mm512_set1_ps(1.0f), e.low_lanes, _mm512_load_ps(e.low_weight)));
+    high = _mm512_div_ps(high, _mm512_mask_mov_ps(_mm512_set1_ps(1.0f), e.high_lanes, _mm512_load_ps(e.high_weight)));
+  }
+  _mm512_mask_storeu_ps(o, e.low_lanes, low);
+  _mm512_mask_storeu_ps(o + nz - 16, e.high_lanes, high);
+}
+
+#endif
 }  // namespace
 
 namespace {
@@ -148,11 +229,22 @@ void filter_axis(const float* in, float* out, int64_t channels, const Grid3& g, 
     }
     if (axis == 2) {  // the z-edge voxels of every row, after the runs that crossed them
       const int64_t rows = channels * g.nx * g.ny;
+#ifdef SMGIC_EDGES_AVX512
+      const bool vector_edges =
+          __builtin_cpu_supports("avx512f") && g.nz >= 32 && radius >= 1 && radius <= kMaxEdgeRadius;
+      const ZEdges edge_reads_16(vector_edges ? g.nz : 32, taps, vector_edges ? radius : 0, normalise_inside);
+#endif
 #pragma omp for schedule(static)
       for (int64_t row = 0; row < rows; ++row) {
         const RowAt r = row_at(row, g);  // r.n: the channel
         const float* source = in + r.n * cs + r.v0;
         float* o = out + r.n * cs + r.v0;
+#ifdef SMGIC_EDGES_AVX512
+        if (vector_edges) {
+          z_edges(edge_reads_16, source, o, g.nz, taps, normalise_inside);
+          continue;
+        }
+#endif
         for (const EdgeVoxel& e : edges) {
           float sum = 0.0f;
           for (int k = e.first; k < e.first + e.count; ++k) sum += edge_taps[k] * source[edge_reads[k]];
