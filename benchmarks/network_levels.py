@@ -58,7 +58,13 @@ def methods(levels) -> dict:
     """method name -> Registrar keyword arguments, for each k in `levels`."""
     from smgic_rt.pipeline import NetworkOptions
 
-    made = {"affine": dict(network="off", refine="off"), "refine_only": dict(network="off", refine="on")}
+    from smgic_rt.presets import PRESETS
+
+    # refine_coarse: the refinement's levels coarser than the model grid alone, what the network's
+    # levels 1-3 are trained to do (its teacher): the gap a network_3 row leaves to close.
+    made = {"affine": dict(network="off", refine="off"), "refine_only": dict(network="off", refine="on"),
+            "refine_coarse": dict(network="off", refine="on",
+                                  refine_options=PRESETS["fast"]["refine_options"].coarse())}
     for k in levels:
         made[f"network_{k}"] = dict(network="on", refine="off", network_options=NetworkOptions(levels=k))
         for prefix, skip in VARIANTS.items():

@@ -440,3 +440,11 @@ def test_the_gradient_energy_of_a_real_refinement_velocity_is_numpys(brain):
         assert ops.gradient_energy(velocity) == want
     with pytest.raises(ValueError, match="velocity must be C-contiguous"):
         ops.gradient_energy(np.asfortranarray(velocity))
+
+
+def test_coarse_keeps_the_levels_coarser_than_the_model_grid_with_their_settings():
+    options = RefineOptions(levels=(Level(4, 60), Level(2, 40, gradient="exact"), Level(1, 12, radius=2)), step=0.3)
+    coarse = options.coarse()
+    assert coarse.levels == options.levels[:2] and coarse.step == 0.3
+    with pytest.raises(ValueError, match=r"no level coarser than the model grid: factors \[1, 0.5\]"):
+        RefineOptions(levels=(Level(1, 12), Level(0.5, 4))).coarse()

@@ -28,13 +28,8 @@ __all__ = ["TeacherCache", "teacher_loss", "coarse_options"]
 
 def coarse_options(options: RefineOptions | None = None) -> RefineOptions:
     """`options` (default: the fast preset's refinement) keeping only its levels coarser than
-    the model grid, each with its own settings, and no finer grid after them."""
-    options = PRESETS["fast"]["refine_options"] if options is None else options
-    coarse = tuple(level for level in options.levels if level.factor > 1)
-    if not coarse:
-        raise ValueError(f"the refinement has no level coarser than the model grid: factors "
-                         f"{[level.factor for level in options.levels]}")
-    return dataclasses.replace(options, levels=coarse)
+    the model grid (`RefineOptions.coarse`)."""
+    return (PRESETS["fast"]["refine_options"] if options is None else options).coarse()
 
 
 class TeacherCache:

@@ -158,6 +158,16 @@ class RefineOptions:
         check_number(self.max_seconds, "max_seconds", positive=True, allow_none=True)
         check_choice(self.metric, "refine metric", METRICS)
 
+    def coarse(self) -> "RefineOptions":
+        """These options keeping only the levels coarser than the model grid, each with its own
+        settings, and no finer grid after them: the work a network's levels 1-3 take over on a
+        CPU (the teacher of `python -m training --recipe cpu-coarse`)."""
+        levels = tuple(level for level in self.levels if level.factor > 1)
+        if not levels:
+            raise ValueError(f"the refinement has no level coarser than the model grid: factors "
+                             f"{[level.factor for level in self.levels]}")
+        return dataclasses.replace(self, levels=levels)
+
     @property
     def model_grid_levels(self) -> tuple:
         """The levels on the model grid or coarser (factor >= 1)."""
