@@ -75,15 +75,10 @@ def registration_rows(shape, thread_counts, median_seconds):
     force = _C.image_gradient(moving)
     weight = np.minimum(mask + np.float32(0.5), np.float32(1.0))
 
-    def descent_numpy():
-        padded = np.pad(velocity, ((0, 0), (1, 1), (1, 1), (1, 1)), mode="edge")
-        core = (slice(None), slice(1, -1), slice(1, -1), slice(1, -1))
-        laplacian = -6.0 * padded[core]
-        for axis in (1, 2, 3):
-            for shift in (-1, 1):
-                index = list(core)
-                index[axis] = slice(1 + shift, padded.shape[axis] - 1 + shift)
-                laplacian += padded[tuple(index)]
+    def descent_numpy():  # refine.py's numpy before ops.descent_direction (tests hold the exact oracle)
+        p = np.pad(velocity, ((0, 0), (1, 1), (1, 1), (1, 1)), mode="edge")
+        laplacian = (-6.0 * p[:, 1:-1, 1:-1, 1:-1] + p[:, :-2, 1:-1, 1:-1] + p[:, 2:, 1:-1, 1:-1]
+                     + p[:, 1:-1, :-2, 1:-1] + p[:, 1:-1, 2:, 1:-1] + p[:, 1:-1, 1:-1, :-2] + p[:, 1:-1, 1:-1, 2:])
         out = (force + np.float32(0.02) * laplacian) * weight
         return float(np.sqrt(np.square(out).sum(axis=0)).max())
 
