@@ -18,8 +18,9 @@
 #endif
 #endif
 
-// One rounded product and sum: nvcc fuses a * b + c into one FMA unless told not to, g++ (ISO mode,
-// no -mfma outside target clones) does not. Where CPU and GPU must round alike, use these.
+// A product and a sum each rounded on its own: nvcc fuses a * b + c into one FMA unless told not
+// to; the host code is built for the baseline x86-64 target, which has no FMA. Where CPU and GPU
+// must round alike, use these.
 #if defined(__CUDA_ARCH__)
 SMGIC_HOST_DEVICE float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 SMGIC_HOST_DEVICE float add_rn(float a, float b) { return __fadd_rn(a, b); }

@@ -324,8 +324,8 @@ float descent_direction(float* force, const float* velocity, const float* weight
 
 namespace {
 // numpy's pairwise summation of float32 (PW_BLOCKSIZE 128, 8 accumulators), which np.mean uses
-// for a contiguous array, over the values of square(diff(v, axis)) in C order: element i is read
-// through `at`, one row run at a time, so the sums are numpy's bit for bit.
+// for a contiguous array, over the values of square(diff(v, axis)) in C order, made by `values`
+// a block at a time (never stored whole): the sums are numpy's bit for bit.
 constexpr int64_t kPairwiseBlock = 128;
 
 struct DiffSquares {

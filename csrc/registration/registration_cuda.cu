@@ -69,7 +69,9 @@ __global__ void descent_kernel(float* force, const float* velocity, const float*
   int64_t x, y, z;
   unflatten(v, g, x, y, z);
   const float w = weight != nullptr ? weight[v] : 1.0f;
-  for (int c = 0; c < 3; ++c) force[c * cs + v] = descent_voxel(velocity + c * cs, g, x, y, z, force[c * cs + v], reg2, w);
+  for (int c = 0; c < 3; ++c) {
+    force[c * cs + v] = descent_voxel(velocity + c * cs, g, x, y, z, force[c * cs + v], reg2, w);
+  }
 }
 
 __global__ void ncc_terms_kernel(const float* means, float* terms, Grid3 g, float eps, bool both) {
