@@ -448,3 +448,16 @@ def test_coarse_keeps_the_levels_coarser_than_the_model_grid_with_their_settings
     assert coarse.levels == options.levels[:2] and coarse.step == 0.3
     with pytest.raises(ValueError, match=r"no level coarser than the model grid: factors \[1, 0.5\]"):
         RefineOptions(levels=(Level(1, 12), Level(0.5, 4))).coarse()
+
+
+def test_the_lncc_mean_is_numpys_float64_mean_of_lncc_bit_for_bit(brain):
+    """Grids of fewer and of more values than numpy's 8192-value conversion buffers."""
+    rng = np.random.default_rng(5)
+    moving = ops.warp(brain[None], ops.integrate_velocity(_smooth_velocity(4, 2.0)))[0]
+    cases = [(rng.random((5, 6, 7), dtype=np.float32), rng.random((5, 6, 7), dtype=np.float32), 1),
+             (brain, moving, 1), (brain, moving, 2)]
+    for f, m, radius in cases:
+        means = box_mean(np.stack([f, m, f * f, m * m, f * m]), radius)
+        assert ops.lncc_mean(f, m, means, 1e-3) == float(ops.lncc(f, m, means, 1e-3)[0].mean(dtype=np.float64))
+    with pytest.raises(ValueError, match="means must be"):
+        ops.lncc_mean(brain, moving, means[:4], 1e-3)

@@ -98,6 +98,17 @@ float gradient_energy_cpu(const py::array& velocity) {
   return cpu::gradient_energy(v.data(), channels, g);
 }
 
+double lncc_mean_cpu(const py::array& i, const py::array& j, const py::array& means, float eps) {
+  auto a = checked(i, "i", 3), b = checked(j, "j", 3), m = checked(means, "means", 4);
+  const Grid3 g = grid_last3(a);
+  if (grid_last3(b).voxels() != g.voxels() || b.shape(0) != a.shape(0) || m.shape(0) != 5 ||
+      grid_last3(m).voxels() != g.voxels()) {
+    throw py::value_error("lncc_mean: i, j and means must share one grid (means has 5 channels)");
+  }
+  py::gil_scoped_release release;
+  return cpu::lncc_mean(a.data(), b.data(), m.data(), g, eps);
+}
+
 py::array_t<float> gradient_cpu(const py::array& volume) {
   auto in = checked(volume, "volume", 3);
   const Grid3 g = grid_last3(in);
@@ -311,6 +322,7 @@ void bind_registration(pybind11::module_& m) {
   m.attr("AFFINE_SUMS") = kAffineSums;
   m.def("filter_axis", &filter_axis_cpu, "one separable filter pass along an axis of (C, X, Y, Z) volumes");
   m.def("lncc", &lncc_cpu, "per-voxel local NCC and its derivatives from five box means");
+  m.def("lncc_mean", &lncc_mean_cpu, "the mean of lncc's cc, as numpy's float64 mean of it rounds it");
   m.def("image_gradient", &gradient_cpu, "central-difference gradient (3, X, Y, Z) of a volume");
   m.def("gradient_energy", &gradient_energy_cpu,
         "sum over the axes of mean(square(diff(v, axis))) of (C, X, Y, Z) volumes, as numpy's float32 mean rounds it");

@@ -22,6 +22,9 @@ void filter_axis(const float* in, float* out, int64_t channels, const Grid3& g, 
 // Per voxel local NCC and its derivatives from the images and their five box means.
 void lncc(const float* i, const float* j, const float* means, float* cc, float* d_i, float* d_j, const Grid3& g,
           float eps);
+// The mean over the voxels of lncc's cc, rounded as numpy's ``cc.mean(dtype=np.float64)``: for
+// the levels that do not use lncc's derivatives, without writing the three volumes.
+double lncc_mean(const float* i, const float* j, const float* means, const Grid3& g, float eps);
 // Central differences (one-sided at the border) of one volume: out (3, X, Y, Z).
 void image_gradient(const float* in, float* out, const Grid3& g);
 // descent_voxel over the 3 channels of `force` (in place) and `velocity`, (3, X, Y, Z) each, with

@@ -268,6 +268,57 @@ void lncc(const float* i, const float* j, const float* means, float* cc, float* 
   }
 }
 
+namespace {
+// numpy's float64 mean of a float32 array (``a.mean(dtype=np.float64)``) converts the values in
+// buffers of kNumpyBuffer, sums each buffer pairwise (8 accumulators, blocks of 128) and adds the
+// buffer sums in order to 0: the same here, the buffers' sums in parallel, added in order.
+constexpr int64_t kNumpyBuffer = 8192;
+
+double pairwise_double(const double* a, int64_t n) {
+  if (n < 8) {
+    double res = -0.0;
+    for (int64_t i = 0; i < n; ++i) res += a[i];
+    return res;
+  }
+  if (n <= 128) {
+    double r[8];
+    for (int j = 0; j < 8; ++j) r[j] = a[j];
+    int64_t i = 8;
+    for (; i < n - (n % 8); i += 8) {
+      for (int j = 0; j < 8; ++j) r[j] += a[i + j];
+    }
+    double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    for (; i < n; ++i) res += a[i];
+    return res;
+  }
+  int64_t half = n / 2;
+  half -= half % 8;
+  return pairwise_double(a, half) + pairwise_double(a + half, n - half);
+}
+}  // namespace
+
+double lncc_mean(const float* i, const float* j, const float* means, const Grid3& g, float eps) {
+  const int64_t cs = g.voxels(), buffers = (cs + kNumpyBuffer - 1) / kNumpyBuffer;
+  std::vector<double> sums(static_cast<size_t>(buffers));
+#pragma omp parallel
+  {
+    std::vector<double> values(kNumpyBuffer);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < buffers; ++b) {
+      const int64_t first = b * kNumpyBuffer, n = cs - first < kNumpyBuffer ? cs - first : kNumpyBuffer;
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t v = first + k;
+        values[k] = lncc_voxel(i[v], j[v], means[v], means[cs + v], means[2 * cs + v], means[3 * cs + v],
+                               means[4 * cs + v], eps).cc;
+      }
+      sums[b] = pairwise_double(values.data(), n);
+    }
+  }
+  double total = 0.0;
+  for (double sum : sums) total += sum;
+  return total / static_cast<double>(cs);
+}
+
 void image_gradient(const float* in, float* out, const Grid3& g) {
   const int64_t cs = g.voxels(), sx = g.ny * g.nz, sy = g.nz;
 #pragma omp parallel for collapse(2) schedule(static)

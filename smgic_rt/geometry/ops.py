@@ -54,6 +54,7 @@ __all__ = [
     "jacobian_determinant",
     "filter_axis",
     "lncc",
+    "lncc_mean",
     "ncc_exact_derivatives",
     "image_gradient",
     "descent_direction",
@@ -942,6 +943,17 @@ def lncc(i, j, means, eps):
     device, stream = launch_target(("i", i), ("j", j), ("means", means))
     _C.lncc_cuda(_ptr(i), _ptr(j), _ptr(means), *[_ptr(o) for o in outs], shape_i, float(eps), device, stream)
     return tuple(outs)
+
+
+def lncc_mean(i, j, means, eps) -> float:
+    """``lncc(i, j, means, eps)[0].mean(dtype=float64)`` without the per-voxel volumes: for an
+    objective that needs only the mean. On the CPU one pass that rounds the float64 sums as
+    numpy's mean does (its conversion buffers of 8192 values, pairwise sums), so the value is the
+    same bits; on a GPU `lncc` and its library's mean."""
+    shape_i, on_device = _check_pair_and_means(("i", i), ("j", j), means)
+    if not on_device:
+        return float(_C.lncc_mean(i, j, means, float(eps)))
+    return float(lncc(i, j, means, eps)[0].mean(dtype=np.float64))
 
 
 def ncc_exact_derivatives(fixed, moving, means, eps, radius, both=True):

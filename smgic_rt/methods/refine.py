@@ -302,10 +302,14 @@ def _evaluate(pair: _Pair, v, level: Level, options: RefineOptions, factor: int 
     else:  # each channel is filtered alone, so these are the very values of the 5-channel box mean
         moved = box_mean(xp.stack([moving_w, moving_w * moving_w, fixed_w * moving_w]), level.radius)
         means = xp.stack([fixed_means[0], moved[0], fixed_means[1], moved[1], moved[2]])
-    cc, d_fixed, d_moving = ops.lncc(fixed_w, moving_w, means, options.eps)
-    if kept is not None:
-        cc, d_fixed, d_moving = cc * kept, d_fixed * kept, d_moving * kept
-    ncc = float(cc.mean(dtype=np.float64))  # the host's one read of this evaluation (and the energy's)
+    if level.gradient == "exact" and kept is None:  # the next step takes the exact derivatives instead
+        d_fixed = d_moving = None
+        ncc = ops.lncc_mean(fixed_w, moving_w, means, options.eps)  # the host's one read (and the energy's)
+    else:
+        cc, d_fixed, d_moving = ops.lncc(fixed_w, moving_w, means, options.eps)
+        if kept is not None:
+            cc, d_fixed, d_moving = cc * kept, d_fixed * kept, d_moving * kept
+        ncc = float(cc.mean(dtype=np.float64))  # the host's one read of this evaluation (and the energy's)
     value = -ncc + level.reg * ops.gradient_energy(v)
     return value, ncc, (fixed_w, moving_w, means, d_fixed, d_moving, kept)
 
