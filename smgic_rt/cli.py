@@ -154,13 +154,15 @@ def _import_in_background(names) -> threading.Thread:
 
 
 def _run_register(args) -> int:
+    from .geometry import ops
     from .pipeline import job
 
     imports = _import_in_background(_REGISTRATION_MODULES)
     # Every check that needs no model runs first, so bad input fails in well under a second.
-    pair = job.load_pair(args.fixed, args.moving, moving_labels=args.moving_labels, fixed_mask=args.fixed_mask,
-                         moving_mask=args.moving_mask, fixed_exclude=args.fixed_exclude,
-                         moving_exclude=args.moving_exclude)
+    with ops.cpu_threads(args.threads):
+        pair = job.load_pair(args.fixed, args.moving, moving_labels=args.moving_labels, fixed_mask=args.fixed_mask,
+                             moving_mask=args.moving_mask, fixed_exclude=args.fixed_exclude,
+                             moving_exclude=args.moving_exclude)
     outdir = job.check_output(pair, args.outdir, overwrite=args.overwrite)
     initial = None
     if args.initial_transform is not None:
@@ -221,10 +223,17 @@ def apply_main(argv=None) -> int:
 def main(argv=None) -> int:
     """``python -m smgic_rt.cli register|apply ...``."""
     registration_process()
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m smgic_rt.cli", description="smgic_rt command-line tools")
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_register_arguments(commands.add_parser("register", help="register two images (smgic-register)"))
-    _add_apply_arguments(commands.add_parser("apply", help="apply a transform (smgic-apply)"))
+    register = commands.add_parser("register", help="register two images (smgic-register)")
+    apply = commands.add_parser("apply", help="apply a transform (smgic-apply)")
+    # Only the chosen command's options are built: smgic_rt.apply (and nibabel with it) is imported
+    # for `apply` alone.
+    if argv[:1] == ["register"]:
+        _add_register_arguments(register)
+    elif argv[:1] == ["apply"]:
+        _add_apply_arguments(apply)
     args = parser.parse_args(argv)
     if args.command == "register":
         return _execute("smgic-register", _run_register, args)

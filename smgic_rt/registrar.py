@@ -149,17 +149,21 @@ class RegistrationResult:
         unknown = sorted(set(export) - set(EXPORTS))
         if unknown:
             raise ValueError(f"export must name some of {list(EXPORTS)}, got {unknown}")
-        labels = None if moving_labels is None else volume_or_load(moving_labels, io.load_label_map,
-                                                                     name="moving labels")
-        if labels is not None:  # before any work: labels that miss their image would warp to nothing
-            io.check_overlap(labels, self.moving, name="moving labels")
-        # The flag judges what this save writes: the labels against their image, or no labels
-        # (an earlier save's labels are not these outputs').
-        self.assess(moving_labels=labels)
-        sources = (*self.input_sources, self.fixed.source, self.moving.source, None if labels is None else labels.source)
-        outdir = outputs.check_output_dir(outdir, overwrite=overwrite, protected=sources)
-        with atomic.atomic_dir(outdir, replace=overwrite) as staging:
-            self._write_into(staging, labels, qc, tuple(export), title=outdir.name)
+        from .geometry import ops
+
+        with ops.cpu_threads(self.threads):  # the kernels that reading, measuring and writing call
+            labels = None if moving_labels is None else volume_or_load(moving_labels, io.load_label_map,
+                                                                         name="moving labels")
+            if labels is not None:  # before any work: labels that miss their image would warp to nothing
+                io.check_overlap(labels, self.moving, name="moving labels")
+            # The flag judges what this save writes: the labels against their image, or no labels
+            # (an earlier save's labels are not these outputs').
+            self.assess(moving_labels=labels)
+            sources = (*self.input_sources, self.fixed.source, self.moving.source,
+                       None if labels is None else labels.source)
+            outdir = outputs.check_output_dir(outdir, overwrite=overwrite, protected=sources)
+            with atomic.atomic_dir(outdir, replace=overwrite) as staging:
+                self._write_into(staging, labels, qc, tuple(export), title=outdir.name)
         return outdir
 
     def _write_into(self, folder: Path, labels: io.Volume | None, qc: bool, export: tuple = (),

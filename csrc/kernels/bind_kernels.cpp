@@ -279,6 +279,45 @@ bool all_finite_cpu(py::array a) {
   return cpu::all_finite(data, count);
 }
 
+// reverse_axes: `in` any 3-D array of a type below (native byte order, aligned, element strides
+// of any sign), `out` C-contiguous of the reversed shape, of in's type or float32.
+ElementType element_type(const py::array& a, const char* name) {
+#define SMGIC_ELEMENT(T, CODE) \
+  if (py::isinstance<py::array_t<T>>(a) && a.dtype().kind() != 'b') return ElementType::CODE;
+  SMGIC_ELEMENT(int8_t, kInt8) SMGIC_ELEMENT(uint8_t, kUInt8) SMGIC_ELEMENT(int16_t, kInt16)
+  SMGIC_ELEMENT(uint16_t, kUInt16) SMGIC_ELEMENT(int32_t, kInt32) SMGIC_ELEMENT(uint32_t, kUInt32)
+  SMGIC_ELEMENT(int64_t, kInt64) SMGIC_ELEMENT(uint64_t, kUInt64) SMGIC_ELEMENT(float, kFloat32)
+  SMGIC_ELEMENT(double, kFloat64)
+#undef SMGIC_ELEMENT
+  throw py::type_error(std::string(name) + " must be a native-order (u)int8..64, float32 or float64 array, got dtype " +
+                       std::string(py::str(a.dtype())));
+}
+
+void reverse_axes_cpu(py::array in, py::array out) {
+  require(in.ndim() == 3 && out.ndim() == 3, "in and out must be 3-D, got shapes " + shape_text(in) + " and " +
+                                                  shape_text(out));
+  require(out.shape(0) == in.shape(2) && out.shape(1) == in.shape(1) && out.shape(2) == in.shape(0),
+          "out must have in's shape reversed, got " + shape_text(in) + " and " + shape_text(out));
+  require((out.flags() & py::array::c_style) && out.writeable(), "out must be a writeable C-contiguous array");
+  ReverseAxesParams p{};
+  p.in_type = element_type(in, "in");
+  p.out_type = element_type(out, "out");
+  require(p.out_type == p.in_type || p.out_type == ElementType::kFloat32,
+          "out must have in's dtype or float32, got " + std::string(py::str(out.dtype())));
+  const py::ssize_t size = in.itemsize();
+  require(reinterpret_cast<uintptr_t>(in.data()) % size == 0 && reinterpret_cast<uintptr_t>(out.data()) % out.itemsize() == 0,
+          "in and out must be aligned to their element size");
+  for (int d = 0; d < 3; ++d) {
+    require(in.strides(d) % size == 0, "in's strides must be whole elements");
+    p.shape[d] = in.shape(d);
+    p.in_strides[d] = in.strides(d) / size;
+  }
+  p.in = in.data();
+  p.out = out.mutable_data();
+  py::gil_scoped_release release;
+  cpu::reverse_axes(p);
+}
+
 // ---------------- CUDA (raw device pointers from __cuda_array_interface__) ----------------
 // Every function ends with (device, stream): the device of the arrays (-1: ask CUDA which device
 // owns the output pointer) and the stream handle to enqueue on (CUDA Array Interface values:
@@ -509,4 +548,6 @@ void bind_kernels(py::module_& m) {
   m.def("cuda_synchronize_stream", &synchronize_stream_cuda, "host waits for one stream (not the whole device)",
         py::arg("device"), py::arg("stream"));
 #endif
+  m.def("reverse_axes", &reverse_axes_cpu, "out[k, j, i] = in[i, j, k], as out's dtype (in's or float32)",
+        py::arg("in"), py::arg("out"));
 }

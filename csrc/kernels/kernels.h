@@ -46,4 +46,19 @@ void stream_wait(const Launch& where, uintptr_t other);
 void synchronize_stream(const Launch& where);  // host waits for `where.stream`
 }  // namespace cuda
 #endif
+
+// reverse_axes_cpu.cpp: out[k, j, i] = in[i, j, k] (a NIfTI file's voxel order <-> ours), converted to
+// out_type, which is in_type or kFloat32; out is C-contiguous (shape[2], shape[1], shape[0]), in is
+// read through its element strides.
+enum class ElementType { kInt8, kUInt8, kInt16, kUInt16, kInt32, kUInt32, kInt64, kUInt64, kFloat32, kFloat64 };
+struct ReverseAxesParams {
+  const void* in;
+  void* out;
+  int64_t shape[3];
+  int64_t in_strides[3];
+  ElementType in_type, out_type;
+};
+namespace cpu {
+void reverse_axes(const ReverseAxesParams& p);  // std::invalid_argument for another pair of types
+}  // namespace cpu
 }  // namespace smgic

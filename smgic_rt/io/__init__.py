@@ -460,8 +460,11 @@ def reversed_axes(array: np.ndarray, dtype=None, *, out: np.ndarray | None = Non
 
     A NIfTI file holds its voxels in Fortran order, our arrays are C-ordered: reading and writing
     an image turns one into the other. numpy's own transposing copy of a grid whose sizes are
-    powers of two (a 256^3 conformed image) hits the same cache sets with every strided read; one
-    plane of the middle axis at a time, gathered into a small contiguous buffer first, does not.
+    powers of two (a 256^3 conformed image) hits the same cache sets with every strided read;
+    `_C.reverse_axes` moves small tiles through a buffer instead (on the calling thread's OpenMP
+    threads, `smgic_rt.geometry.ops.cpu_threads`), for integers and floats of native byte order
+    into their own type or float32; anything else goes one plane of the middle axis at a time
+    through numpy.
     """
     array = np.asarray(array)
     if array.ndim != 3:
@@ -471,12 +474,30 @@ def reversed_axes(array: np.ndarray, dtype=None, *, out: np.ndarray | None = Non
         out = np.empty((last, middle, first), dtype=array.dtype if dtype is None else dtype)
     elif out.shape != (last, middle, first) or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous array of shape {(last, middle, first)}, got {out.shape}")
-    dtype = out.dtype
-    plane = np.empty((first, last), dtype=dtype)
+    if _compiled_reversal(array, out):
+        return out
+    plane = np.empty((first, last), dtype=out.dtype)
     for j in range(middle):
         np.copyto(plane, array[:, j, :], casting="unsafe")
         out[:, j, :] = plane.T
     return out
+
+
+def _compiled_reversal(array: np.ndarray, out: np.ndarray) -> bool:
+    """Whether `_C.reverse_axes` took the copy (the types, byte order and memory it accepts)."""
+    if array.dtype.kind == "b" and out.dtype == np.float32:
+        array = array.view(np.uint8)  # numpy's booleans are the bytes 0 and 1
+    kinds_ok = array.dtype.kind in "iuf" and out.dtype.kind in "iuf" and array.dtype.itemsize in (1, 2, 4, 8)
+    if not (kinds_ok and array.dtype.isnative and out.dtype.isnative and out.flags.writeable
+            and (out.dtype == array.dtype or out.dtype == np.float32) and array.dtype != np.float16
+            and array.flags.aligned and out.flags.aligned and array.size
+            and all(stride % array.itemsize == 0 for stride in array.strides)
+            and not np.may_share_memory(array, out)):
+        return False
+    from .. import _C
+
+    _C.reverse_axes(array, out)
+    return True
 
 
 def c_ordered(data: np.ndarray, dtype=None) -> np.ndarray:

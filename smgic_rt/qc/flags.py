@@ -187,9 +187,32 @@ def _sample(data: np.ndarray, matrix: np.ndarray, fine_shape) -> np.ndarray:
     voxel, then averaged 2x2x2 onto the measurement grid."""
     from ..geometry import ops
 
-    volume = np.ascontiguousarray(np.asarray(data, dtype=np.float32)[None])
-    sampled = ops.affine_resample(volume, np.asarray(matrix, dtype=np.float64), fine_shape)
+    volume = np.asarray(data, dtype=np.float32)
+    sampled = _every_nth_voxel(volume, matrix, fine_shape)
+    if sampled is None:
+        sampled = ops.affine_resample(np.ascontiguousarray(volume[None]), np.asarray(matrix, dtype=np.float64),
+                                      fine_shape)
+    else:
+        sampled = np.add(sampled, np.float32(0.0), out=sampled)[None]  # -0.0 as the lerps mostly leave it: +0.0
     return ops.downsample_haar(sampled)[0]
+
+
+def _every_nth_voxel(data: np.ndarray, matrix: np.ndarray, fine_shape) -> np.ndarray | None:
+    """What reading `data` at `matrix` @ [x, 1] on a grid of `fine_shape` gives, zeros outside,
+    when `matrix` only scales by whole numbers of voxels (`_measurement_grid` on images of voxels
+    up to 4 mm): the voxels themselves, every n-th along each axis, as trilinear and nearest reads
+    at whole coordinates return them (a strided copy instead of a resampling; a -0.0 voxel may
+    come out as the kernel's +0.0 or keep its sign, equal values either way). None for any other
+    matrix."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    steps = np.diag(matrix)[:3]
+    if not (np.array_equal(matrix, np.diag(np.diag(matrix))) and matrix[3, 3] == 1
+            and np.all(steps >= 1) and np.all(steps == np.round(steps))):
+        return None
+    out = np.zeros(tuple(int(n) for n in fine_shape), dtype=data.dtype)
+    voxels = data[::int(steps[0]), ::int(steps[1]), ::int(steps[2])][tuple(slice(0, int(n)) for n in fine_shape)]
+    out[tuple(slice(0, n) for n in voxels.shape)] = voxels
+    return out
 
 
 def _scaled(volume: np.ndarray) -> np.ndarray:
@@ -245,8 +268,12 @@ def _label_overlap(labels, moving_data: np.ndarray, moving_affine: np.ndarray, s
 
     volume = labels if isinstance(labels, io.Volume) else io.load_label_map(labels, name="moving labels")
     fine_shape, fine, _ = _measurement_grid(volume.shape, volume.affine, spacing_mm)
-    labelled = ops.affine_resample(np.ascontiguousarray((volume.data != 0).astype(np.float32)[None]), fine, fine_shape,
-                                   interpolation="nearest")[0] > 0.5
+    labelled = _every_nth_voxel(volume.data, fine, fine_shape)
+    if labelled is not None:
+        labelled = labelled != 0
+    else:
+        labelled = ops.affine_resample(np.ascontiguousarray((volume.data != 0).astype(np.float32)[None]), fine,
+                                       fine_shape, interpolation="nearest")[0] > 0.5
     if not labelled.any():
         return None, None
     # inside the moving grid: each labelled point's moving voxel coordinate within [-0.5, n - 0.5]
