@@ -166,7 +166,8 @@ void warp_labels_cpu(py::array image, py::array displacement, py::array out, int
                        std::string(py::str(image.dtype())));
 }
 
-void affine_cpu(py::array image, const std::vector<double>& matrix, py::array out, int interpolation, int padding) {
+WarpParams affine_resample_params(const py::array& image, const std::vector<double>& matrix, py::array& out,
+                                  int interpolation, int padding) {
   checked(image, "image", 5);
   checked(out, "out", 5);
   check_mode(interpolation, padding);
@@ -182,6 +183,11 @@ void affine_cpu(py::array image, const std::vector<double>& matrix, py::array ou
   p.out_grid = grid_of(out);
   p.interpolation = interpolation;
   p.padding = padding;
+  return p;
+}
+
+void affine_cpu(py::array image, const std::vector<double>& matrix, py::array out, int interpolation, int padding) {
+  const WarpParams p = affine_resample_params(image, matrix, out, interpolation, padding);
   py::gil_scoped_release release;
   cpu::warp(p);
 }
@@ -254,6 +260,16 @@ void affine_field_cpu(py::array field, const std::vector<double>& matrix, const 
   p.grid = grid_of(field);
   py::gil_scoped_release release;
   cpu::affine_field(p);
+}
+
+// affine_cpu (linear, 3 channels) then affine_field_cpu's map on its values, in one pass.
+void affine_resample_field_cpu(py::array image, const std::vector<double>& matrix, py::array out, int padding,
+                               const std::vector<double>& out_matrix, const std::vector<double>& out_linear) {
+  require(image.ndim() == 5 && image.shape(1) == 3, "image must have 3 channels, got shape " + shape_text(image));
+  const WarpParams p = affine_resample_params(image, matrix, out, kLinear, padding);
+  const AffineFieldParams map = affine_field_params(out_matrix, out_linear);
+  py::gil_scoped_release release;
+  cpu::warp_vectors(p, map.matrix, map.linear);
 }
 
 void jacobian_cpu(py::array field, py::array out) {
@@ -478,6 +494,8 @@ void bind_kernels(py::module_& m) {
   m.def("upsample_field", &upsample_cpu, "out[x] = 2 u((x - 0.5) / 2), border padding");
   m.def("downsample_haar", &haar_cpu, "mean of each 2x2x2 block");
   m.def("affine_field", &affine_field_cpu, "out[n,:,x] = M@[x,1] + L@field[n,:,x], M 3x4 and L 3x3 row-major");
+  m.def("affine_resample_field", &affine_resample_field_cpu,
+        "out[n,:,x] = A@[x,1] + L@image[n,:,M@[x,1]] (3 channels, linear), A 3x4 and L 3x3 row-major");
   m.def("jacobian_determinant", &jacobian_cpu, "det(I + grad u), central differences");
 #ifdef SMGIC_WITH_CUDA
   // CUDA kernels: raw device pointers (from __cuda_array_interface__), 5-D shapes, then the

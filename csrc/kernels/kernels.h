@@ -20,6 +20,10 @@ void downsample_haar(const HaarParams& p);
 void affine_field(const AffineFieldParams& p);
 void jacobian_determinant(const JacobianParams& p);
 bool all_finite(const float* data, int64_t count);
+// warp's linear reads of 3 channels, once per voxel for all of them (warp_vectors_cpu.cpp), each
+// value then moved through affine_field's map (3x4 out_matrix, 3x3 out_linear) unless those are null.
+bool warp_vectors_fits(const WarpParams& p);
+void warp_vectors(const WarpParams& p, const float* out_matrix, const float* out_linear);
 }  // namespace cpu
 
 #ifdef SMGIC_WITH_CUDA

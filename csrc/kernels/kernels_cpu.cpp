@@ -82,6 +82,7 @@ class RowSampler {
 }  // namespace
 
 void warp(const WarpParams& p) {
+  if (warp_vectors_fits(p)) return warp_vectors(p, nullptr, nullptr);
   const Grid3& g = p.out_grid;
   if (p.interpolation != kLinear || !RowSampler::fits(p.in)) {
     for_each_voxel(p.batch, g, [&](int64_t n, int64_t x, int64_t y, int64_t z) { warp_voxel(p, n, x, y, z); });
