@@ -42,6 +42,7 @@ from ..options import is_int
 __all__ = [
     "warp",
     "affine_resample",
+    "affine_resample_field",
     "integrate_velocity",
     "squaring_steps",
     "SQUARING_FIRST_STEP_VOXELS",
@@ -550,6 +551,39 @@ def affine_resample(image, matrix, shape, *, interpolation="linear", padding="ze
     return _unbatch(out, len(image_shape) == 5)
 
 
+def affine_resample_field(field, matrix, shape, out_matrix, out_linear, *, padding="border"):
+    """A field resampled through a voxel-to-voxel affine map and moved by `affine_field`'s map:
+    ``out[:, x] = out_matrix @ [x, 1] + out_linear @ field[:, matrix @ [x, 1]]`` (trilinear).
+
+    The values of ``affine_field(affine_resample(field, matrix, shape, padding=padding),
+    out_matrix, out_linear)``, bit for bit; on the CPU in one pass, without the intermediate
+    array (e.g. a model-grid displacement read on a native grid and turned into RAS mm).
+
+    Parameters
+    ----------
+    field : float32 array (3, Xi, Yi, Zi) or (N, 3, Xi, Yi, Zi)
+    matrix : array-like 3x4 or 4x4, output voxel index -> input voxel index
+    shape : 3 ints, the output grid
+    out_matrix : array-like 3x4 or 4x4, output voxel index -> vector; out_linear : array-like 3x3
+    padding : "zeros" or "border"
+
+    Returns
+    -------
+    float32 array (3, X, Y, Z) or (N, 3, X, Y, Z).
+    """
+    field_shape, on_device = _check_field(field, "field")
+    out_values, lin_values = _affine_values(out_matrix, "out_matrix"), _linear_values(out_linear, "out_linear")
+    if on_device:
+        resampled = affine_resample(field, matrix, shape, padding=padding)
+        return affine_field(resampled, out_matrix, out_linear, out=resampled)
+    pad_code = _choice(padding, "padding", _PADDING)
+    values = _affine_values(matrix, "matrix")
+    field5 = _batched(field_shape)
+    out = _empty(field, field5[:2] + _spatial_shape(shape, "shape"), False)
+    _C.affine_resample_field(_view5(field, False), values, out, pad_code, out_values, lin_values)
+    return _unbatch(out, len(field_shape) == 5)
+
+
 def integrate_velocity(velocity, steps=7):
     """Scaling and squaring: ``u = v / 2**steps``, then ``steps`` times ``u <- u + u o (id + u)``.
 
@@ -695,9 +729,9 @@ def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), to
         r = _read_at(u, position + w_at) + w_at
         return r, xp.sqrt(((r * scale) ** 2).sum(axis=0))
 
-    # At every node first: one pass of the kernels over the lattice (m(k) - k is affine in k).
+    # At every node first: one pass over the lattice, u read at m(k) + w (m(k) - k is affine in k).
     shift = to_u - np.hstack([np.eye(3), np.zeros((3, 1))])
-    r = warp(u, affine_field(w.reshape(initial.shape), shift, np.eye(3)), padding="border").reshape(3, -1)
+    r = warp(u, w.reshape(initial.shape), padding="border", displacement_map=(shift, np.eye(3))).reshape(3, -1)
     r += w
     length = xp.sqrt(((r * scale) ** 2).sum(axis=0))
     active = xp.flatnonzero(length > tolerance)
@@ -797,6 +831,17 @@ def downsample_haar(image):
     return _unbatch(out, len(shape) == 5)
 
 
+def _linear_values(linear, name):
+    """The 9 row-major values of a 3x3 matrix, checked."""
+    try:
+        lin = np.asarray(linear, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a 3x3 array of numbers, got {type(linear).__name__}") from None
+    if lin.shape != (3, 3) or not np.all(np.isfinite(lin)):
+        raise ValueError(f"{name} must be a finite 3x3 matrix, got shape {lin.shape}")
+    return [float(v) for v in lin.reshape(-1)]
+
+
 def affine_field(field, matrix, linear, *, out=None):
     """Per voxel ``out[:, x] = matrix @ [x, 1] + linear @ field[:, x]``.
 
@@ -819,13 +864,7 @@ def affine_field(field, matrix, linear, *, out=None):
     """
     shape, on_device = _check_field(field, "field")
     values = _affine_values(matrix, "matrix")
-    try:
-        lin = np.asarray(linear, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"linear must be a 3x3 array of numbers, got {type(linear).__name__}") from None
-    if lin.shape != (3, 3) or not np.all(np.isfinite(lin)):
-        raise ValueError(f"linear must be a finite 3x3 matrix, got shape {lin.shape}")
-    lin_values = [float(v) for v in lin.reshape(-1)]
+    lin_values = _linear_values(linear, "linear")
     in5 = _batched(shape)
     given_out = out is not None
     if not given_out:
