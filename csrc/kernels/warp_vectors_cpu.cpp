@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/interleaved_cpu.h"
+#include "kernels/warp_rows_cpu.h"
 
 namespace smgic {
 namespace cpu {
@@ -68,22 +69,6 @@ ReadRow read_row(const Grid3& g) {
   (void)g;
   return read_row_plain;
 }
-// warp_position for the voxels of row r, 4 floats each (x, y, z, unused); an affine map's row
-// parts (its first two products and their sum) once per row, in warp_position's order.
-void row_positions(const WarpParams& p, const RowAt& r, float* position) {
-  const int64_t nz = p.out_grid.nz;
-  if (p.displacement) {
-    for (int64_t z = 0; z < nz; ++z) warp_position(p, r.n, r.x, r.y, z, position[4 * z], position[4 * z + 1], position[4 * z + 2]);
-    return;
-  }
-  const float fx = static_cast<float>(r.x), fy = static_cast<float>(r.y);
-  const float* m = p.matrix;
-  const float row[3] = {m[0] * fx + m[1] * fy, m[4] * fx + m[5] * fy, m[8] * fx + m[9] * fy};
-  for (int64_t z = 0; z < nz; ++z) {
-    const float fz = static_cast<float>(z);
-    for (int c = 0; c < 3; ++c) position[4 * z + c] = row[c] + m[4 * c + 2] * fz + m[4 * c + 3];
-  }
-}
 }  // namespace
 
 bool warp_vectors_fits(const WarpParams& p) {
@@ -111,7 +96,7 @@ void warp_vectors(const WarpParams& p, const float* out_matrix, const float* out
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < rows; ++row) {
       const RowAt r = row_at(row, g);
-      row_positions(p, r, position.data());
+      row_positions(p, r, position.data(), position.data() + 1, position.data() + 2, 4);
       read(field.get() + r.n * in_cs, p.in, p.padding, position.data(), g.nz, values.data());
       float* out = p.out + r.n * 3 * out_cs + r.v0;
       if (!out_matrix) {
