@@ -8,6 +8,8 @@
 // so the callers pick the fused reads by the same test; every other product is rounded on its own.
 #pragma once
 
+#include <cstring>
+
 #include "kernels/kernels.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
@@ -135,6 +137,64 @@ __attribute__((target("avx512f"))) inline unsigned group_corners(__m512 p, unsig
     }
   }
   return (0x1111u & valid) & ~full;
+}
+
+// The checked reads (linear_stencil then apply_linear, as border_read) of the 4 voxels at
+// positions p whose bit 4j is set in `which`, into out[j]: each value's weights and sum are the
+// stencil's products and sum, in its order, each product rounded on its own. The clamps are
+// maxps/minps, which give what fmaxf/fminf give here (glibc's are maxss/minss for numbers; a
+// quiet NaN position becomes the lower bound in both).
+__attribute__((target("avx512f"))) inline void border_group(const Vec4* field, const Grid3& g, int padding, __m512 p,
+                                                               unsigned which, Vec4* out) {
+  const bool border = padding == kBorder;
+  const float nx = static_cast<float>(g.nx), ny = static_cast<float>(g.ny), nz = static_cast<float>(g.nz);
+  const __m512 low = border ? _mm512_setzero_ps() : _mm512_setr_ps(-2, -2, -2, 0, -2, -2, -2, 0, -2, -2, -2, 0, -2, -2, -2, 0);
+  const float ox = border ? nx - 1 : nx + 1, oy = border ? ny - 1 : ny + 1, oz = border ? nz - 1 : nz + 1;
+  const __m512 high = _mm512_setr_ps(ox, oy, oz, 0, ox, oy, oz, 0, ox, oy, oz, 0, ox, oy, oz, 0);
+  const __m512 q = _mm512_min_ps(_mm512_max_ps(p, low), high);
+  const __m512 lower = _mm512_roundscale_ps(q, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 t = _mm512_sub_ps(q, lower);
+  __m512 w0 = _mm512_sub_ps(_mm512_set1_ps(1.0f), t), w1 = t;
+  __m512i i0 = _mm512_cvttps_epi32(lower);
+  __m512i i1 = _mm512_add_epi32(i0, _mm512_set1_epi32(1));
+  const __m512i size = _mm512_setr_epi32(g.nx, g.ny, g.nz, 1, g.nx, g.ny, g.nz, 1, g.nx, g.ny, g.nz, 1, g.nx, g.ny,
+                                         g.nz, 1);
+  if (border) {
+    i1 = _mm512_min_epi32(i1, _mm512_sub_epi32(size, _mm512_set1_epi32(1)));
+  } else {  // corners outside: weight 0, index 0
+    const __m512i zero = _mm512_setzero_si512();
+    const __mmask16 in0 = _mm512_cmpge_epi32_mask(i0, zero) & _mm512_cmplt_epi32_mask(i0, size);
+    const __mmask16 in1 = _mm512_cmpge_epi32_mask(i1, zero) & _mm512_cmplt_epi32_mask(i1, size);
+    w0 = _mm512_maskz_mov_ps(in0, w0);
+    w1 = _mm512_maskz_mov_ps(in1, w1);
+    i0 = _mm512_maskz_mov_epi32(in0, i0);
+    i1 = _mm512_maskz_mov_epi32(in1, i1);
+  }
+  alignas(64) int32_t index[2][16];
+  _mm512_store_si512(index[0], i0);
+  _mm512_store_si512(index[1], i1);
+  const __m512 wx[2] = {_mm512_permute_ps(w0, 0x00), _mm512_permute_ps(w1, 0x00)};
+  const __m512 wy[2] = {_mm512_permute_ps(w0, 0x55), _mm512_permute_ps(w1, 0x55)};
+  const __m512 wz[2] = {_mm512_permute_ps(w0, 0xAA), _mm512_permute_ps(w1, 0xAA)};
+  const int64_t sx = g.ny * g.nz, sy = g.nz;
+  const float* f = reinterpret_cast<const float*>(field);
+  __m512 sum = _mm512_setzero_ps();
+  for (int k = 0; k < 8; ++k) {
+    const int a = (k >> 2) & 1, b = (k >> 1) & 1, c = k & 1;
+    __m512 corner = _mm512_setzero_ps();
+    for (int j = 0; j < 4; ++j) {
+      if (!((which >> (4 * j)) & 1u)) continue;  // a lane of no use: zeros
+      const int64_t at = index[a][4 * j] * sx + index[b][4 * j + 1] * sy + index[c][4 * j + 2];
+      corner = _mm512_insertf32x4(corner, _mm_loadu_ps(f + 4 * at), j);
+    }
+    const __m512 weight = rounded512(_mm512_mul_ps(rounded512(_mm512_mul_ps(wx[a], wy[b])), wz[c]));
+    sum = _mm512_add_ps(sum, rounded512(_mm512_mul_ps(weight, corner)));
+  }
+  alignas(64) float values[16];
+  _mm512_store_ps(values, sum);
+  for (int j = 0; j < 4; ++j) {
+    if ((which >> (4 * j)) & 1u) std::memcpy(out + j, values + 4 * j, sizeof(Vec4));
+  }
 }
 
 // The interior values of 4 voxels from their corners and fractions (group_corners).

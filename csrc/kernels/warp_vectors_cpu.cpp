@@ -25,7 +25,7 @@ void read_row_plain(const Vec4* field, const Grid3& g, int padding, const float*
 
 #ifdef SMGIC_X86_AVX512
 // The same with fused lerps, 4 voxels per register: a chunk's corners and fractions first, then
-// its reads (whose addresses are then all known), then its border voxels.
+// its reads (whose addresses are then all known), then its border voxels (border_group).
 __attribute__((target("avx512f"))) void read_row_fused(const Vec4* field, const Grid3& g, int padding,
                                                         const float* position, int64_t count, Vec4* out) {
   const float* f = reinterpret_cast<const float*>(field);
@@ -35,7 +35,6 @@ __attribute__((target("avx512f"))) void read_row_fused(const Vec4* field, const 
   constexpr int kGroups = 16;
   __m512 fractions[kGroups];
   unsigned valid[kGroups], border[kGroups];
-  alignas(64) float at[16];
   int64_t base[4 * kGroups];
   for (int64_t chunk = 0; chunk < count; chunk += 4 * kGroups) {
     const int groups = static_cast<int>(count - chunk < 4 * kGroups ? (count - chunk + 3) / 4 : kGroups);
@@ -51,10 +50,9 @@ __attribute__((target("avx512f"))) void read_row_fused(const Vec4* field, const 
     }
     for (int q = 0; q < groups; ++q) {
       if (!border[q]) continue;
-      _mm512_store_ps(at, fractions[q]);  // the positions of border voxels
-      for (int j = 0; j < 4; ++j) {
-        if ((border[q] >> (4 * j)) & 1u) out[chunk + 4 * q + j] = border_read(field, g, at[4 * j], at[4 * j + 1], at[4 * j + 2], padding);
-      }
+      const int64_t i = chunk + 4 * q;
+      border_group(field, g, padding, _mm512_maskz_loadu_ps(static_cast<__mmask16>(valid[q]), position + 4 * i),
+                   border[q], out + i);
     }
   }
 }
