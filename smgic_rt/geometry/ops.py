@@ -723,17 +723,24 @@ def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), to
     shape = tuple(int(n) for n in initial.shape[1:])
     w = xp.ascontiguousarray(initial, dtype=np.float32).reshape(3, -1)  # updated node by node
 
+    def norm(r):  # |r| in the units of `spacing`: ((r0 s0)^2 + (r1 s1)^2) + (r2 s2)^2, in place
+        squares = r * scale
+        squares *= squares
+        length = squares[0] + squares[1]
+        length += squares[2]
+        return xp.sqrt(length, out=length)
+
     def mismatch(at, w_at):  # r and |r| at the nodes `at`
         index = xp.stack(xp.unravel_index(at, shape)).astype(np.float32)
         position = xp.asarray(to_u[:, :3], dtype=np.float32) @ index + xp.asarray(to_u[:, 3:], dtype=np.float32)
         r = _read_at(u, position + w_at) + w_at
-        return r, xp.sqrt(((r * scale) ** 2).sum(axis=0))
+        return r, norm(r)
 
     # At every node first: one pass over the lattice, u read at m(k) + w (m(k) - k is affine in k).
     shift = to_u - np.hstack([np.eye(3), np.zeros((3, 1))])
     r = warp(u, w.reshape(initial.shape), padding="border", displacement_map=(shift, np.eye(3))).reshape(3, -1)
     r += w
-    length = xp.sqrt(((r * scale) ** 2).sum(axis=0))
+    length = norm(r)
     active = xp.flatnonzero(length > tolerance)
     iterations = 0
     # Only nodes still off by more than `tolerance` take a step: after the first few, a handful.
