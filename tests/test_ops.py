@@ -372,7 +372,8 @@ def test_three_channel_affine_resample_is_the_per_channel_one_bit_for_bit(rng, s
 def test_three_channel_warp_is_the_per_channel_one_bit_for_bit(rng, padding, mapped, threads):
     field = real_field()
     # Displacements of several voxels: many points cross the field's faces.
-    displacement = 6.0 * smooth_field(rng, (33, 29, 35), 1.0)[0] + rng.uniform(-0.5, 0.5, (3, 33, 29, 35)).astype(np.float32)
+    shape = (33, 29, 35)
+    displacement = 6.0 * smooth_field(rng, shape, 1.0)[0] + rng.uniform(-0.5, 0.5, (3, *shape)).astype(np.float32)
     displacement_map = (THREE_CHANNEL_MATRICES["partly outside"] - np.hstack([np.eye(3), np.zeros((3, 1))]),
                         [[0.9, 0.1, 0.0], [-0.1, 1.0, 0.05], [0.0, 0.0, 1.1]]) if mapped else None
     with ops.cpu_threads(threads):
@@ -403,7 +404,8 @@ def test_affine_resample_field_is_resample_then_affine_field_bit_for_bit(rng, th
     with ops.cpu_threads(threads):
         for padding in ("zeros", "border"):
             for matrix in THREE_CHANNEL_MATRICES.values():
-                expected = ops.affine_field(ops.affine_resample(field, matrix, shape, padding=padding), out_matrix, out_linear)
+                resampled = ops.affine_resample(field, matrix, shape, padding=padding)
+                expected = ops.affine_field(resampled, out_matrix, out_linear)
                 got = ops.affine_resample_field(field, matrix, shape, out_matrix, out_linear, padding=padding)
                 np.testing.assert_array_equal(got, expected)
                 batched = ops.affine_resample_field(field[None], matrix, shape, out_matrix, out_linear, padding=padding)
