@@ -412,6 +412,38 @@ def test_affine_resample_field_is_resample_then_affine_field_bit_for_bit(rng, th
                 np.testing.assert_array_equal(batched[0], expected)
 
 
+def quasi_interpolant_ref(samples):
+    """The quasi-interpolant as numpy slices, axis by axis (float32 operations, in their order)."""
+    out = samples.copy()
+    for axis in range(samples.ndim - 3, samples.ndim):
+        f, o = np.moveaxis(samples, axis, 0), np.moveaxis(out, axis, 0)
+        if len(f) >= 3:
+            second = f[:-2] + f[2:]
+            second -= np.float32(2) * f[1:-1]
+            second *= np.float32(1 / 12)
+            o[1:-1] -= second
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(3, 17, 12, 15), (2, 3, 9, 1, 2), (1, 2, 5, 3)])
+def test_quasi_interpolant_is_the_numpy_slices_bit_for_bit(rng, shape, threads):
+    samples = rng.standard_normal(shape).astype(np.float32)
+    with ops.cpu_threads(threads):
+        np.testing.assert_array_equal(ops.quasi_interpolant(samples), quasi_interpolant_ref(samples))
+        real = real_field()
+        np.testing.assert_array_equal(ops.quasi_interpolant(real), quasi_interpolant_ref(real))
+
+
+def test_quasi_interpolant_leaves_affine_fields_and_reduces_a_parabola_by_a_twelfth():
+    x, y, z = np.meshgrid(np.arange(6.0), np.arange(7.0), np.arange(5.0), indexing="ij")
+    affine = np.stack([2 * x - y + 3, 0.5 * z, x + y + z]).astype(np.float32)
+    np.testing.assert_allclose(ops.quasi_interpolant(affine), affine, atol=1e-5)
+    parabola = (x ** 2)[None].astype(np.float32)  # second difference 2 along x: inner points lose 1/6
+    expected = parabola - np.float32(1 / 6) * ((x > 0) & (x < 5))
+    np.testing.assert_allclose(ops.quasi_interpolant(parabola), expected, atol=1e-5)
+
+
 def test_affine_resample_field_refuses_what_its_parts_refuse():
     field = np.zeros((3, 4, 4, 4), np.float32)
     with pytest.raises(ValueError, match="field must have 3 channels"):
@@ -568,6 +600,11 @@ def test_cuda_field_kernels_match_cpu(rng):
         (ops.jacobian_determinant(cp.asarray(v)), ops.jacobian_determinant(v)),
         (ops.affine_field(cp.asarray(v), np.arange(12.0).reshape(3, 4) / 7, np.eye(3)[::-1] - 0.5),
          ops.affine_field(v, np.arange(12.0).reshape(3, 4) / 7, np.eye(3)[::-1] - 0.5)),
+        (ops.affine_resample_field(cp.asarray(v[0]), THREE_CHANNEL_MATRICES["partly outside"], (9, 13, 11),
+                                   np.arange(12.0).reshape(3, 4) / 7, np.eye(3)[::-1] - 0.5),
+         ops.affine_resample_field(v[0], THREE_CHANNEL_MATRICES["partly outside"], (9, 13, 11),
+                                   np.arange(12.0).reshape(3, 4) / 7, np.eye(3)[::-1] - 0.5)),
+        (ops.quasi_interpolant(cp.asarray(v)), ops.quasi_interpolant(v)),
     ]
     for got, expected in pairs:
         np.testing.assert_allclose(cp.asnumpy(got), expected, atol=TOL, rtol=0)
