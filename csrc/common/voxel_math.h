@@ -451,4 +451,44 @@ SMGIC_UNROLL
                       j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]);
 }
 
+// ---- linear quasi-interpolant (transforms.linear_quasi_interpolant) ----
+
+// out = f - sum over the axes x, y, z in turn of ((f[i-1] + f[i+1]) - 2 f[i]) * float(1/12), an
+// axis contributing only at its inner points, every volume of (N, C) on its own.
+struct QuasiInterpolantParams {
+  const float* field;  // (volumes, grid)
+  float* out;          // (volumes, grid)
+  int64_t volumes;     // N * C
+  Grid3 grid;
+};
+
+// a * b rounded on its own: never fused with a following add (nvcc fuses by default), so that
+// every device computes what numpy does.
+SMGIC_HOST_DEVICE float rounded_product(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+// The value at f (strides sx, sy, 1), with the axes on which f is an inner point.
+SMGIC_HOST_DEVICE float quasi_interpolant_value(const float* f, int64_t sx, int64_t sy, bool inner_x, bool inner_y,
+                                                bool inner_z) {
+  const float twelfth = static_cast<float>(1.0 / 12.0);
+  float out = f[0];
+  if (inner_x) out -= rounded_product((f[-sx] + f[sx]) - 2.0f * f[0], twelfth);
+  if (inner_y) out -= rounded_product((f[-sy] + f[sy]) - 2.0f * f[0], twelfth);
+  if (inner_z) out -= rounded_product((f[-1] + f[1]) - 2.0f * f[0], twelfth);
+  return out;
+}
+
+SMGIC_HOST_DEVICE void quasi_interpolant_voxel(const QuasiInterpolantParams& p, int64_t n, int64_t x, int64_t y,
+                                               int64_t z) {
+  const Grid3& g = p.grid;
+  const int64_t v = n * g.voxels() + (x * g.ny + y) * g.nz + z;
+  p.out[v] = quasi_interpolant_value(p.field + v, g.ny * g.nz, g.nz, x > 0 && x < g.nx - 1, y > 0 && y < g.ny - 1,
+                                     z > 0 && z < g.nz - 1);
+}
+
 }  // namespace smgic

@@ -166,7 +166,8 @@ void warp_labels_cpu(py::array image, py::array displacement, py::array out, int
                        std::string(py::str(image.dtype())));
 }
 
-void affine_cpu(py::array image, const std::vector<double>& matrix, py::array out, int interpolation, int padding) {
+WarpParams affine_resample_params(const py::array& image, const std::vector<double>& matrix, py::array& out,
+                                  int interpolation, int padding) {
   checked(image, "image", 5);
   checked(out, "out", 5);
   check_mode(interpolation, padding);
@@ -182,6 +183,11 @@ void affine_cpu(py::array image, const std::vector<double>& matrix, py::array ou
   p.out_grid = grid_of(out);
   p.interpolation = interpolation;
   p.padding = padding;
+  return p;
+}
+
+void affine_cpu(py::array image, const std::vector<double>& matrix, py::array out, int interpolation, int padding) {
+  const WarpParams p = affine_resample_params(image, matrix, out, interpolation, padding);
   py::gil_scoped_release release;
   cpu::warp(p);
 }
@@ -254,6 +260,25 @@ void affine_field_cpu(py::array field, const std::vector<double>& matrix, const 
   p.grid = grid_of(field);
   py::gil_scoped_release release;
   cpu::affine_field(p);
+}
+
+void quasi_interpolant_cpu(py::array field, py::array out) {
+  checked(field, "samples", 5);
+  checked(out, "out", 5);
+  for (int d = 0; d < 5; ++d) require(out.shape(d) == field.shape(d), "out must have the shape of samples");
+  const QuasiInterpolantParams p{in_ptr(field), out_ptr(out), field.shape(0) * field.shape(1), grid_of(field)};
+  py::gil_scoped_release release;
+  cpu::quasi_interpolant(p);
+}
+
+// affine_cpu (linear, 3 channels) then affine_field_cpu's map on its values, in one pass.
+void affine_resample_field_cpu(py::array image, const std::vector<double>& matrix, py::array out, int padding,
+                               const std::vector<double>& out_matrix, const std::vector<double>& out_linear) {
+  require(image.ndim() == 5 && image.shape(1) == 3, "image must have 3 channels, got shape " + shape_text(image));
+  const WarpParams p = affine_resample_params(image, matrix, out, kLinear, padding);
+  const AffineFieldParams map = affine_field_params(out_matrix, out_linear);
+  py::gil_scoped_release release;
+  cpu::warp_vectors(p, map.matrix, map.linear);
 }
 
 void jacobian_cpu(py::array field, py::array out) {
@@ -436,6 +461,11 @@ void jacobian_cuda(uintptr_t field, uintptr_t out, const Shape5& field_shape, in
                              where(out, device, stream));
 }
 
+void quasi_interpolant_cuda(uintptr_t field, uintptr_t out, const Shape5& shape, int device, uintptr_t stream) {
+  cuda::quasi_interpolant(QuasiInterpolantParams{dptr(field), dmut(out), shape[0] * shape[1], grid_of(shape)},
+                          where(out, device, stream));
+}
+
 void stream_wait_cuda(int device, uintptr_t stream, uintptr_t other) { cuda::stream_wait(Launch{device, stream}, other); }
 void synchronize_stream_cuda(int device, uintptr_t stream) { cuda::synchronize_stream(Launch{device, stream}); }
 #endif
@@ -517,6 +547,10 @@ void bind_kernels(py::module_& m) {
   m.def("upsample_field", &upsample_cpu, "out[x] = 2 u((x - 0.5) / 2), border padding");
   m.def("downsample_haar", &haar_cpu, "mean of each 2x2x2 block");
   m.def("affine_field", &affine_field_cpu, "out[n,:,x] = M@[x,1] + L@field[n,:,x], M 3x4 and L 3x3 row-major");
+  m.def("quasi_interpolant", &quasi_interpolant_cpu,
+        "out = f - sum_axis ((f[i-1] + f[i+1]) - 2 f[i]) / 12 at each axis' inner points, per volume");
+  m.def("affine_resample_field", &affine_resample_field_cpu,
+        "out[n,:,x] = A@[x,1] + L@image[n,:,M@[x,1]] (3 channels, linear), A 3x4 and L 3x3 row-major");
   m.def("jacobian_determinant", &jacobian_cpu, "det(I + grad u), central differences");
 #ifdef SMGIC_WITH_CUDA
   // CUDA kernels: raw device pointers (from __cuda_array_interface__), 5-D shapes, then the
@@ -542,6 +576,8 @@ void bind_kernels(py::module_& m) {
         py::arg("linear"), py::arg("out"), py::arg("shape"), dev, str);
   m.def("jacobian_determinant_cuda", &jacobian_cuda, "jacobian_determinant on the GPU", py::arg("field"),
         py::arg("out"), py::arg("field_shape"), dev, str);
+  m.def("quasi_interpolant_cuda", &quasi_interpolant_cuda, "quasi_interpolant on the GPU", py::arg("samples"),
+        py::arg("out"), py::arg("shape"), dev, str);
   m.def("cuda_pointer_device", &cuda::pointer_device, "the device that owns a device pointer (RuntimeError for host memory)");
   m.def("cuda_stream_wait", &stream_wait_cuda, "make `stream` wait on the GPU for the work queued on `other`",
         py::arg("device"), py::arg("stream"), py::arg("other"));

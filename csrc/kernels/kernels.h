@@ -20,6 +20,11 @@ void downsample_haar(const HaarParams& p);
 void affine_field(const AffineFieldParams& p);
 void jacobian_determinant(const JacobianParams& p);
 bool all_finite(const float* data, int64_t count);
+// warp's linear reads of 3 channels, once per voxel for all of them (warp_vectors_cpu.cpp), each
+// value then moved through affine_field's map (3x4 out_matrix, 3x3 out_linear) unless those are null.
+bool warp_vectors_fits(const WarpParams& p);
+void warp_vectors(const WarpParams& p, const float* out_matrix, const float* out_linear);
+void quasi_interpolant(const QuasiInterpolantParams& p);  // quasi_interpolant_cpu.cpp
 }  // namespace cpu
 
 #ifdef SMGIC_WITH_CUDA
@@ -44,6 +49,7 @@ int pointer_device(uintptr_t pointer);  // the device that owns a device (or man
 // `other`, as the CUDA Array Interface asks of a consumer whose stream differs from the producer's.
 void stream_wait(const Launch& where, uintptr_t other);
 void synchronize_stream(const Launch& where);  // host waits for `where.stream`
+void quasi_interpolant(const QuasiInterpolantParams& p, const Launch& where);
 }  // namespace cuda
 #endif
 

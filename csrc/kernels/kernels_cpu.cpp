@@ -1,6 +1,7 @@
 // CPU launchers: only the OpenMP loops; the arithmetic lives in common/voxel_math.h.
 // The innermost loop runs along Z (contiguous) so neighbouring iterations touch neighbouring memory.
 #include "kernels/kernels.h"
+#include "kernels/warp_rows_cpu.h"
 
 #include <algorithm>
 #include <vector>
@@ -35,6 +36,29 @@ void interior_row(const float* channel, const int64_t* base, const float* tx, co
   }
 }
 
+// interior_point of `count` points: lower-corner offsets and fractions, and whether each point is
+// interior; the others get the placeholder corner 0 and fractions 0. Branch-free so that it
+// vectorises (no product is fused with a sum here: the clones give the same values).
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void interior_corners(const Grid3& g, const float* px, const float* py, const float* pz, int64_t count,
+                      int64_t* base, float* tx, float* ty, float* tz, uint8_t* inside) {
+  const float ux = static_cast<float>(g.nx - 1), uy = static_cast<float>(g.ny - 1), uz = static_cast<float>(g.nz - 1);
+  for (int64_t i = 0; i < count; ++i) {
+    const float x = px[i], y = py[i], z = pz[i];
+    // False for NaN, as in interior_point; the 32-bit truncation equals its 64-bit one there.
+    const bool in = (x >= 0.0f) & (y >= 0.0f) & (z >= 0.0f) & (x < ux) & (y < uy) & (z < uz);
+    const float qx = in ? x : 0.0f, qy = in ? y : 0.0f, qz = in ? z : 0.0f;
+    const int32_t x0 = static_cast<int32_t>(qx), y0 = static_cast<int32_t>(qy), z0 = static_cast<int32_t>(qz);
+    base[i] = (static_cast<int64_t>(x0) * g.ny + y0) * g.nz + z0;
+    tx[i] = qx - static_cast<float>(x0);
+    ty[i] = qy - static_cast<float>(y0);
+    tz[i] = qz - static_cast<float>(z0);
+    inside[i] = in;
+  }
+}
+
 // Trilinear reads at one row of points: positions and weights once, then one pass per channel,
 // vectorised over interior points, checked (stencil computed once) at the border. The input grid
 // needs >= 2 voxels per axis so that the placeholder corner (offset 0) read for border points
@@ -42,27 +66,21 @@ void interior_row(const float* channel, const int64_t* base, const float* tx, co
 class RowSampler {
  public:
   RowSampler(const Grid3& grid, int padding, int64_t count)
-      : grid_(grid), padding_(padding), base_(count), tx_(count), ty_(count), tz_(count) {}
+      : grid_(grid), padding_(padding), base_(count), tx_(count), ty_(count), tz_(count), inside_(count),
+        px(count), py(count), pz(count) {}
 
   static bool fits(const Grid3& g) { return g.nx >= 2 && g.ny >= 2 && g.nz >= 2; }
 
-  void start_row() {
+  // The row's points: interior_point for all at once, then the checked stencils of the others.
+  void set_row(const float* px, const float* py, const float* pz) {
     border_.clear();
     stencils_.clear();
-  }
-
-  void set(int64_t i, float px, float py, float pz) {
-    InteriorPoint q;
-    if (interior_point(grid_, px, py, pz, q)) {
-      base_[i] = q.base;
-      tx_[i] = q.tx;
-      ty_[i] = q.ty;
-      tz_[i] = q.tz;
-    } else {  // read a harmless in-bounds placeholder now, the checked value afterwards
-      base_[i] = 0;
-      tx_[i] = ty_[i] = tz_[i] = 0.0f;
-      border_.push_back(i);
-      stencils_.push_back(linear_stencil(grid_, px, py, pz, padding_));
+    interior_corners(grid_, px, py, pz, static_cast<int64_t>(base_.size()), base_.data(), tx_.data(), ty_.data(),
+                     tz_.data(), inside_.data());
+    for (size_t i = 0; i < inside_.size(); ++i) {
+      if (inside_[i]) continue;
+      border_.push_back(static_cast<int64_t>(i));
+      stencils_.push_back(linear_stencil(grid_, px[i], py[i], pz[i], padding_));
     }
   }
 
@@ -77,11 +95,16 @@ class RowSampler {
   int padding_;
   std::vector<int64_t> base_, border_;
   std::vector<float> tx_, ty_, tz_;
+  std::vector<uint8_t> inside_;
   std::vector<Stencil> stencils_;
+
+ public:
+  std::vector<float> px, py, pz;  // room for a row's positions
 };
 }  // namespace
 
 void warp(const WarpParams& p) {
+  if (warp_vectors_fits(p)) return warp_vectors(p, nullptr, nullptr);
   const Grid3& g = p.out_grid;
   if (p.interpolation != kLinear || !RowSampler::fits(p.in)) {
     for_each_voxel(p.batch, g, [&](int64_t n, int64_t x, int64_t y, int64_t z) { warp_voxel(p, n, x, y, z); });
@@ -95,12 +118,8 @@ void warp(const WarpParams& p) {
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < rows; ++row) {
       const RowAt r = row_at(row, g);
-      sampler.start_row();
-      for (int64_t z = 0; z < g.nz; ++z) {
-        float px, py, pz;
-        warp_position(p, r.n, r.x, r.y, z, px, py, pz);
-        sampler.set(z, px, py, pz);
-      }
+      row_positions(p, r, sampler.px.data(), sampler.py.data(), sampler.pz.data(), 1);
+      sampler.set_row(sampler.px.data(), sampler.py.data(), sampler.pz.data());
       for (int64_t c = 0; c < p.channels; ++c) {
         sampler.read(p.image + (r.n * p.channels + c) * in_cs, p.out + (r.n * p.channels + c) * out_cs + r.v0);
       }
@@ -108,10 +127,26 @@ void warp(const WarpParams& p) {
   }
 }
 
+// warp_label_voxel a row at a time (the row's positions first).
 template <typename T>
 void warp_labels(const LabelWarpParams<T>& p) {
-  for_each_voxel(p.geometry.batch, p.geometry.out_grid,
-                 [&](int64_t n, int64_t x, int64_t y, int64_t z) { warp_label_voxel(p, n, x, y, z); });
+  const WarpParams& w = p.geometry;
+  const Grid3& g = w.out_grid;
+  const int64_t rows = w.batch * g.nx * g.ny, in_size = w.channels * w.in.voxels(), out_cs = g.voxels();
+#pragma omp parallel
+  {
+    std::vector<float> px(g.nz), py(g.nz), pz(g.nz);
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < rows; ++row) {
+      const RowAt r = row_at(row, g);
+      row_positions(w, r, px.data(), py.data(), pz.data(), 1);
+      T* out = p.out + r.n * w.channels * out_cs + r.v0;
+      for (int64_t z = 0; z < g.nz; ++z) {
+        sample_discrete(p.image + r.n * in_size, w.channels, w.in, px[z], py[z], pz[z], w.interpolation, w.padding,
+                        out + z, out_cs);
+      }
+    }
+  }
 }
 #define SMGIC_INSTANTIATE(T, NAME) template void warp_labels<T>(const LabelWarpParams<T>&);
 SMGIC_LABEL_TYPES(SMGIC_INSTANTIATE)
@@ -134,11 +169,12 @@ void compose(const ComposeParams& p) {
     for (int64_t row = 0; row < rows; ++row) {
       const RowAt r = row_at(row, g);
       const float* inner = p.inner + r.n * 3 * cs + r.v0;
-      sampler.start_row();
       for (int64_t z = 0; z < g.nz; ++z) {
-        sampler.set(z, static_cast<float>(r.x) + p.scale * inner[z], static_cast<float>(r.y) + p.scale * inner[cs + z],
-                    static_cast<float>(z) + p.scale * inner[2 * cs + z]);
+        sampler.px[z] = static_cast<float>(r.x) + p.scale * inner[z];
+        sampler.py[z] = static_cast<float>(r.y) + p.scale * inner[cs + z];
+        sampler.pz[z] = static_cast<float>(z) + p.scale * inner[2 * cs + z];
       }
+      sampler.set_row(sampler.px.data(), sampler.py.data(), sampler.pz.data());
       for (int64_t c = 0; c < 3; ++c) {
         sampler.read(p.outer + (r.n * 3 + c) * outer_cs, sampled.data());
         float* out = p.out + r.n * 3 * cs + c * cs + r.v0;

@@ -161,5 +161,16 @@ void synchronize_stream(const Launch& where) {
   check(cudaStreamSynchronize(stream_of(where)), "cudaStreamSynchronize");
 }
 
+namespace {
+__device__ void quasi_interpolant_fn(const QuasiInterpolantParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+  quasi_interpolant_voxel(p, n, x, y, z);
+}
+}  // namespace
+
+void quasi_interpolant(const QuasiInterpolantParams& p, const Launch& where) {
+  DeviceGuard guard(where.device);
+  launch<QuasiInterpolantParams, quasi_interpolant_fn>(p, p.volumes, p.grid, where, "quasi_interpolant");
+}
+
 }  // namespace cuda
 }  // namespace smgic

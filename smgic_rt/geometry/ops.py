@@ -42,6 +42,8 @@ from ..options import is_int
 __all__ = [
     "warp",
     "affine_resample",
+    "affine_resample_field",
+    "quasi_interpolant",
     "integrate_velocity",
     "squaring_steps",
     "SQUARING_FIRST_STEP_VOXELS",
@@ -553,6 +555,39 @@ def affine_resample(image, matrix, shape, *, interpolation="linear", padding="ze
     return _unbatch(out, len(image_shape) == 5)
 
 
+def affine_resample_field(field, matrix, shape, out_matrix, out_linear, *, padding="border"):
+    """A field resampled through a voxel-to-voxel affine map and moved by `affine_field`'s map:
+    ``out[:, x] = out_matrix @ [x, 1] + out_linear @ field[:, matrix @ [x, 1]]`` (trilinear).
+
+    The values of ``affine_field(affine_resample(field, matrix, shape, padding=padding),
+    out_matrix, out_linear)``, bit for bit; on the CPU in one pass, without the intermediate
+    array (e.g. a model-grid displacement read on a native grid and turned into RAS mm).
+
+    Parameters
+    ----------
+    field : float32 array (3, Xi, Yi, Zi) or (N, 3, Xi, Yi, Zi)
+    matrix : array-like 3x4 or 4x4, output voxel index -> input voxel index
+    shape : 3 ints, the output grid
+    out_matrix : array-like 3x4 or 4x4, output voxel index -> vector; out_linear : array-like 3x3
+    padding : "zeros" or "border"
+
+    Returns
+    -------
+    float32 array (3, X, Y, Z) or (N, 3, X, Y, Z).
+    """
+    field_shape, on_device = _check_field(field, "field")
+    out_values, lin_values = _affine_values(out_matrix, "out_matrix"), _linear_values(out_linear, "out_linear")
+    if on_device:
+        resampled = affine_resample(field, matrix, shape, padding=padding)
+        return affine_field(resampled, out_matrix, out_linear, out=resampled)
+    pad_code = _choice(padding, "padding", _PADDING)
+    values = _affine_values(matrix, "matrix")
+    field5 = _batched(field_shape)
+    out = _empty(field, field5[:2] + _spatial_shape(shape, "shape"), False)
+    _C.affine_resample_field(_view5(field, False), values, out, pad_code, out_values, lin_values)
+    return _unbatch(out, len(field_shape) == 5)
+
+
 def integrate_velocity(velocity, steps=7):
     """Scaling and squaring: ``u = v / 2**steps``, then ``steps`` times ``u <- u + u o (id + u)``.
 
@@ -692,17 +727,24 @@ def invert_displacement(u, initial, lattice=None, *, spacing=(1.0, 1.0, 1.0), to
     shape = tuple(int(n) for n in initial.shape[1:])
     w = xp.ascontiguousarray(initial, dtype=np.float32).reshape(3, -1)  # updated node by node
 
+    def norm(r):  # |r| in the units of `spacing`: ((r0 s0)^2 + (r1 s1)^2) + (r2 s2)^2, in place
+        squares = r * scale
+        squares *= squares
+        length = squares[0] + squares[1]
+        length += squares[2]
+        return xp.sqrt(length, out=length)
+
     def mismatch(at, w_at):  # r and |r| at the nodes `at`
         index = xp.stack(xp.unravel_index(at, shape)).astype(np.float32)
         position = xp.asarray(to_u[:, :3], dtype=np.float32) @ index + xp.asarray(to_u[:, 3:], dtype=np.float32)
         r = _read_at(u, position + w_at) + w_at
-        return r, xp.sqrt(((r * scale) ** 2).sum(axis=0))
+        return r, norm(r)
 
-    # At every node first: one pass of the kernels over the lattice (m(k) - k is affine in k).
+    # At every node first: one pass over the lattice, u read at m(k) + w (m(k) - k is affine in k).
     shift = to_u - np.hstack([np.eye(3), np.zeros((3, 1))])
-    r = warp(u, affine_field(w.reshape(initial.shape), shift, np.eye(3)), padding="border").reshape(3, -1)
+    r = warp(u, w.reshape(initial.shape), padding="border", displacement_map=(shift, np.eye(3))).reshape(3, -1)
     r += w
-    length = xp.sqrt(((r * scale) ** 2).sum(axis=0))
+    length = norm(r)
     active = xp.flatnonzero(length > tolerance)
     iterations = 0
     # Only nodes still off by more than `tolerance` take a step: after the first few, a handful.
@@ -800,6 +842,17 @@ def downsample_haar(image):
     return _unbatch(out, len(shape) == 5)
 
 
+def _linear_values(linear, name):
+    """The 9 row-major values of a 3x3 matrix, checked."""
+    try:
+        lin = np.asarray(linear, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a 3x3 array of numbers, got {type(linear).__name__}") from None
+    if lin.shape != (3, 3) or not np.all(np.isfinite(lin)):
+        raise ValueError(f"{name} must be a finite 3x3 matrix, got shape {lin.shape}")
+    return [float(v) for v in lin.reshape(-1)]
+
+
 def affine_field(field, matrix, linear, *, out=None):
     """Per voxel ``out[:, x] = matrix @ [x, 1] + linear @ field[:, x]``.
 
@@ -822,13 +875,7 @@ def affine_field(field, matrix, linear, *, out=None):
     """
     shape, on_device = _check_field(field, "field")
     values = _affine_values(matrix, "matrix")
-    try:
-        lin = np.asarray(linear, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"linear must be a 3x3 array of numbers, got {type(linear).__name__}") from None
-    if lin.shape != (3, 3) or not np.all(np.isfinite(lin)):
-        raise ValueError(f"linear must be a finite 3x3 matrix, got shape {lin.shape}")
-    lin_values = [float(v) for v in lin.reshape(-1)]
+    lin_values = _linear_values(linear, "linear")
     in5 = _batched(shape)
     given_out = out is not None
     if not given_out:
@@ -845,6 +892,27 @@ def affine_field(field, matrix, linear, *, out=None):
         return out
     _C.affine_field(_view5(field, False), values, lin_values, _view5(out, False))
     return out
+
+
+def quasi_interpolant(samples):
+    """``f - (1/12) sum_axis (f[i-1] - 2 f[i] + f[i+1])`` of every volume: the lattice values of
+    `smgic_rt.geometry.transforms.linear_quasi_interpolant` (which says why); along each axis its
+    first and last points take no term from that axis. Products are rounded on their own on
+    every device, the axes taken in the order x, y, z.
+
+    Parameters
+    ----------
+    samples : float32 array (C, X, Y, Z) or (N, C, X, Y, Z)
+
+    Returns
+    -------
+    float32 array of `samples`' shape and kind.
+    """
+    shape, on_device = _check_array(samples, "samples", (4, 5))
+    shape5 = _batched(shape)
+    out = _empty(samples, shape5, on_device)
+    _run_on_one_array("quasi_interpolant", ("samples", samples), out, shape5, on_device)
+    return _unbatch(out, len(shape) == 5)
 
 
 def jacobian_determinant(u):

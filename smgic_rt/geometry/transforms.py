@@ -306,14 +306,15 @@ def model_to_native_displacement(
     """
     composition = _NativeComposition(model_displacement, model_affine, native_shape, native_affine, world_before,
                                      world_after)
-    return composition.to_world(composition.read(model_displacement))
+    return composition.read_to_world(model_displacement)
 
 
 class _NativeComposition:
     """``p -> world_after(G (m + u(m)))``, ``m = G^-1 world_before(p)``, at the voxels ``x`` of a
     native grid. Every step but u is affine, so ``m(x) = Q x`` with ``Q = G^-1 before N``, and
     ``map(p) - p = (after G Q - N) x + after_lin G_lin u(m(x))``: one affine resampling of u in
-    `read`, then the per-voxel affine and linear terms in `to_world` (two passes in _C)."""
+    `read`, then the per-voxel affine and linear terms in `to_world` (or both in one pass:
+    `read_to_world`)."""
 
     def __init__(self, model_displacement, model_affine, native_shape, native_affine, world_before, world_after):
         if model_displacement.ndim != 4 or model_displacement.shape[0] != 3:
@@ -333,7 +334,15 @@ class _NativeComposition:
 
     def to_world(self, u_at):
         """``map(p) - p`` in RAS mm from `read`'s values (written into them)."""
-        return _ops().affine_field(u_at, self.offset[:3], self.after[:3, :3] @ self.model_affine[:3, :3], out=u_at)
+        return _ops().affine_field(u_at, self.offset[:3], self._linear(), out=u_at)
+
+    def read_to_world(self, model_displacement):
+        """``to_world(read(model_displacement))``, the same values in one pass."""
+        return _ops().affine_resample_field(_float32(model_displacement), self.to_model, self.shape, self.offset[:3],
+                                            self._linear(), padding="border")
+
+    def _linear(self):
+        return self.after[:3, :3] @ self.model_affine[:3, :3]
 
 
 def model_to_native_inverse(forward_model, inverse_model, model_affine, native_shape, native_affine, *,
@@ -498,16 +507,7 @@ def linear_quasi_interpolant(samples):
     """
     if samples.ndim != 4 or samples.dtype != np.float32:
         raise ValueError(f"samples must be a float32 (C, X, Y, Z) array, got {samples.dtype} {samples.shape}")
-    xp = _ops().array_namespace(samples)
-    out = samples.copy()
-    for axis in (1, 2, 3):
-        f, o = xp.moveaxis(samples, axis, 0), xp.moveaxis(out, axis, 0)  # views: o writes into out
-        if len(f) >= 3:
-            second = f[:-2] + f[2:]
-            second -= np.float32(2) * f[1:-1]
-            second *= np.float32(1 / 12)
-            o[1:-1] -= second
-    return out
+    return _ops().quasi_interpolant(_float32(samples))
 
 
 # Voxels of the field per slab of `field_jacobian_determinant`: its voxel-unit copy is made one
