@@ -215,6 +215,64 @@ def test_field_jacobian_of_an_affine_map():
     np.testing.assert_allclose(jacobian, np.linalg.det(matrix[:3, :3]), rtol=1e-4)
 
 
+def _two_step_jacobian(displacement_ras_mm, affine):
+    """The reference: a voxel-unit copy of the field by ops.affine_field, then its Jacobian."""
+    from smgic_rt.geometry import ops
+
+    linear = np.linalg.inv(np.asarray(affine, dtype=np.float64)[:3, :3])
+    xp = ops.array_namespace(displacement_ras_mm)
+    copy = xp.ascontiguousarray(displacement_ras_mm, dtype=np.float32).copy()
+    return ops.jacobian_determinant(ops.affine_field(copy, np.zeros((3, 4)), linear, out=copy))
+
+
+OBLIQUE_AFFINE = np.array([[0.0, -1.1, 0.1, 12.0], [0.9, 0.0, 0.05, -8.0], [0.05, 0.1, 1.2, 3.0], [0, 0, 0, 1]])
+# Shapes with axes of size 1 and 2 (no or only one-sided differences), and one that spans
+# several of the CPU kernel's slabs along X.
+JACOBIAN_SHAPES = [(7, 5, 4), (1, 6, 5), (2, 2, 2), (5, 1, 3), (40, 90, 80)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("affine", [FIXED_AFFINE, OBLIQUE_AFFINE], ids=["axis_aligned", "oblique"])
+@pytest.mark.parametrize("shape", JACOBIAN_SHAPES, ids=str)
+def test_field_jacobian_equals_the_two_step_path_bit_for_bit(shape, affine, threads):
+    from smgic_rt.geometry import ops
+
+    rng = np.random.default_rng(sum(shape))
+    field = (rng.normal(size=(3, *shape)) * 3.0).astype(np.float32)
+    field[:, ::3] = 0.0  # exact zeros, some of them negative, whose sign a change of units can flip
+    field[1, ::4] = -0.0
+    before = field.copy()
+    with ops.cpu_threads(threads):
+        got = transforms.field_jacobian_determinant(field, affine)
+    want = _two_step_jacobian(field, affine)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert np.array_equal(field, before)  # the caller's field is left as it was
+
+
+def test_field_jacobian_of_a_large_smooth_deformation_equals_the_two_step_path():
+    rng = np.random.default_rng(9)
+    grid = np.indices((48, 41, 37), dtype=np.float64)
+    field = np.stack([8.0 * np.sin(grid.sum(0) * rng.uniform(0.05, 0.3) + rng.uniform(0, 6)) for _ in range(3)])
+    field = np.asfortranarray(field)  # neither float32 nor C order: converted, as before
+    got = transforms.field_jacobian_determinant(field, OBLIQUE_AFFINE)
+    want = _two_step_jacobian(field, OBLIQUE_AFFINE)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert (want <= 0).any() and (want > 0).any()  # folded and unfolded voxels both
+
+
+@pytest.mark.cuda
+def test_field_jacobian_on_the_gpu_equals_the_two_step_path_bit_for_bit():
+    import cupy
+
+    rng = np.random.default_rng(3)
+    field = cupy.asarray((rng.normal(size=(3, 40, 33, 29)) * 3.0).astype(np.float32))
+    got = transforms.field_jacobian_determinant(field, OBLIQUE_AFFINE)
+    want = _two_step_jacobian(field, OBLIQUE_AFFINE)
+    assert cupy.array_equal(got.view(cupy.uint32), want.view(cupy.uint32))
+    cpu = transforms.field_jacobian_determinant(cupy.asnumpy(field), OBLIQUE_AFFINE)
+    assert np.array_equal(cupy.asnumpy(got), cpu)
+
+
 def _trilinear(values, points):
     """Trilinear reading of (C, X, Y, Z) lattice values at voxel points (3, N): as ITK reads a
     displacement field file (scipy's, not ours)."""

@@ -307,21 +307,30 @@ struct AffineFieldParams {
   float linear[9];   // row-major 3x3
 };
 
-// out = det(I + grad u), central differences, one-sided at the border.
+// out = det(I + grad u), central differences, one-sided at the border. With to_voxels, u is
+// linear @ field per voxel, each value rounded as affine_field (zero matrix) stores it, so that a
+// RAS-mm field is read without a voxel-unit copy.
 struct JacobianParams {
   const float* field;  // (N, 3, grid)
   float* out;          // (N, grid)
   int64_t batch;
   Grid3 grid;
+  bool to_voxels;    // false: field is u itself
+  float linear[9];   // row-major 3x3, read when to_voxels
 };
 
 // ---- per-voxel kernels; (n, x, y, z) indexes the output ----
 
 // One component of `affine_field`: m . [x, 1] + l . f, in this order (the warp that reads a
 // field through it must give the very values affine_field stores).
+// acc + l . f, in this order: the linear part of affine_field_component.
+SMGIC_HOST_DEVICE float plus_linear_terms(float acc, const float* l, float f0, float f1, float f2) {
+  return acc + l[0] * f0 + l[1] * f1 + l[2] * f2;
+}
+
 SMGIC_HOST_DEVICE float affine_field_component(const float* m, const float* l, float fx, float fy, float fz, float f0,
                                                float f1, float f2) {
-  return m[0] * fx + m[1] * fy + m[2] * fz + m[3] + l[0] * f0 + l[1] * f1 + l[2] * f2;
+  return plus_linear_terms(m[0] * fx + m[1] * fy + m[2] * fz + m[3], l, f0, f1, f2);
 }
 
 // The input-grid position that output voxel (n, x, y, z) of a warp or affine resample reads.
@@ -433,22 +442,66 @@ SMGIC_HOST_DEVICE float axis_derivative(const float* at, int64_t i, int64_t len,
   return 0.5f * (at[stride] - at[-stride]);
 }
 
-SMGIC_HOST_DEVICE void jacobian_voxel(const JacobianParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+// u at `at` (channel stride cs). With to_voxels, a zero matrix part sums to +0 before the linear
+// terms in affine_field_component (for any voxel index), hence the 0.0f start.
+template <bool ToVoxels>
+SMGIC_HOST_DEVICE void jacobian_vector(const JacobianParams& p, const float* at, int64_t cs, float u[3]) {
+  const float f0 = at[0], f1 = at[cs], f2 = at[2 * cs];
+  if (ToVoxels) {
+SMGIC_UNROLL
+    for (int c = 0; c < 3; ++c) u[c] = plus_linear_terms(0.0f, p.linear + 3 * c, f0, f1, f2);
+  } else {
+    u[0] = f0;
+    u[1] = f1;
+    u[2] = f2;
+  }
+}
+
+// d u / d(axis) at index i of an axis of length len (stride `stride`), as axis_derivative takes it.
+template <bool ToVoxels>
+SMGIC_HOST_DEVICE void jacobian_column(const JacobianParams& p, const float* at, int64_t cs, int64_t i, int64_t len,
+                                       int64_t stride, float d[3]) {
+  if (len < 2) {
+    d[0] = d[1] = d[2] = 0.0f;
+    return;
+  }
+  const bool first = i == 0, last = i == len - 1;
+  float high[3], low[3];
+  jacobian_vector<ToVoxels>(p, at + (last ? 0 : stride), cs, high);
+  jacobian_vector<ToVoxels>(p, at - (first ? 0 : stride), cs, low);
+SMGIC_UNROLL
+  for (int c = 0; c < 3; ++c) d[c] = (first || last) ? high[c] - low[c] : 0.5f * (high[c] - low[c]);
+}
+
+template <bool ToVoxels>
+SMGIC_HOST_DEVICE void jacobian_voxel_in(const JacobianParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
   const int64_t cs = p.grid.voxels();
   const int64_t v = (x * p.grid.ny + y) * p.grid.nz + z;
   const int64_t sx = p.grid.ny * p.grid.nz, sy = p.grid.nz;
+  const float* at = p.field + n * 3 * cs + v;
+  float dx[3], dy[3], dz[3];
+  jacobian_column<ToVoxels>(p, at, cs, x, p.grid.nx, sx, dx);
+  jacobian_column<ToVoxels>(p, at, cs, y, p.grid.ny, sy, dy);
+  jacobian_column<ToVoxels>(p, at, cs, z, p.grid.nz, 1, dz);
   float j[3][3];
 SMGIC_UNROLL
   for (int c = 0; c < 3; ++c) {
-    const float* at = p.field + (n * 3 + c) * cs + v;
-    j[c][0] = axis_derivative(at, x, p.grid.nx, sx);
-    j[c][1] = axis_derivative(at, y, p.grid.ny, sy);
-    j[c][2] = axis_derivative(at, z, p.grid.nz, 1);
+    j[c][0] = dx[c];
+    j[c][1] = dy[c];
+    j[c][2] = dz[c];
     j[c][c] += 1.0f;
   }
   p.out[n * cs + v] = j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1]) -
                       j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0]) +
                       j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0]);
+}
+
+SMGIC_HOST_DEVICE void jacobian_voxel(const JacobianParams& p, int64_t n, int64_t x, int64_t y, int64_t z) {
+  if (p.to_voxels) {
+    jacobian_voxel_in<true>(p, n, x, y, z);
+  } else {
+    jacobian_voxel_in<false>(p, n, x, y, z);
+  }
 }
 
 // ---- linear quasi-interpolant (transforms.linear_quasi_interpolant) ----

@@ -281,14 +281,26 @@ void affine_resample_field_cpu(py::array image, const std::vector<double>& matri
   cpu::warp_vectors(p, map.matrix, map.linear);
 }
 
-void jacobian_cpu(py::array field, py::array out) {
+// JacobianParams of `field` (5-D shape) into `out`; a non-empty `linear` (9 values, 3x3 row-major)
+// reads field through it (converted to float as affine_field_params does).
+JacobianParams jacobian_params(const float* field, float* out, int64_t batch, const Grid3& grid,
+                               const std::vector<double>& linear) {
+  require(linear.empty() || linear.size() == 9,
+          "linear must hold 9 values (3x3, row-major) or none, got " + std::to_string(linear.size()));
+  JacobianParams p{field, out, batch, grid};
+  p.to_voxels = !linear.empty();
+  for (size_t i = 0; i < linear.size(); ++i) p.linear[i] = static_cast<float>(linear[i]);
+  return p;
+}
+
+void jacobian_cpu(py::array field, py::array out, const std::vector<double>& linear) {
   checked(field, "u", 5);
   checked(out, "out", 4);
   require(field.shape(1) == 3, "u must have 3 channels, got shape " + shape_text(field));
   require(out.shape(0) == field.shape(0) && out.shape(1) == field.shape(2) && out.shape(2) == field.shape(3) &&
               out.shape(3) == field.shape(4),
           "out must be (N, X, Y, Z) of u");
-  JacobianParams p{in_ptr(field), out_ptr(out), field.shape(0), grid_of(field)};
+  const JacobianParams p = jacobian_params(in_ptr(field), out_ptr(out), field.shape(0), grid_of(field), linear);
   py::gil_scoped_release release;
   cpu::jacobian_determinant(p);
 }
@@ -456,8 +468,9 @@ void affine_field_cuda(uintptr_t field, const std::vector<double>& matrix, const
   cuda::affine_field(p, where(out, device, stream));
 }
 
-void jacobian_cuda(uintptr_t field, uintptr_t out, const Shape5& field_shape, int device, uintptr_t stream) {
-  cuda::jacobian_determinant(JacobianParams{dptr(field), dmut(out), field_shape[0], grid_of(field_shape)},
+void jacobian_cuda(uintptr_t field, uintptr_t out, const Shape5& field_shape, const std::vector<double>& linear,
+                   int device, uintptr_t stream) {
+  cuda::jacobian_determinant(jacobian_params(dptr(field), dmut(out), field_shape[0], grid_of(field_shape), linear),
                              where(out, device, stream));
 }
 
@@ -551,7 +564,8 @@ void bind_kernels(py::module_& m) {
         "out = f - sum_axis ((f[i-1] + f[i+1]) - 2 f[i]) / 12 at each axis' inner points, per volume");
   m.def("affine_resample_field", &affine_resample_field_cpu,
         "out[n,:,x] = A@[x,1] + L@image[n,:,M@[x,1]] (3 channels, linear), A 3x4 and L 3x3 row-major");
-  m.def("jacobian_determinant", &jacobian_cpu, "det(I + grad u), central differences");
+  m.def("jacobian_determinant", &jacobian_cpu, "det(I + grad u), central differences; u = L@field if L (3x3) given",
+        py::arg("field"), py::arg("out"), py::arg("linear") = std::vector<double>{});
 #ifdef SMGIC_WITH_CUDA
   // CUDA kernels: raw device pointers (from __cuda_array_interface__), 5-D shapes, then the
   // device (-1: the output pointer's) and the stream handle (0: default stream).
@@ -575,7 +589,7 @@ void bind_kernels(py::module_& m) {
   m.def("affine_field_cuda", &affine_field_cuda, "affine_field on the GPU", py::arg("field"), py::arg("matrix"),
         py::arg("linear"), py::arg("out"), py::arg("shape"), dev, str);
   m.def("jacobian_determinant_cuda", &jacobian_cuda, "jacobian_determinant on the GPU", py::arg("field"),
-        py::arg("out"), py::arg("field_shape"), dev, str);
+        py::arg("out"), py::arg("field_shape"), py::arg("linear") = std::vector<double>{}, dev, str);
   m.def("quasi_interpolant_cuda", &quasi_interpolant_cuda, "quasi_interpolant on the GPU", py::arg("samples"),
         py::arg("out"), py::arg("shape"), dev, str);
   m.def("cuda_pointer_device", &cuda::pointer_device, "the device that owns a device pointer (RuntimeError for host memory)");

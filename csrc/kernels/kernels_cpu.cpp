@@ -197,9 +197,48 @@ void affine_field(const AffineFieldParams& p) {
   for_each_voxel(p.batch, p.grid, [&](int64_t n, int64_t x, int64_t y, int64_t z) { affine_field_voxel(p, n, x, y, z); });
 }
 
+namespace {
+// Voxels of the voxel-unit scratch a thread fills per slab of a to_voxels Jacobian.
+constexpr int64_t kJacobianSlabVoxels = int64_t{1} << 18;
+}  // namespace
+
+// With to_voxels, each thread converts a slab of planes along X (plus one plane of context on
+// either side) into a cache-sized scratch once, then differentiates it as a plain field: every
+// value of u is converted once rather than at each of its six neighbours, and the slab's central
+// differences see what they would on the whole grid.
 void jacobian_determinant(const JacobianParams& p) {
-  for_each_voxel(p.batch, p.grid,
-                 [&](int64_t n, int64_t x, int64_t y, int64_t z) { jacobian_voxel(p, n, x, y, z); });
+  if (!p.to_voxels) {
+    for_each_voxel(p.batch, p.grid,
+                   [&](int64_t n, int64_t x, int64_t y, int64_t z) { jacobian_voxel_in<false>(p, n, x, y, z); });
+    return;
+  }
+  const Grid3& g = p.grid;
+  const int64_t plane = g.ny * g.nz, cs = g.voxels();
+  const int64_t step = std::max<int64_t>(1, kJacobianSlabVoxels / std::max<int64_t>(1, plane));
+  const int64_t per_volume = (g.nx + step - 1) / step;
+#pragma omp parallel
+  {
+    std::vector<float> scratch(static_cast<size_t>(3 * (step + 2) * plane));
+#pragma omp for schedule(static)
+    for (int64_t slab = 0; slab < p.batch * per_volume; ++slab) {
+      const int64_t n = slab / per_volume, start = (slab % per_volume) * step;
+      const int64_t stop = std::min(g.nx, start + step);
+      const int64_t low = std::max<int64_t>(0, start - 1), high = std::min(g.nx, stop + 1);
+      const int64_t count = (high - low) * plane;
+      const float* f = p.field + n * 3 * cs + low * plane;
+      for (int c = 0; c < 3; ++c) {
+        float* u = scratch.data() + c * count;
+        const float* l = p.linear + 3 * c;
+        for (int64_t i = 0; i < count; ++i) u[i] = plus_linear_terms(0.0f, l, f[i], f[cs + i], f[2 * cs + i]);
+      }
+      JacobianParams q{scratch.data(), p.out + n * cs + low * plane, 1, Grid3{high - low, g.ny, g.nz}};
+      for (int64_t x = start - low; x < stop - low; ++x) {
+        for (int64_t y = 0; y < g.ny; ++y) {
+          for (int64_t z = 0; z < g.nz; ++z) jacobian_voxel_in<false>(q, 0, x, y, z);
+        }
+      }
+    }
+  }
 }
 
 bool all_finite(const float* data, int64_t count) {

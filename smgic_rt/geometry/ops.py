@@ -915,22 +915,30 @@ def quasi_interpolant(samples):
     return _unbatch(out, len(shape) == 5)
 
 
-def jacobian_determinant(u):
+def jacobian_determinant(u, *, linear=None):
     """``det(I + grad u)`` by central differences (one-sided at the border; 0 derivative on an axis of size 1).
 
     Parameters
     ----------
-    u : float32 displacement (3, X, Y, Z) or (N, 3, X, Y, Z), in voxels
+    u : float32 displacement (3, X, Y, Z) or (N, 3, X, Y, Z), in voxels; with `linear`, any
+        displacement whose voxel-unit form is ``linear @ u``
+    linear : optional array-like 3x3: differentiate ``linear @ u``, each value rounded as
+        ``affine_field(u, zeros((3, 4)), linear)`` stores it, without that copy of the field
 
     Returns
     -------
     float32 array (X, Y, Z) or (N, X, Y, Z).
     """
     shape, on_device = _check_field(u, "u")
+    lin_values = [] if linear is None else _linear_values(linear, "linear")
     in5 = _batched(shape)
     out_shape = (in5[0],) + in5[2:]
     out = _empty(u, out_shape, on_device)
-    _run_on_one_array("jacobian_determinant", ("u", u), out, in5, on_device)
+    if on_device:
+        device, stream = launch_target(("u", u))
+        _C.jacobian_determinant_cuda(_ptr(u), _ptr(out), in5, lin_values, device, stream)
+    else:
+        _C.jacobian_determinant(_view5(u, False), out, lin_values)
     return out if len(shape) == 5 else out[0]
 
 

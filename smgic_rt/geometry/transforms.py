@@ -510,35 +510,19 @@ def linear_quasi_interpolant(samples):
     return _ops().quasi_interpolant(_float32(samples))
 
 
-# Voxels of the field per slab of `field_jacobian_determinant`: its voxel-unit copy is made one
-# slab at a time, never of the whole grid.
-_JACOBIAN_SLAB_VOXELS = 1 << 21
-
-
 def field_jacobian_determinant(displacement_ras_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """det of the Jacobian of ``p -> p + d(p)`` on the field's grid (float32, (X, Y, Z)).
 
     det(I + grad_p d) equals det(I + grad_i u) for the same map written in voxel units
-    ``u = R^-1 d`` (R the affine's 3x3 part), which is what the kernel computes. Computed in slabs
-    along the first axis, each read with one neighbouring plane on either side, so that every
-    central difference sees the values it would on the whole grid: the result is the whole
-    grid's, bit for bit, without a voxel-unit copy of the whole field.
+    ``u = R^-1 d`` (R the affine's 3x3 part), which is what the kernel computes: it reads the
+    RAS-mm field and takes each value of u as ``ops.affine_field`` would store it, so no
+    voxel-unit copy of the field is made.
     """
     ops = _ops()
     rotation_inverse = np.linalg.inv(np.asarray(affine, dtype=np.float64)[:3, :3])
     xp = ops.array_namespace(displacement_ras_mm)
-    size = displacement_ras_mm.shape[1]
-    plane = max(1, int(np.prod(displacement_ras_mm.shape[2:])))
-    step = max(1, _JACOBIAN_SLAB_VOXELS // plane)
-    out = xp.empty(displacement_ras_mm.shape[1:], dtype=np.float32)
-    for start in range(0, size, step):
-        stop = min(size, start + step)
-        low, high = max(0, start - 1), min(size, stop + 1)  # one plane of context on either side
-        slab = displacement_ras_mm[:, low:high].astype(np.float32, order="C")  # a copy, changed in place below
-        # The matrix part is zero: the change of units does not depend on the voxel index.
-        voxel_displacement = ops.affine_field(slab, np.zeros((3, 4)), rotation_inverse, out=slab)
-        out[start:stop] = ops.jacobian_determinant(voxel_displacement)[start - low:stop - low]
-    return out
+    field = xp.ascontiguousarray(displacement_ras_mm, dtype=np.float32)  # no copy when it already is
+    return ops.jacobian_determinant(field, linear=rotation_inverse)
 
 
 # ---------------------------------------------------------------------------------------------
