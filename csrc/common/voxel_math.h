@@ -321,13 +321,13 @@ struct JacobianParams {
 
 // ---- per-voxel kernels; (n, x, y, z) indexes the output ----
 
-// One component of `affine_field`: m . [x, 1] + l . f, in this order (the warp that reads a
-// field through it must give the very values affine_field stores).
 // acc + l . f, in this order: the linear part of affine_field_component.
 SMGIC_HOST_DEVICE float plus_linear_terms(float acc, const float* l, float f0, float f1, float f2) {
   return acc + l[0] * f0 + l[1] * f1 + l[2] * f2;
 }
 
+// One component of `affine_field`: m . [x, 1] + l . f, in this order (the warp that reads a
+// field through it must give the very values affine_field stores).
 SMGIC_HOST_DEVICE float affine_field_component(const float* m, const float* l, float fx, float fy, float fz, float f0,
                                                float f1, float f2) {
   return plus_linear_terms(m[0] * fx + m[1] * fy + m[2] * fz + m[3], l, f0, f1, f2);
@@ -515,24 +515,14 @@ struct QuasiInterpolantParams {
   Grid3 grid;
 };
 
-// a * b rounded on its own: never fused with a following add (nvcc fuses by default), so that
-// every device computes what numpy does.
-SMGIC_HOST_DEVICE float rounded_product(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
 // The value at f (strides sx, sy, 1), with the axes on which f is an inner point.
 SMGIC_HOST_DEVICE float quasi_interpolant_value(const float* f, int64_t sx, int64_t sy, bool inner_x, bool inner_y,
                                                 bool inner_z) {
   const float twelfth = static_cast<float>(1.0 / 12.0);
   float out = f[0];
-  if (inner_x) out -= rounded_product((f[-sx] + f[sx]) - 2.0f * f[0], twelfth);
-  if (inner_y) out -= rounded_product((f[-sy] + f[sy]) - 2.0f * f[0], twelfth);
-  if (inner_z) out -= rounded_product((f[-1] + f[1]) - 2.0f * f[0], twelfth);
+  if (inner_x) out -= mul_rn((f[-sx] + f[sx]) - 2.0f * f[0], twelfth);
+  if (inner_y) out -= mul_rn((f[-sy] + f[sy]) - 2.0f * f[0], twelfth);
+  if (inner_z) out -= mul_rn((f[-1] + f[1]) - 2.0f * f[0], twelfth);
   return out;
 }
 

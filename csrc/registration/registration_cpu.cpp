@@ -269,32 +269,37 @@ void lncc(const float* i, const float* j, const float* means, float* cc, float* 
 }
 
 namespace {
-// numpy's float64 mean of a float32 array (``a.mean(dtype=np.float64)``) converts the values in
-// buffers of kNumpyBuffer, sums each buffer pairwise (8 accumulators, blocks of 128) and adds the
-// buffer sums in order to 0: the same here, the buffers' sums in parallel, added in order.
-constexpr int64_t kNumpyBuffer = 8192;
+// numpy's pairwise summation (its PW_BLOCKSIZE of 128 values, 8 accumulators), in T: how np.sum
+// and np.mean round a contiguous run of float32 (T float) or of float64 (T double) values.
+constexpr int64_t kPairwiseBlock = 128;
 
-double pairwise_double(const double* a, int64_t n) {
+template <typename T>
+T pairwise_sum(const T* a, int64_t n) {
   if (n < 8) {
-    double res = -0.0;
+    T res = -0.0;
     for (int64_t i = 0; i < n; ++i) res += a[i];
     return res;
   }
-  if (n <= 128) {
-    double r[8];
+  if (n <= kPairwiseBlock) {
+    T r[8];
     for (int j = 0; j < 8; ++j) r[j] = a[j];
     int64_t i = 8;
     for (; i < n - (n % 8); i += 8) {
       for (int j = 0; j < 8; ++j) r[j] += a[i + j];
     }
-    double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+    T res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
     for (; i < n; ++i) res += a[i];
     return res;
   }
   int64_t half = n / 2;
   half -= half % 8;
-  return pairwise_double(a, half) + pairwise_double(a + half, n - half);
+  return pairwise_sum(a, half) + pairwise_sum(a + half, n - half);
 }
+
+// numpy's float64 mean of a float32 array (``a.mean(dtype=np.float64)``) converts the values in
+// buffers of kNumpyBuffer, sums each buffer pairwise and adds the buffer sums in order to 0: the
+// same here, the buffers' sums in parallel, added in order.
+constexpr int64_t kNumpyBuffer = 8192;
 }  // namespace
 
 double lncc_mean(const float* i, const float* j, const float* means, const Grid3& g, float eps) {
@@ -311,7 +316,7 @@ double lncc_mean(const float* i, const float* j, const float* means, const Grid3
         values[k] = lncc_voxel(i[v], j[v], means[v], means[cs + v], means[2 * cs + v], means[3 * cs + v],
                                means[4 * cs + v], eps).cc;
       }
-      sums[b] = pairwise_double(values.data(), n);
+      sums[b] = pairwise_sum(values.data(), n);
     }
   }
   double total = 0.0;
@@ -374,10 +379,9 @@ float descent_direction(float* force, const float* velocity, const float* weight
 }
 
 namespace {
-// numpy's pairwise summation of float32 (PW_BLOCKSIZE 128, 8 accumulators), which np.mean uses
-// for a contiguous array, over the values of square(diff(v, axis)) in C order, made by `values`
-// a block at a time (never stored whole): the sums are numpy's bit for bit.
-constexpr int64_t kPairwiseBlock = 128;
+// pairwise_sum<float>, which np.mean uses for a contiguous float32 array, over the values of
+// square(diff(v, axis)) in C order, made by `values` a block at a time (never stored whole): the
+// sums are numpy's bit for bit.
 
 struct DiffSquares {
   const float* v;
@@ -411,40 +415,23 @@ struct DiffSquares {
   }
 };
 
-float pairwise_block(const float* a, int64_t n) {
-  if (n < 8) {
-    float res = -0.0f;
-    for (int64_t i = 0; i < n; ++i) res += a[i];
-    return res;
-  }
-  float r[8];
-  for (int j = 0; j < 8; ++j) r[j] = a[j];
-  int64_t i = 8;
-  for (; i < n - (n % 8); i += 8) {
-    for (int j = 0; j < 8; ++j) r[j] += a[i + j];
-  }
-  float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-  for (; i < n; ++i) res += a[i];
-  return res;
-}
-
-float pairwise_sum(const DiffSquares& d, int64_t start, int64_t n, int depth) {
+float diff_squares_sum(const DiffSquares& d, int64_t start, int64_t n, int depth) {
   if (n <= kPairwiseBlock) {
     float block[kPairwiseBlock];
     d.values(start, n, block);
-    return pairwise_block(block, n);
+    return pairwise_sum(block, n);
   }
   int64_t half = n / 2;
   half -= half % 8;
   float first = 0.0f, second = 0.0f;
   if (depth < 6) {  // the top of the tree as tasks; the sums are the same whoever adds them
 #pragma omp task shared(first)
-    first = pairwise_sum(d, start, half, depth + 1);
-    second = pairwise_sum(d, start + half, n - half, depth + 1);
+    first = diff_squares_sum(d, start, half, depth + 1);
+    second = diff_squares_sum(d, start + half, n - half, depth + 1);
 #pragma omp taskwait
   } else {
-    first = pairwise_sum(d, start, half, depth + 1);
-    second = pairwise_sum(d, start + half, n - half, depth + 1);
+    first = diff_squares_sum(d, start, half, depth + 1);
+    second = diff_squares_sum(d, start + half, n - half, depth + 1);
   }
   return first + second;
 }
@@ -465,7 +452,7 @@ float gradient_energy(const float* v, int64_t channels, const Grid3& g) {
     if (count > 0) {
 #pragma omp parallel
 #pragma omp single
-      sum = pairwise_sum(d, 0, count, 0);
+      sum = diff_squares_sum(d, 0, count, 0);
     }
     // np.mean: the float32 sum over the count (NaN when empty, as numpy's 0 / 0)
     const float mean = count > 0 ? sum / static_cast<float>(count) : NAN;
